@@ -1,0 +1,359 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// maxRangeSize caps one FetchRange; spans and chunks are far smaller.
+const maxRangeSize = 1 << 30
+
+// Image is a resolved image: its verified manifest and config, and the
+// source its blobs come from. It is immutable and safe for concurrent use.
+type Image struct {
+	// Ref is the reference as resolved, fully qualified
+	// ("index.docker.io/library/alpine:3.20", "oci:/path:tag").
+	Ref               string
+	ManifestDigest    digest.Digest
+	ManifestMediaType string
+	// Manifest is the image manifest; Docker schema 2 manifests are parsed
+	// into it too, their media types kept as given.
+	Manifest ocispec.Manifest
+	// IndexDigest is the digest of the image index the manifest was
+	// narrowed from, "" if the reference named a manifest.
+	IndexDigest  digest.Digest
+	Config       ocispec.Image
+	ConfigDigest digest.Digest
+
+	manifestBytes []byte
+	configBytes   []byte
+	src           source
+	c             *Client
+}
+
+// Layers returns the manifest's layer descriptors, lowest first.
+func (im *Image) Layers() []ocispec.Descriptor { return im.Manifest.Layers }
+
+// ManifestBytes returns the raw manifest, verified against ManifestDigest.
+func (im *Image) ManifestBytes() []byte { return im.manifestBytes }
+
+// ConfigBytes returns the raw config, verified against ConfigDigest.
+func (im *Image) ConfigBytes() []byte { return im.configBytes }
+
+// Source names where the image's blobs come from: "HOST/REPO" or "oci:/dir".
+func (im *Image) Source() string { return im.src.String() }
+
+// attempts is how often a blob read is tried: files on disk get one try.
+func (im *Image) attempts() int {
+	if _, ok := im.src.(*layoutSource); ok {
+		return 1
+	}
+	return im.c.maxAttempts
+}
+
+func (im *Image) blobWhat(d digest.Digest) string {
+	return fmt.Sprintf("blob %s from %s", d, im.src)
+}
+
+// OpenBlob streams a whole blob in order. The reader verifies size and
+// digest as it goes: a Read that reaches the end returns io.EOF only if the
+// bytes match desc.Digest and desc.Size; otherwise it returns a
+// *DigestError or a size error wrapping ErrFormat, never a clean EOF. More
+// bytes than desc.Size is an error as soon as they arrive. After a
+// connection reset or stall mid-body it resumes with a Range request (whose
+// 206 Content-Range is checked), up to Options.MaxAttempts opens. A blob
+// already in the cache is read from there (and verified again); bytes from
+// the source are counted in Stats.
+func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	if err := checkDescriptor("blob", desc); err != nil {
+		return nil, err
+	}
+	r := &blobReader{
+		ctx:  ctx,
+		desc: desc,
+		what: im.blobWhat(desc.Digest),
+		h:    desc.Digest.Algorithm().Hash(),
+		c:    im.c,
+	}
+	if f, err := im.c.cache.Open(desc.Digest); err == nil {
+		r.what += " (cached)"
+		r.open = func(off int64) (io.ReadCloser, int64, error) {
+			if off == 0 {
+				return f, 0, nil
+			}
+			return sectionFile(f, off, -1), off, nil
+		}
+		r.maxOpens = 1
+	} else {
+		r.open = func(off int64) (io.ReadCloser, int64, error) {
+			return im.src.blob(ctx, desc, off, -1)
+		}
+		r.count = true
+		r.maxOpens = im.attempts()
+	}
+	// Open eagerly so that "not found" and "unauthorized" surface here.
+	if err := r.reopen(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// blobReader is the verifying, resuming reader behind OpenBlob.
+type blobReader struct {
+	ctx      context.Context
+	desc     ocispec.Descriptor
+	what     string
+	h        hash.Hash
+	c        *Client
+	open     func(off int64) (io.ReadCloser, int64, error)
+	count    bool // count bytes in Stats (false for the cache)
+	maxOpens int
+
+	body  io.ReadCloser
+	skip  int64 // bytes to discard from body before pos (the source ignored Range)
+	pos   int64 // bytes delivered and hashed
+	opens int
+	err   error // sticky: io.EOF after a verified end, or the failure
+}
+
+// reopen opens the body at pos.
+func (r *blobReader) reopen() error {
+	if r.opens >= r.maxOpens {
+		return fmt.Errorf("%s: gave up after %d attempts at byte %d of %d", r.what, r.opens, r.pos, r.desc.Size)
+	}
+	if r.opens > 0 {
+		if err := r.c.sleep(r.ctx, backoff(r.opens)); err != nil {
+			return err
+		}
+	}
+	r.opens++
+	body, start, err := r.open(r.pos)
+	if err != nil {
+		return err
+	}
+	r.body, r.skip = body, r.pos-start
+	return nil
+}
+
+// fail records a sticky error and closes the body.
+func (r *blobReader) fail(err error) error {
+	r.err = err
+	if r.body != nil {
+		r.body.Close()
+		r.body = nil
+	}
+	return err
+}
+
+// readBody reads from the body, first discarding bytes the source sent
+// again because it ignored the Range header.
+func (r *blobReader) readBody(p []byte) (int, error) {
+	for r.skip > 0 {
+		n, err := io.CopyN(io.Discard, r.body, r.skip)
+		r.skip -= n
+		if r.count {
+			r.c.stats.addBlob(r.desc.Digest, n)
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	n, err := r.body.Read(p)
+	if r.count {
+		r.c.stats.addBlob(r.desc.Digest, int64(n))
+	}
+	return n, err
+}
+
+// finish checks the digest once all desc.Size bytes have arrived.
+func (r *blobReader) finish() error {
+	got := digest.NewDigest(r.desc.Digest.Algorithm(), r.h)
+	if got != r.desc.Digest {
+		return r.fail(&DigestError{What: r.what, Want: r.desc.Digest, Got: got})
+	}
+	return r.fail(io.EOF)
+}
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		if err := r.ctx.Err(); err != nil {
+			return 0, r.fail(fmt.Errorf("%s: %w", r.what, err))
+		}
+		if r.body == nil {
+			if err := r.reopen(); err != nil {
+				return 0, r.fail(err)
+			}
+		}
+		remaining := r.desc.Size - r.pos
+		if remaining == 0 {
+			// Everything declared has arrived; the body must end here.
+			var one [1]byte
+			n, err := r.readBody(one[:])
+			if n > 0 {
+				return 0, r.fail(sizeError(r.what, r.desc.Size, r.pos+1, true))
+			}
+			if err == nil {
+				continue
+			}
+			// EOF, or a connection error after the last byte: the digest
+			// decides.
+			return 0, r.finish()
+		}
+		// Ask for one byte more than remains, to see an overlong body.
+		q := p
+		if int64(len(q)) > remaining+1 {
+			q = q[:remaining+1]
+		}
+		n, err := r.readBody(q)
+		if int64(n) > remaining {
+			return 0, r.fail(sizeError(r.what, r.desc.Size, r.pos+int64(n), true))
+		}
+		r.h.Write(q[:n])
+		r.pos += int64(n)
+		if err == nil {
+			return n, nil
+		}
+		if err == io.EOF && r.pos == r.desc.Size {
+			return n, nil // the next Read sees EOF and verifies
+		}
+		if r.ctx.Err() != nil {
+			return n, r.fail(fmt.Errorf("%s: %w", r.what, r.ctx.Err()))
+		}
+		if err != io.EOF && !retryableError(err) {
+			return n, r.fail(fmt.Errorf("%s: read at byte %d: %w", r.what, r.pos, err))
+		}
+		// A reset, a stall or a body cut short: resume at pos.
+		r.body.Close()
+		r.body = nil
+		if r.opens >= r.maxOpens {
+			if err == io.EOF {
+				return n, r.fail(sizeError(r.what, r.desc.Size, r.pos, false))
+			}
+			return n, r.fail(fmt.Errorf("%s: read at byte %d of %d, %d attempts: %w", r.what, r.pos, r.desc.Size, r.opens, err))
+		}
+		r.c.log.Warn("resuming blob", "digest", r.desc.Digest, "off", r.pos, "attempt", r.opens, "err", err)
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+func (r *blobReader) Close() error {
+	if r.body != nil {
+		r.body.Close()
+		r.body = nil
+	}
+	if r.err == nil {
+		r.err = fmt.Errorf("%s: read after Close", r.what)
+	}
+	return nil
+}
+
+// FetchRange returns blob bytes [off, off+n) and checks that their digest
+// equals want (a span or chunk digest the caller knows from a verified
+// index or TOC) before returning them; a mismatch is a *DigestError. A
+// source that ignores the Range header still yields the right bytes (the
+// prefix is discarded). A blob already in the cache is read from there.
+func (im *Image) FetchRange(ctx context.Context, desc ocispec.Descriptor, off, n int64, want digest.Digest) ([]byte, error) {
+	what := fmt.Sprintf("%s range %d+%d", im.blobWhat(desc.Digest), off, n)
+	if err := want.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: want digest %q: %w", what, want, err)
+	}
+	if err := checkDescriptor("blob", desc); err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 || n > maxRangeSize || off > desc.Size-n {
+		return nil, fmt.Errorf("%s: outside the blob's %d bytes (or over %d)", what, desc.Size, maxRangeSize)
+	}
+	buf := make([]byte, n)
+	if f, err := im.c.cache.Open(desc.Digest); err == nil {
+		_, err := f.ReadAt(buf, off)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s (cached): %w", what, err)
+		}
+		if err := verifyBytes(what+" (cached)", want, buf); err != nil {
+			var de *DigestError
+			if errors.As(err, &de) {
+				de.Offset = off
+			}
+			return nil, err
+		}
+		return buf, nil
+	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound) {
+		im.c.log.Warn("cache read failed", "digest", desc.Digest, "err", err)
+	}
+	var lastErr error
+	for attempt := 1; attempt <= im.attempts(); attempt++ {
+		if attempt > 1 {
+			if err := im.c.sleep(ctx, backoff(attempt-1)); err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+		}
+		err := im.fetchRangeOnce(ctx, desc, off, buf)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", what, ctx.Err())
+		}
+		if !retryableError(err) {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		lastErr = err
+		im.c.log.Warn("retrying range", "digest", desc.Digest, "off", off, "len", n, "attempt", attempt, "err", err)
+		if attempt == im.attempts() {
+			return nil, fmt.Errorf("%s: %d attempts: %w", what, attempt, lastErr)
+		}
+	}
+	if err := verifyBytes(what, want, buf); err != nil {
+		var de *DigestError
+		if errors.As(err, &de) {
+			de.Offset = off
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// fetchRangeOnce fills buf with the blob's bytes from off.
+func (im *Image) fetchRangeOnce(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte) error {
+	if len(buf) == 0 {
+		return nil
+	}
+	body, start, err := im.src.blob(ctx, desc, off, int64(len(buf)))
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if skip := off - start; skip > 0 {
+		im.c.log.Debug("source ignored Range; discarding prefix", "digest", desc.Digest, "off", off)
+		got, err := io.CopyN(io.Discard, body, skip)
+		im.c.stats.addBlob(desc.Digest, got)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	got, err := io.ReadFull(body, buf)
+	im.c.stats.addBlob(desc.Digest, int64(got))
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
