@@ -1,0 +1,100 @@
+// Package index turns the bytes of an image layer into the layer's entry
+// table, and encodes that table for the local index cache.
+//
+// # What it owns
+//
+// Parsing layer bytes: choosing a decompressor from the layer media type
+// ([Decompress], [MediaTypeCompression]), reading the uncompressed tar stream
+// into a [Table] of [Entry] values with the data offset of every regular file
+// ([Build]), and the binary encoding of a table ([Table.MarshalBinary],
+// [Unmarshal]). A typical use, once the blob's digest has been checked:
+//
+//	tarStream, err := index.Decompress(desc.MediaType, blob)
+//	if err != nil { ... }
+//	defer tarStream.Close()
+//	t, err := index.Build(tarStream, index.Options{Logger: log})
+//	if err != nil { ... }
+//	t.Digest, t.Size = desc.Digest, desc.Size
+//	if t.DiffID != diffIDFromConfig { ... } // the layer is not what the config says
+//
+// # Invariants
+//
+//   - Nothing here panics on hostile input. Every error caused by the bytes of
+//     a layer or an index wraps [ErrFormat] and reads "invalid input: ...";
+//     errors from the reader underneath are passed on unchanged.
+//   - Everything outside bytes may claim is capped before it is allocated:
+//     entry count, name and xattr sizes, decompressed size, zstd window
+//     ([Options] documents the caps and their defaults).
+//   - Entry names are clean and relative to the layer root ("" is the root);
+//     a ".." can never climb out of it, because a name is resolved as if it
+//     started at "/": "a/../../b" becomes "b".
+//   - A [Table] is immutable once returned, so readers share it without locks.
+//
+// # Entries
+//
+// One [Entry] per tar entry with file meaning, in tar order; paths may repeat
+// and the union decides (the later one wins). PAX and GNU extension headers
+// (long names, long link targets, large ids, sub-second times, xattrs) are
+// folded into the entry they describe. Whiteouts are recognised by base
+// name: ".wh..wh..opq" becomes a [TypeOpaque] entry naming its directory, and
+// ".wh.NAME" a [TypeWhiteout] entry naming the deleted path. Other names
+// starting with ".wh..wh." are aufs bookkeeping (".wh..wh.plnk",
+// ".wh..wh.aufs"), skipped with anything under them; hard links into the aufs
+// ".wh..wh.plnk" directory are therefore left unresolved. PAX global headers
+// and GNU volume labels are skipped; a contiguous file ('7') is read as a
+// regular file, as POSIX allows. Sparse files, multi-volume continuations,
+// unknown type flags, and owner ids or device numbers that do not fit Linux's
+// 32 bits are refused with an error naming the entry. Xattrs come from PAX
+// "SCHILY.xattr.NAME" records (raw values) and libarchive's
+// "LIBARCHIVE.xattr.NAME" ones (percent-encoded name, base64 value); SCHILY
+// wins when both name an attribute.
+//
+// # Table encoding
+//
+// [Table.MarshalBinary] writes, and [Unmarshal] reads (version 1):
+//
+//	magic      "OCIFSIDX"
+//	version    uint16, big-endian: 1
+//	digest     string: the layer blob digest, "" when not yet set
+//	diffID     string
+//	size       uvarint: compressed blob size
+//	tarSize    uvarint: uncompressed stream size
+//	count      uvarint: number of entries
+//	entries    count times:
+//	  prefix   uvarint: bytes shared with the previous entry's name
+//	  suffix   string: the rest of the name
+//	  type     byte: the Type value
+//	  mode     uvarint (<= 07777)
+//	  uid, gid uvarint each (< 2^32)
+//	  mtime    varint: unix seconds minus the previous entry's (0 for the first),
+//	           then uvarint nanoseconds (< 10^9)
+//	  TypeReg:             uvarint size, then varint offset minus the previous
+//	                       regular file's end (offset + size)
+//	  TypeSymlink, TypeHardlink: string link target
+//	  TypeChar, TypeBlock: uvarint major, uvarint minor
+//	  xattrs   uvarint count, then count pairs of string name, string value,
+//	           names in strictly increasing byte order
+//	sections   until the checksum: uvarint tag, string body
+//	checksum   32 bytes: sha256 of everything before it
+//
+// A string is a uvarint byte length and the bytes; a varint is zig-zag
+// encoded as in encoding/binary. Every varint is minimally encoded and the
+// name prefix is the longest shared one, so the encoding is canonical: equal
+// tables give equal bytes, and a table read back encodes to the bytes it was
+// read from, less any sections it skipped. Times are decoded in UTC, and
+// empty xattr maps and entry lists as nil; [Build] produces them the same
+// way, so a built table round-trips to a reflect.DeepEqual one.
+//
+// The sections leave room to extend version 1 without breaking its readers
+// (planned: gzip checkpoints, span digests, windows loaded lazily). Version 1
+// writes none. A reader skips a section whose tag it does not know if the tag
+// is even, and refuses the index if it is odd: odd tags mark sections that
+// change what the rest means. An incompatible change bumps the version, which
+// older readers refuse with a message asking for the index to be rebuilt.
+//
+// # What it must not do
+//
+// No HTTP, no FUSE, no caching policy, no package-level state: input arrives
+// as an [io.Reader] or a byte slice, configuration as [Options], logs go to
+// Options.Logger. It imports neither fetch nor fs.
+package index

@@ -1,0 +1,84 @@
+package index
+
+import (
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Type is the kind of a tar entry, after PAX and GNU extension headers have
+// been folded into the entry they describe.
+type Type uint8
+
+// The entry types of a layer's table. Whiteouts and opaque markers are kept as
+// their own types so the union never has to look at names to find them.
+const (
+	TypeReg      Type = iota + 1 // regular file; Offset and Size locate its bytes
+	TypeDir                      // directory
+	TypeSymlink                  // symbolic link to Linkname
+	TypeHardlink                 // another name for the file at Linkname
+	TypeChar                     // character device (Devmajor, Devminor)
+	TypeBlock                    // block device (Devmajor, Devminor)
+	TypeFifo                     // named pipe
+	TypeWhiteout                 // ".wh.NAME": deletes NAME from lower layers; Name is the deleted path
+	TypeOpaque                   // ".wh..wh..opq": hides the lower contents of directory Name
+)
+
+// String returns a short lower-case name for the type, as inspect prints it.
+func (t Type) String() string {
+	switch t {
+	case TypeReg:
+		return "file"
+	case TypeDir:
+		return "dir"
+	case TypeSymlink:
+		return "symlink"
+	case TypeHardlink:
+		return "hardlink"
+	case TypeChar:
+		return "char"
+	case TypeBlock:
+		return "block"
+	case TypeFifo:
+		return "fifo"
+	case TypeWhiteout:
+		return "whiteout"
+	case TypeOpaque:
+		return "opaque"
+	}
+	return "unknown"
+}
+
+// Entry is one tar entry of a layer, as the union and the read path need it.
+//
+// Name is cleaned: relative to the layer root, without a leading "./" or "/",
+// without a trailing "/", never "." and never containing a ".." element. For a
+// TypeWhiteout entry Name is the path being deleted (the ".wh." prefix removed
+// from the base name); for TypeOpaque it is the directory whose lower contents
+// are hidden. Linkname of a hardlink is cleaned the same way; a symlink's
+// Linkname is kept byte for byte.
+type Entry struct {
+	Name     string
+	Type     Type
+	Mode     uint32 // permission bits plus setuid, setgid and sticky (07777); no type bits
+	UID      int64
+	GID      int64
+	Size     int64 // bytes of file content (TypeReg only)
+	Offset   int64 // offset of the content in the uncompressed tar stream (TypeReg only)
+	ModTime  time.Time
+	Linkname string
+	Devmajor int64
+	Devminor int64
+	Xattrs   map[string]string // from PAX SCHILY.xattr.* records; nil when none
+}
+
+// Table is the entry table of one layer: every entry in tar order, plus the
+// digests that bind it to the layer it was read from. A Table is immutable
+// once built, so readers share it without locks.
+type Table struct {
+	Digest  digest.Digest // digest of the layer blob as stored (compressed)
+	DiffID  digest.Digest // sha256 of the uncompressed tar stream
+	Size    int64         // compressed blob size in bytes
+	TarSize int64         // uncompressed tar stream size in bytes
+	Entries []Entry
+}

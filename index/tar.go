@@ -1,0 +1,208 @@
+package index
+
+import (
+	"archive/tar"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// The caps [Build] applies when the matching [Options] field is zero.
+const (
+	DefaultMaxEntries    = 4_000_000
+	DefaultMaxNameLen    = 4096
+	DefaultMaxXattrBytes = 1 << 20
+	DefaultMaxTarSize    = 64 << 30
+)
+
+// Options configures [Build]. The zero value is ready to use: every cap left
+// at zero takes its default. The caps bound what a layer may make Build
+// allocate or read; a layer exceeding one is rejected with an [ErrFormat]
+// error that names the field to raise.
+type Options struct {
+	// MaxEntries caps the number of entries in the table.
+	// Zero means DefaultMaxEntries (4,000,000).
+	MaxEntries int
+
+	// MaxNameLen caps the length in bytes of an entry name and of a link
+	// target, after cleaning. Zero means DefaultMaxNameLen (4096, Linux's
+	// PATH_MAX).
+	MaxNameLen int
+
+	// MaxXattrBytes caps the total bytes of extended attribute names and
+	// values of one entry. Zero means DefaultMaxXattrBytes (1 MiB).
+	MaxXattrBytes int
+
+	// MaxTarSize caps the bytes of the uncompressed stream, trailing bytes
+	// after the end-of-archive marker included; it is what stops a
+	// decompression bomb. Zero means DefaultMaxTarSize (64 GiB).
+	MaxTarSize int64
+
+	// Logger receives a Debug record for every tar entry that is skipped.
+	// Nil discards them.
+	Logger *slog.Logger
+}
+
+// withDefaults returns o with every zero cap replaced by its default.
+func (o Options) withDefaults() Options {
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = DefaultMaxEntries
+	}
+	if o.MaxNameLen <= 0 {
+		o.MaxNameLen = DefaultMaxNameLen
+	}
+	if o.MaxXattrBytes <= 0 {
+		o.MaxXattrBytes = DefaultMaxXattrBytes
+	}
+	if o.MaxTarSize <= 0 {
+		o.MaxTarSize = DefaultMaxTarSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Build reads the uncompressed tar stream r of one layer and returns its entry
+// table, in tar order.
+//
+// Build streams: file contents are skipped, never held in memory. It reads r
+// to io.EOF, past the end-of-archive marker, so that Table.DiffID (the sha256
+// of every byte of r) and Table.TarSize cover the whole stream and a
+// decompressor underneath gets to check its trailing checksum. Table.Digest
+// and Table.Size describe the compressed blob, which Build never sees; the
+// caller sets them.
+//
+// Entries follow the rules documented on [Entry] and in the package
+// documentation: names cleaned so they cannot leave the root, whiteouts and
+// opaque markers turned into their own types, PAX and GNU extensions folded
+// in. Several entries may share a path; they are kept in tar order and the
+// union lets the later one win.
+//
+// Errors caused by the bytes of r (malformed or truncated tar, sparse files,
+// unknown entry types, a cap exceeded) wrap [ErrFormat]; an error returned by
+// r itself is passed on wrapped with the offset it happened at. Build never
+// panics, whatever r holds.
+func Build(r io.Reader, opts Options) (*Table, error) {
+	opts = opts.withDefaults()
+	src := &tarSource{r: r, hash: sha256.New(), max: opts.MaxTarSize}
+	b := &builder{opts: opts, src: src}
+	tr := tar.NewReader(src)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, tar.ErrInsecurePath) && hdr != nil {
+			// Only reported with GODEBUG=tarinsecurepath=0; names are
+			// cleaned below, so such paths are harmless here.
+			err = nil
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, b.readError(err)
+		}
+		// archive/tar reads headers in whole 512-byte blocks and never
+		// reads ahead into the data, so the count is the data offset.
+		if err := b.add(hdr, src.n); err != nil {
+			return nil, err
+		}
+	}
+	// Read what follows the end-of-archive marker (usually zero padding to
+	// a record boundary) so the digest and size cover the whole stream.
+	if _, err := io.Copy(io.Discard, src); err != nil {
+		return nil, b.readError(err)
+	}
+	return &Table{
+		DiffID:  digest.NewDigestFromBytes(digest.SHA256, src.hash.Sum(nil)),
+		TarSize: src.n,
+		Entries: b.entries,
+	}, nil
+}
+
+// builder accumulates the entries of one Build.
+type builder struct {
+	opts    Options
+	src     *tarSource
+	entries []Entry
+}
+
+// add converts hdr, whose data starts at off, and appends the entry unless
+// the header has no file meaning.
+func (b *builder) add(hdr *tar.Header, off int64) error {
+	e, keep, err := b.entry(hdr, off)
+	if err != nil {
+		return err
+	}
+	if !keep {
+		return nil
+	}
+	if len(b.entries) >= b.opts.MaxEntries {
+		return formatErrorf("layer has more than %d entries; set Options.MaxEntries to raise the cap", b.opts.MaxEntries)
+	}
+	b.entries = append(b.entries, e)
+	return nil
+}
+
+// skip logs a header that produces no entry.
+func (b *builder) skip(hdr *tar.Header, reason string) {
+	b.opts.Logger.Debug("skipping tar entry",
+		"path", shortName(hdr.Name), "typeflag", string(rune(hdr.Typeflag)), "reason", reason)
+}
+
+// readError classifies an error met while reading the tar stream.
+func (b *builder) readError(err error) error {
+	off := b.src.n
+	if b.src.err != nil {
+		if errors.Is(b.src.err, ErrFormat) {
+			return b.src.err
+		}
+		return fmt.Errorf("reading tar stream at offset %d: %w", off, b.src.err)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return formatErrorf("tar stream truncated at offset %d, after %d entries", off, len(b.entries))
+	}
+	return fmt.Errorf("%w: tar stream at offset %d, after %d entries: %w", ErrFormat, off, len(b.entries), err)
+}
+
+// tarSource is the reader archive/tar reads from: it counts and hashes every
+// byte of the stream and stops the stream at the size cap. archive/tar does
+// not report offsets, so the count is how Build finds them.
+type tarSource struct {
+	r    io.Reader
+	hash hash.Hash
+	n    int64 // bytes read so far
+	max  int64 // the size cap
+	err  error // first error other than io.EOF: from r, or the size cap
+}
+
+func (s *tarSource) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	// Let one byte past the cap through, so that reaching it exactly is
+	// not an error but exceeding it is.
+	if rem := s.max - s.n; rem < int64(len(p))-1 {
+		p = p[:rem+1]
+	}
+	n, err := s.r.Read(p)
+	if n < 0 || n > len(p) {
+		// A broken reader; do not let it index out of range below.
+		s.err = fmt.Errorf("reader returned %d bytes for a %d-byte buffer", n, len(p))
+		return 0, s.err
+	}
+	s.hash.Write(p[:n])
+	s.n += int64(n)
+	if s.n > s.max {
+		s.err = formatErrorf("decompressed size exceeds %d bytes; set Options.MaxTarSize to raise the cap", s.max)
+		return n, s.err
+	}
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
