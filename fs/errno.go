@@ -1,0 +1,29 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/index"
+)
+
+// errno maps an error met while serving n to the errno the reader gets, and
+// logs it once. A digest mismatch, bad layer bytes or an unreachable registry
+// are all EIO: the reader never gets different data, only an error.
+func (im *Image) errno(ctx context.Context, n *Node, off int64, err error) syscall.Errno {
+	switch {
+	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		return syscall.EINTR
+	case errors.Is(err, errNoEntry):
+		return syscall.ENOENT
+	}
+	var de *fetch.DigestError
+	what := "read failed"
+	if errors.As(err, &de) || errors.Is(err, fetch.ErrFormat) || errors.Is(err, index.ErrFormat) {
+		what = "read refused: layer failed verification"
+	}
+	im.log.Error(what, "inode", n.ID, "layer", im.layers[n.Layer].desc.Digest, "off", off, "err", err)
+	return syscall.EIO
+}

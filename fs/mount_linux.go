@@ -1,0 +1,111 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// MountOptions configure a FUSE mount of an image. The zero value is a
+// read-only, nosuid, nodev mount visible to root only.
+type MountOptions struct {
+	// AllowOther lets users other than root see the mount.
+	AllowOther bool
+
+	// Suid and Dev keep setuid bits and device nodes effective. They are off
+	// by default: an image from a registry is untrusted.
+	Suid bool
+	Dev  bool
+
+	// Debug logs every FUSE request through the image's logger at Debug.
+	Debug bool
+
+	// Timeout is how long the kernel may cache entries and attributes; the
+	// image is immutable, so it is long. 0 means one hour.
+	Timeout time.Duration
+}
+
+// Mount is a mounted image. Unmount or the kernel's unmount ends it.
+type Mount struct {
+	Dir    string
+	server *fuse.Server
+	im     *Image
+}
+
+// Mount serves the loaded image at dir with FUSE. It needs root and
+// /dev/fuse: it mounts directly, without fusermount.
+func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mount, error) {
+	if im.tree == nil {
+		return nil, fmt.Errorf("mount %s: image not loaded", dir)
+	}
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("mountpoint %s: %w", dir, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("mountpoint %s is not a directory", dir)
+	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = time.Hour
+	}
+	flags := uintptr(syscall.MS_RDONLY)
+	if !opts.Suid {
+		flags |= syscall.MS_NOSUID
+	}
+	if !opts.Dev {
+		flags |= syscall.MS_NODEV
+	}
+	fo := &fusefs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true, // mode 000 files keep their mode
+		RootStableAttr:  &fusefs.StableAttr{Ino: im.tree.Root.ID},
+		MountOptions: fuse.MountOptions{
+			FsName:            "ocifs",
+			Name:              "ocifs",
+			AllowOther:        opts.AllowOther,
+			DirectMountStrict: true,
+			DirectMountFlags:  flags,
+			Options:           []string{"ro", "default_permissions"},
+			MaxReadAhead:      1 << 20,
+			Debug:             opts.Debug,
+		},
+	}
+	if opts.Debug {
+		fo.MountOptions.Logger = slog.NewLogLogger(im.log.Handler(), slog.LevelDebug)
+	}
+	fo.Logger = log.New(logWriter{im.log}, "", 0)
+	root := &inode{im: im, n: im.tree.Root}
+	server, err := fusefs.Mount(dir, root, fo)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	im.log.Info("mounted", "path", dir)
+	return &Mount{Dir: dir, server: server, im: im}, nil
+}
+
+// Wait blocks until the file system is unmounted.
+func (m *Mount) Wait() { m.server.Wait() }
+
+// Unmount detaches the file system and waits for its requests to finish.
+func (m *Mount) Unmount() error {
+	if err := m.server.Unmount(); err != nil {
+		return fmt.Errorf("unmount %s: %w", m.Dir, err)
+	}
+	m.server.Wait()
+	return nil
+}
+
+type logWriter struct{ log *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Warn(string(p))
+	return len(p), nil
+}

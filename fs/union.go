@@ -1,0 +1,373 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ocifs/ocifs/index"
+)
+
+// ErrFormat marks union errors caused by the image's bytes (a hardlink to a
+// missing file, a path through a file), as opposed to our own failures.
+var ErrFormat = errors.New("invalid input")
+
+// maxSymlinkHops bounds how many symlinks one parent path may pass through,
+// as the kernel's MAXSYMLINKS does, so a loop in an image ends with an error.
+const maxSymlinkHops = 40
+
+// Node is one inode of the merged tree. Hardlinked names share one Node, so
+// the tree is a DAG at its leaves; directories appear once. A Node is
+// immutable once [Merge] returns.
+type Node struct {
+	ID       uint64 // stable inode number: the same image always gives the same numbers
+	Type     index.Type
+	Mode     uint32 // permission bits plus setuid, setgid and sticky
+	UID      int64
+	GID      int64
+	Size     int64 // file content size; for a symlink the target's length
+	ModTime  time.Time
+	Linkname string // symlink target
+	Devmajor int64
+	Devminor int64
+	Xattrs   map[string]string
+	Nlink    uint32 // names for a file; 2 + subdirectories for a directory
+	Implied  bool   // a directory no tar entry described: created for its children
+
+	// Layer and Offset locate a regular file's bytes: the index of the layer
+	// whose uncompressed tar holds them, and the offset in that tar.
+	Layer  int
+	Offset int64
+
+	children map[string]*Node
+	names    []string       // sorted child names, filled when the merge ends
+	wrote    map[string]int // the last layer that wrote each child name (for opaque markers)
+}
+
+// IsDir reports whether n is a directory.
+func (n *Node) IsDir() bool { return n.Type == index.TypeDir }
+
+// Names returns the sorted names of a directory's children. The slice is
+// shared: callers must not change it.
+func (n *Node) Names() []string { return n.names }
+
+// Child returns the child called name, or nil.
+func (n *Node) Child(name string) *Node { return n.children[name] }
+
+// Tree is the merged view of an image's layers: what a full unpack of the
+// layers in order would leave on disk.
+type Tree struct {
+	Root  *Node
+	Nodes int // distinct inodes, the root included
+}
+
+// Lookup returns the node at p, a slash-separated path relative to the root
+// ("" or "/" is the root). Symlinks are not followed.
+func (t *Tree) Lookup(p string) (*Node, error) {
+	n := t.Root
+	for _, name := range splitPath(p) {
+		if !n.IsDir() {
+			return nil, fmt.Errorf("%s: not a directory", p)
+		}
+		c := n.children[name]
+		if c == nil {
+			return nil, fmt.Errorf("%s: %w", p, errNoEntry)
+		}
+		n = c
+	}
+	return n, nil
+}
+
+var errNoEntry = errors.New("no such file or directory")
+
+// Walk calls fn for every path of the tree in depth-first, name order, the
+// root ("") first. Hardlinked nodes are visited once per name.
+func (t *Tree) Walk(fn func(p string, n *Node) error) error {
+	return walk("", t.Root, fn)
+}
+
+func walk(p string, n *Node, fn func(string, *Node) error) error {
+	if err := fn(p, n); err != nil {
+		return err
+	}
+	for _, name := range n.names {
+		if err := walk(path.Join(p, name), n.children[name], fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Merge applies the layers' entry tables bottom-up, the way an unpacker
+// applies layers to a directory, and returns the resulting tree:
+//
+//   - an entry replaces whatever was at its path, except that a directory
+//     entry over a directory only replaces the directory's own metadata;
+//   - ".wh.NAME" (TypeWhiteout) removes NAME and everything under it;
+//   - ".wh..wh..opq" (TypeOpaque) removes everything in the directory that
+//     this layer did not write;
+//   - missing parents are created as implied directories (0755, root);
+//   - a symlink met in a parent path is followed inside the tree, as
+//     unpackers do (securejoin rules: absolute targets start at the root, ".."
+//     stops at the root);
+//   - a hardlink names the node found at its target when it is applied, so it
+//     keeps that content even if the target path is replaced later.
+func Merge(tables []*index.Table) (*Tree, error) {
+	m := &merger{root: newDir(true)}
+	for li, t := range tables {
+		for i := range t.Entries {
+			if err := m.apply(li, &t.Entries[i]); err != nil {
+				return nil, fmt.Errorf("layer %d (%s): %w", li, t.Digest, err)
+			}
+		}
+	}
+	return m.finish(), nil
+}
+
+type merger struct {
+	root *Node
+}
+
+// newDir returns an empty directory. Until an entry describes it, it has the
+// attributes unpackers give a directory they create: 0755, root, and (ours,
+// for stable attributes) the Unix epoch as mtime.
+func newDir(implied bool) *Node {
+	return &Node{Type: index.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0).UTC(),
+		children: map[string]*Node{}, wrote: map[string]int{}, Implied: implied}
+}
+
+// link puts c in d under name, recording that layer li wrote that name.
+func link(d *Node, name string, c *Node, li int) {
+	d.children[name] = c
+	d.wrote[name] = li
+}
+
+func (m *merger) apply(li int, e *index.Entry) error {
+	if e.Name == "" {
+		switch e.Type {
+		case index.TypeDir:
+			setAttrs(m.root, e)
+			m.root.Implied = false
+			return nil
+		case index.TypeOpaque:
+			prune(m.root, li)
+			return nil
+		}
+		return fmt.Errorf("%w: %s entry for the root directory", ErrFormat, e.Type)
+	}
+	dirPath, base := path.Split(e.Name)
+	switch e.Type {
+	case index.TypeWhiteout:
+		parent, err := m.resolveDir(dirPath, li, false)
+		if err != nil || parent == nil {
+			return err // nothing to delete under a path that does not exist
+		}
+		removeChild(parent, base)
+		return nil
+	case index.TypeOpaque:
+		d, err := m.resolveDir(e.Name, li, false)
+		if err != nil || d == nil {
+			return err // a marker in a directory that does not exist is a no-op
+		}
+		prune(d, li)
+		return nil
+	}
+	parent, err := m.resolveDir(dirPath, li, true)
+	if err != nil {
+		return err
+	}
+	old := parent.children[base]
+	switch e.Type {
+	case index.TypeDir:
+		if old != nil && old.IsDir() {
+			setAttrs(old, e)
+			old.Implied = false
+			parent.wrote[base] = li
+			return nil
+		}
+		d := newDir(false)
+		setAttrs(d, e)
+		removeChild(parent, base)
+		link(parent, base, d, li)
+		return nil
+	case index.TypeHardlink:
+		target, err := m.resolve(e.Linkname, li)
+		if err != nil {
+			return fmt.Errorf("%w: hardlink %q to %q: %v", ErrFormat, e.Name, e.Linkname, err)
+		}
+		if target.IsDir() {
+			return fmt.Errorf("%w: hardlink %q to directory %q", ErrFormat, e.Name, e.Linkname)
+		}
+		if old == target {
+			return nil
+		}
+		removeChild(parent, base)
+		target.Nlink++
+		link(parent, base, target, li)
+		return nil
+	case index.TypeReg, index.TypeSymlink, index.TypeChar, index.TypeBlock, index.TypeFifo:
+		n := &Node{Type: e.Type, Nlink: 1, Layer: li, Offset: e.Offset}
+		setAttrs(n, e)
+		n.Size = e.Size
+		n.Linkname = e.Linkname
+		if e.Type == index.TypeSymlink {
+			n.Size = int64(len(e.Linkname))
+		}
+		n.Devmajor, n.Devminor = e.Devmajor, e.Devminor
+		removeChild(parent, base)
+		link(parent, base, n, li)
+		return nil
+	}
+	return fmt.Errorf("%w: entry %q has unknown type %d", ErrFormat, e.Name, e.Type)
+}
+
+func setAttrs(n *Node, e *index.Entry) {
+	n.Mode = e.Mode & 0o7777
+	n.UID, n.GID = e.UID, e.GID
+	n.ModTime = e.ModTime
+	n.Xattrs = e.Xattrs
+}
+
+// resolveDir walks p from the root, following symlinks in every component,
+// and returns the directory it names. With create, missing components become
+// implied directories and a non-directory in the way is replaced, as an
+// unpacker's MkdirAll over a removed path would; without it, a missing
+// component gives nil and no error.
+func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
+	todo := splitPath(p)
+	var cur []string // the real directories walked so far, from the root
+	d := m.root
+	hops := 0
+	for len(todo) > 0 {
+		name := todo[0]
+		todo = todo[1:]
+		c := d.children[name]
+		if c != nil && c.Type == index.TypeSymlink {
+			if hops++; hops > maxSymlinkHops {
+				return nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, path.Join(append(cur, name)...))
+			}
+			target := c.Linkname
+			if !strings.HasPrefix(target, "/") {
+				target = path.Join(append(cur, target)...)
+			}
+			todo = append(splitPath(target), todo...)
+			cur, d = nil, m.root
+			continue
+		}
+		if c == nil || !c.IsDir() {
+			if !create {
+				return nil, nil
+			}
+			removeChild(d, name)
+			c = newDir(true)
+			link(d, name, c, li)
+		}
+		cur = append(cur, name)
+		d = c
+	}
+	return d, nil
+}
+
+// resolve returns the node at p, following symlinks in the parent path but
+// not in the last component.
+func (m *merger) resolve(p string, li int) (*Node, error) {
+	dirPath, base := path.Split(p)
+	d, err := m.resolveDir(dirPath, li, false)
+	if err != nil {
+		return nil, err
+	}
+	if d == nil || d.children[base] == nil {
+		return nil, errNoEntry
+	}
+	return d.children[base], nil
+}
+
+// prune removes from d everything that layer li did not write, keeping the
+// directories li wrote but pruning their contents the same way.
+func prune(d *Node, li int) {
+	for name, c := range d.children {
+		switch {
+		case d.wrote[name] != li:
+			removeChild(d, name)
+		case c.IsDir():
+			prune(c, li)
+		}
+	}
+}
+
+// removeChild unlinks name from d, dropping the link counts of every file
+// under it.
+func removeChild(d *Node, name string) {
+	c := d.children[name]
+	if c == nil {
+		return
+	}
+	delete(d.children, name)
+	delete(d.wrote, name)
+	unlink(c)
+}
+
+func unlink(n *Node) {
+	if !n.IsDir() {
+		n.Nlink--
+		return
+	}
+	for _, c := range n.children {
+		unlink(c)
+	}
+}
+
+// finish sorts every directory, counts directory links and numbers the
+// inodes in depth-first name order, so the numbers are stable for an image.
+func (m *merger) finish() *Tree {
+	t := &Tree{Root: m.root}
+	var next uint64 = 1
+	var visit func(n *Node)
+	visit = func(n *Node) {
+		if n.ID != 0 {
+			return // another name of a hardlinked file
+		}
+		n.ID = next
+		next++
+		if !n.IsDir() {
+			return
+		}
+		n.wrote = nil // only the merge needs it
+		n.names = make([]string, 0, len(n.children))
+		n.Nlink = 2
+		for name, c := range n.children {
+			n.names = append(n.names, name)
+			if c.IsDir() {
+				n.Nlink++
+			}
+		}
+		slices.Sort(n.names)
+		for _, name := range n.names {
+			visit(n.children[name])
+		}
+	}
+	visit(m.root)
+	t.Nodes = int(next - 1)
+	return t
+}
+
+// splitPath splits a slash-separated path into its names, dropping empty and
+// "." elements and resolving ".." without ever leaving the root.
+func splitPath(p string) []string {
+	var out []string
+	for _, name := range strings.Split(p, "/") {
+		switch name {
+		case "", ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, name)
+		}
+	}
+	return out
+}
