@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ocifs/ocifs/fetch"
+)
+
+// defaultPruneAge is what `cache prune` removes without flags.
+const defaultPruneAge = 30 * 24 * time.Hour
+
+// listCache returns the entries of the cache at e's --cache-dir, oldest
+// first; none if the cache was never created (listing must not create it).
+func listCache(e *env) (*fetch.Cache, []fetch.CacheEntry, error) {
+	if _, err := os.Stat(e.g.cacheDir); errors.Is(err, iofs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	c, err := fetch.OpenCache(e.g.cacheDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	ents, err := c.List()
+	if err != nil {
+		return nil, nil, err
+	}
+	slices.SortFunc(ents, func(a, b fetch.CacheEntry) int {
+		if c := a.ModTime.Compare(b.ModTime); c != 0 {
+			return c
+		}
+		return strings.Compare(string(a.Digest), string(b.Digest))
+	})
+	return c, ents, nil
+}
+
+func cacheLsFlags(set *pflag.FlagSet) runFunc {
+	return func(ctx context.Context, e *env, args []string) error {
+		_, ents, err := listCache(e)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "KIND\tDIGEST\tSIZE\tMTIME\n")
+		for _, en := range ents {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", en.Kind, en.Digest, en.Size, en.ModTime.UTC().Format(time.RFC3339))
+		}
+		return tw.Flush()
+	}
+}
+
+func cacheDuFlags(set *pflag.FlagSet) runFunc {
+	return func(ctx context.Context, e *env, args []string) error {
+		_, ents, err := listCache(e)
+		if err != nil {
+			return err
+		}
+		type usage struct {
+			n    int
+			size int64
+		}
+		kinds := map[string]*usage{fetch.KindBlob: {}, fetch.KindIndex: {}}
+		var total usage
+		for _, en := range ents {
+			u := kinds[en.Kind]
+			if u == nil {
+				u = &usage{}
+				kinds[en.Kind] = u
+			}
+			u.n++
+			u.size += en.Size
+			total.n++
+			total.size += en.Size
+		}
+		names := make([]string, 0, len(kinds))
+		for k := range kinds {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		for _, k := range names {
+			fmt.Fprintf(tw, "%s\t%d entries\t%s\t(%d bytes)\n", k, kinds[k].n, humanBytes(kinds[k].size), kinds[k].size)
+		}
+		fmt.Fprintf(tw, "total\t%d entries\t%s\t(%d bytes)\n", total.n, humanBytes(total.size), total.size)
+		fmt.Fprintf(tw, "cache\t%s\n", e.g.cacheDir)
+		return tw.Flush()
+	}
+}
+
+// durationValue is a pflag.Value for ages: Go durations ("36h", "90m") plus
+// whole days ("30d").
+type durationValue time.Duration
+
+func (d *durationValue) String() string {
+	v := time.Duration(*d)
+	if v%(24*time.Hour) == 0 && v > 0 {
+		return strconv.FormatInt(int64(v/(24*time.Hour)), 10) + "d"
+	}
+	return v.String()
+}
+
+func (d *durationValue) Set(s string) error {
+	v, err := parseAge(s)
+	if err != nil {
+		return err
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func (d *durationValue) Type() string { return "DURATION" }
+
+// parseAge parses "30d", "12h", "1h30m"; negative ages are refused.
+func parseAge(s string) (time.Duration, error) {
+	var v time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseUint(days, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("age %q: want a whole number of days (30d) or a duration (12h)", s)
+		}
+		v = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if v, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("age %q: want a whole number of days (30d) or a duration (12h)", s)
+		}
+	}
+	if v < 0 {
+		return 0, fmt.Errorf("age %q: negative", s)
+	}
+	return v, nil
+}
+
+func cachePruneFlags(set *pflag.FlagSet) runFunc {
+	all := set.Bool("all", false, "remove every entry")
+	age := durationValue(defaultPruneAge)
+	set.Var(&age, "older-than", "remove entries not modified for `DURATION` (30d, 12h)")
+	return func(ctx context.Context, e *env, args []string) error {
+		return runPrune(e, *all, time.Duration(age), time.Now())
+	}
+}
+
+// runPrune removes entries last modified before now-age (all with all).
+// Removing a file a mount has open is safe: the mount keeps its open file.
+func runPrune(e *env, all bool, age time.Duration, now time.Time) error {
+	c, ents, err := listCache(e)
+	if err != nil {
+		return err
+	}
+	cutoff := now.Add(-age)
+	var n int
+	var freed int64
+	var errs []error
+	for _, en := range ents {
+		if !all && !en.ModTime.Before(cutoff) {
+			continue
+		}
+		if err := c.Remove(en.Kind, en.Digest); err != nil {
+			if !errors.Is(err, fetch.ErrNotFound) { // another prune got there first
+				errs = append(errs, err)
+			}
+			continue
+		}
+		n++
+		freed += en.Size
+	}
+	what := "older than " + (*durationValue)(&age).String()
+	if all {
+		what = "all entries"
+	}
+	fmt.Fprintf(e.stdout, "pruned %s: removed %d of %d entries, freed %s (%d bytes)\n", what, n, len(ents), humanBytes(freed), freed)
+	return errors.Join(errs...)
+}

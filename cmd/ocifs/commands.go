@@ -1,0 +1,403 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// runFunc runs a command with its positional arguments, after flags parsed.
+type runFunc func(ctx context.Context, e *env, args []string) error
+
+// command is one ocifs command (or subcommand, named "cache prune").
+type command struct {
+	name     string
+	argNames string // positional arguments as the synopsis shows them
+	short    string // one line for the command list
+	help     string // description, examples and notes for --help
+	minArgs  int
+	maxArgs  int  // -1: no limit
+	daemon   bool // logs at info by default: its log is how it talks
+
+	// flags defines the command's flags on fs and returns the function that
+	// runs it. Nil for a command that is not built yet (notYet).
+	flags  func(fs *pflag.FlagSet) runFunc
+	notYet error
+}
+
+func (c *command) synopsis() string {
+	s := "ocifs " + c.name
+	if c.flags != nil {
+		s += " [flags]"
+	}
+	if c.argNames != "" {
+		s += " " + c.argNames
+	}
+	return s
+}
+
+// group is a top-level command, with its subcommands if it has any.
+type group struct {
+	cmd  *command
+	subs []*command
+}
+
+func (g group) sub(name string) (*command, bool) {
+	for _, c := range g.subs {
+		if c.name == g.cmd.name+" "+name {
+			return c, true
+		}
+	}
+	return nil, false
+}
+
+func (g group) subNames() []string {
+	var names []string
+	for _, c := range g.subs {
+		names = append(names, strings.TrimPrefix(c.name, g.cmd.name+" "))
+	}
+	return names
+}
+
+// commands is the command table, in the order --help lists it.
+var commands = []group{
+	{cmd: &command{
+		name: "mount", argNames: "IMAGE MOUNTPOINT", minArgs: 2, maxArgs: 2, daemon: true,
+		short: "mount an image lazily at MOUNTPOINT; returns once the mount answers",
+		help:  mountHelp, flags: mountFlags,
+	}},
+	{cmd: &command{
+		name: "unmount", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
+		short: "unmount and stop its daemon; the cache stays",
+		help:  unmountHelp, flags: unmountFlags,
+	}},
+	{cmd: &command{
+		name: "stats", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
+		short: "what a mount fetched, served and verified",
+		help:  statsHelp, flags: statsFlags,
+	}},
+	{cmd: &command{
+		name: "inspect", argNames: "IMAGE", minArgs: 1, maxArgs: 1,
+		short: "manifest, config, layers, and the lazy mode of each layer and why",
+		help:  inspectHelp, flags: inspectFlags,
+	}},
+	{cmd: &command{
+		name: "ls", argNames: "IMAGE [PATH]", minArgs: 1, maxArgs: 2,
+		short: "list a directory of the image without mounting or pulling",
+		help:  lsHelp, flags: lsFlags,
+	}},
+	{cmd: &command{
+		name: "cat", argNames: "IMAGE PATH", minArgs: 2, maxArgs: 2,
+		short: "write one file of the image to stdout",
+		help:  catHelp, flags: catFlags,
+	}},
+	{cmd: &command{
+		name: "pull", argNames: "IMAGE DIR", minArgs: 2, maxArgs: 2,
+		short: "full pull and unpack of the merged root file system into DIR",
+		help:  pullHelp, flags: pullFlags,
+	}},
+	{
+		cmd: &command{name: "index", argNames: "build", short: "build layer indexes (not built yet)", help: indexHelp},
+		subs: []*command{{
+			name: "index build", argNames: "IMAGE", minArgs: 0, maxArgs: -1,
+			short:  "index every gzip/tar layer; --push stores it as a referrer",
+			help:   indexHelp,
+			notYet: errors.New("ocifs index build: not implemented yet (issue 3)"),
+		}},
+	},
+	{cmd: &command{
+		name: "bench", minArgs: 0, maxArgs: -1,
+		short:  "lazy mount vs full pull + unpack vs overlayfs (not built yet)",
+		help:   benchHelp,
+		notYet: errors.New("ocifs bench: not implemented yet (issue 6)"),
+	}},
+	{
+		cmd: &command{name: "cache", argNames: "ls|du|prune", short: "the digest-addressed cache", help: cacheHelp},
+		subs: []*command{
+			{name: "cache ls", minArgs: 0, maxArgs: 0, short: "list cached entries", help: cacheHelp, flags: cacheLsFlags},
+			{name: "cache du", minArgs: 0, maxArgs: 0, short: "total size per kind", help: cacheHelp, flags: cacheDuFlags},
+			{name: "cache prune", minArgs: 0, maxArgs: 0, short: "remove old entries", help: cacheHelp, flags: cachePruneFlags},
+		},
+	},
+}
+
+func lookupGroup(name string) (group, bool) {
+	for _, g := range commands {
+		if g.cmd.name == name {
+			return g, true
+		}
+	}
+	return group{}, false
+}
+
+// helpCommand serves `ocifs help [COMMAND [SUBCOMMAND]]`.
+func helpCommand(e *env, args []string) error {
+	if len(args) == 0 {
+		return printMainHelp(e.stdout)
+	}
+	g, ok := lookupGroup(args[0])
+	if !ok {
+		return &usageError{msg: fmt.Sprintf("help: unknown command %q", args[0])}
+	}
+	if len(args) > 1 {
+		if c, ok := g.sub(args[1]); ok {
+			return printCommandHelp(e.stdout, c)
+		}
+	}
+	return printCommandHelp(e.stdout, g.cmd)
+}
+
+const mainHelp = `ocifs mounts an OCI container image as a directory without pulling it first.
+
+Lazy means: a mount answers as soon as the image's file tables are known, and
+a read waits only for the layer that holds its file. Every byte is checked
+against the digests in the image's manifest and config before it is served,
+and kept in the cache so nothing is fetched twice. Today a layer is fetched
+whole, in one streaming pass; the first mount of an image with no index
+streams each layer once to build its file table, every later mount of any
+image sharing those layers is immediate. After mounting, layers not yet
+cached are fetched in the background (--prefetch=none stops it).
+
+Usage:
+  ocifs [global flags] COMMAND [flags] [args]
+
+Commands:
+%s
+Examples:
+  ocifs mount registry.example.com/app:1.4 /mnt/app
+  ls /mnt/app/etc && cat /mnt/app/etc/os-release
+  ocifs stats --json /mnt/app | jq .bytes_fetched
+  ocifs unmount /mnt/app
+  ocifs inspect docker.io/library/alpine:3.20
+  ocifs cat oci:./layout:v1 /etc/os-release
+  ocifs ls -l localhost:5000/app@sha256:4f6e... /usr/bin
+
+IMAGE is [registry/]repository[:tag][@sha256:...] with Docker's defaults
+(docker.io, library/, :latest), or an OCI image layout on disk:
+oci:PATH[:tag] or oci:PATH@sha256:... Registries on localhost or 127.0.0.1
+may use plain HTTP. Credentials come from docker/podman login.
+
+Global flags (before or after the command):
+%s
+Logs go to stderr. A mount's daemon writes its log to
+<cache-dir>/mounts/<name>.log; 'ocifs mount' prints the path.
+
+To unmount: 'ocifs unmount MOUNTPOINT' (or umount MOUNTPOINT; the daemon then
+exits by itself). The cache stays; 'ocifs cache prune' trims it.
+
+The cache (default %s) holds blobs, uncompressed layers and
+indexes by digest; mounts of other images that share a layer reuse it.
+
+Exit status: 0 success, 1 failure, 2 usage error.
+Run 'ocifs COMMAND --help' for a command's flags and examples.
+`
+
+func printMainHelp(w io.Writer) error {
+	var list strings.Builder
+	for _, g := range commands {
+		name := g.cmd.name
+		if g.cmd.argNames != "" && len(g.subs) > 0 {
+			name += " " + g.cmd.argNames
+		}
+		fmt.Fprintf(&list, "  %-18s %s\n", name, g.cmd.short)
+	}
+	_, err := fmt.Fprintf(w, mainHelp, list.String(), globalFlagUsages(), defaultCacheDirText())
+	return err
+}
+
+func globalFlagUsages() string {
+	fs := newFlagSet("ocifs")
+	(&globals{}).register(fs)
+	return flagUsages(fs)
+}
+
+// flagUsages lists fs's visible flags, one per line: "  -l, --long  usage".
+// (pflag's own listing spells every bool flag "--name[=true|false]".)
+func flagUsages(fs *pflag.FlagSet) string {
+	type line struct{ left, usage string }
+	var lines []line
+	width := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		left := "      --" + f.Name
+		if f.Shorthand != "" {
+			left = "  -" + f.Shorthand + ", --" + f.Name
+		}
+		varname, usage := pflag.UnquoteUsage(f)
+		if varname != "" && f.Value.Type() != "bool" {
+			left += " " + varname
+		}
+		if d := f.DefValue; d != "" && d != "false" && d != "0" && f.Value.Type() != "bool" {
+			usage += fmt.Sprintf(" (default %q)", d)
+		}
+		lines = append(lines, line{left, usage})
+		width = max(width, len(left))
+	})
+	var b strings.Builder
+	for _, l := range lines {
+		pad := strings.Repeat(" ", width-len(l.left)+3)
+		usage := strings.ReplaceAll(l.usage, "\n", "\n"+strings.Repeat(" ", width+3))
+		fmt.Fprintf(&b, "%s%s%s\n", l.left, pad, usage)
+	}
+	return b.String()
+}
+
+func printCommandHelp(w io.Writer, c *command) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "usage: %s\n\n%s\n", c.synopsis(), strings.TrimSpace(c.help))
+	if g, ok := lookupGroup(c.name); ok && len(g.subs) > 0 {
+		b.WriteString("\nSubcommands:\n")
+		for _, s := range g.subs {
+			fmt.Fprintf(&b, "  %-18s %s\n", s.synopsis(), s.short)
+		}
+	}
+	if c.flags != nil {
+		fs := newFlagSet("ocifs " + c.name)
+		c.flags(fs)
+		if u := flagUsages(fs); u != "" {
+			fmt.Fprintf(&b, "\nFlags:\n%s", u)
+		}
+	}
+	fmt.Fprintf(&b, "\nGlobal flags:\n%s\nExit status: 0 success, 1 failure, 2 usage error.\n", globalFlagUsages())
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+const mountHelp = `
+Mount IMAGE at MOUNTPOINT (an existing directory), read-only and lazily, and
+return once the mount answers. A daemon keeps serving it in the background;
+its log is <cache-dir>/mounts/<name>.log. With --foreground the command stays
+attached, logs to stderr, and unmounts on Ctrl-C or SIGTERM.
+
+Only the manifest, config and file tables are needed before the mount
+answers; a layer with no index anywhere is streamed once (verified, then
+indexed into the cache), so the first mount of such an image takes as long
+as fetching it, and every later one is immediate. After mounting, layers not
+yet cached are fetched in the background (--prefetch=none stops that).
+
+Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
+is cleaned up first. The mount is nosuid and nodev unless --suid / --dev.
+
+Examples:
+  mkdir -p /mnt/app
+  ocifs mount registry.example.com/app:1.4 /mnt/app
+  ocifs mount --prefetch=none oci:./layout:v1 /mnt/app
+  ocifs mount --foreground --log-level debug alpine:3.20 /mnt/alpine
+
+To unmount: ocifs unmount /mnt/app
+`
+
+const unmountHelp = `
+Unmount MOUNTPOINT and wait (up to 30s) for its daemon to exit. The cache
+stays, so the next mount of the same image is immediate. If files are still
+open under MOUNTPOINT the kernel answers "busy": close them and leave the
+directory, or use --lazy to detach now (the daemon exits when the last file
+closes). A mount whose daemon died is unmounted too.
+
+Examples:
+  ocifs unmount /mnt/app
+  ocifs unmount --lazy /mnt/app
+`
+
+const statsHelp = `
+Show what the mount at MOUNTPOINT fetched (blob, TOC and index bytes, HTTP
+requests), served (bytes read through the mount), how the cache answered and
+whether any verification failed, then one row per layer: its lazy mode, size,
+bytes fetched, and whether its blob is complete and verified.
+
+Examples:
+  ocifs stats /mnt/app
+  ocifs stats --json /mnt/app | jq .bytes_fetched
+  ocifs stats --json /mnt/app | jq '.layers[] | {digest, mode, complete}'
+`
+
+const inspectHelp = `
+Resolve IMAGE and print its manifest, config and layers without fetching any
+layer bytes: reference, manifest digest and media type, the index it was
+picked from (--platform chooses), platform, config digest, creation time,
+entrypoint and cmd, and for each layer its digest, media type, compressed
+size, diff_id, and the lazy mode ocifs will use for it and why.
+
+Examples:
+  ocifs inspect docker.io/library/alpine:3.20
+  ocifs inspect --platform linux/arm64 registry.example.com/app:1.4
+  ocifs inspect --json oci:./layout:v1 | jq '.layers[].mode'
+`
+
+const lsHelp = `
+List PATH (default /) of the image's merged tree, one name per line, without
+mounting or pulling. A non-directory PATH prints that one entry. Symlinks in
+PATH are followed inside the image, never on this machine. Layers with no
+cached index are fetched once to read their file tables.
+
+Examples:
+  ocifs ls alpine:3.20
+  ocifs ls -l alpine:3.20 /etc
+  ocifs ls oci:./layout:v1 /usr/bin
+`
+
+const catHelp = `
+Write the file at PATH in the image to stdout. Symlinks are followed inside
+the image (at most 40). Only what that file needs is fetched once the
+image's file tables are known; every byte is verified before it is written.
+
+Examples:
+  ocifs cat alpine:3.20 /etc/os-release
+  ocifs cat oci:./layout:v1 /etc/os-release
+  ocifs cat registry.example.com/app:1.4 /app/config.json | jq .
+`
+
+const pullHelp = `
+Fetch every layer and unpack the merged root file system into DIR (which must
+be empty or absent): the same tree a full pull and unpack gives, with owners,
+modes, xattrs, devices and hardlinks. Needs root to set owners and create
+devices. Prints a one-line summary on stderr.
+
+Examples:
+  ocifs pull alpine:3.20 /srv/rootfs
+  ocifs pull oci:./layout:v1 ./rootfs
+`
+
+const indexHelp = `
+Build an ocifs index (file table and random-access checkpoints) for every
+gzip or plain tar layer of IMAGE, so later mounts are lazy from the first
+read; --push stores it in the registry as a referrer of the manifest.
+
+Not built yet (issue 3): the command exits 1.
+
+Example:
+  ocifs index build --push registry.example.com/app:1.4
+`
+
+const benchHelp = `
+Compare a lazy mount with a full pull and unpack and with an overlayfs
+unpack, from a cold cache, and report the numbers as JSON and a table.
+
+Not built yet (issue 6): the command exits 1.
+
+Example:
+  ocifs bench
+`
+
+const cacheHelp = `
+The cache holds, by digest: blobs (compressed layers, manifests, configs),
+uncompressed layers and layer indexes. It is shared by every mount and
+command using the same --cache-dir. Removing an entry a mount still has open
+is safe: the mount keeps its open file.
+
+  ocifs cache ls                       kind, digest, size and mtime of each entry
+  ocifs cache du                       total size and count per kind
+  ocifs cache prune                    remove entries older than 30 days
+  ocifs cache prune --older-than 7d    remove entries older than 7 days
+  ocifs cache prune --all              remove every entry
+
+Examples:
+  ocifs cache du
+  ocifs --cache-dir /tmp/ocifs cache prune --all
+`

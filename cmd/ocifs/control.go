@@ -1,0 +1,451 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/ocifs/ocifs/fs"
+)
+
+// mountPaths are the files of one mount under <cache-dir>/mounts.
+type mountPaths struct {
+	state string // JSON mountState, present while the mount is served
+	sock  string // unix socket serving GET /stats
+	log   string // the daemon's stdout and stderr
+}
+
+// pathsFor names the files of the mount at dir (absolute) and creates their
+// directory. The name is a hash of the path, so any path maps to a short
+// safe name (sockets have a 108-byte limit), plus its base for people.
+func pathsFor(cacheDir, dir string) (mountPaths, error) {
+	mdir := filepath.Join(cacheDir, "mounts")
+	if err := os.MkdirAll(mdir, 0o700); err != nil {
+		return mountPaths{}, fmt.Errorf("mount state directory: %w", err)
+	}
+	base := mountName(dir)
+	return mountPaths{
+		state: filepath.Join(mdir, base+".json"),
+		sock:  filepath.Join(mdir, base+".sock"),
+		log:   filepath.Join(mdir, base+".log"),
+	}, nil
+}
+
+// mountName renders a mountpoint path as a file name: a sha256 prefix of the
+// path and its base name with anything unusual replaced.
+func mountName(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	base := []byte(filepath.Base(dir))
+	for i, c := range base {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			base[i] = '_'
+		}
+	}
+	if len(base) > 24 {
+		base = base[:24]
+	}
+	return hex.EncodeToString(sum[:8]) + "-" + strings.TrimLeft(string(base), ".")
+}
+
+// mountState is what a running mount daemon records about itself.
+type mountState struct {
+	PID        int    `json:"pid"`
+	Image      string `json:"image"`
+	Mountpoint string `json:"mountpoint"`
+	Socket     string `json:"socket"`
+	Log        string `json:"log,omitempty"`
+}
+
+func writeState(path string, st mountState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write mount state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write mount state: %w", err)
+	}
+	return nil
+}
+
+// readState reads the state of the mount at dir; iofs.ErrNotExist when no
+// daemon recorded one.
+func readState(p mountPaths) (*mountState, error) {
+	b, err := os.ReadFile(p.state)
+	if err != nil {
+		return nil, err
+	}
+	var st mountState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("mount state %s: %w", p.state, err)
+	}
+	return &st, nil
+}
+
+func removeState(p mountPaths) {
+	os.Remove(p.sock)
+	os.Remove(p.state)
+}
+
+// mountInfo is one line of /proc/self/mountinfo, the fields ocifs needs.
+type mountInfo struct {
+	mountpoint string
+	fsType     string
+	source     string
+}
+
+// findMount reports the topmost mount at dir (absolute, not resolved through
+// a dead FUSE mount), from /proc/self/mountinfo.
+func findMount(dir string) (mountInfo, bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return mountInfo{}, false, fmt.Errorf("read mount table: %w", err)
+	}
+	// Compare with the real path of dir's parent: the mount table holds
+	// resolved paths, and dir itself may be a dead mount that cannot be
+	// stat'ed.
+	want := dir
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
+		want = filepath.Join(parent, filepath.Base(dir))
+	}
+	var found mountInfo
+	ok := false
+	for _, mi := range parseMountinfo(b) {
+		if mi.mountpoint == want {
+			found, ok = mi, true
+		}
+	}
+	return found, ok, nil
+}
+
+// parseMountinfo parses the mount table format of proc(5); lines it cannot
+// read are skipped.
+func parseMountinfo(b []byte) []mountInfo {
+	var out []mountInfo
+	// Split on '\n' only: bufio.ScanLines would also drop a '\r' that ends
+	// a line, and with it part of a path.
+	for _, line := range strings.Split(string(b), "\n") {
+		// Fields are separated by single spaces; the kernel escapes only
+		// space, tab, newline and backslash in paths, so other white space
+		// (\f, \v, \r, U+0085) belongs to the path.
+		fields := strings.Split(line, " ")
+		sep := -1
+		for i := 6; i < len(fields); i++ {
+			if fields[i] == "-" {
+				sep = i
+				break
+			}
+		}
+		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
+			continue
+		}
+		out = append(out, mountInfo{
+			mountpoint: unescapeMountinfo(fields[4]),
+			fsType:     fields[sep+1],
+			source:     unescapeMountinfo(fields[sep+2]),
+		})
+	}
+	return out
+}
+
+// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func unmountFlags(set *pflag.FlagSet) runFunc {
+	lazy := set.Bool("lazy", false, "detach now even if files are open (MNT_DETACH); the daemon exits when they close")
+	return func(ctx context.Context, e *env, args []string) error {
+		return runUnmount(ctx, e, args[0], *lazy)
+	}
+}
+
+// daemonExitWait bounds how long unmount waits for the daemon to exit.
+const daemonExitWait = 30 * time.Second
+
+func runUnmount(ctx context.Context, e *env, dir string, lazy bool) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	p, err := pathsFor(e.g.cacheDir, abs)
+	if err != nil {
+		return err
+	}
+	st, err := readState(p)
+	if err != nil && !errors.Is(err, iofs.ErrNotExist) {
+		return err
+	}
+	if st != nil && !isDaemon(st.PID) {
+		st = nil // the daemon died; its mount, if any, is stale
+	}
+	mi, mounted, err := findMount(abs)
+	if err != nil {
+		return err
+	}
+	if !mounted {
+		if st != nil {
+			// Mounting has not finished, or the kernel's unmount raced us:
+			// ask the daemon to stop and clean up itself.
+			if err := syscall.Kill(st.PID, syscall.SIGTERM); err == nil {
+				return waitDaemon(ctx, e, abs, st.PID)
+			}
+		}
+		removeState(p)
+		return fmt.Errorf("unmount %s: not mounted", abs)
+	}
+	if !strings.HasPrefix(mi.fsType, "fuse") {
+		return withHint(fmt.Errorf("unmount %s: it is a %s mount, not an ocifs one", abs, mi.fsType), "use umount "+abs)
+	}
+	flags := 0
+	if lazy {
+		flags = unix.MNT_DETACH
+	}
+	if err := unix.Unmount(abs, flags); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("unmount %s: busy: close files and leave the directory, or use --lazy", abs)
+		}
+		return fmt.Errorf("unmount %s: %w", abs, err)
+	}
+	if st == nil {
+		removeState(p)
+		fmt.Fprintf(e.stdout, "unmounted %s\n", abs)
+		return nil
+	}
+	if lazy {
+		fmt.Fprintf(e.stdout, "detached %s; its daemon (pid %d) exits when the last open file closes\n", abs, st.PID)
+		return nil
+	}
+	return waitDaemon(ctx, e, abs, st.PID)
+}
+
+// waitDaemon waits, bounded, for the mount daemon pid to exit.
+func waitDaemon(ctx context.Context, e *env, dir string, pid int) error {
+	if err := waitExit(ctx, pid, daemonExitWait); err != nil {
+		return fmt.Errorf("unmount %s: the daemon (pid %d) is still running after %s: %w", dir, pid, daemonExitWait, err)
+	}
+	fmt.Fprintf(e.stdout, "unmounted %s\n", dir)
+	return nil
+}
+
+// isDaemon reports whether pid is alive and is an ocifs mount daemon, so a
+// reused pid is never signalled.
+func isDaemon(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(b), "\x00")
+	for _, a := range args {
+		if a == "--foreground" {
+			return true
+		}
+	}
+	return false
+}
+
+// waitExit waits until pid exits, at most timeout. A pidfd tells exactly when;
+// without pidfd_open (kernels before 5.3) it polls kill(pid, 0).
+func waitExit(ctx context.Context, pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err == nil {
+		defer unix.Close(fd)
+		for {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return errors.New("timed out")
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			// Wake at least every second to notice ctx.
+			ms := min(left, time.Second).Milliseconds() + 1
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(ms))
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				return err
+			}
+			if n > 0 {
+				return nil
+			}
+		}
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+func statsFlags(set *pflag.FlagSet) runFunc {
+	asJSON := set.Bool("json", false, "print one JSON object (the keys DESIGN.md lists)")
+	return func(ctx context.Context, e *env, args []string) error {
+		return runStats(ctx, e, args[0], *asJSON)
+	}
+}
+
+func runStats(ctx context.Context, e *env, dir string, asJSON bool) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	p, err := pathsFor(e.g.cacheDir, abs)
+	if err != nil {
+		return err
+	}
+	st, err := readState(p)
+	if errors.Is(err, iofs.ErrNotExist) {
+		return withHint(fmt.Errorf("stats %s: no ocifs mount there (no state in %s)", abs, filepath.Dir(p.state)),
+			"mount with: ocifs mount IMAGE "+abs+" (and the same --cache-dir)")
+	} else if err != nil {
+		return err
+	}
+	body, err := getStats(ctx, st.Socket)
+	if err != nil {
+		err = fmt.Errorf("stats %s: ask the daemon (pid %d): %w", abs, st.PID, err)
+		if !isDaemon(st.PID) {
+			return withHint(err, "the mount's daemon is gone; ocifs unmount "+abs+" cleans up")
+		}
+		return err
+	}
+	if asJSON {
+		_, err := fmt.Fprintf(e.stdout, "%s\n", bytes.TrimSpace(body))
+		return err
+	}
+	var s fs.Stats
+	if err := json.Unmarshal(body, &s); err != nil {
+		return fmt.Errorf("stats %s: daemon answer: %w", abs, err)
+	}
+	return printStats(e.stdout, &s)
+}
+
+// getStats asks a mount daemon for its stats over its unix socket.
+func getStats(ctx context.Context, sock string) ([]byte, error) {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ocifs/stats", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	return body, nil
+}
+
+func printStats(w io.Writer, s *fs.Stats) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "image\t%s\n", s.Image)
+	fmt.Fprintf(tw, "manifest\t%s\n", s.ManifestDigest)
+	fmt.Fprintf(tw, "fetched\t%s (%d bytes) in %d requests\n", humanBytes(s.BytesFetched), s.BytesFetched, s.Requests)
+	fmt.Fprintf(tw, "served\t%s (%d bytes)\n", humanBytes(s.BytesServed), s.BytesServed)
+	fmt.Fprintf(tw, "cache\t%d hits, %d misses\n", s.CacheHits, s.CacheMisses)
+	fmt.Fprintf(tw, "verify failures\t%d\n", s.VerifyFailures)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "LAYER\tMODE\tSIZE\tFETCHED\tCOMPLETE\tVERIFIED\n")
+	for _, l := range s.Layers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortDigest(l.Digest.String()), l.Mode,
+			humanBytes(l.Size), humanBytes(l.BytesFetched), yesNo(l.Complete), yesNo(l.Verified))
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// shortDigest is "sha256:" and the first 12 hex digits.
+func shortDigest(d string) string {
+	algo, hexpart, ok := strings.Cut(d, ":")
+	if !ok || len(hexpart) <= 12 {
+		return d
+	}
+	return algo + ":" + hexpart[:12]
+}
+
+// humanBytes renders n in IEC units: "0 B", "512 B", "1.5 KiB", "3.2 GiB".
+func humanBytes(n int64) string {
+	if n < 1024 && n > -1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		f /= 1024
+		if f < 1024 && f > -1024 {
+			return fmt.Sprintf("%.1f %s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.1f PiB", f/1024)
+}

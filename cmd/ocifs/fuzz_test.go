@@ -1,0 +1,155 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/index"
+)
+
+// escapeMountinfo escapes a path as the kernel writes it in mountinfo.
+func escapeMountinfo(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case ' ', '\t', '\n', '\\':
+			fmt.Fprintf(&b, "\\%03o", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func TestParseMountinfo(t *testing.T) {
+	table := "22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw\n" +
+		"98 22 0:50 / /mnt/a\\040b rw,nosuid,nodev,relatime shared:60 - fuse.ocifs ocifs rw,user_id=0,group_id=0\n" +
+		"garbage line\n" +
+		"99 98 0:51 / /mnt/a\\040b rw - fuse.ocifs ocifs rw\n"
+	got := parseMountinfo([]byte(table))
+	want := []mountInfo{
+		{"/proc", "proc", "proc"},
+		{"/mnt/a b", "fuse.ocifs", "ocifs"},
+		{"/mnt/a b", "fuse.ocifs", "ocifs"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("parseMountinfo = %v, want %v", got, want)
+	}
+}
+
+// FuzzParseMountinfo checks that any mount table parses without panic, and
+// that any mountpoint the kernel escapes comes back as it was.
+func FuzzParseMountinfo(f *testing.F) {
+	f.Add([]byte("98 22 0:50 / /mnt/x rw - fuse.ocifs ocifs rw\n"), "/mnt/a b")
+	f.Add([]byte("1 2 3 4 5 6 - \n- - -\n"), "/x\\y\tz\n")
+	f.Add([]byte("\\\\\\0 \\777 \\"), "\\777")
+	f.Add([]byte("1 2 3 4 /a\r 6 - t s\r\n"), "/a\r\f\v\u0085")
+	f.Fuzz(func(t *testing.T, table []byte, mp string) {
+		parseMountinfo(table)
+		if mp == "" || strings.ContainsRune(mp, 0) {
+			return
+		}
+		line := "98 22 0:50 / " + escapeMountinfo(mp) + " rw shared:1 - fuse.ocifs " + escapeMountinfo(mp) + "\n"
+		got := parseMountinfo([]byte(line))
+		if len(got) != 1 || got[0].mountpoint != mp || got[0].fsType != "fuse.ocifs" || got[0].source != mp {
+			t.Errorf("parseMountinfo(%q) = %+v, want mountpoint %q", line, got, mp)
+		}
+	})
+}
+
+// fuzzTree is a small tree with two symlinks whose targets come from the
+// fuzzer, as an image's would.
+func fuzzTree(t *testing.T, target1, target2 string) *fs.Tree {
+	t.Helper()
+	tree, err := fs.Merge([]*index.Table{{Entries: []index.Entry{
+		{Name: "a", Type: index.TypeDir, Mode: 0o755},
+		{Name: "a/b", Type: index.TypeDir, Mode: 0o755},
+		{Name: "a/b/f", Type: index.TypeReg, Mode: 0o644, Size: 3},
+		{Name: "l1", Type: index.TypeSymlink, Mode: 0o777, Linkname: target1},
+		{Name: "a/l2", Type: index.TypeSymlink, Mode: 0o777, Linkname: target2},
+	}}})
+	if err != nil {
+		t.Fatalf("merge: %v", err)
+	}
+	return tree
+}
+
+func TestResolvePath(t *testing.T) {
+	tree := fuzzTree(t, "a/l2", "../a/./b/f")
+	tests := []struct {
+		path   string
+		follow bool
+		want   string // "" for the root; names a node by a path Lookup takes
+		err    error
+	}{
+		{"/", true, "", nil},
+		{"../../a/b/f", true, "a/b/f", nil},
+		{"/l1", true, "a/b/f", nil},
+		{"/l1", false, "l1", nil},
+		{"/a/l2", false, "a/l2", nil},
+		{"/a/b/../../a/b/f", true, "a/b/f", nil},
+		{"/a/b/f/x", true, "", errNotDir},
+		{"/a/nope", true, "", errNoEntry},
+		{"/l1/x", true, "", errNotDir},
+	}
+	for _, tt := range tests {
+		got, err := resolvePath(tree, tt.path, tt.follow)
+		if !errors.Is(err, tt.err) {
+			t.Errorf("resolvePath(%q) err = %v, want %v", tt.path, err, tt.err)
+			continue
+		}
+		if tt.err != nil {
+			continue
+		}
+		want, err := tree.Lookup(tt.want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("resolvePath(%q, %v) = inode %d, want %d (%s)", tt.path, tt.follow, got.ID, want.ID, tt.want)
+		}
+	}
+	loop := fuzzTree(t, "a/l2", "/l1")
+	if _, err := resolvePath(loop, "/l1", true); !errors.Is(err, errSymlinks) {
+		t.Errorf("resolvePath of a symlink loop: err = %v, want %v", err, errSymlinks)
+	}
+}
+
+// FuzzResolvePath checks that symlink targets from an image cannot make path
+// resolution panic, loop forever, or end on anything but a tree node.
+func FuzzResolvePath(f *testing.F) {
+	f.Add("a/l2", "../a/./b/f", "/l1/x", true)
+	f.Add("/l1", "/a/l2", "l1", true)
+	f.Add("../../../..", "/", "a/l2/b/f", false)
+	f.Add("a/b/f/", "//a//b//", "./a/./l2/./../l2", true)
+	f.Fuzz(func(t *testing.T, target1, target2, p string, follow bool) {
+		if target1 == "" || target2 == "" || len(p) > 4096 || len(target1)+len(target2) > 4096 {
+			return
+		}
+		tree := fuzzTree(t, target1, target2)
+		n, err := resolvePath(tree, p, follow)
+		if err != nil {
+			if n != nil {
+				t.Errorf("resolvePath(%q) returned a node with error %v", p, err)
+			}
+			if !errors.Is(err, errNoEntry) && !errors.Is(err, errNotDir) && !errors.Is(err, errSymlinks) {
+				t.Errorf("resolvePath(%q): unexpected error %v", p, err)
+			}
+			return
+		}
+		found := false
+		_ = tree.Walk(func(_ string, m *fs.Node) error {
+			found = found || m == n
+			return nil
+		})
+		if !found {
+			t.Errorf("resolvePath(%q) returned a node not in the tree", p)
+		}
+		if follow && n.Type == index.TypeSymlink {
+			t.Errorf("resolvePath(%q, follow) ended on a symlink", p)
+		}
+	})
+}

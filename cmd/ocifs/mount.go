@@ -1,0 +1,422 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/ocifs/ocifs/fs"
+)
+
+// needFUSE is the hint for a mount that cannot reach the kernel.
+const needFUSE = "mounting needs root and /dev/fuse (run as root; modprobe fuse)"
+
+// mountOpts are the flags of `ocifs mount`.
+type mountOpts struct {
+	foreground bool
+	prefetch   string
+	allowOther bool
+	suid       bool
+	dev        bool
+	debugFUSE  bool
+	writable   bool
+	upper      string
+	readyFD    int // set by the parent for its daemon: where to say "ok\n"
+}
+
+func mountFlags(set *pflag.FlagSet) runFunc {
+	o := &mountOpts{}
+	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
+	set.StringVar(&o.prefetch, "prefetch", "all", "background fetch after mounting: `all` layers not yet cached, or none (only what is read)")
+	set.BoolVar(&o.allowOther, "allow-other", false, "let users other than root see the mount")
+	set.BoolVar(&o.suid, "suid", false, "honour setuid/setgid bits (off: an image is untrusted)")
+	set.BoolVar(&o.dev, "dev", false, "honour device nodes (off: an image is untrusted)")
+	set.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request (at debug level; implies --log-level debug)")
+	set.BoolVar(&o.writable, "writable", false, "copy-on-write into an upper directory (not supported yet)")
+	set.StringVar(&o.upper, "upper", "", "upper `DIR` for --writable (not supported yet)")
+	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
+	_ = set.MarkHidden("ready-fd")
+	return func(ctx context.Context, e *env, args []string) error {
+		return runMount(ctx, e, args[0], args[1], o)
+	}
+}
+
+func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
+	if o.prefetch != "all" && o.prefetch != "none" {
+		return &usageError{msg: fmt.Sprintf("--prefetch: %q is not all or none", o.prefetch)}
+	}
+	if o.writable || o.upper != "" {
+		return errors.New("mount: --writable and --upper are not supported yet: ocifs mounts are read-only for now")
+	}
+	if o.debugFUSE && e.g.logLevel == "" {
+		e.log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("mountpoint %s: %w", dir, err)
+	}
+	stale, err := checkMountpoint(abs)
+	if err != nil {
+		return err
+	}
+	if err := checkFUSE(); err != nil {
+		return err
+	}
+	if !stale {
+		mi, ok, err := findMount(abs)
+		switch {
+		case err != nil:
+			return err
+		case ok && strings.HasPrefix(mi.fsType, "fuse") && deadFUSE(abs):
+			stale = true
+		case ok:
+			return withHint(fmt.Errorf("mountpoint %s is already a mount point (%s)", abs, mi.fsType),
+				"unmount it first: ocifs unmount "+abs)
+		}
+	}
+	if o.foreground {
+		return serveMount(ctx, e, image, abs, stale, o)
+	}
+	return spawnDaemon(ctx, e, image, abs, o)
+}
+
+// checkMountpoint checks that dir is a directory. A stat that fails with
+// ENOTCONN is a FUSE mount whose daemon died: stale, to be cleaned. (A stale
+// mount may also answer stat from the kernel's cache; runMount asks deadFUSE.)
+func checkMountpoint(dir string) (stale bool, err error) {
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, syscall.ENOTCONN):
+		return true, nil
+	case errors.Is(err, iofs.ErrNotExist):
+		return false, withHint(fmt.Errorf("mountpoint %s does not exist", dir), "create it with mkdir -p "+dir)
+	case err != nil:
+		return false, fmt.Errorf("mountpoint %s: %w", dir, err)
+	case !st.IsDir():
+		return false, fmt.Errorf("mountpoint %s is not a directory", dir)
+	}
+	return false, nil
+}
+
+// deadFUSE reports whether the FUSE mount at dir has lost its daemon. The
+// kernel may answer stat from its attribute cache, but statfs always asks
+// the daemon, and gets ENOTCONN once the connection is gone.
+func deadFUSE(dir string) bool {
+	var st unix.Statfs_t
+	return errors.Is(unix.Statfs(dir, &st), unix.ENOTCONN)
+}
+
+// checkFUSE checks that this process may mount: ocifs mounts directly, as
+// root, without fusermount.
+func checkFUSE() error {
+	if os.Geteuid() != 0 {
+		return withHint(errors.New("mount: not running as root"), needFUSE)
+	}
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return withHint(fmt.Errorf("mount: %w", err), needFUSE)
+	}
+	return f.Close()
+}
+
+// spawnDaemon starts `ocifs mount --foreground` in its own session, with its
+// output appended to the mount's log, and waits until it reports that the
+// mount answers, or fails.
+func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
+	p, err := pathsFor(e.g.cacheDir, dir)
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("mount: open log: %w", err)
+	}
+	defer logf.Close()
+	logStart, err := logf.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("mount: log %s: %w", p.log, err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("mount: ready pipe: %w", err)
+	}
+	defer r.Close()
+
+	cmd := exec.Command("/proc/self/exe", daemonArgs(e.g, image, dir, o)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
+	cmd.ExtraFiles = []*os.File{w} // fd 3 in the child
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close() // the child holds the only write end now: EOF means it is gone
+	if err != nil {
+		return fmt.Errorf("mount: start daemon: %w", err)
+	}
+	e.log.Debug("mount daemon started", "pid", cmd.Process.Pid, "log", p.log)
+
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
+		got <- b
+	}()
+	var msg []byte
+	select {
+	case <-ctx.Done():
+		// The daemon runs in its own session, so the terminal's Ctrl-C did
+		// not reach it: stop it, and let it clean up what it started.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		<-got
+		return fmt.Errorf("mount %s: interrupted; stopped the mount daemon (pid %d): %w", dir, cmd.Process.Pid, ctx.Err())
+	case msg = <-got:
+	}
+	if string(msg) == "ok\n" {
+		fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d, log %s)\n", image, dir, cmd.Process.Pid, p.log)
+		return cmd.Process.Release()
+	}
+	werr := cmd.Wait()
+	if tail := logTail(p.log, logStart, 20); len(tail) > 0 {
+		fmt.Fprintf(e.stderr, "ocifs: the mount daemon failed; the end of its log %s:\n", p.log)
+		for _, l := range tail {
+			if !strings.HasPrefix(l, "ocifs: ") { // its error: reported below
+				fmt.Fprintf(e.stderr, "  %s\n", l)
+			}
+		}
+	}
+	if text := strings.TrimSpace(strings.TrimPrefix(string(msg), "error: ")); text != "" {
+		return errors.New(text)
+	}
+	return fmt.Errorf("mount %s: the daemon exited (%v) before the mount answered; see %s", dir, werr, p.log)
+}
+
+// daemonArgs is the command line of the daemon: the parsed flags spelled out
+// with absolute paths, so nothing depends on how the user wrote them.
+func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
+	args := []string{"--cache-dir=" + g.cacheDir}
+	if g.platform != "" {
+		args = append(args, "--platform="+g.platform)
+	}
+	if g.insecure {
+		args = append(args, "--insecure")
+	}
+	if g.logLevel != "" {
+		args = append(args, "--log-level="+g.logLevel)
+	}
+	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{o.allowOther, "--allow-other"}, {o.suid, "--suid"}, {o.dev, "--dev"}, {o.debugFUSE, "--debug-fuse"}} {
+		if f.on {
+			args = append(args, f.name)
+		}
+	}
+	return append(args, "--", image, dir)
+}
+
+// logTail returns the last n lines written to the log at or after off.
+func logTail(path string, off int64, n int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size()-off > 1<<20 {
+		off = st.Size() - 1<<20
+	}
+	b, err := io.ReadAll(io.NewSectionReader(f, off, 1<<20))
+	if err != nil && len(b) == 0 {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return nil
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
+}
+
+// serveMount is the mount daemon (or --foreground): resolve, load, mount,
+// serve stats, then wait for a signal or for the mount to go away.
+func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *mountOpts) (err error) {
+	var ready *os.File
+	if o.readyFD > 0 {
+		ready = os.NewFile(uintptr(o.readyFD), "ready-pipe")
+		defer func() {
+			if ready != nil {
+				if err != nil {
+					fmt.Fprintf(ready, "error: %s\n", errorText(err))
+				}
+				ready.Close()
+			}
+		}()
+	}
+	p, err := pathsFor(e.g.cacheDir, dir)
+	if err != nil {
+		return err
+	}
+	log := e.log
+	log.Info("mount starting", "image", image, "path", dir, "pid", os.Getpid())
+	if stale {
+		log.Info("cleaning a stale mount left by a daemon that died", "path", dir)
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("clean stale mount at %s: %w", dir, err)
+		}
+		removeState(p)
+	}
+	client, err := newClient(e)
+	if err != nil {
+		return err
+	}
+	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	if ready != nil {
+		// A daemon must not keep the directory it was started from busy;
+		// every path it needs is absolute from here on.
+		if err := os.Chdir("/"); err != nil {
+			im.Close()
+			return err
+		}
+	}
+	logPlan(log, im)
+	if err := im.Load(ctx); err != nil {
+		im.Close()
+		return fmt.Errorf("load %s: %w", im.Ref(), err)
+	}
+	m, err := im.Mount(ctx, dir, fs.MountOptions{
+		AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE,
+	})
+	if err != nil {
+		im.Close()
+		return withHint(err, needFUSE)
+	}
+	if o.prefetch == "all" {
+		im.Prefetch()
+	}
+	srv, err := serveStats(p.sock, im)
+	if err == nil {
+		err = writeState(p.state, mountState{
+			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ready != nil),
+		})
+		if err != nil {
+			srv.close()
+		}
+	}
+	if err != nil {
+		unmountServed(log, m, dir)
+		im.Close()
+		return err
+	}
+	if ready != nil {
+		_, _ = io.WriteString(ready, "ok\n")
+		ready.Close()
+		ready = nil
+	}
+	fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d)\n", im.Ref(), dir, os.Getpid())
+
+	gone := make(chan struct{})
+	go func() {
+		m.Wait()
+		close(gone)
+	}()
+	select {
+	case <-ctx.Done():
+		log.Info("signal received; unmounting", "path", dir)
+		unmountServed(log, m, dir)
+		<-gone
+	case <-gone:
+		log.Info("unmounted from outside; exiting", "path", dir)
+	}
+	srv.close()
+	removeState(p)
+	err = im.Close()
+	log.Info("mount ended", "path", dir)
+	return err
+}
+
+// daemonLog is the log path the state file records: the daemon's log file,
+// or "" for --foreground, which logs to the terminal.
+func daemonLog(p mountPaths, daemon bool) string {
+	if daemon {
+		return p.log
+	}
+	return ""
+}
+
+// unmountServed unmounts m; when files are still open it detaches lazily,
+// and the kernel ends the mount when the last of them closes.
+func unmountServed(log *slog.Logger, m *fs.Mount, dir string) {
+	if err := m.Unmount(); err != nil {
+		log.Warn("unmount busy; detaching lazily: open files are served until they close", "path", dir, "err", err)
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			log.Error("lazy unmount", "path", dir, "err", err)
+		}
+	}
+}
+
+// logPlan logs each layer's lazy mode before Load, so the log shows what is
+// about to be streamed and why.
+func logPlan(log *slog.Logger, im *fs.Image) {
+	layers := im.Layers()
+	log.Info("image resolved", "image", im.Ref(), "digest", im.Fetched().ManifestDigest, "layers", len(layers))
+	for i, l := range layers {
+		log.Info("layer plan", "n", strconv.Itoa(i+1)+"/"+strconv.Itoa(len(layers)), "layer", l.Digest,
+			"size", l.Size, "mode", l.Mode, "why", l.Why)
+	}
+}
+
+// statsServer serves GET /stats on the mount's unix socket.
+type statsServer struct {
+	srv  *http.Server
+	done chan struct{}
+}
+
+func serveStats(path string, im *fs.Image) (*statsServer, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+		return nil, fmt.Errorf("stats socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("stats socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(im.Stats())
+	})
+	s := &statsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		_ = s.srv.Serve(ln)
+	}()
+	return s, nil
+}
+
+func (s *statsServer) close() {
+	_ = s.srv.Close()
+	<-s.done
+}
