@@ -1,0 +1,76 @@
+# ocifs build, test and demo. `make test` is the CI (.ci/run calls it).
+# Every target that needs something installs it first (deps); run as root on
+# Debian.
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+# -count=1: never reuse cached results; the tests mount and talk to registries.
+TESTFLAGS ?= -count=1 -timeout 12m
+# how long each fuzz target runs inside `make test`, and in `make fuzz`
+FUZZTIME_TEST ?= 8s
+FUZZTIME ?= 10m
+BIN := bin/ocifs
+DEBS := docker-registry umoci skopeo attr
+
+.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench clean
+
+all: build
+
+# Debian packages the tests and the demo use: a real registry, the reference
+# unpacker, image copies, getfattr. Installed only when missing.
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "Go 1.26+ is required (https://go.dev/doc/install)"; exit 1; }
+	$(GO) mod download
+
+build: deps
+	$(GO) build -o $(BIN) ./cmd/ocifs
+
+# gofmt must print nothing.
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# -race on every package: fetch, index and fs share state between goroutines.
+# The fs and cmd tests mount with FUSE as root and start docker-registry.
+unit:
+	$(GO) test -race $(TESTFLAGS) ./...
+
+# Each fuzz target runs briefly; `make fuzz` runs them for FUZZTIME.
+FUZZ_TARGETS = $(shell $(GO) test -list '^Fuzz' ./index/ ./fetch/ ./fs/ 2>/dev/null | grep '^Fuzz' | sort -u)
+fuzz-brief:
+	@for pkg in ./index/ ./fetch/ ./fs/; do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME_TEST))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME_TEST) $$pkg >/tmp/ocifs-fuzz.log 2>&1 || { cat /tmp/ocifs-fuzz.log; exit 1; }; \
+		done; \
+	done
+
+fuzz:
+	@for pkg in ./index/ ./fetch/ ./fs/; do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+test: deps fmt-check vet fuzz-brief unit
+
+# The built-in demo: a loopback registry, the Go toolchain as an image, a lazy
+# mount, `go version` run from inside it.
+demo: build
+	$(GO) run ./bench/demo -ocifs $(BIN)
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin
