@@ -154,8 +154,8 @@ func (c *Client) Cache() *Cache { return c.cache }
 // Stats counts what the client fetched since New.
 type Stats struct {
 	Requests     int64                   // HTTP requests sent (each attempt counts)
-	BytesFetched int64                   // body bytes received for manifests, configs and blobs (layout files included)
-	Blobs        map[digest.Digest]int64 // body bytes received per blob digest
+	BytesFetched int64                   // body bytes received for manifests, configs, blobs and referrers lists (layout files included)
+	Blobs        map[digest.Digest]int64 // body bytes received per blob digest (and per manifest digest for FetchManifest)
 }
 
 // Stats returns a snapshot of the client's counters.

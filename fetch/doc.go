@@ -13,7 +13,14 @@
 //     with backoff for 429/5xx and connection errors, per-attempt timeouts
 //     and a stall watchdog, redirects (credentials never follow them to
 //     another host), Range reads and resumption ([Image.OpenBlob],
-//     [Image.FetchRange]).
+//     [Image.FetchRange], and [Image.FetchParts] for several verified
+//     pieces in one request).
+//   - Referrers of an image manifest, such as ocifs layer indexes
+//     ([ArtifactTypeIndex]): listing through the OCI 1.1 referrers API or
+//     the sha256-<hex> fallback tag ([Image.Referrers]), reading them
+//     verified ([Image.FetchReferrer], [Image.FetchManifest],
+//     [Image.FetchBlob]) and storing them ([Image.PushReferrer]), in a
+//     registry or an OCI layout.
 //   - The digest-addressed on-disk cache ([Cache]).
 //
 // # Invariants
@@ -23,9 +30,12 @@
 // Docker-Content-Digest or the parent index's descriptor; a config against
 // the manifest's descriptor; a blob stream against its layer descriptor
 // (the reader returns io.EOF only after the digest matched); a range
-// against the span digest passed to FetchRange. The cache admits a blob
-// only after its digest matched, by rename from a temp file, so a bad or
-// failed write never replaces or shadows a good entry.
+// against the span digest passed to FetchRange, each part of FetchParts
+// against its own digest; a referrer against its descriptor, and against
+// the image's manifest digest as its subject. A referrers list itself is
+// only a hint: nothing in it is returned as verified until fetched. The
+// cache admits a blob only after its digest matched, by rename from a temp
+// file, so a bad or failed write never replaces or shadows a good entry.
 //
 // Errors caused by outside bytes wrap [ErrFormat] and read "invalid input:
 // …"; a digest mismatch is a [*DigestError]. Absent things wrap

@@ -228,11 +228,12 @@ type testRegistry struct {
 	reg    http.Handler
 }
 
-// newTestRegistry starts a registry; wrap (optional) goes outside the fault
+// newTestRegistry starts a registry (with opts, e.g.
+// registry.WithReferrersSupport); wrap (optional) goes outside the fault
 // handler, e.g. to demand auth.
-func newTestRegistry(t testing.TB, wrap func(http.Handler) http.Handler) *testRegistry {
+func newTestRegistry(t testing.TB, wrap func(http.Handler) http.Handler, opts ...registry.Option) *testRegistry {
 	t.Helper()
-	reg := registry.New(registry.Logger(nopLogger()))
+	reg := registry.New(append([]registry.Option{registry.Logger(nopLogger())}, opts...)...)
 	fh := &faultHandler{next: reg}
 	var h http.Handler = fh
 	if wrap != nil {

@@ -2,8 +2,11 @@ package fetch
 
 import (
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -120,6 +123,100 @@ func FuzzParseReference(f *testing.F) {
 		again.repo = r.repo
 		if again != r {
 			t.Fatalf("round trip of %q: %+v then %+v", s, r, again)
+		}
+	})
+}
+
+// referrerSeeds are a referrers index and a referrer manifest as the tests
+// push them, and variants a hostile registry might send.
+const (
+	seedSubject   = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	referrersList = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` +
+		`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":612,` +
+		`"artifactType":"application/vnd.ocifs.index.v1","annotations":{"io.ocifs.index.version":"1"}},` +
+		`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":612}]}`
+	referrerManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+		`"artifactType":"application/vnd.ocifs.index.v1",` +
+		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},` +
+		`"layers":[{"mediaType":"application/vnd.ocifs.index.layer.v1","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":100,` +
+		`"annotations":{"io.ocifs.layer.digest":"sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"}}],` +
+		`"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + seedSubject + `","size":500},` +
+		`"annotations":{"k":"v"}}`
+)
+
+func FuzzParseReferrers(f *testing.F) {
+	for _, s := range []string{referrersList, ociIndex, ociManifest, `{"schemaVersion":2,"manifests":[]}`,
+		`{"schemaVersion":2,"manifests":[{"digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":0}]}`, `<html>`, ``} {
+		for _, mt := range []string{"", ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageIndex + "; charset=utf-8", ocispec.MediaTypeImageManifest} {
+			f.Add(mt, []byte(s))
+		}
+	}
+	f.Fuzz(func(t *testing.T, mt string, b []byte) {
+		descs, err := parseReferrers(mt, b)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) {
+				t.Fatalf("parseReferrers error %v does not wrap ErrFormat", err)
+			}
+			return
+		}
+		seen := map[string]bool{}
+		for _, d := range descs {
+			if d.Digest.Validate() != nil || d.Size <= 0 || d.Size > maxManifestSize || seen[d.Digest.String()] {
+				t.Fatalf("accepted descriptor %+v", d)
+			}
+			seen[d.Digest.String()] = true
+		}
+	})
+}
+
+func FuzzParseReferrer(f *testing.F) {
+	for _, s := range []string{referrerManifest, ociManifest, strings.Replace(referrerManifest, `"io.ocifs.layer.digest"`, `"x"`, 1),
+		strings.Replace(referrerManifest, `"subject"`, `"subjekt"`, 1), `{"schemaVersion":2,"subject":null}`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseReferrer(b, seedSubject)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) {
+				t.Fatalf("parseReferrer error %v does not wrap ErrFormat", err)
+			}
+			return
+		}
+		if m.Subject == nil || m.Subject.Digest != seedSubject || m.Config.Digest.Validate() != nil {
+			t.Fatalf("accepted %+v", m)
+		}
+		for _, l := range m.Layers {
+			if l.Digest.Validate() != nil || l.Size < 0 {
+				t.Fatalf("accepted layer %+v", l)
+			}
+			if m.ArtifactType == ArtifactTypeIndex && l.MediaType == MediaTypeIndexLayer {
+				if err := digest.Digest(l.Annotations[AnnotationLayerDigest]).Validate(); err != nil {
+					t.Fatalf("accepted index blob without a layer digest: %+v", l)
+				}
+			}
+		}
+	})
+}
+
+func FuzzNextLink(f *testing.F) {
+	for _, s := range []string{`</v2/app/referrers/sha256:abc?n=2>; rel="next"`, `<http://other/x>; rel=next`, `</a>; rel="prev", </b>; rel="next"`, `<>`, `<%zz>; rel=next`, ``} {
+		f.Add(s)
+	}
+	base, _ := url.Parse("http://reg:5000/v2/app/referrers/sha256:abc")
+	f.Fuzz(func(t *testing.T, link string) {
+		next, err := nextLink([]string{link}, base)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) {
+				t.Fatalf("nextLink error %v does not wrap ErrFormat", err)
+			}
+			return
+		}
+		if next == "" {
+			return
+		}
+		u, err := url.Parse(next)
+		if err != nil || u.Host != base.Host || u.Scheme != base.Scheme {
+			t.Fatalf("nextLink(%q) = %q: not on the registry", link, next)
 		}
 	})
 }

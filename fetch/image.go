@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -266,7 +265,8 @@ func (r *blobReader) Close() error {
 // equals want (a span or chunk digest the caller knows from a verified
 // index or TOC) before returning them; a mismatch is a *DigestError. A
 // source that ignores the Range header still yields the right bytes (the
-// prefix is discarded). A blob already in the cache is read from there.
+// prefix is discarded), and a body cut short is resumed after the bytes
+// received. A blob already in the cache is read from there.
 func (im *Image) FetchRange(ctx context.Context, desc ocispec.Descriptor, off, n int64, want digest.Digest) ([]byte, error) {
 	what := fmt.Sprintf("%s range %d+%d", im.blobWhat(desc.Digest), off, n)
 	if err := want.Validate(); err != nil {
@@ -279,45 +279,12 @@ func (im *Image) FetchRange(ctx context.Context, desc ocispec.Descriptor, off, n
 		return nil, fmt.Errorf("%s: outside the blob's %d bytes (or over %d)", what, desc.Size, maxRangeSize)
 	}
 	buf := make([]byte, n)
-	if f, err := im.c.cache.Open(desc.Digest); err == nil {
-		_, err := f.ReadAt(buf, off)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s (cached): %w", what, err)
-		}
-		if err := verifyBytes(what+" (cached)", want, buf); err != nil {
-			var de *DigestError
-			if errors.As(err, &de) {
-				de.Offset = off
-			}
-			return nil, err
-		}
-		return buf, nil
-	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound) {
-		im.c.log.Warn("cache read failed", "digest", desc.Digest, "err", err)
+	_, cached, err := im.readRange(ctx, desc, off, buf, what)
+	if err != nil {
+		return nil, err
 	}
-	var lastErr error
-	for attempt := 1; attempt <= im.attempts(); attempt++ {
-		if attempt > 1 {
-			if err := im.c.sleep(ctx, backoff(attempt-1)); err != nil {
-				return nil, fmt.Errorf("%s: %w", what, err)
-			}
-		}
-		err := im.fetchRangeOnce(ctx, desc, off, buf)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: %w", what, ctx.Err())
-		}
-		if !retryableError(err) {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
-		lastErr = err
-		im.c.log.Warn("retrying range", "digest", desc.Digest, "off", off, "len", n, "attempt", attempt, "err", err)
-		if attempt == im.attempts() {
-			return nil, fmt.Errorf("%s: %d attempts: %w", what, attempt, lastErr)
-		}
+	if cached {
+		what += " (cached)"
 	}
 	if err := verifyBytes(what, want, buf); err != nil {
 		var de *DigestError
@@ -327,33 +294,4 @@ func (im *Image) FetchRange(ctx context.Context, desc ocispec.Descriptor, off, n
 		return nil, err
 	}
 	return buf, nil
-}
-
-// fetchRangeOnce fills buf with the blob's bytes from off.
-func (im *Image) fetchRangeOnce(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte) error {
-	if len(buf) == 0 {
-		return nil
-	}
-	body, start, err := im.src.blob(ctx, desc, off, int64(len(buf)))
-	if err != nil {
-		return err
-	}
-	defer body.Close()
-	if skip := off - start; skip > 0 {
-		im.c.log.Debug("source ignored Range; discarding prefix", "digest", desc.Digest, "off", off)
-		got, err := io.CopyN(io.Discard, body, skip)
-		im.c.stats.addBlob(desc.Digest, got)
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	got, err := io.ReadFull(body, buf)
-	im.c.stats.addBlob(desc.Digest, int64(got))
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -34,27 +35,13 @@ func (s *layoutSource) blobPath(d digest.Digest) (string, error) {
 }
 
 // root reads index.json and picks the descriptor named by tag, or by
-// pinned digest, or the only one when neither is given.
+// pinned digest, or the only one that is not an artifact when neither is
+// given.
 func (s *layoutSource) root(tag string, pinned digest.Digest) (ocispec.Descriptor, error) {
 	what := s.String()
-	f, err := os.Open(filepath.Join(s.dir, "index.json"))
+	ix, _, err := s.index()
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return ocispec.Descriptor{}, fmt.Errorf("%s: no index.json (not an OCI image layout): %w", what, ErrNotFound)
-		}
-		return ocispec.Descriptor{}, fmt.Errorf("%s: %w", what, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("%s: read index.json: %w", what, err)
-	}
-	if len(b) > maxManifestSize {
-		return ocispec.Descriptor{}, formatError("%s: index.json is larger than 4 MiB", what)
-	}
-	ix, err := ParseIndex(b)
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("%s: index.json: %w", what, err)
+		return ocispec.Descriptor{}, err
 	}
 	if pinned != "" {
 		for _, d := range ix.Manifests {
@@ -74,8 +61,16 @@ func (s *layoutSource) root(tag string, pinned digest.Digest) (ocispec.Descripto
 		}
 		return ocispec.Descriptor{Digest: pinned, Size: fi.Size()}, nil
 	}
-	if tag == "" && len(ix.Manifests) == 1 {
-		return ix.Manifests[0], nil
+	if tag == "" {
+		// Artifacts (an artifactType that is not an image config's, as
+		// some tools record for images) are not images to choose from: a
+		// layout with one image and its indexes still has only one.
+		images := slices.DeleteFunc(slices.Clone(ix.Manifests), func(d ocispec.Descriptor) bool {
+			return d.ArtifactType != "" && d.ArtifactType != ocispec.MediaTypeImageConfig && d.ArtifactType != mediaTypeDockerConfig
+		})
+		if len(images) == 1 {
+			return images[0], nil
+		}
 	}
 	want := tag
 	if want == "" {
@@ -96,6 +91,32 @@ func (s *layoutSource) root(tag string, pinned digest.Digest) (ocispec.Descripto
 			what, want, ocispec.AnnotationRefName, len(ix.Manifests), s.dir, ErrNotFound)
 	}
 	return ocispec.Descriptor{}, fmt.Errorf("%s:%s: manifest not found (tags in index.json: %s): %w", what, want, strings.Join(tags, ", "), ErrNotFound)
+}
+
+// index reads and parses the layout's index.json; it also returns the raw
+// bytes.
+func (s *layoutSource) index() (ocispec.Index, []byte, error) {
+	what := s.String()
+	f, err := os.Open(filepath.Join(s.dir, "index.json"))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return ocispec.Index{}, nil, fmt.Errorf("%s: no index.json (not an OCI image layout): %w", what, ErrNotFound)
+		}
+		return ocispec.Index{}, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return ocispec.Index{}, nil, fmt.Errorf("%s: read index.json: %w", what, err)
+	}
+	if len(b) > maxManifestSize {
+		return ocispec.Index{}, nil, formatError("%s: index.json is larger than 4 MiB", what)
+	}
+	ix, err := ParseIndex(b)
+	if err != nil {
+		return ocispec.Index{}, nil, fmt.Errorf("%s: index.json: %w", what, err)
+	}
+	return ix, b, nil
 }
 
 func (s *layoutSource) manifest(_ context.Context, ref string) ([]byte, string, digest.Digest, error) {

@@ -19,6 +19,7 @@ const (
 	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 	mediaTypeDockerSchema1      = "application/vnd.docker.distribution.manifest.v1+json"
 	mediaTypeDockerSchema1Sig   = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	mediaTypeDockerConfig       = "application/vnd.docker.container.image.v1+json"
 )
 
 // maxManifestSize caps manifests, image indexes and configs.

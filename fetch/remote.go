@@ -52,14 +52,21 @@ type registrySource struct {
 var _ source = (*registrySource)(nil)
 
 // newRegistrySource resolves credentials for ref's registry, runs the
-// authentication handshake, and returns a source whose requests carry them.
+// authentication handshake for pulling, and returns a source whose requests
+// carry them.
 func (c *Client) newRegistrySource(ctx context.Context, ref Reference) (*registrySource, error) {
+	return c.newRegistrySourceScope(ctx, ref, transport.PullScope)
+}
+
+// newRegistrySourceScope is newRegistrySource for the given action
+// (transport.PullScope or transport.PushScope).
+func (c *Client) newRegistrySourceScope(ctx context.Context, ref Reference, action string) (*registrySource, error) {
 	reg := ref.repo.Registry
 	auth, err := authn.Resolve(ctx, c.keychain, ref.repo)
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", reg.RegistryStr(), err)
 	}
-	rt, err := transport.NewWithContext(ctx, reg, auth, c.rt, []string{ref.repo.Scope(transport.PullScope)})
+	rt, err := transport.NewWithContext(ctx, reg, auth, c.rt, []string{ref.repo.Scope(action)})
 	if err != nil {
 		return nil, registryError(err, "authenticate to "+ref.repoName(), reg.RegistryStr(), ref.repoName(), false)
 	}
