@@ -1,10 +1,18 @@
 package index
 
 import (
+	"archive/tar"
 	"bytes"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // BenchmarkBuild indexes a 64 MiB tar of small files (about 16,000 of up to
@@ -95,4 +103,140 @@ func TestBenchTableRoundTrip(t *testing.T) {
 	if len(got.Entries) != len(tab.Entries) {
 		t.Fatalf("Unmarshal gave %d entries, want %d", len(got.Entries), len(tab.Entries))
 	}
+}
+
+// goSourceTar returns a tar of up to limit bytes of Go's own source tree, a
+// realistic layer: many text files of all sizes. It skips when the tree is
+// not there.
+func goSourceTar(tb testing.TB, limit int) []byte {
+	tb.Helper()
+	root := filepath.Join(runtime.GOROOT(), "src")
+	if _, err := os.Stat(root); err != nil {
+		tb.Skipf("no Go source tree to build a layer from: %v", err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if buf.Len() >= limit {
+			return filepath.SkipAll
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil || !(d.IsDir() || d.Type().IsRegular()) {
+			return nil
+		}
+		hdr.Name = p[len(root):]
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			_, err = tw.Write(b)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func benchGzipLayer(b *testing.B) (raw, blob []byte) {
+	b.Helper()
+	raw = goSourceTar(b, 64<<20)
+	return raw, gzipBytes(b, raw)
+}
+
+// BenchmarkBuildLayerGzip indexes the layer in one pass: inflate,
+// checkpoints, tar entries, diff ID and span digests. Compare its MB/s
+// (uncompressed bytes) with BenchmarkGunzipOnly's.
+func BenchmarkBuildLayerGzip(b *testing.B) {
+	raw, blob := benchGzipLayer(b)
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	var spans int
+	for b.Loop() {
+		tab, err := BuildLayer(bytes.NewReader(blob), mtGzip, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		spans = len(tab.Spans)
+	}
+	b.ReportMetric(float64(spans), "spans")
+}
+
+// BenchmarkGunzipOnly is the floor BuildLayer is measured against: klauspost
+// gzip reading the same layer to EOF.
+func BenchmarkGunzipOnly(b *testing.B) {
+	raw, blob := benchGzipLayer(b)
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		zr, err := gzip.NewReader(bytes.NewReader(blob))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, zr); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodeSpan decodes one 4 MiB span from the middle of the layer,
+// what a cold FUSE read costs after the fetch.
+func BenchmarkDecodeSpan(b *testing.B) {
+	raw, blob := benchGzipLayer(b)
+	tab, err := BuildLayer(bytes.NewReader(blob), mtGzip, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	i := len(tab.Spans) / 2
+	sp := tab.Spans[i]
+	c := blob[sp.C:sp.CEnd]
+	b.SetBytes(tab.SpanEnd(i) - sp.U)
+	b.ReportAllocs()
+	for b.Loop() {
+		out, err := DecodeSpan(tab, i, c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(out) == 0 || out[0] != raw[sp.U] {
+			b.Fatal("wrong bytes")
+		}
+	}
+}
+
+// BenchmarkIndexSize reports the encoded index of the whole Go source tree
+// as gzip layer, at the default span size, as a share of the uncompressed
+// layer ("index-%").
+func BenchmarkIndexSize(b *testing.B) {
+	raw := goSourceTar(b, 1<<40)
+	blob := gzipBytes(b, raw)
+	var enc []byte
+	for b.Loop() {
+		tab, err := BuildLayer(bytes.NewReader(blob), mtGzip, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if enc, err = tab.MarshalBinary(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(100*float64(len(enc))/float64(len(raw)), "index-%")
+	b.ReportMetric(float64(len(raw)), "tar-bytes")
+	b.ReportMetric(float64(len(blob)), "gzip-bytes")
+	b.ReportMetric(float64(len(enc)), "index-bytes")
 }

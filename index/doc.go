@@ -1,5 +1,5 @@
 // Package index turns the bytes of an image layer into the layer's entry
-// table, and encodes that table for the local index cache.
+// table and random-access map, and encodes them for the local index cache.
 //
 // # What it owns
 //
@@ -7,7 +7,9 @@
 // ([Decompress], [MediaTypeCompression]), reading the uncompressed tar stream
 // into a [Table] of [Entry] values with the data offset of every regular file
 // ([Build]), and the binary encoding of a table ([Table.MarshalBinary],
-// [Unmarshal]). A typical use, once the blob's digest has been checked:
+// [Unmarshal], [Open]), and random access into gzip and plain-tar layers
+// ([BuildLayer], [Table.SpanFor], [DecodeSpan]). A typical use, once the
+// blob's digest has been checked:
 //
 //	tarStream, err := index.Decompress(desc.MediaType, blob)
 //	if err != nil { ... }
@@ -28,7 +30,35 @@
 //   - Entry names are clean and relative to the layer root ("" is the root);
 //     a ".." can never climb out of it, because a name is resolved as if it
 //     started at "/": "a/../../b" becomes "b".
-//   - A [Table] is immutable once returned, so readers share it without locks.
+//   - A [Table] is immutable once returned, so readers share it without
+//     locks; [Table.Window] and [DecodeSpan] are safe for concurrent use.
+//
+// # Random access
+//
+// [BuildLayer] reads a whole blob once and cuts its uncompressed stream into
+// spans of about Options.SpanSize bytes ([DefaultSpanSize], 4 MiB). Each
+// [Span] can be decoded alone from the blob bytes [C, CEnd) (plus, for gzip,
+// its window of the 32 KiB of output before it), and carries the sha256 of
+// those bytes. A reader of tar bytes [off, off+n):
+//
+//	for off < end {
+//		i := t.SpanFor(off)
+//		sp := t.Spans[i]
+//		b := fetch(sp.C, sp.CEnd)                 // check digest.FromBytes(b) == sp.Digest first
+//		data, err := index.DecodeSpan(t, i, b)    // exactly [sp.U, t.SpanEnd(i))
+//		...
+//		off = t.SpanEnd(i)
+//	}
+//
+// Verifying the span digest is the caller's job, and the only check that
+// catches every damaged byte. Gzip spans start at deflate block ends found
+// with klauspost/compress's inflate checkpoints; each is kept only once
+// resuming from it reproduced the output that followed (see gzip.go for
+// the offset drift this guards against). A span may cross gzip member
+// boundaries; a member start becomes a span start (with an empty window)
+// only when a span is due, so streams of many tiny members stay small.
+// Plain tar spans are SpanSize slices of the blob. Zstd layers have no
+// spans yet.
 //
 // # Entries
 //
@@ -51,10 +81,13 @@
 //
 // # Table encoding
 //
-// [Table.MarshalBinary] writes, and [Unmarshal] reads (version 1):
+// [Table.MarshalBinary] writes, and [Unmarshal] and [Open] read, version 1
+// (tables without Compression, SpanSize or Spans, as [Build] makes) or
+// version 2 (everything else):
 //
 //	magic      "OCIFSIDX"
-//	version    uint16, big-endian: 1
+//	version    uint16, big-endian: 1 or 2
+//	headLen    uint64, big-endian, version 2 only: bytes of the head below
 //	digest     string: the layer blob digest, "" when not yet set
 //	diffID     string
 //	size       uvarint: compressed blob size
@@ -76,6 +109,24 @@
 //	           names in strictly increasing byte order
 //	sections   until the checksum: uvarint tag, string body
 //	checksum   32 bytes: sha256 of everything before it
+//	windows    version 2 only: the stored windows, back to back
+//
+// Version 2 has exactly one section with tag 1, the spans:
+//
+//	compression string: "gzip", "none" or "zstd"
+//	spanSize    uvarint
+//	count       uvarint: number of spans (0 for zstd)
+//	spans       count times: uvarint U minus the previous U, uvarint C minus
+//	            the previous C, uvarint CEnd minus C, byte Bits, 32 bytes of
+//	            sha256 Digest, uvarint stored window length n, and when n > 0
+//	            uvarint window length and 32 bytes sha256 of the stored window
+//
+// A stored window is the window deflated (raw flate, no header), at most
+// 33 KiB, and inflates to its length (at most 32 KiB, and at most U). The
+// windows come last and are covered by their own digests, not by the
+// checksum, so [Open] reads the head alone and [Table.Window] reads one
+// window when asked. The windows' lengths must add up to the rest of the
+// file exactly.
 //
 // A string is a uvarint byte length and the bytes; a varint is zig-zag
 // encoded as in encoding/binary. Every varint is minimally encoded and the
@@ -85,16 +136,17 @@
 // empty xattr maps and entry lists as nil; [Build] produces them the same
 // way, so a built table round-trips to a reflect.DeepEqual one.
 //
-// The sections leave room to extend version 1 without breaking its readers
-// (planned: gzip checkpoints, span digests, windows loaded lazily). Version 1
-// writes none. A reader skips a section whose tag it does not know if the tag
-// is even, and refuses the index if it is odd: odd tags mark sections that
-// change what the rest means. An incompatible change bumps the version, which
-// older readers refuse with a message asking for the index to be rebuilt.
+// The sections leave room to extend the format without breaking readers.
+// A reader skips a section whose tag it does not know if the tag is even,
+// and refuses the index if it is odd: odd tags mark sections that change
+// what the rest means (version 1 readers would refuse tag 1). An
+// incompatible change bumps the version, which older readers refuse with a
+// message asking for the index to be rebuilt.
 //
 // # What it must not do
 //
-// No HTTP, no FUSE, no caching policy, no package-level state: input arrives
+// No HTTP, no FUSE, no caching policy, no package-level state (beyond a
+// sync.Pool of inflaters): input arrives
 // as an [io.Reader] or a byte slice, configuration as [Options], logs go to
 // Options.Logger. It imports neither fetch nor fs.
 package index

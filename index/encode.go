@@ -6,6 +6,7 @@ import (
 	_ "crypto/sha512" // lets go-digest validate sha512 layer digests, which OCI allows
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"math/bits"
 	"slices"
@@ -17,9 +18,14 @@ import (
 // The table encoding; the package documentation describes the layout.
 const (
 	indexMagic    = "OCIFSIDX"
-	formatVersion = 1
+	formatVersion = 2 // the newest version; version 1 is still read and written
 	checksumLen   = sha256.Size
 	headerLen     = len(indexMagic) + 2 // magic and version
+	headLenLen    = 8                   // version 2: the head length after the version
+
+	// sectionSpans is the tag of the spans section (version 2 only); odd,
+	// because a reader that skipped it would misread the table.
+	sectionSpans = 1
 
 	// maxDigestLen caps an encoded digest string ("sha512:" and 128 hex
 	// digits is 135 bytes).
@@ -38,10 +44,14 @@ const (
 )
 
 // MarshalBinary encodes t for the local index cache, in the format the
-// package documentation describes. The encoding is canonical: equal tables
-// encode to equal bytes. An empty, non-nil Xattrs map encodes like a nil one,
-// so it decodes as nil. Entries that break the [Entry] invariants are refused.
+// package documentation describes: version 1 for a table with no
+// Compression, SpanSize or Spans (what [Build] makes), version 2 otherwise.
+// The encoding is canonical: equal tables encode to equal bytes. An empty,
+// non-nil Xattrs map encodes like a nil one, so it decodes as nil. Entries
+// that break the [Entry] invariants and spans that break the [Span] ones are
+// refused. A table from [Open] reads its windows from its file to encode.
 func (t *Table) MarshalBinary() ([]byte, error) {
+	v2 := t.Compression != "" || t.SpanSize != 0 || t.Spans != nil
 	if err := checkDigest(t.Digest); err != nil {
 		return nil, fmt.Errorf("encoding table: digest: %w", err)
 	}
@@ -53,7 +63,12 @@ func (t *Table) MarshalBinary() ([]byte, error) {
 	}
 	buf := make([]byte, 0, 64+len(t.Entries)*32)
 	buf = append(buf, indexMagic...)
-	buf = binary.BigEndian.AppendUint16(buf, formatVersion)
+	if v2 {
+		buf = binary.BigEndian.AppendUint16(buf, 2)
+		buf = binary.BigEndian.AppendUint64(buf, 0) // the head length, set below
+	} else {
+		buf = binary.BigEndian.AppendUint16(buf, 1)
+	}
 	buf = appendString(buf, string(t.Digest))
 	buf = appendString(buf, string(t.DiffID))
 	buf = binary.AppendUvarint(buf, uint64(t.Size))
@@ -105,26 +120,56 @@ func (t *Table) MarshalBinary() ([]byte, error) {
 			buf = appendString(buf, e.Xattrs[k])
 		}
 	}
-	// Version 1 writes no optional sections.
+	if !v2 {
+		// Version 1 writes no optional sections.
+		sum := sha256.Sum256(buf)
+		return append(buf, sum[:]...), nil
+	}
+	spans, windows, err := t.appendSpans(nil)
+	if err != nil {
+		return nil, fmt.Errorf("encoding table: spans: %w", err)
+	}
+	buf = binary.AppendUvarint(buf, sectionSpans)
+	buf = appendString(buf, string(spans))
+	binary.BigEndian.PutUint64(buf[headerLen:], uint64(len(buf)-headerLen-headLenLen))
 	sum := sha256.Sum256(buf)
-	return append(buf, sum[:]...), nil
+	buf = append(buf, sum[:]...)
+	return append(buf, windows...), nil
 }
 
-// Unmarshal decodes a table encoded by [Table.MarshalBinary].
+// Unmarshal decodes a table encoded by [Table.MarshalBinary], version 1 or
+// 2, with its windows loaded into memory (kept flate-compressed as stored,
+// inflated by each [Table.Window] call).
 //
-// The bytes are not trusted: the trailing checksum is verified first, every
+// The bytes are not trusted: the checksums are verified first, every
 // count is checked against the bytes left before anything is allocated from
-// it, and every entry is checked against the [Entry] invariants. Anything
-// malformed is an [ErrFormat] error, never a panic and never a different
-// table; an index written by a newer, incompatible format version is refused
-// with a message saying so.
+// it, every entry is checked against the [Entry] invariants and every span
+// against the [Span] ones, and every window is checked and inflated once.
+// Anything malformed is an [ErrFormat] error, never a panic and never a
+// different table; an index written by a newer, incompatible format version
+// is refused with a message saying so.
 func Unmarshal(b []byte) (*Table, error) {
-	if len(b) < headerLen || string(b[:len(indexMagic)]) != indexMagic {
-		return nil, formatErrorf("not an ocifs index (no %q magic)", indexMagic)
+	v, err := checkHeader(b)
+	if err != nil {
+		return nil, err
 	}
-	if v := binary.BigEndian.Uint16(b[len(indexMagic):]); v != formatVersion {
-		return nil, formatErrorf("ocifs index format version %d is not supported (this build reads version %d); rebuild the index",
-			v, formatVersion)
+	if v == 2 {
+		t, err := open(bytes.NewReader(b), int64(len(b)), b)
+		if err != nil {
+			return nil, err
+		}
+		if w, ok := t.windows.(*storedWindows); ok {
+			// Hold a copy, not the caller's bytes, and check every
+			// window now.
+			w.r = bytes.NewReader(bytes.Clone(b[w.base:]))
+			w.base = 0
+			for i := range w.dir {
+				if _, err := w.window(i); err != nil {
+					return nil, err
+				}
+			}
+		}
+		return t, nil
 	}
 	if len(b) < headerLen+checksumLen {
 		return nil, formatErrorf("ocifs index truncated: %d bytes", len(b))
@@ -133,15 +178,123 @@ func Unmarshal(b []byte) (*Table, error) {
 	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
 		return nil, formatErrorf("ocifs index checksum mismatch: the index is damaged; rebuild it")
 	}
-	t, err := decodeTable(&decoder{b: body, off: headerLen})
+	t, _, err := decodeTable(&decoder{b: body, off: headerLen}, 1)
 	if err != nil {
 		return nil, fmt.Errorf("%w: ocifs index: %w", ErrFormat, err)
 	}
 	return t, nil
 }
 
-// decodeTable decodes the body of an index after the magic and version.
-func decodeTable(d *decoder) (*Table, error) {
+// checkHeader checks the magic and returns the format version of the
+// encoded table starting b.
+func checkHeader(b []byte) (uint16, error) {
+	if len(b) < headerLen || string(b[:len(indexMagic)]) != indexMagic {
+		return 0, formatErrorf("not an ocifs index (no %q magic)", indexMagic)
+	}
+	v := binary.BigEndian.Uint16(b[len(indexMagic):])
+	if v != 1 && v != 2 {
+		return 0, formatErrorf("ocifs index format version %d is not supported (this build reads versions 1 and 2); rebuild the index", v)
+	}
+	return v, nil
+}
+
+// maxOpenV1 caps the size of a version 1 index Open reads whole.
+const maxOpenV1 = 1 << 31
+
+// Open decodes the table encoded in the first size bytes of r without
+// reading its windows section: [Table.Window] reads the one window it needs
+// from r on each call, checking it against the sha256 the head holds (so r
+// must stay open, unchanged, while the table is used; reads through it are
+// concurrent, as *os.File allows). Open reads the head, checks its checksum
+// and decodes it as [Unmarshal] does; a version 1 index, which has no
+// windows, is read whole. Errors caused by the bytes wrap [ErrFormat];
+// errors of r are passed on wrapped.
+func Open(r io.ReaderAt, size int64) (*Table, error) {
+	if size < int64(headerLen) {
+		return nil, formatErrorf("ocifs index truncated: %d bytes", size)
+	}
+	var head [headerLen]byte
+	if err := readAt(r, head[:], 0); err != nil {
+		return nil, err
+	}
+	v, err := checkHeader(head[:])
+	if err != nil {
+		return nil, err
+	}
+	if v == 1 {
+		if size > maxOpenV1 {
+			return nil, formatErrorf("ocifs index of %d bytes is larger than version 1 allows", size)
+		}
+		b := make([]byte, size)
+		if err := readAt(r, b, 0); err != nil {
+			return nil, err
+		}
+		return Unmarshal(b)
+	}
+	return open(r, size, nil)
+}
+
+// open decodes a version 2 index from r; whole, when not nil, is all of r.
+func open(r io.ReaderAt, size int64, whole []byte) (*Table, error) {
+	fixed := int64(headerLen + headLenLen)
+	if size < fixed+checksumLen {
+		return nil, formatErrorf("ocifs index truncated: %d bytes", size)
+	}
+	var n [headLenLen]byte
+	if err := readAt(r, n[:], int64(headerLen)); err != nil {
+		return nil, err
+	}
+	headLen := binary.BigEndian.Uint64(n[:])
+	if headLen > uint64(size-fixed-checksumLen) {
+		return nil, formatErrorf("ocifs index head of %d bytes does not fit in %d bytes", headLen, size)
+	}
+	end := fixed + int64(headLen)
+	var head []byte
+	if whole != nil {
+		head = whole[:end+checksumLen]
+	} else {
+		head = make([]byte, end+checksumLen)
+		if err := readAt(r, head, 0); err != nil {
+			return nil, err
+		}
+	}
+	body, sum := head[:end], head[end:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return nil, formatErrorf("ocifs index checksum mismatch: the index is damaged; rebuild it")
+	}
+	base := end + checksumLen
+	t, spans, err := decodeTable(&decoder{b: body, off: int(fixed)}, 2)
+	if err == nil && spans == nil {
+		err = fmt.Errorf("version 2 index without a spans section")
+	}
+	var dir []windowRef
+	if err == nil {
+		dir, err = decodeSpans(t, spans, size-base)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: ocifs index: %w", ErrFormat, err)
+	}
+	if dir != nil {
+		t.windows = &storedWindows{r: r, base: base, dir: dir}
+	}
+	return t, nil
+}
+
+// readAt fills b from r at off.
+func readAt(r io.ReaderAt, b []byte, off int64) error {
+	n, err := r.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		return formatErrorf("ocifs index truncated: %d bytes at offset %d", n, off)
+	}
+	return fmt.Errorf("reading index at offset %d: %w", off, err)
+}
+
+// decodeTable decodes the head of an index after the magic, version (and
+// head length) and returns the spans section body of a version 2 index.
+func decodeTable(d *decoder, version int) (*Table, []byte, error) {
 	t := &Table{
 		Digest: digest.Digest(d.string(maxDigestLen, "digest")),
 		DiffID: digest.Digest(d.string(maxDigestLen, "diff id")),
@@ -150,16 +303,16 @@ func decodeTable(d *decoder) (*Table, error) {
 	t.TarSize = d.int64("tar size")
 	count := d.uvarint("entry count")
 	if d.err != nil {
-		return nil, d.err
+		return nil, nil, d.err
 	}
 	if err := checkDigest(t.Digest); err != nil {
-		return nil, fmt.Errorf("digest: %w", err)
+		return nil, nil, fmt.Errorf("digest: %w", err)
 	}
 	if err := checkDigest(t.DiffID); err != nil {
-		return nil, fmt.Errorf("diff id: %w", err)
+		return nil, nil, fmt.Errorf("diff id: %w", err)
 	}
 	if count > uint64(d.left()/minEntryLen) {
-		return nil, fmt.Errorf("entry count %d exceeds what %d bytes can hold", count, d.left())
+		return nil, nil, fmt.Errorf("entry count %d exceeds what %d bytes can hold", count, d.left())
 	}
 	if count > 0 {
 		t.Entries = make([]Entry, count)
@@ -177,18 +330,18 @@ func decodeTable(d *decoder) (*Table, error) {
 		p := d.uvarint("name prefix")
 		suffix := d.bytes(maxEncodedNameLen, "name")
 		if d.err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, d.err)
+			return nil, nil, fmt.Errorf("entry %d: %w", i, d.err)
 		}
 		prev := arena[prevStart:prevEnd]
 		if p > uint64(len(prev)) || int(p)+len(suffix) > maxEncodedNameLen {
-			return nil, fmt.Errorf("entry %d: name prefix %d, suffix %d bytes, after a %d-byte name",
+			return nil, nil, fmt.Errorf("entry %d: name prefix %d, suffix %d bytes, after a %d-byte name",
 				i, p, len(suffix), len(prev))
 		}
 		if int(p) < len(prev) && len(suffix) > 0 && suffix[0] == prev[p] {
-			return nil, fmt.Errorf("entry %d: name prefix %d is not the longest shared one", i, p)
+			return nil, nil, fmt.Errorf("entry %d: name prefix %d is not the longest shared one", i, p)
 		}
 		if len(arena)+int(p)+len(suffix) > maxTotalNameBytes {
-			return nil, fmt.Errorf("entry %d: names exceed %d bytes in total", i, maxTotalNameBytes)
+			return nil, nil, fmt.Errorf("entry %d: names exceed %d bytes in total", i, maxTotalNameBytes)
 		}
 		start := len(arena)
 		arena = append(arena, prev[:p]...)
@@ -211,7 +364,7 @@ func decodeTable(d *decoder) (*Table, error) {
 		case TypeSymlink, TypeHardlink:
 			link := d.bytes(maxEncodedNameLen, "link target")
 			if len(arena)+len(link) > maxTotalNameBytes {
-				return nil, fmt.Errorf("entry %d: names exceed %d bytes in total", i, maxTotalNameBytes)
+				return nil, nil, fmt.Errorf("entry %d: names exceed %d bytes in total", i, maxTotalNameBytes)
 			}
 			arena = append(arena, link...)
 		case TypeChar, TypeBlock:
@@ -220,10 +373,10 @@ func decodeTable(d *decoder) (*Table, error) {
 		}
 		ends = append(ends, prevEnd, len(arena))
 		if err := d.xattrs(e); err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, err)
+			return nil, nil, fmt.Errorf("entry %d: %w", i, err)
 		}
 		if d.err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, d.err)
+			return nil, nil, fmt.Errorf("entry %d: %w", i, d.err)
 		}
 	}
 
@@ -235,14 +388,15 @@ func decodeTable(d *decoder) (*Table, error) {
 		e.Linkname = names[ends[2*i]:ends[2*i+1]]
 		start = ends[2*i+1]
 		if err := checkEntry(e, t.TarSize); err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, err)
+			return nil, nil, fmt.Errorf("entry %d: %w", i, err)
 		}
 	}
 
-	if err := d.sections(); err != nil {
-		return nil, err
+	spans, err := d.sections(version)
+	if err != nil {
+		return nil, nil, err
 	}
-	return t, nil
+	return t, spans, nil
 }
 
 // xattrs decodes the extended attributes of e: a count, then name and value
@@ -272,22 +426,27 @@ func (d *decoder) xattrs(e *Entry) error {
 	return nil
 }
 
-// sections skips the tagged sections after the entries. Version 1 defines
-// none; later versions add them. A section with an odd tag carries something
-// a reader must understand, so an unknown odd tag is an error; an unknown
-// even tag is skipped.
-func (d *decoder) sections() error {
+// sections reads the tagged sections after the entries and returns the
+// body of the spans section (version 2 only, at most once). A section with
+// an odd tag carries something a reader must understand, so an unknown odd
+// tag is an error; an unknown even tag is skipped.
+func (d *decoder) sections(version int) ([]byte, error) {
+	var spans []byte
 	for d.left() > 0 {
 		tag := d.uvarint("section tag")
 		body := d.bytes(d.left(), "section")
 		if d.err != nil {
-			return d.err
+			return nil, d.err
+		}
+		if tag == sectionSpans && version == 2 && spans == nil {
+			spans = body
+			continue
 		}
 		if tag&1 == 1 {
-			return fmt.Errorf("section %d (%d bytes) is required but unknown to this version; rebuild the index", tag, len(body))
+			return nil, fmt.Errorf("section %d (%d bytes) is required but unknown to this version; rebuild the index", tag, len(body))
 		}
 	}
-	return nil
+	return spans, nil
 }
 
 // checkDigest accepts an empty digest (not yet known) or a valid one.

@@ -201,7 +201,8 @@ func TestUnmarshalRejects(t *testing.T) {
 	}{
 		{"no magic", []byte("OCIFSIDY\x00\x01"), `invalid input: not an ocifs index (no "OCIFSIDX" magic)`},
 		{"short", []byte("OCIF"), "not an ocifs index"},
-		{"version 2", version(2), "invalid input: ocifs index format version 2 is not supported (this build reads version 1); rebuild the index"},
+		{"version 3", version(3), "invalid input: ocifs index format version 3 is not supported (this build reads versions 1 and 2); rebuild the index"},
+		{"version 2 without its head length", version(2), "ocifs index head of"},
 		{"version 0", version(0), "version 0 is not supported"},
 		{"checksum", append(append([]byte(nil), body...), make([]byte, checksumLen)...), "invalid input: ocifs index checksum mismatch"},
 		{"huge count", seal(body[:entries-1], []byte{0xff, 0xff, 0xff, 0xff, 0x0f}), "entry count 4294967295 exceeds what 0 bytes can hold"},

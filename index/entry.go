@@ -73,7 +73,8 @@ type Entry struct {
 }
 
 // Table is the entry table of one layer: every entry in tar order, plus the
-// digests that bind it to the layer it was read from. A Table is immutable
+// digests that bind it to the layer it was read from, and, for layers that
+// allow it, the random-access map (Spans) into the blob. A Table is immutable
 // once built, so readers share it without locks.
 type Table struct {
 	Digest  digest.Digest // digest of the layer blob as stored (compressed)
@@ -81,4 +82,29 @@ type Table struct {
 	Size    int64         // compressed blob size in bytes
 	TarSize int64         // uncompressed tar stream size in bytes
 	Entries []Entry
+
+	// Compression is how the blob encodes the tar: "gzip", "zstd" or "none".
+	Compression string
+	// SpanSize is the target uncompressed size of a span; 0 when Spans is nil.
+	SpanSize int64
+	// Spans cut the uncompressed stream into pieces that can each be decoded
+	// alone from a verified range of the blob; sorted by U, the first at U 0.
+	// Nil for a layer with no random access (zstd today).
+	Spans []Span
+
+	// windows holds what Window(i) returns; see index/span.go.
+	windows windowSource
+}
+
+// Span is one random-access piece of a layer: the uncompressed bytes
+// [U, next span's U or TarSize) are decoded from blob bytes [C, CEnd) alone,
+// using the 32 KiB window that preceded U (gzip) or nothing (plain tar).
+// Digest is the sha256 of blob bytes [C, CEnd): a reader checks it before
+// decoding, so no byte of an unverified range is ever served.
+type Span struct {
+	U      int64         // uncompressed offset of the span's first byte
+	C      int64         // blob offset of the byte holding the span's first bit
+	Bits   uint8         // bits of byte C that belong to the previous span (0-7)
+	CEnd   int64         // blob offset just past the last byte the span needs
+	Digest digest.Digest // sha256 of blob[C:CEnd]
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	stdgzip "compress/gzip"
+	"encoding/binary"
 	"errors"
 	"io"
 	"path"
@@ -168,13 +169,20 @@ func FuzzUnmarshal(f *testing.F) {
 		f.Add(enc)
 		f.Add(withSection(enc, 2, "even"))
 	}
+	for _, enc := range spanSeeds(f) {
+		f.Add(enc)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if _, err := Unmarshal(b); err != nil && !errors.Is(err, ErrFormat) {
 			t.Fatalf("Unmarshal error %q does not wrap ErrFormat", err)
 		}
 		// Most mutations break the checksum; fix it up to reach the
 		// decoder behind it.
-		b = reseal(b)
+		if len(b) >= headerLen && binary.BigEndian.Uint16(b[len(indexMagic):]) == 2 {
+			b = resealV2(b)
+		} else {
+			b = reseal(b)
+		}
 		tab, err := Unmarshal(b)
 		if err != nil {
 			if !errors.Is(err, ErrFormat) {
@@ -200,5 +208,113 @@ func FuzzUnmarshal(f *testing.F) {
 		if len(enc) > len(b) {
 			t.Fatalf("re-encoding grew from %d to %d bytes", len(b), len(enc))
 		}
+	})
+}
+
+// spanSeeds returns encodings of span-bearing tables: gzip in two members,
+// plain tar and zstd, small enough for fast fuzzing.
+func spanSeeds(tb testing.TB) [][]byte {
+	tb.Helper()
+	raw := tarOf(tb, mixedData(20_000, 13))
+	var out [][]byte
+	for _, c := range []struct {
+		mt   string
+		blob []byte
+	}{
+		{mtGzip, gzipSplit(tb, raw, []int{9000}, 6, true, hdrName)},
+		{mtTar, raw},
+		{mtZstd, zstdBytes(tb, raw)},
+	} {
+		tab := buildLayerT(tb, c.blob, c.mt, 2<<10)
+		enc, err := tab.MarshalBinary()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, enc)
+	}
+	return out
+}
+
+func FuzzOpen(f *testing.F) {
+	for _, enc := range spanSeeds(f) {
+		f.Add(enc)
+	}
+	f.Add(mustEncode(f, builtFixture(f)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, b := range [][]byte{b, resealV2(b)} {
+			tab, err := Open(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				if !errors.Is(err, ErrFormat) {
+					t.Fatalf("Open error %q does not wrap ErrFormat", err)
+				}
+				continue
+			}
+			if len(tab.Spans) > len(b)/minSpanLen {
+				t.Fatalf("%d spans from %d bytes", len(tab.Spans), len(b))
+			}
+			for i := range tab.Spans {
+				w, err := tab.Window(i)
+				if err != nil && !errors.Is(err, ErrFormat) {
+					t.Fatalf("Window(%d) error %q does not wrap ErrFormat", i, err)
+				}
+				if len(w) > maxWindow || int64(len(w)) > tab.Spans[i].U {
+					t.Fatalf("Window(%d) has %d bytes at U %d", i, len(w), tab.Spans[i].U)
+				}
+			}
+			// DecodeSpan of whatever bytes never panics.
+			for i := range tab.Spans {
+				sp := tab.Spans[i]
+				if sp.CEnd-sp.C > 1<<16 || tab.SpanEnd(i)-sp.U > 1<<22 {
+					continue
+				}
+				_, _ = DecodeSpan(tab, i, make([]byte, sp.CEnd-sp.C))
+			}
+		}
+	})
+}
+
+func mustEncode(tb testing.TB, t *Table) []byte {
+	tb.Helper()
+	enc, err := t.MarshalBinary()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return enc
+}
+
+// FuzzGzipSpans checks random access against sequential decompression:
+// data in a tar, gzip-compressed in up to three members at a chosen level
+// and header flags, indexed at a chosen span size; every span and random
+// ranges read through the index equal the stream.
+func FuzzGzipSpans(f *testing.F) {
+	f.Add([]byte("hello, world"), int8(6), uint16(0), uint16(0), uint8(0), byte(0), false)
+	f.Add(mixedData(20_000, 1), int8(0), uint16(1000), uint16(30000), uint8(1), byte(hdrAll), true)
+	f.Add(mixedData(30_000, 2), int8(1), uint16(0), uint16(0), uint8(3), byte(hdrName), false)
+	f.Add(bytes.Repeat([]byte("a"), 40_000), int8(9), uint16(5), uint16(5), uint8(0), byte(0), false)
+	f.Add(randomBytes(20_000, 3), int8(-2), uint16(20000), uint16(20001), uint8(0), byte(hdrHCRC), false)
+	f.Fuzz(func(t *testing.T, data []byte, level int8, cut1, cut2 uint16, spanKiB uint8, flags byte, std bool) {
+		lv := int(uint8(level))%12 - 2 // -2 (Huffman only) to 9
+		if std && lv == -2 || !std && lv == -1 {
+			lv = 6
+		}
+		raw := tarOf(t, data)
+		cuts := []int{int(cut1) * len(raw) / 65536, int(cut2) * len(raw) / 65536}
+		if cuts[1] < cuts[0] {
+			cuts[0], cuts[1] = cuts[1], cuts[0]
+		}
+		blob := gzipSplit(t, raw, cuts, lv, std, flags&hdrAll)
+		spanSize := int64(spanKiB%64+1) << 10
+		tab := buildLayerT(t, blob, mtGzip, spanSize)
+		checkLayerTable(t, tab, blob, raw, compressionGzip, spanSize)
+		checkRandomRanges(t, tab, blob, raw, 10, uint64(len(data)))
+		enc, err := tab.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		opened, err := Open(bytes.NewReader(enc), int64(len(enc)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRandomRanges(t, opened, blob, raw, 5, 1)
 	})
 }

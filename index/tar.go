@@ -20,7 +20,7 @@ const (
 	DefaultMaxTarSize    = 64 << 30
 )
 
-// Options configures [Build]. The zero value is ready to use: every cap left
+// Options configures [Build] and [BuildLayer]. The zero value is ready to use: every cap left
 // at zero takes its default. The caps bound what a layer may make Build
 // allocate or read; a layer exceeding one is rejected with an [ErrFormat]
 // error that names the field to raise.
@@ -43,6 +43,13 @@ type Options struct {
 	// decompression bomb. Zero means DefaultMaxTarSize (64 GiB).
 	MaxTarSize int64
 
+	// SpanSize is the uncompressed size [BuildLayer] aims at for each span
+	// of a gzip or plain tar layer: a span ends at the first deflate block
+	// end at or after this many bytes. Zero means DefaultSpanSize (4 MiB);
+	// values below 1 KiB are raised to 1 KiB. Each gzip span keeps a
+	// window of up to 32 KiB, so small spans make large indexes.
+	SpanSize int64
+
 	// Logger receives a Debug record for every tar entry that is skipped.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -62,6 +69,10 @@ func (o Options) withDefaults() Options {
 	if o.MaxTarSize <= 0 {
 		o.MaxTarSize = DefaultMaxTarSize
 	}
+	if o.SpanSize <= 0 {
+		o.SpanSize = DefaultSpanSize
+	}
+	o.SpanSize = max(o.SpanSize, minSpanSize)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

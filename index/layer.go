@@ -1,0 +1,492 @@
+package index
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"math"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// DefaultSpanSize is the span size [BuildLayer] aims at when
+// Options.SpanSize is zero: a read decodes at most about this much, and the
+// 32 KiB window each span keeps costs under 1% of the layer.
+const DefaultSpanSize = 4 << 20
+
+// minSpanSize is the smallest span size BuildLayer uses; smaller values are
+// raised to it. Each gzip span keeps a window of up to 32 KiB, so spans much
+// smaller than that make an index larger than its layer.
+const minSpanSize = 1 << 10
+
+// BuildLayer reads a whole layer blob r, as stored (compressed), in one pass
+// and returns its complete [Table]: Digest and Size of the blob (sha256 of the
+// bytes read), DiffID and TarSize of the uncompressed tar, the Entries
+// ([Build]'s rules), Compression, and for gzip and plain tar layers SpanSize
+// and Spans with their windows held in memory. mediaType chooses the
+// decompressor as in [Decompress]; zstd layers get no Spans.
+//
+// Gzip input may hold any number of members, with any of the optional header
+// fields (FEXTRA, FNAME, FCOMMENT, FHCRC); the CRC-32 and length of every
+// member are checked on this pass. A span starts at the first deflate block
+// end at or after SpanSize bytes of output since the previous span, or at the
+// deflate data of a member that starts after SpanSize bytes (with an empty
+// window), so a span may cross member boundaries and members shorter than a
+// span never add spans. The first span starts at the first member's deflate
+// data: the bytes of its gzip header are covered by the blob digest only.
+// Every other byte of the blob, trailers and later headers included, lies in
+// some span's digested range.
+//
+// The work is spread over three goroutines (inflate, tar and diff ID,
+// compressed digests), all finished before BuildLayer returns. Errors follow
+// [Build] and [Decompress]: bad bytes wrap [ErrFormat], errors of r are
+// passed on wrapped.
+func BuildLayer(r io.Reader, mediaType string, opts Options) (*Table, error) {
+	kind, err := MediaTypeCompression(mediaType)
+	if err != nil {
+		return nil, err
+	}
+	lb := &layerBuild{opts: opts.withDefaults(), kind: kind, mediaType: mediaType}
+	return lb.run(r)
+}
+
+// layerBuild is the state of one BuildLayer call on the inflating goroutine.
+type layerBuild struct {
+	opts      Options
+	kind      string
+	mediaType string
+	src       *blobSource
+	hasher    *spanHasher
+	out       *chunkPipe
+
+	spans   []Span   // C, U and Bits so far; CEnd and Digest filled at the end
+	windows [][]byte // windows[i] is span i's window (gzip only)
+
+	// misses counts gzip checkpoints whose predicted blob offset failed
+	// verification; skew is added to every prediction. Both for tests.
+	misses int
+	skew   int64
+}
+
+func (lb *layerBuild) run(r io.Reader) (*Table, error) {
+	lb.hasher = startSpanHasher()
+	lb.src = &blobSource{sr: &sourceReader{r: r}, hasher: lb.hasher, safe: func(int64) int64 { return math.MaxInt64 }}
+	lb.out = newChunkPipe()
+
+	var tab *Table
+	var tarErr error
+	tarDone := make(chan struct{})
+	go func() {
+		defer close(tarDone)
+		tab, tarErr = Build(lb.out, lb.opts)
+		lb.out.closeRead()
+	}()
+
+	var err error
+	switch lb.kind {
+	case compressionGzip:
+		err = lb.gzip()
+	default:
+		err = lb.stream()
+	}
+	lb.out.closeWrite(err)
+	<-tarDone
+	if err == nil {
+		lb.src.flush(math.MaxInt64)
+	}
+	res := lb.hasher.finish(lb.src.n, err == nil && lb.spans != nil)
+
+	switch {
+	case err != nil && !errors.Is(err, errPipeClosed):
+		return nil, err
+	case tarErr != nil:
+		return nil, tarErr
+	case err != nil:
+		return nil, fmt.Errorf("indexing layer: tar reader stopped early: %w", err)
+	case res.err != nil:
+		return nil, res.err
+	}
+	tab.Digest = res.blob
+	tab.Size = lb.src.n
+	tab.Compression = lb.kind
+	if lb.spans != nil {
+		if len(res.spans) != len(lb.spans) {
+			return nil, fmt.Errorf("indexing layer: %d span digests for %d spans", len(res.spans), len(lb.spans))
+		}
+		for i := range lb.spans {
+			sp := &lb.spans[i]
+			sp.CEnd = tab.Size
+			if i+1 < len(lb.spans) {
+				next := lb.spans[i+1]
+				sp.CEnd = next.C
+				if next.Bits > 0 {
+					sp.CEnd++
+				}
+			}
+			sp.Digest = res.spans[i]
+		}
+		tab.SpanSize = lb.opts.SpanSize
+		tab.Spans = lb.spans
+		if lb.windows != nil {
+			tab.windows = memWindows(lb.windows)
+		}
+	}
+	return tab, nil
+}
+
+// stream reads a plain tar or zstd layer through [Decompress]. A plain tar is
+// cut into spans of exactly SpanSize bytes.
+func (lb *layerBuild) stream() error {
+	rc, err := Decompress(lb.mediaType, lb.src)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	plain := lb.kind == compressionNone
+	var out, nextCut int64
+	if plain {
+		lb.src.safe = func(int64) int64 { return nextCut }
+		lb.spans = []Span{{}}
+		lb.hasher.cut(-1, 0)
+		nextCut = lb.opts.SpanSize
+	}
+	for {
+		buf, err := lb.out.space()
+		if err != nil {
+			return err
+		}
+		n, rerr := rc.Read(buf)
+		if n < 0 || n > len(buf) {
+			return fmt.Errorf("reading layer: reader returned %d bytes for a %d-byte buffer", n, len(buf))
+		}
+		out += int64(n)
+		if err := lb.out.commit(n); err != nil {
+			return err
+		}
+		for plain && nextCut < out {
+			lb.src.flush(nextCut)
+			lb.hasher.cut(nextCut, nextCut)
+			lb.spans = append(lb.spans, Span{U: nextCut, C: nextCut})
+			nextCut += lb.opts.SpanSize
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// blobSource is the reader every compressed byte passes through: it counts
+// them, hands them to the span hasher, and keeps a short history for the
+// gzip indexer to check checkpoints against.
+type blobSource struct {
+	sr     *sourceReader
+	hasher *spanHasher
+	n      int64 // bytes read so far
+
+	// safe returns, given the bytes the decoder has consumed, the offset
+	// below which no span will start from now on.
+	safe  func(consumed int64) int64
+	chunk []byte // bytes not yet sent to the hasher
+
+	// keepHist makes the source keep the bytes from keepFrom() on in hist
+	// (gzip only).
+	keepHist  bool
+	keepFrom  func() int64
+	hist      []byte
+	histStart int64 // blob offset of hist[0]
+}
+
+// hasherChunkSize is how many compressed bytes go to the hasher at once.
+const hasherChunkSize = 128 << 10
+
+func (s *blobSource) Read(p []byte) (int, error) {
+	before := s.n
+	n, err := s.sr.Read(p)
+	if n < 0 || n > len(p) {
+		return 0, fmt.Errorf("reading layer: reader returned %d bytes for a %d-byte buffer", n, len(p))
+	}
+	if n > 0 {
+		b := p[:n]
+		if s.keepHist {
+			if from := min(s.keepFrom(), before); from > s.histStart {
+				drop := min(from-s.histStart, int64(len(s.hist)))
+				s.hist = s.hist[:copy(s.hist, s.hist[drop:])]
+				s.histStart += drop
+			}
+			s.hist = append(s.hist, b...)
+		}
+		if s.chunk == nil {
+			s.chunk = s.hasher.buffer()
+		}
+		s.chunk = append(s.chunk, b...)
+		s.n += int64(n)
+		if len(s.chunk) >= hasherChunkSize {
+			// Callers read only when their buffer is empty, so every
+			// byte before this read has been consumed.
+			s.flush(s.safe(before))
+		}
+	}
+	return n, err
+}
+
+// flush sends the bytes not yet sent to the hasher, with the offset below
+// which it may hash them into the current span.
+func (s *blobSource) flush(safe int64) {
+	s.hasher.data(s.chunk, safe)
+	s.chunk = nil
+}
+
+// spanHasher computes, on its own goroutine, the blob digest and the digest
+// of every span from the compressed bytes and the span boundaries the
+// indexer sends it in blob order.
+type spanHasher struct {
+	msgs chan hashMsg
+	free chan []byte
+	done chan hashResult
+}
+
+type hashMsg struct {
+	data []byte // the next bytes of the blob
+	safe int64  // no span starts below this offset from now on
+	cut  bool   // end the current span at end and start one at next
+	end  int64  // -1: there is no current span
+	next int64  // -1: no next span
+}
+
+type hashResult struct {
+	blob  digest.Digest
+	spans []digest.Digest
+	err   error
+}
+
+func startSpanHasher() *spanHasher {
+	h := &spanHasher{msgs: make(chan hashMsg, 16), free: make(chan []byte, 20), done: make(chan hashResult, 1)}
+	go h.loop()
+	return h
+}
+
+// buffer returns an empty buffer for the next bytes of the blob.
+func (h *spanHasher) buffer() []byte {
+	select {
+	case b := <-h.free:
+		return b[:0]
+	default:
+		return make([]byte, 0, hasherChunkSize+64<<10)
+	}
+}
+
+func (h *spanHasher) data(b []byte, safe int64) { h.msgs <- hashMsg{data: b, safe: safe} }
+
+// cut ends the current span just before blob offset end and starts the next
+// at next. The bytes up to end must have been sent.
+func (h *spanHasher) cut(end, next int64) { h.msgs <- hashMsg{cut: true, end: end, next: next} }
+
+// finish ends the last span at size (when spans is set), stops the hasher
+// goroutine and returns its digests.
+func (h *spanHasher) finish(size int64, spans bool) hashResult {
+	if spans {
+		h.cut(size, -1)
+	}
+	close(h.msgs)
+	return <-h.done
+}
+
+func (h *spanHasher) loop() {
+	blob := sha256.New()
+	var (
+		res       hashResult
+		span      hash.Hash
+		spanPos   int64 // next offset to hash into span
+		pend      []byte
+		pendStart int64 // offset of pend[0]
+		safe      int64
+	)
+	hashTo := func(x int64, strict bool) {
+		end := pendStart + int64(len(pend))
+		if !strict {
+			x = min(x, end)
+		}
+		if span == nil || x <= spanPos {
+			return
+		}
+		if x > end {
+			if res.err == nil {
+				res.err = fmt.Errorf("indexing layer: span boundary %d past the %d bytes read", x, end)
+			}
+			x = end
+		}
+		if spanPos < pendStart {
+			if res.err == nil {
+				res.err = fmt.Errorf("indexing layer: span byte %d no longer held", spanPos)
+			}
+			return
+		}
+		span.Write(pend[spanPos-pendStart : x-pendStart])
+		spanPos = x
+	}
+	for m := range h.msgs {
+		if m.data != nil {
+			blob.Write(m.data)
+			pend = append(pend, m.data...)
+			select {
+			case h.free <- m.data:
+			default:
+			}
+		}
+		if m.cut {
+			if m.end >= 0 && span != nil {
+				hashTo(m.end, true)
+				res.spans = append(res.spans, digest.NewDigestFromBytes(digest.SHA256, span.Sum(nil)))
+			}
+			span = nil
+			if m.next >= 0 {
+				span = sha256.New()
+				spanPos = m.next
+			}
+		} else {
+			safe = max(safe, m.safe)
+			hashTo(safe, false)
+		}
+		// Drop what no span can need any more.
+		keep := safe
+		if span != nil {
+			keep = min(keep, spanPos)
+		}
+		if drop := keep - pendStart; drop > 0 && int(min(drop, int64(len(pend)))) > len(pend)/2 {
+			drop = min(drop, int64(len(pend)))
+			pend = pend[:copy(pend, pend[drop:])]
+			pendStart += drop
+		}
+	}
+	res.blob = digest.NewDigestFromBytes(digest.SHA256, blob.Sum(nil))
+	h.done <- res
+}
+
+// errPipeClosed is what the writer of a chunkPipe gets once the reader has
+// stopped: the tar side failed, and its error is the one to report.
+var errPipeClosed = errors.New("tar reader stopped")
+
+// chunkPipe carries the uncompressed stream from the inflating goroutine to
+// the tar goroutine in large buffers, so the two run in parallel (io.Pipe
+// would make the writer wait for every read).
+type chunkPipe struct {
+	full      chan []byte
+	free      chan []byte
+	abort     chan struct{}
+	abortOnce sync.Once
+	err       error // the writer's error, set before full is closed
+
+	// writer side
+	buf       []byte
+	allocated int
+
+	// reader side
+	cur, curBuf []byte
+	readErr     error
+}
+
+const (
+	pipeChunkSize = 256 << 10
+	pipeChunks    = 4
+)
+
+func newChunkPipe() *chunkPipe {
+	return &chunkPipe{
+		full:  make(chan []byte, pipeChunks),
+		free:  make(chan []byte, pipeChunks),
+		abort: make(chan struct{}),
+	}
+}
+
+// space returns the free part of the current buffer, getting a buffer if
+// there is none.
+func (p *chunkPipe) space() ([]byte, error) {
+	if p.buf == nil {
+		select {
+		case b := <-p.free:
+			p.buf = b[:0]
+		default:
+			if p.allocated < pipeChunks {
+				p.allocated++
+				p.buf = make([]byte, 0, pipeChunkSize)
+				break
+			}
+			select {
+			case b := <-p.free:
+				p.buf = b[:0]
+			case <-p.abort:
+				return nil, errPipeClosed
+			}
+		}
+	}
+	return p.buf[len(p.buf):cap(p.buf)], nil
+}
+
+// commit adds n bytes written into the last space to the stream.
+func (p *chunkPipe) commit(n int) error {
+	p.buf = p.buf[:len(p.buf)+n]
+	if len(p.buf) == cap(p.buf) {
+		return p.send()
+	}
+	return nil
+}
+
+func (p *chunkPipe) send() error {
+	b := p.buf
+	p.buf = nil
+	if len(b) == 0 {
+		p.free <- b
+		return nil
+	}
+	select {
+	case p.full <- b:
+		return nil
+	case <-p.abort:
+		return errPipeClosed
+	}
+}
+
+// closeWrite ends the stream: the reader gets err, or io.EOF if it is nil.
+func (p *chunkPipe) closeWrite(err error) {
+	if err == nil && p.buf != nil {
+		err = p.send()
+	}
+	p.err = err
+	close(p.full)
+}
+
+// closeRead tells the writer that nothing more will be read.
+func (p *chunkPipe) closeRead() { p.abortOnce.Do(func() { close(p.abort) }) }
+
+func (p *chunkPipe) Read(b []byte) (int, error) {
+	for len(p.cur) == 0 {
+		if p.readErr != nil {
+			return 0, p.readErr
+		}
+		if p.curBuf != nil {
+			select {
+			case p.free <- p.curBuf:
+			default:
+			}
+			p.curBuf = nil
+		}
+		next, ok := <-p.full
+		if !ok {
+			p.readErr = io.EOF
+			if p.err != nil {
+				p.readErr = p.err
+			}
+			return 0, p.readErr
+		}
+		p.cur, p.curBuf = next, next
+	}
+	n := copy(b, p.cur)
+	p.cur = p.cur[n:]
+	return n, nil
+}
