@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"syscall"
 
 	"github.com/ocifs/ocifs/fetch"
@@ -24,6 +25,12 @@ func (im *Image) errno(ctx context.Context, n *Node, off int64, err error) sysca
 	if errors.As(err, &de) || errors.Is(err, fetch.ErrFormat) || errors.Is(err, index.ErrFormat) {
 		what = "read refused: layer failed verification"
 	}
-	im.log.Error(what, "inode", n.ID, "layer", im.layers[n.Layer].desc.Digest, "off", off, "err", err)
+	// The kernel retries a failed read (and readahead asks too): say it once
+	// per file at Error, the repeats at Debug.
+	level := slog.LevelError
+	if _, seen := im.refused.LoadOrStore(n.ID, true); seen {
+		level = slog.LevelDebug
+	}
+	im.log.Log(ctx, level, what, "inode", n.ID, "layer", im.layers[n.Layer].desc.Digest, "off", off, "err", err)
 	return syscall.EIO
 }

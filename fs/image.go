@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,8 +19,9 @@ import (
 
 // Layer modes, as `ocifs inspect` and `ocifs stats` print them. See DESIGN.md.
 const (
+	ModeIndex  = "index"  // an ocifs index (local cache or registry): reads fetch only the spans they need
 	ModeStream = "stream" // no index anywhere: the blob is fetched once, in order, and indexed on the way
-	ModeWhole  = "whole"  // small layer: fetched whole
+	ModeWhole  = "whole"  // small layer, or no random access (zstd): fetched whole before it is served
 )
 
 // DefaultWholeThreshold is the compressed size under which a layer is simply
@@ -41,24 +43,46 @@ type Options struct {
 
 	// Index caps what a layer's tar may claim (entries, names, sizes).
 	Index index.Options
+
+	// SpanSize is the uncompressed bytes per span of the indexes this image
+	// builds; 0 means index.DefaultSpanSize.
+	SpanSize int64
+
+	// SpanCacheBytes bounds the decoded spans kept in memory; 0 means
+	// DefaultSpanCacheBytes.
+	SpanCacheBytes int64
+
+	// FetchParallel bounds the Range requests in flight; 0 means 4.
+	FetchParallel int
+
+	// NoRemoteIndex skips looking for index artifacts in the registry.
+	NoRemoteIndex bool
+
+	// PrefetchRate caps the background fetch, in bytes per second; 0 means
+	// no cap. Background fetches always pause while a reader waits.
+	PrefetchRate int64
 }
 
 // Image is a resolved image: its layers, each with a plan for reaching its
 // bytes, and, after [Image.Load], the merged tree. An Image is safe for
 // concurrent use once loaded.
 type Image struct {
-	img    *fetch.Image
-	client *fetch.Client
-	opts   Options
-	log    *slog.Logger
-	layers []*layer
-	tree   *Tree
+	img      *fetch.Image
+	client   *fetch.Client
+	opts     Options
+	log      *slog.Logger
+	layers   []*layer
+	tree     *Tree
+	spans    *spanLRU    // decoded spans of every layer
+	fetchSem semaphore   // bounds Range requests in flight
+	fg       *foreground // fetches readers wait on; prefetch yields to them
 
 	// counters for Stats; atomics because FUSE reads run concurrently
 	bytesServed    atomic.Int64
 	cacheHits      atomic.Int64
 	cacheMisses    atomic.Int64
 	verifyFailures atomic.Int64
+	refused        sync.Map // inode numbers whose EIO has been logged at Error
 
 	ctx    context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
@@ -87,21 +111,68 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 	if len(diffIDs) != len(descs) {
 		return nil, fmt.Errorf("%s: %w: config lists %d diff_ids for %d layers", fi.Ref, fetch.ErrFormat, len(diffIDs), len(descs))
 	}
+	if opts.SpanCacheBytes <= 0 {
+		opts.SpanCacheBytes = DefaultSpanCacheBytes
+	}
+	if opts.FetchParallel <= 0 {
+		opts.FetchParallel = 4
+	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	im := &Image{img: fi, client: c, opts: opts, log: log.With("image", fi.Ref), ctx: bg, cancel: cancel}
+	im := &Image{img: fi, client: c, opts: opts, log: log.With("image", fi.Ref), ctx: bg, cancel: cancel,
+		spans: newSpanLRU(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), fg: newForeground()}
 	for i, d := range descs {
-		if _, err := index.MediaTypeCompression(d.MediaType); err != nil {
+		comp, err := index.MediaTypeCompression(d.MediaType)
+		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("%s: layer %d (%s): %w", fi.Ref, i, d.Digest, err)
 		}
-		l := &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], ready: make(chan struct{})}
-		l.mode, l.why = ModeStream, "no index for this layer: the blob is fetched once, in order, verified and indexed"
-		if d.Size < opts.WholeThreshold {
-			l.mode, l.why = ModeWhole, fmt.Sprintf("smaller than %d bytes: fetched whole", opts.WholeThreshold)
-		}
-		im.layers = append(im.layers, l)
+		im.layers = append(im.layers, &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], compression: comp,
+			ready: make(chan struct{}), fetching: map[int]*spanFetch{}})
+	}
+	if err := im.plan(ctx); err != nil {
+		cancel()
+		return nil, err
 	}
 	return im, nil
+}
+
+// plan decides how each layer's bytes will be reached, and says why.
+func (im *Image) plan(ctx context.Context) error {
+	cache := im.client.Cache()
+	var unindexed []*layer
+	for _, l := range im.layers {
+		if _, err := cache.ReadIndex(l.desc.Digest); err == nil {
+			l.mode, l.why = ModeIndex, "ocifs index in the local cache"
+		} else {
+			unindexed = append(unindexed, l)
+		}
+	}
+	if len(unindexed) > 0 && !im.opts.NoRemoteIndex {
+		remote, err := im.remoteIndexes(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			im.log.Warn("looking for index artifacts in the registry", "err", err)
+		}
+		for _, l := range unindexed {
+			if d, ok := remote[l.desc.Digest]; ok {
+				l.remote = &d
+				l.mode, l.why = ModeIndex, "ocifs index from the registry ("+d.Annotations[referrerAnnotation]+")"
+			}
+		}
+	}
+	for _, l := range im.layers {
+		switch {
+		case l.compression == "zstd":
+			l.mode, l.why = ModeWhole, "zstd layer without a chunked TOC: no random access, fetched whole and verified"
+		case l.desc.Size < im.opts.WholeThreshold:
+			l.mode, l.why = ModeWhole, fmt.Sprintf("smaller than %d bytes: fetched whole", im.opts.WholeThreshold)
+		case l.mode == "":
+			l.mode, l.why = ModeStream, "no index anywhere: the blob is fetched once, in order, verified and indexed (later mounts are lazy)"
+		}
+	}
+	return nil
 }
 
 // Ref returns the fully qualified reference the image was resolved from.
@@ -116,21 +187,22 @@ func (im *Image) Fetched() *fetch.Image { return im.img }
 // waits only for the layer that holds its file.
 func (im *Image) Load(ctx context.Context) error {
 	start := time.Now()
-	tables := make([]*index.Table, len(im.layers))
 	var g errgroup.Group
 	g.SetLimit(im.opts.Parallel)
 	for i, l := range im.layers {
 		g.Go(func() error {
-			t, err := l.load(ctx)
-			if err != nil {
+			if err := l.load(ctx); err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i, l.desc.Digest, err)
 			}
-			tables[i] = t
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	tables := make([]*index.Table, len(im.layers))
+	for i, l := range im.layers {
+		tables[i] = l.table
 	}
 	tree, err := Merge(tables)
 	if err != nil {

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -17,15 +20,23 @@ import (
 	"github.com/ocifs/ocifs/index"
 )
 
-// layer is one layer of an image: its plan, and the verified uncompressed tar
-// that reads are served from once it is in the cache.
+// layer is one layer of an image: its plan, its entry table, and its bytes.
+//
+// A layer with spans (gzip or plain tar) serves reads span by span, each
+// verified against its digest, until its whole blob is in the cache and
+// verified; then from that blob. A layer without spans (zstd) waits for its
+// whole uncompressed tar, verified against the config's DiffID.
 type layer struct {
-	im     *Image
-	idx    int
-	desc   ocispec.Descriptor
-	diffID digest.Digest
-	mode   string
-	why    string
+	im          *Image
+	idx         int
+	desc        ocispec.Descriptor
+	diffID      digest.Digest
+	compression string // "gzip", "zstd" or "none"
+	mode        string
+	why         string
+	remote      *ocispec.Descriptor // the registry's index blob for this layer, if any
+
+	table *index.Table // set by load, immutable after
 
 	// ready is closed once data or err is set; both are then immutable.
 	ready chan struct{}
@@ -33,84 +44,180 @@ type layer struct {
 	// mu guards started, data and err until ready is closed.
 	mu      sync.Mutex
 	started bool
-	data    *os.File // the uncompressed tar, verified against diffID
-	err     error    // why the layer cannot be served (quarantined)
+	data    *os.File // the verified blob (spans) or uncompressed tar (no spans)
+	err     error    // why the layer cannot be served: it is quarantined
+
+	// urgent is set once a reader waits for the whole layer: its background
+	// fetch then stops yielding and keeps no rate.
+	urgent atomic.Bool
+
+	// fmu guards fetching: the spans being fetched right now.
+	fmu      sync.Mutex
+	fetching map[int]*spanFetch
 }
 
-// load returns the layer's entry table: from the index cache when a valid one
-// is there, else by streaming the layer, which also leaves its bytes ready.
-func (l *layer) load(ctx context.Context) (*index.Table, error) {
-	cache := l.im.client.Cache()
-	if b, err := cache.ReadIndex(l.desc.Digest); err == nil {
-		t, err := index.Unmarshal(b)
-		switch {
-		case err != nil:
-			l.im.log.Warn("cached index unreadable; rebuilding it", "layer", l.desc.Digest, "err", err)
-		case t.Digest != l.desc.Digest || t.DiffID != l.diffID:
-			l.im.log.Warn("cached index is for other bytes; rebuilding it", "layer", l.desc.Digest, "diff_id", t.DiffID)
-		default:
-			return t, nil
+// whole reports whether the layer's bytes live in one file that must be
+// complete before anything is served: no spans to read it by.
+func (l *layer) whole() bool { return l.table.Spans == nil }
+
+// cacheKey is the digest under which the layer's complete bytes are cached:
+// the blob itself when it has spans, the uncompressed tar otherwise.
+func (l *layer) cacheKey() digest.Digest {
+	if l.compression == "zstd" {
+		return l.diffID
+	}
+	return l.desc.Digest
+}
+
+// load sets the layer's entry table: from the index cache, from the
+// registry's index artifact, or by streaming the whole layer, which also
+// leaves its bytes ready.
+func (l *layer) load(ctx context.Context) error {
+	if t := l.cachedIndex(); t != nil {
+		l.table = t
+		return nil
+	}
+	if l.remote != nil {
+		t, err := l.remoteIndex(ctx)
+		if err == nil {
+			l.table = t
+			return nil
 		}
-	} else if !errors.Is(err, fetch.ErrNotFound) {
-		l.im.log.Warn("cached index unreadable; rebuilding it", "layer", l.desc.Digest, "err", err)
+		l.im.log.Warn("registry index unusable; streaming the layer instead", "layer", l.desc.Digest, "err", err)
+		l.mode, l.why = ModeStream, "the registry's index was unusable ("+err.Error()+"): streamed and indexed"
 	}
 	l.mu.Lock()
 	l.started = true
 	l.mu.Unlock()
-	t, err := l.stream(ctx)
-	if err != nil {
-		l.finish(nil, err)
-		return nil, err
-	}
-	f, err := cache.Open(l.diffID)
+	t, f, err := l.fetchWhole(ctx, nil)
 	l.finish(f, err)
-	return t, err
+	if err != nil {
+		return err
+	}
+	l.table = t
+	return nil
 }
 
-// stream fetches the whole blob in order, decompresses it, builds its entry
-// table and stores the uncompressed tar in the cache, admitted only once the
-// blob digest and the config's DiffID have both checked out.
-func (l *layer) stream(ctx context.Context) (*index.Table, error) {
+// valid reports whether t describes this layer's bytes.
+func (l *layer) valid(t *index.Table) error {
+	switch {
+	case t.Digest != l.desc.Digest:
+		return fmt.Errorf("index is for layer %s", t.Digest)
+	case t.DiffID != l.diffID:
+		return fmt.Errorf("index has DiffID %s, the config says %s", t.DiffID, l.diffID)
+	case t.Spans == nil && l.compression != "zstd":
+		return fmt.Errorf("index has no spans for a %s layer", l.compression)
+	}
+	return nil
+}
+
+func (l *layer) cachedIndex() *index.Table {
+	b, err := l.im.client.Cache().ReadIndex(l.desc.Digest)
+	if errors.Is(err, fetch.ErrNotFound) {
+		return nil
+	}
+	if err == nil {
+		var t *index.Table
+		if t, err = index.Unmarshal(b); err == nil {
+			if err = l.valid(t); err == nil {
+				return t
+			}
+		}
+	}
+	l.im.log.Warn("cached index unusable; rebuilding it", "layer", l.desc.Digest, "err", err)
+	return nil
+}
+
+// remoteIndex fetches the registry's index for this layer, checks that it
+// describes this layer and keeps it in the index cache. Its span digests are
+// what reads are verified against until the whole blob has been fetched and
+// compared with it (fill).
+func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
+	b, err := l.im.img.FetchBlob(ctx, *l.remote)
+	if err != nil {
+		return nil, err
+	}
+	t, err := index.Unmarshal(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.valid(t); err != nil {
+		return nil, fmt.Errorf("%w: %v", index.ErrFormat, err)
+	}
+	if err := l.im.client.Cache().WriteIndex(l.desc.Digest, b); err != nil {
+		l.im.log.Warn("caching layer index", "layer", l.desc.Digest, "err", err)
+	}
+	return t, nil
+}
+
+// fetchWhole fetches the whole layer in order, builds its table on the way
+// and admits its bytes to the cache once the blob digest and the config's
+// DiffID have both checked out. It returns the table and the cached file.
+// With pace, the blob is read through it (background prefetch).
+func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) (*index.Table, *os.File, error) {
 	start := time.Now()
 	cache := l.im.client.Cache()
-	rc, err := l.im.img.OpenBlob(ctx, l.desc)
+	blob, err := l.im.img.OpenBlob(ctx, l.desc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer rc.Close()
-	dr, err := index.Decompress(l.desc.MediaType, rc)
-	if err != nil {
-		return nil, l.failed(rootCause(rc, err))
+	defer blob.Close()
+	rc := io.Reader(blob)
+	if pace != nil {
+		rc = pace(blob)
 	}
-	defer dr.Close()
-	p, err := cache.Create(l.diffID)
+	p, err := cache.Create(l.cacheKey())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer p.Abort()
-	t, err := index.Build(io.TeeReader(dr, p), l.im.opts.Index)
+	var t *index.Table
+	if l.compression == "zstd" {
+		t, err = l.buildDiff(rc, p)
+	} else {
+		opts := l.im.opts.Index
+		opts.SpanSize = l.im.opts.SpanSize
+		t, err = index.BuildLayer(io.TeeReader(rc, p), l.desc.MediaType, opts)
+	}
 	if err != nil {
-		return nil, l.failed(rootCause(rc, err))
+		return nil, nil, l.failed(rootCause(rc, err))
 	}
 	// The blob's digest is checked when its reader reaches the end; bytes
 	// after the compressed stream must be read to get there.
 	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return nil, l.failed(err)
-	}
-	if t.DiffID != l.diffID {
-		return nil, l.failed(&fetch.DigestError{What: fmt.Sprintf("uncompressed layer %s", l.desc.Digest), Want: l.diffID, Got: t.DiffID})
-	}
-	if err := p.Commit(); err != nil {
-		return nil, l.failed(err)
+		return nil, nil, l.failed(err)
 	}
 	t.Digest, t.Size = l.desc.Digest, l.desc.Size
+	if t.DiffID != l.diffID {
+		return nil, nil, l.failed(&fetch.DigestError{What: fmt.Sprintf("uncompressed layer %s", l.desc.Digest), Want: l.diffID, Got: t.DiffID})
+	}
+	if err := p.Commit(); err != nil {
+		return nil, nil, l.failed(err)
+	}
 	if b, err := t.MarshalBinary(); err != nil {
 		l.im.log.Warn("encoding layer index", "layer", l.desc.Digest, "err", err)
 	} else if err := cache.WriteIndex(l.desc.Digest, b); err != nil {
 		l.im.log.Warn("caching layer index", "layer", l.desc.Digest, "err", err)
 	}
-	l.im.log.Info("layer indexed", "layer", l.desc.Digest, "entries", len(t.Entries),
-		"bytes", t.TarSize, "duration", time.Since(start).Round(time.Millisecond))
+	l.im.log.Info("layer fetched and indexed", "layer", l.desc.Digest, "entries", len(t.Entries),
+		"bytes", t.Size, "tar_bytes", t.TarSize, "spans", len(t.Spans), "duration", time.Since(start).Round(time.Millisecond))
+	f, err := cache.Open(l.cacheKey())
+	return t, f, err
+}
+
+// buildDiff decompresses a layer with no random access and writes the
+// uncompressed tar to w while building the table.
+func (l *layer) buildDiff(rc io.Reader, w io.Writer) (*index.Table, error) {
+	dr, err := index.Decompress(l.desc.MediaType, rc)
+	if err != nil {
+		return nil, err
+	}
+	defer dr.Close()
+	t, err := index.Build(io.TeeReader(dr, w), l.im.opts.Index)
+	if err != nil {
+		return nil, err
+	}
+	t.Compression = "zstd"
 	return t, nil
 }
 
@@ -134,7 +241,7 @@ func (l *layer) failed(err error) error {
 	var de *fetch.DigestError
 	if errors.As(err, &de) || errors.Is(err, fetch.ErrFormat) || errors.Is(err, index.ErrFormat) {
 		l.im.verifyFailures.Add(1)
-		l.im.log.Error("layer failed verification; it will not be served", "layer", l.desc.Digest, "err", err)
+		l.im.log.Error("layer bytes failed verification; they are not served", "layer", l.desc.Digest, "err", err)
 	}
 	return err
 }
@@ -164,26 +271,49 @@ func (l *layer) ensure(ctx context.Context) error {
 	}
 }
 
-// fill opens the layer's uncompressed tar from the cache, re-checking its
-// digest, or streams the layer again when it is missing or damaged.
+// fill gets the layer's complete bytes: from the cache, re-checking their
+// digest, or by fetching the whole layer. A layer whose table came from an
+// index is then checked against what the verified stream shows: the entries
+// and spans must be the index's, or the layer is quarantined.
 func (l *layer) fill(ctx context.Context) (*os.File, error) {
 	cache := l.im.client.Cache()
-	f, err := cache.Open(l.diffID)
-	if err == nil {
-		err = verifyFile(f, l.diffID)
-		if err == nil {
+	key := l.cacheKey()
+	if f, err := cache.Open(key); err == nil {
+		if err := verifyFile(f, key); err == nil {
 			return f, nil
-		}
-		f.Close()
-		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
-		if err := cache.Remove("blob", l.diffID); err != nil {
-			l.im.log.Warn("removing damaged cache entry", "digest", l.diffID, "err", err)
+		} else {
+			f.Close()
+			l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
+			if err := cache.Remove(fetch.KindBlob, key); err != nil {
+				l.im.log.Warn("removing damaged cache entry", "digest", key, "err", err)
+			}
 		}
 	}
-	if _, err := l.stream(ctx); err != nil {
+	t, f, err := l.fetchWhole(ctx, func(r io.Reader) io.Reader {
+		return &prefetchReader{ctx: ctx, r: r, l: l, rate: l.im.opts.PrefetchRate, start: time.Now()}
+	})
+	if err != nil {
 		return nil, err
 	}
-	return cache.Open(l.diffID)
+	if err := sameTable(l.table, t); err != nil {
+		f.Close()
+		cache.Remove(fetch.KindIndex, l.desc.Digest)
+		return nil, l.failed(fmt.Errorf("%w: the index in use does not match the verified layer: %v", index.ErrFormat, err))
+	}
+	return f, nil
+}
+
+// sameTable reports how two tables of one layer differ, if they do.
+func sameTable(a, b *index.Table) error {
+	switch {
+	case a.DiffID != b.DiffID || a.TarSize != b.TarSize:
+		return fmt.Errorf("uncompressed stream differs")
+	case !reflect.DeepEqual(a.Entries, b.Entries):
+		return fmt.Errorf("entries differ")
+	case a.SpanSize == b.SpanSize && !slices.Equal(a.Spans, b.Spans):
+		return fmt.Errorf("spans differ")
+	}
+	return nil
 }
 
 func verifyFile(f *os.File, want digest.Digest) error {
@@ -213,42 +343,60 @@ func (l *layer) finish(f *os.File, err error) {
 	close(l.ready)
 }
 
-// readAt serves bytes of the uncompressed tar, waiting for the layer.
-func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+// done reports whether the layer's complete bytes have been settled, and
+// with what outcome, without waiting.
+func (l *layer) done() (f *os.File, err error, ok bool) {
 	select {
 	case <-l.ready:
-		l.im.cacheHits.Add(1)
+		return l.data, l.err, true
 	default:
+		return nil, nil, false
+	}
+}
+
+// blobFile returns the layer's verified blob once it is complete, else nil.
+func (l *layer) blobFile() *os.File {
+	if f, err, ok := l.done(); ok && err == nil && !l.whole() {
+		return f
+	}
+	return nil
+}
+
+// readAt serves bytes of the uncompressed tar.
+func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+	f, err, ok := l.done()
+	if ok && err != nil {
+		return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
+	}
+	if !l.whole() && l.mode != ModeWhole {
+		return l.readSpans(ctx, p, off)
+	}
+	if !ok {
 		l.im.cacheMisses.Add(1)
+		l.urgent.Store(true)
 		if err := l.ensure(ctx); err != nil {
 			return 0, err
 		}
+		f = l.data
+	} else {
+		l.im.cacheHits.Add(1)
 	}
-	if l.err != nil {
-		return 0, fmt.Errorf("layer %s: %w", l.desc.Digest, l.err)
+	if !l.whole() {
+		return l.readSpans(ctx, p, off)
 	}
-	return l.data.ReadAt(p, off)
+	return f.ReadAt(p, off)
 }
 
 // state reports whether the layer's bytes are all here and verified. Both are
-// the same today: bytes are admitted only whole and verified.
+// the same today: complete bytes are admitted only verified.
 func (l *layer) state() (complete, verified bool) {
-	select {
-	case <-l.ready:
-		ok := l.err == nil
-		return ok, ok
-	default:
-		return false, false
-	}
+	_, err, ok := l.done()
+	return ok && err == nil, ok && err == nil
 }
 
 func (l *layer) close() error {
-	select {
-	case <-l.ready:
-		if l.data != nil {
-			return l.data.Close()
-		}
-	default:
+	if f, _, ok := l.done(); ok && f != nil {
+		return f.Close()
 	}
 	return nil
 }

@@ -278,9 +278,12 @@ func indexedImage(t *testing.T, c fstest.Compression) (ref, cache string, img *f
 	client := newClient(t, cache, nil)
 	im := loadImage(t, client, ref)
 	im.Close()
-	for _, d := range img.DiffIDs {
-		if err := client.Cache().Remove("blob", d); err != nil {
-			t.Fatal(err)
+	// The cache keeps a gzip or plain layer's blob, a zstd layer's tar.
+	for i, d := range img.DiffIDs {
+		for _, key := range []digest.Digest{d, img.LayerDescs[i].Digest} {
+			if err := client.Cache().Remove(fetch.KindBlob, key); err != nil && !errors.Is(err, fetch.ErrNotFound) {
+				t.Fatal(err)
+			}
 		}
 	}
 	return ref, cache, img

@@ -1,0 +1,266 @@
+package fs
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/index"
+)
+
+// DefaultSpanCacheBytes bounds the decoded spans an image keeps in memory.
+const DefaultSpanCacheBytes = 64 << 20
+
+// maxRunSpans bounds how many adjacent missing spans one Range request asks
+// for, so one read cannot turn into a fetch of the whole layer.
+const maxRunSpans = 8
+
+// spanKey names one span of one layer of an image.
+type spanKey struct{ layer, span int }
+
+// spanLRU keeps recently decoded spans, so sequential reads of a file decode
+// each span once.
+type spanLRU struct {
+	max int64
+
+	// mu guards everything below.
+	mu    sync.Mutex
+	size  int64
+	order *list.List // of *spanEntry, most recent at the front
+	byKey map[spanKey]*list.Element
+}
+
+type spanEntry struct {
+	key  spanKey
+	data []byte
+}
+
+func newSpanLRU(max int64) *spanLRU {
+	return &spanLRU{max: max, order: list.New(), byKey: map[spanKey]*list.Element{}}
+}
+
+func (c *spanLRU) get(k spanKey) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byKey[k]; ok {
+		c.order.MoveToFront(e)
+		return e.Value.(*spanEntry).data
+	}
+	return nil
+}
+
+func (c *spanLRU) put(k spanKey, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.byKey[k]; ok {
+		return
+	}
+	c.byKey[k] = c.order.PushFront(&spanEntry{k, data})
+	c.size += int64(len(data))
+	for c.size > c.max && c.order.Len() > 1 {
+		e := c.order.Back()
+		se := e.Value.(*spanEntry)
+		c.order.Remove(e)
+		delete(c.byKey, se.key)
+		c.size -= int64(len(se.data))
+	}
+}
+
+// spanFetch is one span being fetched and decoded; readers that need the
+// same span wait for it instead of fetching it again.
+type spanFetch struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// readSpans serves uncompressed tar bytes [off, off+len(p)) of a layer whose
+// table has spans. Each span's compressed bytes come from the cached blob,
+// the span cache or a Range GET, and are checked against the span's digest
+// before they are decoded: no byte of an unverified range is served.
+func (l *layer) readSpans(ctx context.Context, p []byte, off int64) (int, error) {
+	t := l.table
+	end := min(off+int64(len(p)), t.TarSize)
+	if off >= end {
+		return 0, io.EOF
+	}
+	first, last := t.SpanFor(off), t.SpanFor(end-1)
+	n := 0
+	for i := first; i <= last; i++ {
+		data, err := l.span(ctx, i, last)
+		if err != nil {
+			return n, err
+		}
+		lo := max(off, t.Spans[i].U) - t.Spans[i].U
+		hi := min(end, t.SpanEnd(i)) - t.Spans[i].U
+		n += copy(p[n:], data[lo:hi])
+	}
+	return n, nil
+}
+
+// span returns the decoded bytes of span i. When it has to fetch, it also
+// fetches the missing spans after i up to last, in one request.
+func (l *layer) span(ctx context.Context, i, last int) ([]byte, error) {
+	k := spanKey{l.idx, i}
+	if data := l.im.spans.get(k); data != nil {
+		l.im.cacheHits.Add(1)
+		return data, nil
+	}
+	l.fmu.Lock()
+	f, waiting := l.fetching[i]
+	var run []int
+	if !waiting {
+		// Claim i and the adjacent spans after it that nobody holds.
+		for j := i; j <= last && len(run) < maxRunSpans; j++ {
+			if _, busy := l.fetching[j]; busy || (j > i && l.im.spans.get(spanKey{l.idx, j}) != nil) {
+				break
+			}
+			l.fetching[j] = &spanFetch{done: make(chan struct{})}
+			run = append(run, j)
+		}
+		f = l.fetching[i]
+	}
+	l.fmu.Unlock()
+	if !waiting {
+		l.fetchRun(ctx, run)
+	}
+	select {
+	case <-f.done:
+		return f.data, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// fetchRun gets, verifies and decodes the spans of run, publishes each
+// result to its waiters and the LRU, and releases the claims. The fetch runs
+// on the image's context, not the reader's: another reader may be waiting
+// for the same span after this one gives up.
+func (l *layer) fetchRun(ctx context.Context, run []int) {
+	results := l.compressedSpans(l.im.ctx, run)
+	l.fmu.Lock()
+	defer l.fmu.Unlock()
+	for n, i := range run {
+		f := l.fetching[i]
+		f.err = results[n].err
+		if f.err == nil {
+			f.data, f.err = index.DecodeSpan(l.table, i, results[n].data)
+		}
+		if f.err != nil {
+			f.err = l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, l.table.Spans[i].C, l.table.Spans[i].CEnd, f.err))
+		} else {
+			l.im.spans.put(spanKey{l.idx, i}, f.data)
+		}
+		delete(l.fetching, i)
+		close(f.done)
+	}
+}
+
+type spanBytes struct {
+	data []byte
+	err  error
+}
+
+// compressedSpans returns the verified compressed bytes of each span of run:
+// from the layer's cached blob, the span cache, or one Range GET for all the
+// spans found in neither.
+func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
+	out := make([]spanBytes, len(run))
+	cache := l.im.client.Cache()
+	var missing []int // positions in run
+	blob := l.blobFile()
+	for n, i := range run {
+		sp := l.table.Spans[i]
+		if blob != nil {
+			b := make([]byte, sp.CEnd-sp.C)
+			if _, err := blob.ReadAt(b, sp.C); err != nil {
+				out[n].err = fmt.Errorf("cached blob: %w", err)
+				continue
+			}
+			out[n] = spanBytes{data: b, err: checkSpan(b, sp.Digest)}
+			l.im.cacheHits.Add(1)
+			continue
+		}
+		if b, err := readCached(cache, sp.Digest); err == nil {
+			out[n].data = b
+			l.im.cacheHits.Add(1)
+			continue
+		} else if !errors.Is(err, fetch.ErrNotFound) {
+			l.im.log.Warn("cached span unusable; fetching it again", "layer", l.desc.Digest, "digest", sp.Digest, "err", err)
+			cache.Remove(fetch.KindBlob, sp.Digest)
+		}
+		missing = append(missing, n)
+	}
+	if len(missing) == 0 {
+		return out
+	}
+	parts := make([]fetch.Part, len(missing))
+	for k, n := range missing {
+		sp := l.table.Spans[run[n]]
+		parts[k] = fetch.Part{Off: sp.C, N: sp.CEnd - sp.C, Digest: sp.Digest}
+	}
+	defer l.im.fg.begin()()
+	if err := l.im.fetchSem.Acquire(ctx); err != nil {
+		for _, n := range missing {
+			out[n].err = err
+		}
+		return out
+	}
+	data, errs := l.im.img.FetchParts(ctx, l.desc, parts)
+	l.im.fetchSem.Release()
+	for k, n := range missing {
+		l.im.cacheMisses.Add(1)
+		out[n] = spanBytes{data: data[k], err: errs[k]}
+		if errs[k] == nil {
+			if err := cache.Put(parts[k].Digest, bytes.NewReader(data[k])); err != nil {
+				l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", parts[k].Digest, "err", err)
+			}
+		}
+	}
+	return out
+}
+
+// readCached reads a cached span and checks it again: the cache admitted it
+// verified, but the disk may have changed since.
+func readCached(c *fetch.Cache, d digest.Digest) ([]byte, error) {
+	f, err := c.Open(d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1<<30))
+	if err != nil {
+		return nil, err
+	}
+	return b, checkSpan(b, d)
+}
+
+func checkSpan(b []byte, want digest.Digest) error {
+	sum := sha256.Sum256(b)
+	if got := digest.NewDigestFromBytes(digest.SHA256, sum[:]); got != want {
+		return &fetch.DigestError{What: "span", Want: want, Got: got}
+	}
+	return nil
+}
+
+// semaphore bounds concurrent Range requests; acquiring gives way to ctx.
+type semaphore chan struct{}
+
+func (s semaphore) Acquire(ctx context.Context) error {
+	select {
+	case s <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s semaphore) Release() { <-s }
