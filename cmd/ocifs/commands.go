@@ -101,12 +101,11 @@ var commands = []group{
 		help:  pullHelp, flags: pullFlags,
 	}},
 	{
-		cmd: &command{name: "index", argNames: "build", short: "build layer indexes (not built yet)", help: indexHelp},
+		cmd: &command{name: "index", argNames: "build", short: "build layer indexes for lazy reads", help: indexHelp},
 		subs: []*command{{
-			name: "index build", argNames: "IMAGE", minArgs: 0, maxArgs: -1,
-			short:  "index every gzip/tar layer; --push stores it as a referrer",
-			help:   indexHelp,
-			notYet: errors.New("ocifs index build: not implemented yet (issue 3)"),
+			name: "index build", argNames: "IMAGE...", minArgs: 1, maxArgs: -1,
+			short: "index every gzip/tar layer; --push stores it as a referrer",
+			help:  indexHelp, flags: indexBuildFlags,
 		}},
 	},
 	{cmd: &command{
@@ -365,14 +364,23 @@ Examples:
 `
 
 const indexHelp = `
-Build an ocifs index (file table and random-access checkpoints) for every
-gzip or plain tar layer of IMAGE, so later mounts are lazy from the first
-read; --push stores it in the registry as a referrer of the manifest.
+Build an ocifs index (file table, random-access checkpoints every span of
+uncompressed bytes, and the sha256 of each span's compressed bytes) for every
+gzip or plain tar layer of IMAGE. The layer is fetched once, verified against
+its digest and DiffID, and the index kept in the local cache: later mounts on
+this machine read lazily from the first read. --push stores the indexes in
+the registry as an artifact whose subject is the image manifest (the OCI
+referrers API, or the sha256-<hex> tag where the registry lacks it), so a
+mount on any machine finds them.
 
-Not built yet (issue 3): the command exits 1.
+A mount trusts an index from the registry for the span digests it checks
+reads against, and re-checks the whole layer against it when the background
+fetch completes: a mismatch quarantines the layer (EIO, one error line).
 
-Example:
+Examples:
+  ocifs index build registry.example.com/app:1.4
   ocifs index build --push registry.example.com/app:1.4
+  ocifs index build --span-size 1048576 oci:./layout:v1
 `
 
 const benchHelp = `

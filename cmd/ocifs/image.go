@@ -21,11 +21,20 @@ import (
 
 // resolveImage resolves ref with a fresh client. The caller closes the image.
 func resolveImage(ctx context.Context, e *env, ref string) (*fs.Image, error) {
+	return resolveImageWith(ctx, e, ref, nil)
+}
+
+// resolveImageWith is resolveImage with options adjusted by set.
+func resolveImageWith(ctx context.Context, e *env, ref string, set func(*fs.Options)) (*fs.Image, error) {
 	c, err := newClient(e)
 	if err != nil {
 		return nil, err
 	}
-	return fs.Resolve(ctx, c, ref, fs.Options{Logger: e.log})
+	opts := fs.Options{Logger: e.log}
+	if set != nil {
+		set(&opts)
+	}
+	return fs.Resolve(ctx, c, ref, opts)
 }
 
 // loadImage resolves ref and loads its merged tree.
