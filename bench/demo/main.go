@@ -2,7 +2,8 @@
 // a registry on loopback, publishes the Go toolchain of this machine as a
 // multi-layer gzip image, mounts it with ocifs on a fresh cache, runs
 // `go version` from inside the mount and prints the image size beside the
-// bytes ocifs fetched. A second mount shows the warm cache.
+// bytes ocifs fetched. Then it pushes the layer indexes to the registry and
+// mounts again on another fresh cache, lazily, and once more warm.
 package main
 
 import (
@@ -28,16 +29,17 @@ func main() {
 	ocifs := flag.String("ocifs", "bin/ocifs", "the ocifs binary to demonstrate")
 	tree := flag.String("tree", runtime.GOROOT(), "the directory tree to publish as an image")
 	layers := flag.Int("layers", 4, "how many layers to split the tree into")
+	keep := flag.Bool("keep", false, "keep the work directory (registry, caches, daemon logs) for a look afterwards")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *ocifs, *tree, *layers); err != nil {
+	if err := run(ctx, *ocifs, *tree, *layers, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, ocifs, tree string, nLayers int) error {
+func run(ctx context.Context, ocifs, tree string, nLayers int, keep bool) error {
 	ocifs, err := filepath.Abs(ocifs)
 	if err != nil {
 		return err
@@ -46,7 +48,11 @@ func run(ctx context.Context, ocifs, tree string, nLayers int) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	if keep {
+		fmt.Printf("    work directory (kept): %s\n", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 
 	step("starting docker-registry on loopback")
 	host, stopRegistry, err := fstest.RunRegistry(ctx, filepath.Join(work, "registry"))
@@ -75,43 +81,65 @@ func run(ctx context.Context, ocifs, tree string, nLayers int) error {
 	}
 	fmt.Printf("    image %s: %d layers, %s compressed\n", ref, len(img.LayerDescs), human(size))
 
-	cache := filepath.Join(work, "cache")
 	mnt := filepath.Join(work, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		return err
 	}
-	for i, label := range []string{"cold cache", "warm cache"} {
-		step(fmt.Sprintf("ocifs mount (%s)", label))
-		start := time.Now()
-		if err := sh(ocifs, "--cache-dir", cache, "mount", ref, mnt); err != nil {
+	coldCache, lazyCache := filepath.Join(work, "cache-a"), filepath.Join(work, "cache-b")
+	runs := []struct {
+		label, cache string
+		args         []string
+		note         string
+	}{
+		{"fresh cache, no index anywhere", coldCache, nil,
+			"no index exists for these gzip layers yet: the mount streams each layer once, verifies it and indexes it"},
+		{"another fresh cache, index in the registry, --prefetch=none", lazyCache, []string{"--prefetch=none"},
+			"only the spans that go version read were fetched, each checked against its digest"},
+		{"the same cache again", lazyCache, []string{"--prefetch=none"}, "everything it reads is cached"},
+	}
+	for i, r := range runs {
+		if i == 1 {
+			step("ocifs index build --push (stores the layer indexes as a referrer of the image)")
+			if err := sh(ocifs, "--cache-dir", coldCache, "index", "build", "--push", ref); err != nil {
+				return err
+			}
+		}
+		step(fmt.Sprintf("ocifs mount (%s)", r.label))
+		if err := demoMount(ctx, ocifs, ref, r.cache, mnt, size, r.args); err != nil {
 			return err
 		}
-		mountTime := time.Since(start)
-		goBin := filepath.Join(mnt, "usr/local/go/bin/go")
-		fmt.Printf("    $ %s version\n", goBin)
-		out, err := exec.CommandContext(ctx, goBin, "version").CombinedOutput()
-		ran := time.Since(start)
-		fmt.Printf("    %s", out)
-		stats, serr := readStats(ocifs, cache, mnt)
-		if err == nil && serr == nil {
-			fmt.Printf("    time to mount %v, to mount and run go version %v\n", mountTime.Round(time.Millisecond), ran.Round(time.Millisecond))
-			fmt.Printf("    image size %s, bytes fetched %s (%.1f%%), requests %d\n",
-				human(size), human(stats.BytesFetched), 100*float64(stats.BytesFetched)/float64(size), stats.Requests)
-		}
-		if uerr := sh(ocifs, "--cache-dir", cache, "unmount", mnt); uerr != nil && err == nil {
-			err = uerr
-		}
-		if err != nil {
-			return fmt.Errorf("%s version: %v: %s", goBin, err, out)
-		}
-		if serr != nil {
-			return serr
-		}
-		if i == 0 {
-			fmt.Println("    (no index exists for these gzip layers yet, so the first mount streams each layer once and indexes it)")
-		}
+		fmt.Printf("    (%s)\n", r.note)
 	}
 	return nil
+}
+
+// demoMount mounts ref at mnt, runs go version from inside, prints the
+// figures and unmounts.
+func demoMount(ctx context.Context, ocifs, ref, cache, mnt string, size int64, extra []string) error {
+	start := time.Now()
+	args := append([]string{"--cache-dir", cache, "mount"}, extra...)
+	if err := sh(ocifs, append(args, ref, mnt)...); err != nil {
+		return err
+	}
+	mountTime := time.Since(start)
+	goBin := filepath.Join(mnt, "usr/local/go/bin/go")
+	fmt.Printf("    $ %s version\n", goBin)
+	out, err := exec.CommandContext(ctx, goBin, "version").CombinedOutput()
+	ran := time.Since(start)
+	fmt.Printf("    %s", out)
+	stats, serr := readStats(ocifs, cache, mnt)
+	if err == nil && serr == nil {
+		fmt.Printf("    time to mount %v, to mount and run go version %v\n", mountTime.Round(time.Millisecond), ran.Round(time.Millisecond))
+		fmt.Printf("    image size %s, bytes fetched %s (%.1f%%), requests %d\n",
+			human(size), human(stats.BytesFetched), 100*float64(stats.BytesFetched)/float64(size), stats.Requests)
+	}
+	if uerr := sh(ocifs, "--cache-dir", cache, "unmount", mnt); uerr != nil && err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s version: %v: %s", goBin, err, out)
+	}
+	return serr
 }
 
 type stats struct {
