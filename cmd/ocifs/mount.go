@@ -31,6 +31,7 @@ const needFUSE = "mounting needs root and /dev/fuse (run as root; modprobe fuse)
 type mountOpts struct {
 	foreground bool
 	prefetch   string
+	rate       string // --prefetch-rate, e.g. "50M" (bytes per second)
 	allowOther bool
 	suid       bool
 	dev        bool
@@ -44,6 +45,7 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	o := &mountOpts{}
 	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
 	set.StringVar(&o.prefetch, "prefetch", "all", "background fetch after mounting: `all` layers not yet cached, or none (only what is read)")
+	set.StringVar(&o.rate, "prefetch-rate", "", "cap the background fetch at `RATE` bytes per second (e.g. 20M, 1G; default: no cap)")
 	set.BoolVar(&o.allowOther, "allow-other", false, "let users other than root see the mount")
 	set.BoolVar(&o.suid, "suid", false, "honour setuid/setgid bits (off: an image is untrusted)")
 	set.BoolVar(&o.dev, "dev", false, "honour device nodes (off: an image is untrusted)")
@@ -60,6 +62,9 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
 	if o.prefetch != "all" && o.prefetch != "none" {
 		return &usageError{msg: fmt.Sprintf("--prefetch: %q is not all or none", o.prefetch)}
+	}
+	if _, err := parseRate(o.rate); err != nil {
+		return &usageError{msg: "--prefetch-rate: " + err.Error()}
 	}
 	if o.writable || o.upper != "" {
 		return errors.New("mount: --writable and --upper are not supported yet: ocifs mounts are read-only for now")
@@ -223,6 +228,9 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 		args = append(args, "--log-level="+g.logLevel)
 	}
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
+	if o.rate != "" {
+		args = append(args, "--prefetch-rate="+o.rate)
+	}
 	for _, f := range []struct {
 		on   bool
 		name string
@@ -290,7 +298,8 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if err != nil {
 		return err
 	}
-	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log})
+	rate, _ := parseRate(o.rate) // checked by runMount
+	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate})
 	if err != nil {
 		return err
 	}
@@ -419,4 +428,30 @@ func serveStats(path string, im *fs.Image) (*statsServer, error) {
 func (s *statsServer) close() {
 	_ = s.srv.Close()
 	<-s.done
+}
+
+// parseRate reads a byte rate such as "800K", "20M" or "1G" (powers of
+// 1024); "" is no cap.
+func parseRate(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	switch s[len(s)-1] {
+	case 'k', 'K':
+		mult = 1 << 10
+	case 'm', 'M':
+		mult = 1 << 20
+	case 'g', 'G':
+		mult = 1 << 30
+	}
+	num := s
+	if mult > 1 {
+		num = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a byte rate such as 800K, 20M or 1G", s)
+	}
+	return n * mult, nil
 }
