@@ -127,7 +127,7 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 			return nil, fmt.Errorf("%s: layer %d (%s): %w", fi.Ref, i, d.Digest, err)
 		}
 		im.layers = append(im.layers, &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], compression: comp,
-			ready: make(chan struct{}), fetching: map[int]*spanFetch{}})
+			fetching: map[int]*spanFetch{}})
 	}
 	if err := im.plan(ctx); err != nil {
 		cancel()

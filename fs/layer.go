@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -37,15 +38,16 @@ type layer struct {
 	remote      *ocispec.Descriptor // the registry's index blob for this layer, if any
 
 	table *index.Table // set by load, immutable after
+	built bool         // table was built here from verified bytes (not taken from an index)
 
-	// ready is closed once data or err is set; both are then immutable.
-	ready chan struct{}
-
-	// mu guards started, data and err until ready is closed.
-	mu      sync.Mutex
-	started bool
-	data    *os.File // the verified blob (spans) or uncompressed tar (no spans)
-	err     error    // why the layer cannot be served: it is quarantined
+	// mu guards cur and bad.
+	mu sync.Mutex
+	// cur is the latest attempt to get the layer's complete bytes; a new
+	// one is made when the last failed for a reason other than verification.
+	cur *attempt
+	// bad is why the layer is quarantined: its bytes or its index failed
+	// verification. Every read is then EIO.
+	bad error
 
 	// urgent is set once a reader waits for the whole layer: its background
 	// fetch then stops yielding and keeps no rate.
@@ -54,6 +56,30 @@ type layer struct {
 	// fmu guards fetching: the spans being fetched right now.
 	fmu      sync.Mutex
 	fetching map[int]*spanFetch
+}
+
+// attempt is one fetch of the layer's complete bytes; done is closed once
+// data or err is set, and both are immutable after.
+type attempt struct {
+	done chan struct{}
+	data *os.File // the verified blob (spans) or uncompressed tar (no spans)
+	err  error
+}
+
+func (a *attempt) result() (*os.File, error, bool) {
+	select {
+	case <-a.done:
+		return a.data, a.err, true
+	default:
+		return nil, nil, false
+	}
+}
+
+// isVerification reports whether err means bytes or an index failed a
+// check (quarantine), rather than a fetch that may work next time.
+func isVerification(err error) bool {
+	var de *fetch.DigestError
+	return errors.As(err, &de) || errors.Is(err, fetch.ErrFormat) || errors.Is(err, index.ErrFormat)
 }
 
 // whole reports whether the layer's bytes live in one file that must be
@@ -86,16 +112,14 @@ func (l *layer) load(ctx context.Context) error {
 		l.im.log.Warn("registry index unusable; streaming the layer instead", "layer", l.desc.Digest, "err", err)
 		l.mode, l.why = ModeStream, "the registry's index was unusable ("+err.Error()+"): streamed and indexed"
 	}
+	a := &attempt{done: make(chan struct{})}
 	l.mu.Lock()
-	l.started = true
+	l.cur = a
 	l.mu.Unlock()
 	t, f, err := l.fetchWhole(ctx, nil)
-	l.finish(f, err)
-	if err != nil {
-		return err
-	}
-	l.table = t
-	return nil
+	l.table, l.built = t, err == nil
+	l.finish(a, f, err)
+	return err
 }
 
 // valid reports whether t describes this layer's bytes.
@@ -128,10 +152,9 @@ func (l *layer) cachedIndex() *index.Table {
 	return nil
 }
 
-// remoteIndex fetches the registry's index for this layer, checks that it
-// describes this layer and keeps it in the index cache. Its span digests are
-// what reads are verified against until the whole blob has been fetched and
-// compared with it (fill).
+// remoteIndex fetches the registry's index for this layer and checks that it
+// names this layer. Its span digests are what reads are verified against
+// until the whole blob has been fetched and compared with it (fill).
 func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 	b, err := l.im.img.FetchBlob(ctx, *l.remote)
 	if err != nil {
@@ -144,9 +167,8 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 	if err := l.valid(t); err != nil {
 		return nil, fmt.Errorf("%w: %v", index.ErrFormat, err)
 	}
-	if err := l.im.client.Cache().WriteIndex(l.desc.Digest, b); err != nil {
-		l.im.log.Warn("caching layer index", "layer", l.desc.Digest, "err", err)
-	}
+	// Not cached: only an index built here from verified bytes goes into
+	// the local index cache (fill writes it once the whole layer checks out).
 	return t, nil
 }
 
@@ -177,6 +199,9 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 	} else {
 		opts := l.im.opts.Index
 		opts.SpanSize = l.im.opts.SpanSize
+		if l.table != nil {
+			opts.SpanSize = l.table.SpanSize // to compare with the index in use
+		}
 		t, err = index.BuildLayer(io.TeeReader(rc, p), l.desc.MediaType, opts)
 	}
 	if err != nil {
@@ -238,55 +263,63 @@ func rootCause(blob io.Reader, err error) error {
 
 // failed counts and logs a verification failure; other errors pass through.
 func (l *layer) failed(err error) error {
-	var de *fetch.DigestError
-	if errors.As(err, &de) || errors.Is(err, fetch.ErrFormat) || errors.Is(err, index.ErrFormat) {
+	if isVerification(err) {
 		l.im.verifyFailures.Add(1)
 		l.im.log.Error("layer bytes failed verification; they are not served", "layer", l.desc.Digest, "err", err)
 	}
 	return err
 }
 
-// start fetches the layer's bytes in the background unless that has begun.
-func (l *layer) start() {
+// start fetches the layer's bytes in the background unless an attempt is
+// under way, has succeeded, or the layer is quarantined; it returns the
+// attempt to wait for.
+func (l *layer) start() *attempt {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.started {
-		return
+	if a := l.cur; a != nil {
+		if _, err, ok := a.result(); !ok || err == nil || l.bad != nil {
+			return a
+		}
 	}
-	l.started = true
+	a := &attempt{done: make(chan struct{})}
+	l.cur = a
 	l.im.bg.Go(func() error {
-		l.finish(l.fill(l.im.ctx))
+		f, err := l.fill(l.im.ctx)
+		l.finish(a, f, err)
 		return nil
 	})
+	return a
 }
 
 // ensure fetches the layer's bytes and waits for them.
 func (l *layer) ensure(ctx context.Context) error {
-	l.start()
+	a := l.start()
 	select {
-	case <-l.ready:
-		return l.err
+	case <-a.done:
+		return a.err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// fill gets the layer's complete bytes: from the cache, re-checking their
-// digest, or by fetching the whole layer. A layer whose table came from an
-// index is then checked against what the verified stream shows: the entries
-// and spans must be the index's, or the layer is quarantined.
+// fill gets the layer's complete bytes, from the cache (their digest checked
+// again) or by fetching the whole layer, and checks the table in use against
+// the one those verified bytes give: unless the table was built from them
+// here, the entries, spans and windows must be the same, or the layer is
+// quarantined. A registry index is trusted for its span digests only until
+// this check.
 func (l *layer) fill(ctx context.Context) (*os.File, error) {
 	cache := l.im.client.Cache()
 	key := l.cacheKey()
 	if f, err := cache.Open(key); err == nil {
-		if err := verifyFile(f, key); err == nil {
-			return f, nil
-		} else {
-			f.Close()
-			l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
-			if err := cache.Remove(fetch.KindBlob, key); err != nil {
-				l.im.log.Warn("removing damaged cache entry", "digest", key, "err", err)
-			}
+		t, err := l.rebuild(f)
+		if err == nil {
+			return f, l.check(t, f)
+		}
+		f.Close()
+		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
+		if err := cache.Remove(fetch.KindBlob, key); err != nil {
+			l.im.log.Warn("removing damaged cache entry", "digest", key, "err", err)
 		}
 	}
 	t, f, err := l.fetchWhole(ctx, func(r io.Reader) io.Reader {
@@ -295,23 +328,70 @@ func (l *layer) fill(ctx context.Context) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := sameTable(l.table, t); err != nil {
-		f.Close()
-		cache.Remove(fetch.KindIndex, l.desc.Digest)
-		return nil, l.failed(fmt.Errorf("%w: the index in use does not match the verified layer: %v", index.ErrFormat, err))
-	}
-	return f, nil
+	return f, l.check(t, f)
 }
 
-// sameTable reports how two tables of one layer differ, if they do.
+// rebuild checks a cached file against its digest and, unless the table in
+// use was built here, rebuilds the table from it.
+func (l *layer) rebuild(f *os.File) (*index.Table, error) {
+	if l.built {
+		return l.table, verifyFile(f, l.cacheKey())
+	}
+	r := io.NewSectionReader(f, 0, 1<<62)
+	var t *index.Table
+	var err error
+	if l.compression == "zstd" {
+		t, err = index.Build(r, l.im.opts.Index)
+		if err == nil && t.DiffID != l.diffID {
+			err = &fetch.DigestError{What: "cached " + f.Name(), Want: l.diffID, Got: t.DiffID}
+		}
+	} else {
+		opts := l.im.opts.Index
+		opts.SpanSize = l.table.SpanSize
+		t, err = index.BuildLayer(r, l.desc.MediaType, opts)
+		if err == nil && (t.Digest != l.desc.Digest || t.DiffID != l.diffID) {
+			err = &fetch.DigestError{What: "cached " + f.Name(), Want: l.desc.Digest, Got: t.Digest}
+		}
+	}
+	return t, err
+}
+
+// check compares the table in use with t, built from the verified bytes.
+func (l *layer) check(t *index.Table, f *os.File) error {
+	if err := sameTable(l.table, t); err != nil {
+		f.Close()
+		return l.failed(fmt.Errorf("%w: the index in use does not match the verified layer: %v", index.ErrFormat, err))
+	}
+	return nil
+}
+
+// sameTable reports how two tables of one layer differ, if they do: the
+// uncompressed stream, the entries, and every span with its window (a span's
+// digest covers only its compressed bytes; the window it decodes with must
+// be right too).
 func sameTable(a, b *index.Table) error {
 	switch {
+	case a == b:
+		return nil
 	case a.DiffID != b.DiffID || a.TarSize != b.TarSize:
 		return fmt.Errorf("uncompressed stream differs")
 	case !reflect.DeepEqual(a.Entries, b.Entries):
 		return fmt.Errorf("entries differ")
-	case a.SpanSize == b.SpanSize && !slices.Equal(a.Spans, b.Spans):
+	case a.SpanSize != b.SpanSize || !slices.Equal(a.Spans, b.Spans):
 		return fmt.Errorf("spans differ")
+	}
+	for i := range a.Spans {
+		wa, err := a.Window(i)
+		if err != nil {
+			return err
+		}
+		wb, err := b.Window(i)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(wa, wb) {
+			return fmt.Errorf("window of span %d differs", i)
+		}
 	}
 	return nil
 }
@@ -327,59 +407,66 @@ func verifyFile(f *os.File, want digest.Digest) error {
 	return nil
 }
 
-// finish publishes the outcome of fetching the layer's bytes.
-func (l *layer) finish(f *os.File, err error) {
+// finish publishes the outcome of an attempt; a verification failure
+// quarantines the layer.
+func (l *layer) finish(a *attempt, f *os.File, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	select {
-	case <-l.ready:
-		if f != nil {
-			f.Close()
-		}
-		return
-	default:
+	if err != nil && isVerification(err) && l.bad == nil {
+		l.bad = err
 	}
-	l.data, l.err = f, err
-	close(l.ready)
+	a.data, a.err = f, err
+	close(a.done)
 }
 
-// done reports whether the layer's complete bytes have been settled, and
-// with what outcome, without waiting.
-func (l *layer) done() (f *os.File, err error, ok bool) {
-	select {
-	case <-l.ready:
-		return l.data, l.err, true
-	default:
-		return nil, nil, false
-	}
+// quarantined returns why the layer must not be served, or nil.
+func (l *layer) quarantined() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bad
 }
 
-// blobFile returns the layer's verified blob once it is complete, else nil.
-func (l *layer) blobFile() *os.File {
-	if f, err, ok := l.done(); ok && err == nil && !l.whole() {
+// complete returns the layer's verified file once an attempt has
+// succeeded, else nil.
+func (l *layer) complete() *os.File {
+	l.mu.Lock()
+	a := l.cur
+	l.mu.Unlock()
+	if a == nil {
+		return nil
+	}
+	if f, err, ok := a.result(); ok && err == nil {
 		return f
 	}
 	return nil
 }
 
+// blobFile returns the layer's verified blob once it is complete, else nil.
+func (l *layer) blobFile() *os.File {
+	if l.whole() {
+		return nil
+	}
+	return l.complete()
+}
+
 // readAt serves bytes of the uncompressed tar.
 func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
-	f, err, ok := l.done()
-	if ok && err != nil {
+	if err := l.quarantined(); err != nil {
 		return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
 	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off)
 	}
-	if !ok {
+	f := l.complete()
+	if f == nil {
 		l.im.cacheMisses.Add(1)
 		l.urgent.Store(true)
 		if err := l.ensure(ctx); err != nil {
 			return 0, err
 		}
-		f = l.data
-	} else {
-		l.im.cacheHits.Add(1)
+		if f = l.complete(); f == nil {
+			return 0, fmt.Errorf("layer %s: not fetched", l.desc.Digest)
+		}
 	}
 	if !l.whole() {
 		return l.readSpans(ctx, p, off)
@@ -388,14 +475,14 @@ func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 }
 
 // state reports whether the layer's bytes are all here and verified. Both are
-// the same today: complete bytes are admitted only verified.
+// the same: complete bytes are admitted only verified.
 func (l *layer) state() (complete, verified bool) {
-	_, err, ok := l.done()
-	return ok && err == nil, ok && err == nil
+	ok := l.complete() != nil && l.quarantined() == nil
+	return ok, ok
 }
 
 func (l *layer) close() error {
-	if f, _, ok := l.done(); ok && f != nil {
+	if f := l.complete(); f != nil {
 		return f.Close()
 	}
 	return nil

@@ -146,19 +146,23 @@ func (l *layer) span(ctx context.Context, i, last int) ([]byte, error) {
 // for the same span after this one gives up.
 func (l *layer) fetchRun(ctx context.Context, run []int) {
 	results := l.compressedSpans(l.im.ctx, run)
+	// Decode outside the lock: other readers of the layer claim spans under it.
+	for n, i := range run {
+		r := &results[n]
+		if r.err == nil {
+			r.data, r.err = index.DecodeSpan(l.table, i, r.data)
+		}
+		if r.err != nil {
+			r.err = l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, l.table.Spans[i].C, l.table.Spans[i].CEnd, r.err))
+		} else {
+			l.im.spans.put(spanKey{l.idx, i}, r.data)
+		}
+	}
 	l.fmu.Lock()
 	defer l.fmu.Unlock()
 	for n, i := range run {
 		f := l.fetching[i]
-		f.err = results[n].err
-		if f.err == nil {
-			f.data, f.err = index.DecodeSpan(l.table, i, results[n].data)
-		}
-		if f.err != nil {
-			f.err = l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, l.table.Spans[i].C, l.table.Spans[i].CEnd, f.err))
-		} else {
-			l.im.spans.put(spanKey{l.idx, i}, f.data)
-		}
+		f.data, f.err = results[n].data, results[n].err
 		delete(l.fetching, i)
 		close(f.done)
 	}

@@ -278,7 +278,12 @@ Only the manifest, config and file tables are needed before the mount
 answers; a layer with no index anywhere is streamed once (verified, then
 indexed into the cache), so the first mount of such an image takes as long
 as fetching it, and every later one is immediate. After mounting, layers not
-yet cached are fetched in the background (--prefetch=none stops that).
+yet cached are fetched in the background (--prefetch=none stops that),
+pausing while reads wait (--prefetch-rate caps it). When a layer is whole,
+its digest and DiffID are checked and the index in use is compared with it.
+With --prefetch=none an index taken from the registry is trusted for its
+span digests alone until a layer is fetched whole: every span served is
+still checked against its digest, but the index itself is not re-checked.
 
 Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
 is cleaned up first. The mount is nosuid and nodev unless --suid / --dev.

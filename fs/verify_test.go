@@ -1,0 +1,132 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/fs/fstest"
+	"github.com/ocifs/ocifs/index"
+)
+
+// pushLyingIndex pushes the lazy test image and an index of it altered by lie.
+func pushLyingIndex(t *testing.T, host, repo string, seed uint64, files int, lie func(*index.Table)) (string, map[string][]byte) {
+	t.Helper()
+	layers, content := lazyLayers(seed, files)
+	img, err := fstest.Build(layers, fstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Push(t.Context(), host, repo, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/" + repo + ":v1"
+	honest, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{SpanSize: lazySpan, NoRemoteIndex: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer honest.Close()
+	if err := honest.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	lie(honest.layers[0].table)
+	if _, err := honest.PushIndex(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return ref, content
+}
+
+func readFile(t *testing.T, im *Image, name string) ([]byte, error) {
+	t.Helper()
+	n, err := im.Tree().Lookup(name)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", name, err)
+	}
+	return io.ReadAll(im.Open(t.Context(), n))
+}
+
+// TestLyingIndexWithCachedBlob: a registry index is checked against the
+// layer even when the layer's blob is already cached (another image shares
+// the layer, or the local index was pruned): a lie quarantines the layer.
+// Found in review: the cached-blob path used to skip the comparison.
+func TestLyingIndexWithCachedBlob(t *testing.T) {
+	host := fstest.StartRegistry(t)
+	ref, _ := pushLyingIndex(t, host, "verify/lie", 3, 60, func(tbl *index.Table) {
+		for i := range tbl.Entries {
+			if tbl.Entries[i].Name == "data/f0010.txt" {
+				tbl.Entries[i].Name = "data/planted.txt"
+			}
+		}
+	})
+	cache := t.TempDir()
+	first := loadImage(t, newClient(t, cache, nil), ref)
+	if err := first.layers[0].ensure(t.Context()); err == nil {
+		t.Fatalf("first mount: the lying index was not caught")
+	}
+	first.Close()
+	c := newClient(t, cache, nil)
+	if !c.Cache().Has(first.layers[0].desc.Digest) {
+		t.Fatalf("fixture: the layer's blob is not cached after the first mount")
+	}
+	if err := c.Cache().Remove(fetch.KindIndex, first.layers[0].desc.Digest); err != nil {
+		t.Fatal(err)
+	}
+
+	im := loadImage(t, c, ref)
+	if _, err := im.Tree().Lookup("data/planted.txt"); err != nil {
+		t.Fatalf("second mount did not take the registry's index: %v", err)
+	}
+	if err := im.layers[0].ensure(t.Context()); err == nil {
+		t.Fatalf("second mount accepted the lying index because the blob was cached")
+	}
+	if b, err := readFile(t, im, "data/planted.txt"); err == nil {
+		t.Errorf("read of a planted name served %d bytes, want an error", len(b))
+	}
+	if st := im.Stats(); st.Layers[0].Verified {
+		t.Errorf("layer reported verified after the lie was caught")
+	}
+}
+
+// failWhole answers 503 to whole-blob GETs (no Range) of one blob.
+type failWhole struct {
+	base http.RoundTripper
+	blob string
+}
+
+func (rt *failWhole) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/blobs/"+rt.blob) && req.Header.Get("Range") == "" {
+		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
+			Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: req}, nil
+	}
+	return rt.base.RoundTrip(req)
+}
+
+// TestTransientErrorDoesNotQuarantine: a registry that fails the background
+// whole-blob fetch (503) leaves the layer servable span by span; only a
+// verification failure quarantines. Found in review.
+func TestTransientErrorDoesNotQuarantine(t *testing.T) {
+	host := fstest.StartRegistry(t)
+	ref, content := pushLyingIndex(t, host, "verify/blip", 5, 300, func(*index.Table) {})
+	probe := loadImage(t, newClient(t, "", nil), ref)
+	blob := probe.layers[0].desc.Digest.String()
+	probe.Close()
+
+	im := loadImage(t, newClient(t, "", &failWhole{http.DefaultTransport, blob}), ref)
+	if got, err := readFile(t, im, "data/f0100.txt"); err != nil || !bytes.Equal(got, content["data/f0100.txt"]) {
+		t.Fatalf("read before the background fetch: %d bytes, %v", len(got), err)
+	}
+	err := im.layers[0].ensure(t.Context())
+	if err == nil || errors.Is(err, index.ErrFormat) {
+		t.Fatalf("background fetch through a 503: err %v, want a fetch error that is not a verification failure", err)
+	}
+	if got, err := readFile(t, im, "data/f0200.txt"); err != nil || !bytes.Equal(got, content["data/f0200.txt"]) {
+		t.Errorf("read after a failed background fetch: %d bytes, %v; want the file", len(got), err)
+	}
+	if st := im.Stats(); st.VerifyFailures != 0 {
+		t.Errorf("verify_failures = %d after a 503, want 0", st.VerifyFailures)
+	}
+}
