@@ -167,8 +167,13 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 	if err := l.valid(t); err != nil {
 		return nil, fmt.Errorf("%w: %v", index.ErrFormat, err)
 	}
-	// Not cached: only an index built here from verified bytes goes into
-	// the local index cache (fill writes it once the whole layer checks out).
+	// Only an index built here from verified bytes goes into the local
+	// index cache (fill writes it once the whole layer checks out). The
+	// registry's index blob is kept as a blob, by its own digest, so the
+	// next mount reads it from disk, still as the registry's index.
+	if err := l.im.client.Cache().Put(l.remote.Digest, bytes.NewReader(b)); err != nil {
+		l.im.log.Warn("caching the registry's index blob", "layer", l.desc.Digest, "err", err)
+	}
 	return t, nil
 }
 
