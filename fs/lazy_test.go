@@ -241,33 +241,14 @@ func TestTamperedSpan(t *testing.T) {
 func TestLyingIndexIsQuarantined(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
-	layers, _ := lazyLayers(3, 60)
-	img, err := fstest.Build(layers, fstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Push(t.Context(), host, "lazy/lie", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	ref := host + "/lazy/lie:v1"
-	honest, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{SpanSize: lazySpan, NoRemoteIndex: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer honest.Close()
-	if err := honest.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	// The lie: one file's name changed, every digest left as it was.
-	tbl := honest.layers[0].table
-	for i := range tbl.Entries {
-		if tbl.Entries[i].Name == "data/f0010.txt" {
-			tbl.Entries[i].Name = "data/planted.txt"
+	ref, _ := pushLyingIndex(t, host, "lazy/lie", 3, 60, func(tbl *index.Table) {
+		for i := range tbl.Entries {
+			if tbl.Entries[i].Name == "data/f0010.txt" {
+				tbl.Entries[i].Name = "data/planted.txt"
+			}
 		}
-	}
-	if _, err := honest.PushIndex(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	})
 
 	im, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{Logger: testLogger(t)})
 	if err != nil {

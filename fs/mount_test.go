@@ -143,15 +143,7 @@ func TestMountRandomImages(t *testing.T) {
 		t.Run("seed="+string(rune('0'+seed)), func(t *testing.T) {
 			layers := fstest.Random(seed, 300)
 			want := reference(t, fstest.Random(seed, 300))
-			img, err := fstest.Build(layers, fstest.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			layout := t.TempDir()
-			if err := img.WriteLayout(layout, "v1"); err != nil {
-				t.Fatal(err)
-			}
-			im := loadImage(t, newClient(t, "", nil), "oci:"+layout+":v1")
+			im := loadImage(t, newClient(t, "", nil), layoutRef(t, layers))
 			diffs := fstest.CompareTrees(mountImage(t, im), want, fstest.CompareOptions{IgnoreDirMtime: true})
 			for _, d := range diffs {
 				t.Errorf("mount: %s", d)
@@ -164,16 +156,8 @@ func TestMountRandomImages(t *testing.T) {
 // EROFS, xattrs through getfattr, stable inode numbers, file bytes.
 func TestMountBehaviour(t *testing.T) {
 	fstest.RequireFUSE(t)
-	img, err := fstest.Build(fstest.Corners(), fstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	layout := t.TempDir()
-	if err := img.WriteLayout(layout, "v1"); err != nil {
-		t.Fatal(err)
-	}
 	cache := t.TempDir()
-	ref := "oci:" + layout + ":v1"
+	ref := layoutRef(t, fstest.Corners())
 	first := mountImage(t, loadImage(t, newClient(t, cache, nil), ref))
 	second := mountImage(t, loadImage(t, newClient(t, cache, nil), ref))
 

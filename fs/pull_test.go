@@ -38,15 +38,7 @@ func TestPullStaysInside(t *testing.T) {
 		hdr("up/sentinel", tar.TypeReg, ""),
 		hdr("escape/new", tar.TypeReg, ""),
 	}}}
-	img, err := fstest.Build(layers, fstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	layout := t.TempDir()
-	if err := img.WriteLayout(layout, "v1"); err != nil {
-		t.Fatal(err)
-	}
-	im := loadImage(t, newClient(t, "", nil), "oci:"+layout+":v1")
+	im := loadImage(t, newClient(t, "", nil), layoutRef(t, layers))
 	dir := filepath.Join(t.TempDir(), "rootfs")
 	if err := im.Pull(t.Context(), dir); err != nil {
 		t.Fatalf("Pull: %v", err)
