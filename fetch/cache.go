@@ -263,28 +263,78 @@ func (c *Cache) WriteIndex(layer digest.Digest, data []byte) error {
 // if there is none; a file whose checksum does not match is removed and
 // reported as an ErrFormat error.
 func (c *Cache) ReadIndex(layer digest.Digest) ([]byte, error) {
-	p, err := c.path(indexDir, layer)
+	f, r, err := c.OpenIndex(layer)
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("cache: index %s: %w", layer, ErrNotFound)
-		}
+	defer f.Close()
+	b := make([]byte, r.Size())
+	if _, err := r.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("cache: index %s: %w", layer, err)
 	}
-	hdr := len(indexMagic) + sha256.Size
-	if len(b) < hdr || string(b[:len(indexMagic)]) != indexMagic {
-		os.Remove(p)
-		return nil, formatError("cache: index %s: bad header (removed)", layer)
+	return b, nil
+}
+
+// HasIndex reports whether an index is stored for layer, without reading it.
+func (c *Cache) HasIndex(layer digest.Digest) bool {
+	p, err := c.path(indexDir, layer)
+	if err != nil {
+		return false
 	}
-	data := b[hdr:]
-	if sum := sha256.Sum256(data); !bytes.Equal(sum[:], b[len(indexMagic):hdr]) {
-		os.Remove(p)
-		return nil, formatError("cache: index %s: checksum mismatch (removed)", layer)
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// OpenIndex opens the index stored for layer after checking its checksum,
+// reading the file once without keeping it in memory. r reads the index
+// itself (the payload after the header) and stays valid until f is closed.
+// The error wraps ErrNotFound if there is none; a file whose checksum does
+// not match is removed and reported as an ErrFormat error.
+func (c *Cache) OpenIndex(layer digest.Digest) (f *os.File, r *io.SectionReader, err error) {
+	p, err := c.path(indexDir, layer)
+	if err != nil {
+		return nil, nil, err
 	}
-	return data, nil
+	f, err = os.Open(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, fmt.Errorf("cache: index %s: %w", layer, ErrNotFound)
+		}
+		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+	}
+	hdr := int64(len(indexMagic) + sha256.Size)
+	head := make([]byte, hdr)
+	if fi.Size() < hdr {
+		f.Close()
+		os.Remove(p)
+		return nil, nil, formatError("cache: index %s: truncated (removed)", layer)
+	}
+	if _, err := f.ReadAt(head, 0); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+	}
+	if string(head[:len(indexMagic)]) != indexMagic {
+		f.Close()
+		os.Remove(p)
+		return nil, nil, formatError("cache: index %s: bad header (removed)", layer)
+	}
+	r = io.NewSectionReader(f, hdr, fi.Size()-hdr)
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(r, 0, r.Size())); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+	}
+	if !bytes.Equal(h.Sum(nil), head[len(indexMagic):]) {
+		f.Close()
+		os.Remove(p)
+		return nil, nil, formatError("cache: index %s: checksum mismatch (removed)", layer)
+	}
+	return f, r, nil
 }
 
 // CacheEntry describes one cached file.

@@ -141,7 +141,7 @@ func (im *Image) plan(ctx context.Context) error {
 	cache := im.client.Cache()
 	var unindexed []*layer
 	for _, l := range im.layers {
-		if _, err := cache.ReadIndex(l.desc.Digest); err == nil {
+		if cache.HasIndex(l.desc.Digest) {
 			l.mode, l.why = ModeIndex, "ocifs index in the local cache"
 		} else {
 			unindexed = append(unindexed, l)

@@ -37,8 +37,9 @@ type layer struct {
 	why         string
 	remote      *ocispec.Descriptor // the registry's index blob for this layer, if any
 
-	table *index.Table // set by load, immutable after
-	built bool         // table was built here from verified bytes (not taken from an index)
+	table     *index.Table // set by load, immutable after
+	indexFile *os.File     // the index file table reads windows from, if any
+	built     bool         // table was built here from verified bytes (not taken from an index)
 
 	// mu guards cur and bad.
 	mu sync.Mutex
@@ -135,18 +136,22 @@ func (l *layer) valid(t *index.Table) error {
 	return nil
 }
 
+// cachedIndex opens the local index of this layer, if there is one. Its
+// windows stay in the file until a span needs one (index.Open).
 func (l *layer) cachedIndex() *index.Table {
-	b, err := l.im.client.Cache().ReadIndex(l.desc.Digest)
+	f, r, err := l.im.client.Cache().OpenIndex(l.desc.Digest)
 	if errors.Is(err, fetch.ErrNotFound) {
 		return nil
 	}
 	if err == nil {
 		var t *index.Table
-		if t, err = index.Unmarshal(b); err == nil {
+		if t, err = index.Open(r, r.Size()); err == nil {
 			if err = l.valid(t); err == nil {
+				l.indexFile = f
 				return t
 			}
 		}
+		f.Close()
 	}
 	l.im.log.Warn("cached index unusable; rebuilding it", "layer", l.desc.Digest, "err", err)
 	return nil
@@ -171,8 +176,19 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 	// index cache (fill writes it once the whole layer checks out). The
 	// registry's index blob is kept as a blob, by its own digest, so the
 	// next mount reads it from disk, still as the registry's index.
-	if err := l.im.client.Cache().Put(l.remote.Digest, bytes.NewReader(b)); err != nil {
+	cache := l.im.client.Cache()
+	if err := cache.Put(l.remote.Digest, bytes.NewReader(b)); err != nil {
 		l.im.log.Warn("caching the registry's index blob", "layer", l.desc.Digest, "err", err)
+		return t, nil
+	}
+	// Read the windows from the cached blob when a span needs one, rather
+	// than keeping them in memory.
+	if f, err := cache.Open(l.remote.Digest); err == nil {
+		if ft, err := index.Open(f, int64(len(b))); err == nil {
+			l.indexFile = f
+			return ft, nil
+		}
+		f.Close()
 	}
 	return t, nil
 }
@@ -487,8 +503,12 @@ func (l *layer) state() (complete, verified bool) {
 }
 
 func (l *layer) close() error {
-	if f := l.complete(); f != nil {
-		return f.Close()
+	var errs []error
+	if l.indexFile != nil {
+		errs = append(errs, l.indexFile.Close())
 	}
-	return nil
+	if f := l.complete(); f != nil {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
 }

@@ -275,3 +275,65 @@ func TestLyingIndexIsQuarantined(t *testing.T) {
 		t.Errorf("stats after quarantine: verify_failures %d, layer verified %v", st.VerifyFailures, st.Layers[0].Verified)
 	}
 }
+
+// TestLocalIndexWindowsStayOnDisk: a layer indexed here is served, on the
+// next mount, from its cached index opened with index.Open: the windows stay
+// in the index file until a span needs one, and every file still reads right.
+// A damaged index file is refused and the layer is streamed again.
+func TestLocalIndexWindowsStayOnDisk(t *testing.T) {
+	fstest.RequireFUSE(t)
+	layers, content := lazyLayers(3, 120)
+	ref := layoutRef(t, layers)
+	dir := t.TempDir()
+
+	first, err := Resolve(t.Context(), newClient(t, dir, nil), ref, Options{Logger: testLogger(t), SpanSize: lazySpan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+
+	im, err := Resolve(t.Context(), newClient(t, dir, nil), ref, Options{Logger: testLogger(t), WholeThreshold: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { im.Close() })
+	if err := im.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	l := im.layers[0]
+	if l.mode != ModeIndex || l.indexFile == nil {
+		t.Fatalf("layer 0: mode %s, index file %v; want index mode with its windows read from the index file", l.mode, l.indexFile)
+	}
+	mnt := mountImage(t, im)
+	for name, want := range content {
+		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s: %d bytes, err %v; want %d bytes", name, len(got), err, len(want))
+		}
+	}
+
+	// Flip one byte of the cached index: its checksum refuses it, and the
+	// layer is streamed (and indexed) again rather than served from it.
+	p := filepath.Join(dir, "index", "sha256", l.desc.Digest.Encoded())
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Resolve(t.Context(), newClient(t, dir, nil), ref, Options{Logger: testLogger(t), WholeThreshold: 1, NoRemoteIndex: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := again.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if g := again.layers[0]; g.indexFile != nil || !g.built {
+		t.Fatalf("damaged index: index file %v, built here %v; want the table rebuilt from the layer", g.indexFile, g.built)
+	}
+}
