@@ -3,12 +3,14 @@ module github.com/ocifs/ocifs
 go 1.26.0
 
 require (
+	github.com/containerd/stargz-snapshotter/estargz v0.19.1
 	github.com/google/go-containerregistry v0.22.1
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/klauspost/compress v1.20.4
 	github.com/opencontainers/go-digest v1.0.0
 	github.com/opencontainers/image-spec v1.1.1
 	github.com/spf13/pflag v1.1.0
+	github.com/vbatts/tar-split v0.12.3
 	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.50.0
 )

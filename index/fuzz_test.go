@@ -58,7 +58,7 @@ func referenceRegulars(raw []byte) ([]referenceEntry, error) {
 		}
 		name := path.Clean("/" + hdr.Name)[1:]
 		base := path.Base(name)
-		if name == "" || len(base) >= len(whiteoutPrefix) && base[:len(whiteoutPrefix)] == whiteoutPrefix || isAufsMeta(name) {
+		if name == "" || len(base) >= len(whiteoutPrefix) && base[:len(whiteoutPrefix)] == whiteoutPrefix || IsAufsMeta(name) {
 			continue
 		}
 		content, err := io.ReadAll(tr)

@@ -3,6 +3,7 @@ package index
 import (
 	"archive/tar"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -75,7 +76,7 @@ func (b *builder) entry(hdr *tar.Header, off int64) (e Entry, keep bool, err err
 	if err != nil {
 		return Entry{}, false, err
 	}
-	if isAufsMeta(name) {
+	if IsAufsMeta(name) {
 		b.skip(hdr, "aufs metadata")
 		return Entry{}, false, nil
 	}
@@ -142,27 +143,38 @@ func (b *builder) entry(hdr *tar.Header, off int64) (e Entry, keep bool, err err
 	return e, true, nil
 }
 
-// cleanName cleans a name or hard link target of the entry called entryName:
-// relative to the layer root, no leading "./" or "/", no trailing "/", and no
-// ".." element, resolved as if the name started at "/" so it can never
-// escape: "a/../../b" becomes "b". The root itself becomes "".
+// cleanName cleans a name or hard link target of the entry called entryName
+// (see [CleanName]).
 func (b *builder) cleanName(entryName, name, what string) (string, error) {
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", entryErrorf(entryName, "%s contains a NUL byte", what)
-	}
-	cleaned := path.Clean("/" + name)[1:]
-	if len(cleaned) > b.opts.MaxNameLen {
-		return "", entryErrorf(entryName, "%s is %d bytes, more than %d; set Options.MaxNameLen to raise the cap",
-			what, len(cleaned), b.opts.MaxNameLen)
+	cleaned, err := CleanName(name, b.opts.MaxNameLen)
+	if err != nil {
+		return "", entryErrorf(entryName, "%s %v", what, err)
 	}
 	return cleaned, nil
 }
 
-// isAufsMeta reports whether a cleaned name is aufs bookkeeping: a base name
+// CleanName cleans a name or hard link target read from a layer (a tar
+// header, a TOC) the way every table holds it: relative to the layer root,
+// no leading "./" or "/", no trailing "/", and no ".." element, resolved as
+// if the name started at "/" so it can never escape: "a/../../b" becomes
+// "b". The root itself becomes "". A name with a NUL byte, or longer than
+// maxLen bytes once cleaned, is an error (the caller names the entry).
+func CleanName(name string, maxLen int) (string, error) {
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", errors.New("contains a NUL byte")
+	}
+	cleaned := path.Clean("/" + name)[1:]
+	if len(cleaned) > maxLen {
+		return "", fmt.Errorf("is %d bytes, more than %d; set Options.MaxNameLen to raise the cap", len(cleaned), maxLen)
+	}
+	return cleaned, nil
+}
+
+// IsAufsMeta reports whether a cleaned name is aufs bookkeeping: a base name
 // starting with ".wh..wh." other than the opaque marker (".wh..wh.plnk",
 // ".wh..wh.aufs"), or anything below such a directory at the root, as Docker
 // skips it. Hard links into ".wh..wh.plnk" are not resolved.
-func isAufsMeta(name string) bool {
+func IsAufsMeta(name string) bool {
 	first, _, _ := strings.Cut(name, "/")
 	if strings.HasPrefix(first, whiteoutMetaPrefix) && first != whiteoutOpaque {
 		return true
