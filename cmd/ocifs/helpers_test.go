@@ -147,7 +147,7 @@ func registryRef(t *testing.T, img *fstest.Image, wrap func(http.Handler) http.H
 
 // isolate points the CLI at a fresh cache and an empty docker config, so no
 // credentials or cached blobs of this machine leak into a test.
-func isolate(t *testing.T) string {
+func isolate(t testing.TB) string {
 	t.Helper()
 	t.Setenv("DOCKER_CONFIG", t.TempDir())
 	t.Setenv("REGISTRY_AUTH_FILE", filepath.Join(t.TempDir(), "auth.json"))

@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 // ocifsBinary builds the command once: the daemon re-executes
 // /proc/self/exe, which under `go test` is the test binary, so mount tests
 // exec the real one.
-func ocifsBinary(t *testing.T) string {
+func ocifsBinary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		if binDir, binErr = os.MkdirTemp("", "ocifs-test-bin-"); binErr != nil {
@@ -70,7 +70,7 @@ func ocifsBinary(t *testing.T) string {
 }
 
 // execOcifs runs the built binary and returns its output and exit status.
-func execOcifs(t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
+func execOcifs(t testing.TB, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), bin, args...)
@@ -89,7 +89,7 @@ func execOcifs(t *testing.T, bin string, args ...string) (stdout, stderr string,
 
 // cleanupMount makes sure no mount or daemon outlives the test, whatever it
 // did: detach the mount, then kill a daemon still serving it.
-func cleanupMount(t *testing.T, cache, dir string) {
+func cleanupMount(t testing.TB, cache, dir string) {
 	t.Helper()
 	t.Cleanup(func() {
 		for range 3 {
