@@ -146,16 +146,20 @@ type gzipIndexer struct {
 	br       *bufio.Reader
 	spanSize int64
 
-	out     int64  // uncompressed bytes produced so far
-	memberU int64  // uncompressed offset of the current member's first byte
-	memberC int64  // blob offset of the current member's deflate data
-	drift   int64  // how far flate's CompressedOffset runs ahead in this member
-	crc     uint32 // CRC-32 of the current member's output so far
+	out     int64 // uncompressed bytes produced so far
+	memberU int64 // uncompressed offset of the current member's first byte
+	memberC int64 // blob offset of the current member's deflate data
+	drift   int64 // how far flate's CompressedOffset runs ahead in this member
 
 	lastU   int64        // U of the newest span or pending checkpoint
 	pending []checkpoint // found but not yet verified, oldest first
 	recent  []byte       // output from recentStart on, kept while pending
 	recentU int64
+
+	// verify's inflater and buffers, kept between calls.
+	verifier resetter
+	got      []byte
+	histRd   bytes.Reader
 }
 
 // checkpoint is a candidate span start.
@@ -220,7 +224,7 @@ func (g *gzipIndexer) run() error {
 	lb.src.flush(first)
 	lb.hasher.cut(-1, first)
 	for {
-		g.memberU, g.memberC, g.drift, g.crc = g.out, g.consumed(), 0, 0
+		g.memberU, g.memberC, g.drift = g.out, g.consumed(), 0
 		if err := g.member(); err != nil {
 			return err
 		}
@@ -268,7 +272,6 @@ func (g *gzipIndexer) member() error {
 		n, rerr := fr.Read(buf)
 		if n > 0 {
 			b := buf[:n]
-			g.crc = crc32.Update(g.crc, crc32.IEEETable, b)
 			if len(g.pending) > 0 {
 				// recent holds [recentU, ...); the checkpoint may lie
 				// inside b.
@@ -304,10 +307,8 @@ func (g *gzipIndexer) member() error {
 		}
 		return formatErrorf("gzip stream truncated in the member trailer at blob offset %d", at)
 	}
-	if sum != g.crc || size != uint32(g.out-g.memberU) {
-		return formatErrorf("gzip member at blob offset %d: trailer says CRC %#08x and %d bytes, data has CRC %#08x and %d bytes (mod 2^32)",
-			g.memberC, sum, size, g.crc, uint32(g.out-g.memberU))
-	}
+	// The tar side checks them, off this goroutine (see chunkPipe).
+	g.lb.out.endMember(memberMark{end: g.out, blobOff: g.memberC, sum: sum, size: size})
 	return nil
 }
 
@@ -437,14 +438,27 @@ func (g *gzipIndexer) accept(p *checkpoint, c int64) {
 // reproduces want, followed by the member's end if atEnd.
 func (g *gzipIndexer) verify(p *checkpoint, want []byte, atEnd bool) (int64, bool) {
 	src := g.lb.src
-	got := make([]byte, len(want)+1)
+	if g.got == nil {
+		g.got = make([]byte, verifyLen+1)
+	}
+	got := g.got[:len(want)+1]
 	for i, c := range p.cands {
 		if c < src.histStart || c-src.histStart > int64(len(src.hist)) {
 			continue
 		}
-		fr := flate.NewReaderOpts(bytes.NewReader(src.hist[c-src.histStart:]),
-			flate.WithResumeFrom(flate.InflateCheckpoint{BitOffset: p.bits, Window: p.window}))
-		n, err := io.ReadFull(fr, got)
+		g.histRd.Reset(src.hist[c-src.histStart:])
+		cp := flate.InflateCheckpoint{BitOffset: p.bits, Window: p.window}
+		var err error
+		if g.verifier == nil {
+			fr, ok := flate.NewReaderOpts(&g.histRd, flate.WithResumeFrom(cp)).(resetter)
+			if !ok {
+				return 0, false
+			}
+			g.verifier = fr
+		} else if err = g.verifier.ResetCP(&g.histRd, cp); err != nil {
+			continue
+		}
+		n, err := io.ReadFull(g.verifier, got)
 		ok := bytes.Equal(got[:min(n, len(want))], want) && n >= len(want)
 		if atEnd {
 			ok = ok && n == len(want) && err == io.ErrUnexpectedEOF

@@ -1,15 +1,10 @@
 package index
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math"
-	"sync"
-
-	"github.com/opencontainers/go-digest"
 )
 
 // DefaultSpanSize is the span size [BuildLayer] aims at when
@@ -74,7 +69,7 @@ type layerBuild struct {
 func (lb *layerBuild) run(r io.Reader) (*Table, error) {
 	lb.hasher = startSpanHasher()
 	lb.src = &blobSource{sr: &sourceReader{r: r}, hasher: lb.hasher, safe: func(int64) int64 { return math.MaxInt64 }}
-	lb.out = newChunkPipe()
+	lb.out = newChunkPipe(lb.kind == compressionGzip)
 
 	var tab *Table
 	var tarErr error
@@ -94,12 +89,18 @@ func (lb *layerBuild) run(r io.Reader) (*Table, error) {
 	}
 	lb.out.closeWrite(err)
 	<-tarDone
+	// Both sides are done: check the members the tar side did not get to.
+	checkErr := lb.out.finish()
 	if err == nil {
 		lb.src.flush(math.MaxInt64)
 	}
 	res := lb.hasher.finish(lb.src.n, err == nil && lb.spans != nil)
 
 	switch {
+	case checkErr != nil:
+		// The inflater read that member's trailer before anything
+		// else went wrong: it is the first error in the stream.
+		return nil, checkErr
 	case err != nil && !errors.Is(err, errPipeClosed):
 		return nil, err
 	case tarErr != nil:
@@ -240,253 +241,4 @@ func (s *blobSource) Read(p []byte) (int, error) {
 func (s *blobSource) flush(safe int64) {
 	s.hasher.data(s.chunk, safe)
 	s.chunk = nil
-}
-
-// spanHasher computes, on its own goroutine, the blob digest and the digest
-// of every span from the compressed bytes and the span boundaries the
-// indexer sends it in blob order.
-type spanHasher struct {
-	msgs chan hashMsg
-	free chan []byte
-	done chan hashResult
-}
-
-type hashMsg struct {
-	data []byte // the next bytes of the blob
-	safe int64  // no span starts below this offset from now on
-	cut  bool   // end the current span at end and start one at next
-	end  int64  // -1: there is no current span
-	next int64  // -1: no next span
-}
-
-type hashResult struct {
-	blob  digest.Digest
-	spans []digest.Digest
-	err   error
-}
-
-func startSpanHasher() *spanHasher {
-	h := &spanHasher{msgs: make(chan hashMsg, 16), free: make(chan []byte, 20), done: make(chan hashResult, 1)}
-	go h.loop()
-	return h
-}
-
-// buffer returns an empty buffer for the next bytes of the blob.
-func (h *spanHasher) buffer() []byte {
-	select {
-	case b := <-h.free:
-		return b[:0]
-	default:
-		return make([]byte, 0, hasherChunkSize+64<<10)
-	}
-}
-
-func (h *spanHasher) data(b []byte, safe int64) { h.msgs <- hashMsg{data: b, safe: safe} }
-
-// cut ends the current span just before blob offset end and starts the next
-// at next. The bytes up to end must have been sent.
-func (h *spanHasher) cut(end, next int64) { h.msgs <- hashMsg{cut: true, end: end, next: next} }
-
-// finish ends the last span at size (when spans is set), stops the hasher
-// goroutine and returns its digests.
-func (h *spanHasher) finish(size int64, spans bool) hashResult {
-	if spans {
-		h.cut(size, -1)
-	}
-	close(h.msgs)
-	return <-h.done
-}
-
-func (h *spanHasher) loop() {
-	blob := sha256.New()
-	var (
-		res       hashResult
-		span      hash.Hash
-		spanPos   int64 // next offset to hash into span
-		pend      []byte
-		pendStart int64 // offset of pend[0]
-		safe      int64
-	)
-	hashTo := func(x int64, strict bool) {
-		end := pendStart + int64(len(pend))
-		if !strict {
-			x = min(x, end)
-		}
-		if span == nil || x <= spanPos {
-			return
-		}
-		if x > end {
-			if res.err == nil {
-				res.err = fmt.Errorf("indexing layer: span boundary %d past the %d bytes read", x, end)
-			}
-			x = end
-		}
-		if spanPos < pendStart {
-			if res.err == nil {
-				res.err = fmt.Errorf("indexing layer: span byte %d no longer held", spanPos)
-			}
-			return
-		}
-		span.Write(pend[spanPos-pendStart : x-pendStart])
-		spanPos = x
-	}
-	for m := range h.msgs {
-		if m.data != nil {
-			blob.Write(m.data)
-			pend = append(pend, m.data...)
-			select {
-			case h.free <- m.data:
-			default:
-			}
-		}
-		if m.cut {
-			if m.end >= 0 && span != nil {
-				hashTo(m.end, true)
-				res.spans = append(res.spans, digest.NewDigestFromBytes(digest.SHA256, span.Sum(nil)))
-			}
-			span = nil
-			if m.next >= 0 {
-				span = sha256.New()
-				spanPos = m.next
-			}
-		} else {
-			safe = max(safe, m.safe)
-			hashTo(safe, false)
-		}
-		// Drop what no span can need any more.
-		keep := safe
-		if span != nil {
-			keep = min(keep, spanPos)
-		}
-		if drop := keep - pendStart; drop > 0 && int(min(drop, int64(len(pend)))) > len(pend)/2 {
-			drop = min(drop, int64(len(pend)))
-			pend = pend[:copy(pend, pend[drop:])]
-			pendStart += drop
-		}
-	}
-	res.blob = digest.NewDigestFromBytes(digest.SHA256, blob.Sum(nil))
-	h.done <- res
-}
-
-// errPipeClosed is what the writer of a chunkPipe gets once the reader has
-// stopped: the tar side failed, and its error is the one to report.
-var errPipeClosed = errors.New("tar reader stopped")
-
-// chunkPipe carries the uncompressed stream from the inflating goroutine to
-// the tar goroutine in large buffers, so the two run in parallel (io.Pipe
-// would make the writer wait for every read).
-type chunkPipe struct {
-	full      chan []byte
-	free      chan []byte
-	abort     chan struct{}
-	abortOnce sync.Once
-	err       error // the writer's error, set before full is closed
-
-	// writer side
-	buf       []byte
-	allocated int
-
-	// reader side
-	cur, curBuf []byte
-	readErr     error
-}
-
-const (
-	pipeChunkSize = 256 << 10
-	pipeChunks    = 4
-)
-
-func newChunkPipe() *chunkPipe {
-	return &chunkPipe{
-		full:  make(chan []byte, pipeChunks),
-		free:  make(chan []byte, pipeChunks),
-		abort: make(chan struct{}),
-	}
-}
-
-// space returns the free part of the current buffer, getting a buffer if
-// there is none.
-func (p *chunkPipe) space() ([]byte, error) {
-	if p.buf == nil {
-		select {
-		case b := <-p.free:
-			p.buf = b[:0]
-		default:
-			if p.allocated < pipeChunks {
-				p.allocated++
-				p.buf = make([]byte, 0, pipeChunkSize)
-				break
-			}
-			select {
-			case b := <-p.free:
-				p.buf = b[:0]
-			case <-p.abort:
-				return nil, errPipeClosed
-			}
-		}
-	}
-	return p.buf[len(p.buf):cap(p.buf)], nil
-}
-
-// commit adds n bytes written into the last space to the stream.
-func (p *chunkPipe) commit(n int) error {
-	p.buf = p.buf[:len(p.buf)+n]
-	if len(p.buf) == cap(p.buf) {
-		return p.send()
-	}
-	return nil
-}
-
-func (p *chunkPipe) send() error {
-	b := p.buf
-	p.buf = nil
-	if len(b) == 0 {
-		p.free <- b
-		return nil
-	}
-	select {
-	case p.full <- b:
-		return nil
-	case <-p.abort:
-		return errPipeClosed
-	}
-}
-
-// closeWrite ends the stream: the reader gets err, or io.EOF if it is nil.
-func (p *chunkPipe) closeWrite(err error) {
-	if err == nil && p.buf != nil {
-		err = p.send()
-	}
-	p.err = err
-	close(p.full)
-}
-
-// closeRead tells the writer that nothing more will be read.
-func (p *chunkPipe) closeRead() { p.abortOnce.Do(func() { close(p.abort) }) }
-
-func (p *chunkPipe) Read(b []byte) (int, error) {
-	for len(p.cur) == 0 {
-		if p.readErr != nil {
-			return 0, p.readErr
-		}
-		if p.curBuf != nil {
-			select {
-			case p.free <- p.curBuf:
-			default:
-			}
-			p.curBuf = nil
-		}
-		next, ok := <-p.full
-		if !ok {
-			p.readErr = io.EOF
-			if p.err != nil {
-				p.readErr = p.err
-			}
-			return 0, p.readErr
-		}
-		p.cur, p.curBuf = next, next
-	}
-	n := copy(b, p.cur)
-	p.cur = p.cur[n:]
-	return n, nil
 }
