@@ -136,6 +136,11 @@ func (c *Cache) Create(d digest.Digest) (*Pending, error) {
 	return &Pending{c: c, d: d, f: f, h: d.Algorithm().Hash()}, nil
 }
 
+// Name returns the path of the temp file being written. A reader may open
+// it to read what has been written so far; until Commit has checked the
+// digest those bytes are unverified.
+func (p *Pending) Name() string { return p.f.Name() }
+
 // Write appends b to the pending blob.
 func (p *Pending) Write(b []byte) (int, error) {
 	if p.done {

@@ -4,8 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,4 +124,121 @@ func mustClient(b *testing.B, cache string) *fetch.Client {
 		b.Fatal(err)
 	}
 	return c
+}
+
+// shapedTransport limits response bodies to rate bytes per second in all,
+// as a network link would: a model of the link, not synchronisation.
+type shapedTransport struct {
+	base  http.RoundTripper
+	rate  float64
+	mu    sync.Mutex
+	start time.Time
+	sent  int64
+}
+
+func (s *shapedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := s.base.RoundTrip(req)
+	if err == nil {
+		resp.Body = &shapedBody{ReadCloser: resp.Body, s: s}
+	}
+	return resp, err
+}
+
+type shapedBody struct {
+	io.ReadCloser
+	s *shapedTransport
+}
+
+func (b *shapedBody) Read(p []byte) (int, error) {
+	if len(p) > 64<<10 {
+		p = p[:64<<10]
+	}
+	n, err := b.ReadCloser.Read(p)
+	s := b.s
+	s.mu.Lock()
+	if s.start.IsZero() {
+		s.start = time.Now()
+	}
+	s.sent += int64(n)
+	due := s.start.Add(time.Duration(float64(s.sent) / s.rate * float64(time.Second)))
+	s.mu.Unlock()
+	time.Sleep(time.Until(due))
+	return n, err
+}
+
+// BenchmarkStreamFirstFile measures, for a layer with no index anywhere
+// (stream mode) on a fresh cache over a link shaped to 100 MB/s, how long
+// until the layer's first file is readable: by default (reads wait for the
+// verified layer) and with Progressive (served as the stream passes it),
+// against the time to fetch and verify the whole layer (issue 3's goal:
+// far below):
+//
+//	go test -run '^$' -bench StreamFirstFile -benchtime 3x ./fs/
+func BenchmarkStreamFirstFile(b *testing.B) {
+	host := fstest.StartRegistry(b)
+	img, err := fstest.Build(bigLayer(160<<20), fstest.Options{BlobDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := img.Push(b.Context(), host, "bench/stream", "v1"); err != nil {
+		b.Fatal(err)
+	}
+	ref := host + "/bench/stream:v1"
+	first := func(im *Image) time.Duration {
+		start := time.Now()
+		var n *Node
+		var err error
+		if im.prog != nil {
+			n, err = im.prog.lookup(b.Context(), "etc/os-release")
+		} else {
+			n, err = im.Tree().Lookup("etc/os-release")
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, n.Size)
+		if _, err := im.ReadAt(b.Context(), n, buf, 0); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	var waitFirst, progFirst, whole []time.Duration
+	for b.Loop() {
+		for _, progressive := range []bool{false, true} {
+			c, err := fetch.New(fetch.Options{CacheDir: b.TempDir(), Transport: &shapedTransport{base: http.DefaultTransport, rate: 100e6}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			im, err := Resolve(b.Context(), c, ref, Options{Progressive: progressive, NoRemoteIndex: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := im.Load(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+			load := time.Since(start)
+			took := load + first(im)
+			if progressive {
+				progFirst = append(progFirst, took)
+				if _, err := im.WaitTree(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+				whole = append(whole, time.Since(start))
+			} else {
+				waitFirst = append(waitFirst, took)
+			}
+			im.Close()
+		}
+	}
+	med := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2].Microseconds()) / 1000
+	}
+	b.ReportMetric(med(progFirst), "ms-first-file-progressive")
+	b.ReportMetric(med(waitFirst), "ms-first-file-default")
+	b.ReportMetric(med(whole), "ms-whole-layer")
+	b.ReportMetric(med(progFirst)/med(whole), "progressive/whole")
+	b.Logf("layer %d bytes gzip over 100 MB/s: first file readable after %.0f ms progressive, %.0f ms by default; whole layer fetched and verified after %.0f ms",
+		img.LayerDescs[0].Size, med(progFirst), med(waitFirst), med(whole))
 }

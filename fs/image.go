@@ -61,6 +61,12 @@ type Options struct {
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
 	PrefetchRate int64
+
+	// Progressive serves the files of a stream-mode layer (one with no
+	// index anywhere) as soon as its stream has passed them, before the
+	// layer's digest has been checked. Off by default: it trades the check
+	// for time to first byte, and a later mismatch quarantines the layer.
+	Progressive bool
 }
 
 // Image is a resolved image: its layers, each with a plan for reaching its
@@ -72,10 +78,11 @@ type Image struct {
 	opts     Options
 	log      *slog.Logger
 	layers   []*layer
-	tree     *Tree
-	spans    *spanLRU    // decoded spans of every layer
-	fetchSem semaphore   // bounds Range requests in flight
-	fg       *foreground // fetches readers wait on; prefetch yields to them
+	tree     atomic.Pointer[Tree] // the merged tree, once every layer's table is known
+	prog     *progress            // a progressive load's growing tree; nil otherwise
+	spans    *spanLRU             // decoded spans of every layer
+	fetchSem semaphore            // bounds Range requests in flight
+	fg       *foreground          // fetches readers wait on; prefetch yields to them
 
 	// counters for Stats; atomics because FUSE reads run concurrently
 	bytesServed    atomic.Int64
@@ -190,6 +197,9 @@ func (im *Image) Load(ctx context.Context) error {
 	var g errgroup.Group
 	g.SetLimit(im.opts.Parallel)
 	for i, l := range im.layers {
+		if im.opts.Progressive && l.mode == ModeStream {
+			continue // streamed in the background by loadProgressive
+		}
 		g.Go(func() error {
 			if err := l.load(ctx); err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i, l.desc.Digest, err)
@@ -200,6 +210,17 @@ func (im *Image) Load(ctx context.Context) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
+	if im.opts.Progressive {
+		var streams []*layer
+		for _, l := range im.layers {
+			if l.mode == ModeStream {
+				streams = append(streams, l)
+			}
+		}
+		if len(streams) > 0 {
+			return im.loadProgressive(streams, start)
+		}
+	}
 	tables := make([]*index.Table, len(im.layers))
 	for i, l := range im.layers {
 		tables[i] = l.table
@@ -208,13 +229,41 @@ func (im *Image) Load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	im.tree = tree
+	im.tree.Store(tree)
 	im.log.Info("image loaded", "layers", len(im.layers), "inodes", tree.Nodes, "duration", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// Tree returns the merged tree; nil before Load.
-func (im *Image) Tree() *Tree { return im.tree }
+// loadProgressive starts the stream of each layer in streams and returns:
+// the mount serves what the streams pass (see progress).
+func (im *Image) loadProgressive(streams []*layer, start time.Time) error {
+	prog := newProgress(len(im.layers))
+	for i, l := range im.layers {
+		prog.tables[i] = l.table // nil for the layers about to stream
+	}
+	im.prog = prog
+	for _, l := range streams {
+		l.loadProgressive(prog)
+	}
+	im.log.Info("image loading progressively", "layers", len(im.layers), "streaming", len(streams),
+		"duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// Tree returns the merged tree; nil before Load, and during a progressive
+// load until every stream has ended (see [Image.WaitTree]).
+func (im *Image) Tree() *Tree { return im.tree.Load() }
+
+// WaitTree returns the merged tree, waiting for a progressive load to end.
+func (im *Image) WaitTree(ctx context.Context) (*Tree, error) {
+	if t := im.tree.Load(); t != nil || im.prog == nil {
+		if t == nil {
+			return nil, errors.New("image not loaded")
+		}
+		return t, nil
+	}
+	return im.prog.wait(ctx)
+}
 
 // Prefetch starts fetching, in the background, every layer whose bytes are
 // not cached yet. Close cancels it.
@@ -333,8 +382,8 @@ func (im *Image) Stats() Stats {
 	for _, l := range im.img.Layers() {
 		s.ImageSize += l.Size
 	}
-	if im.tree != nil {
-		s.Inodes = im.tree.Nodes
+	if t := im.tree.Load(); t != nil {
+		s.Inodes = t.Nodes
 	}
 	return s
 }

@@ -54,6 +54,13 @@ type layer struct {
 	// fetch then stops yielding and keeps no rate.
 	urgent atomic.Bool
 
+	// ready is set once table is: until then (a progressive load) reads
+	// are served from snap, the latest snapshot of the streaming table.
+	ready      atomic.Bool
+	snap       atomic.Pointer[index.Table]
+	streaming  func(*index.Table)      // set by loadProgressive: publishes snapshots
+	streamFile atomic.Pointer[os.File] // the blob temp file a progressive stream writes
+
 	// fmu guards fetching: the spans being fetched right now.
 	fmu      sync.Mutex
 	fetching map[int]*spanFetch
@@ -100,6 +107,11 @@ func (l *layer) cacheKey() digest.Digest {
 // registry's index artifact, or by streaming the whole layer, which also
 // leaves its bytes ready.
 func (l *layer) load(ctx context.Context) error {
+	defer func() {
+		if l.table != nil {
+			l.ready.Store(true)
+		}
+	}()
 	if t := l.cachedIndex(); t != nil {
 		l.table = t
 		return nil
@@ -222,6 +234,10 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 		opts.SpanSize = l.im.opts.SpanSize
 		if l.table != nil {
 			opts.SpanSize = l.table.SpanSize // to compare with the index in use
+		}
+		if l.streaming != nil {
+			l.openStream(p.Name())
+			opts.Progress = l.streaming
 		}
 		t, err = index.BuildLayer(io.TeeReader(rc, p), l.desc.MediaType, opts)
 	}
@@ -475,6 +491,9 @@ func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if err := l.quarantined(); err != nil {
 		return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
 	}
+	if !l.ready.Load() {
+		return l.readStreaming(ctx, p, off)
+	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off)
 	}
@@ -506,6 +525,9 @@ func (l *layer) close() error {
 	var errs []error
 	if l.indexFile != nil {
 		errs = append(errs, l.indexFile.Close())
+	}
+	if f := l.streamFile.Load(); f != nil {
+		errs = append(errs, f.Close())
 	}
 	if f := l.complete(); f != nil {
 		errs = append(errs, f.Close())

@@ -42,7 +42,15 @@ type Mount struct {
 // Mount serves the loaded image at dir with FUSE. It needs root and
 // /dev/fuse: it mounts directly, without fusermount.
 func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mount, error) {
-	if im.tree == nil {
+	rootNode := im.Tree()
+	if rootNode == nil && im.prog != nil {
+		t, err := im.prog.lookup(ctx, "")
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", dir, err)
+		}
+		rootNode = &Tree{Root: t}
+	}
+	if rootNode == nil {
 		return nil, fmt.Errorf("mount %s: image not loaded", dir)
 	}
 	if st, err := os.Stat(dir); err != nil {
@@ -66,7 +74,7 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		NullPermissions: true, // mode 000 files keep their mode
-		RootStableAttr:  &fusefs.StableAttr{Ino: im.tree.Root.ID},
+		RootStableAttr:  &fusefs.StableAttr{Ino: rootNode.Root.ID},
 		MountOptions: fuse.MountOptions{
 			FsName:            "ocifs",
 			Name:              "ocifs",
@@ -82,7 +90,7 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 		fo.MountOptions.Logger = slog.NewLogLogger(im.log.Handler(), slog.LevelDebug)
 	}
 	fo.Logger = log.New(logWriter{im.log}, "", 0)
-	root := &inode{im: im, n: im.tree.Root}
+	root := &inode{im: im, n: rootNode.Root, early: im.Tree() == nil}
 	server, err := fusefs.Mount(dir, root, fo)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)

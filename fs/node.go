@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -21,6 +22,36 @@ type inode struct {
 	fusefs.Inode
 	im *Image
 	n  *Node
+
+	// path is the node's path in the tree; early marks an inode made while
+	// a progressive load was still streaming, whose n is from a snapshot:
+	// node() looks it up again in the final tree once there is one.
+	path  string
+	early bool
+}
+
+// provisionalTimeout is how long the kernel may cache an entry or its
+// attributes while a progressive load streams: a directory's link count and
+// attributes may still change.
+const provisionalTimeout = 200 * time.Millisecond
+
+// node returns the node the inode stands for, from the final tree when
+// there is one.
+func (in *inode) node() *Node {
+	if !in.early {
+		return in.n
+	}
+	if t := in.im.Tree(); t != nil {
+		if n, err := t.Lookup(in.path); err == nil {
+			return n
+		}
+	}
+	return in.n
+}
+
+// provisional reports whether answers about the tree may still change.
+func (in *inode) provisional() bool {
+	return in.im.prog != nil && in.im.Tree() == nil
 }
 
 var (
@@ -53,7 +84,7 @@ func typeBits(t index.Type) uint32 {
 }
 
 func (in *inode) fill(a *fuse.Attr) {
-	n := in.n
+	n := in.node()
 	a.Ino = n.ID
 	a.Mode = typeBits(n.Type) | n.Mode
 	a.Nlink = n.Nlink
@@ -77,21 +108,40 @@ func (in *inode) fill(a *fuse.Attr) {
 // Lookup finds a child in the merged tree; hardlinked names share one inode
 // because the inode number is the Node's.
 func (in *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	c := in.n.Child(name)
-	if c == nil {
+	p := joinPath(in.path, name)
+	early := in.provisional()
+	var c *Node
+	if early {
+		var err error
+		if c, err = in.im.prog.lookup(ctx, p); err != nil {
+			if errors.Is(err, errNotDir) {
+				return nil, syscall.ENOTDIR
+			}
+			return nil, in.im.errno(ctx, in.node(), 0, err)
+		}
+		out.SetEntryTimeout(provisionalTimeout)
+		out.SetAttrTimeout(provisionalTimeout)
+	} else if c = in.node().Child(name); c == nil {
 		return nil, syscall.ENOENT
 	}
-	child := &inode{im: in.im, n: c}
+	child := &inode{im: in.im, n: c, path: p, early: early}
 	child.fill(&out.Attr)
 	return in.NewInode(ctx, child, fusefs.StableAttr{Mode: typeBits(c.Type), Ino: c.ID}), 0
 }
 
 // Readdir lists a directory in name order, which is stable across calls.
+// During a progressive load it waits until the tree is final.
 func (in *inode) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
-	names := in.n.Names()
+	if in.provisional() {
+		if _, err := in.im.prog.wait(ctx); err != nil {
+			return nil, in.im.errno(ctx, in.n, 0, err)
+		}
+	}
+	n := in.node()
+	names := n.Names()
 	ents := make([]fuse.DirEntry, len(names))
 	for i, name := range names {
-		c := in.n.Child(name)
+		c := n.Child(name)
 		ents[i] = fuse.DirEntry{Name: name, Ino: c.ID, Mode: typeBits(c.Type)}
 	}
 	return fusefs.NewListDirStream(ents), 0
@@ -99,12 +149,15 @@ func (in *inode) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) 
 
 func (in *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	in.fill(&out.Attr)
+	if in.provisional() {
+		out.SetTimeout(provisionalTimeout)
+	}
 	return 0
 }
 
 // Getxattr serves the xattrs the layer's tar recorded (PAX SCHILY.xattr.*).
 func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	v, ok := in.n.Xattrs[attr]
+	v, ok := in.node().Xattrs[attr]
 	if !ok {
 		return 0, unix.ENODATA
 	}
@@ -115,9 +168,10 @@ func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 }
 
 func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	names := make([]string, 0, len(in.n.Xattrs))
+	xattrs := in.node().Xattrs
+	names := make([]string, 0, len(xattrs))
 	size := 0
-	for k := range in.n.Xattrs {
+	for k := range xattrs {
 		names = append(names, k)
 		size += len(k) + 1
 	}
@@ -135,10 +189,11 @@ func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Er
 }
 
 func (in *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if in.n.Type != index.TypeSymlink {
+	n := in.node()
+	if n.Type != index.TypeSymlink {
 		return nil, syscall.EINVAL
 	}
-	return []byte(in.n.Linkname), 0
+	return []byte(n.Linkname), 0
 }
 
 // Open refuses writes; the image is immutable, so the kernel may keep the
@@ -147,16 +202,17 @@ func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	if in.n.Type != index.TypeReg {
+	if in.node().Type != index.TypeReg {
 		return nil, 0, syscall.EINVAL
 	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (in *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := in.im.ReadAt(ctx, in.n, dest, off)
+	node := in.node()
+	n, err := in.im.ReadAt(ctx, node, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, in.im.errno(ctx, in.n, off, err)
+		return nil, in.im.errno(ctx, node, off, err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -166,7 +222,9 @@ func (in *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno 
 	out.Bsize = 4096
 	out.Frsize = 4096
 	out.NameLen = 255
-	out.Files = uint64(in.im.tree.Nodes)
+	if t := in.im.Tree(); t != nil {
+		out.Files = uint64(t.Nodes)
+	}
 	out.Blocks = uint64(in.im.Stats().ImageSize+4095) / 4096
 	return 0
 }

@@ -22,8 +22,9 @@ import (
 // dir starts empty, so no entry can reach outside dir: there is no symlink in
 // any parent that Pull did not create as a directory itself.
 func (im *Image) Pull(ctx context.Context, dir string) error {
-	if im.tree == nil {
-		return fmt.Errorf("pull into %s: image not loaded", dir)
+	tree, err := im.WaitTree(ctx)
+	if err != nil {
+		return fmt.Errorf("pull into %s: %w", dir, err)
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("pull into %s: %w", dir, err)
@@ -41,7 +42,7 @@ func (im *Image) Pull(ctx context.Context, dir string) error {
 		return err
 	}
 	p := &puller{im: im, ctx: ctx, links: map[*Node]string{}}
-	if err := p.dir(dir, im.tree.Root); err != nil {
+	if err := p.dir(dir, tree.Root); err != nil {
 		return err
 	}
 	return nil

@@ -70,7 +70,7 @@ func (t *Tree) Lookup(p string) (*Node, error) {
 	n := t.Root
 	for _, name := range splitPath(p) {
 		if !n.IsDir() {
-			return nil, fmt.Errorf("%s: not a directory", p)
+			return nil, fmt.Errorf("%s: %w", p, errNotDir)
 		}
 		c := n.children[name]
 		if c == nil {
@@ -81,7 +81,10 @@ func (t *Tree) Lookup(p string) (*Node, error) {
 	return n, nil
 }
 
-var errNoEntry = errors.New("no such file or directory")
+var (
+	errNoEntry = errors.New("no such file or directory")
+	errNotDir  = errors.New("not a directory")
+)
 
 // Walk calls fn for every path of the tree in depth-first, name order, the
 // root ("") first. Hardlinked nodes are visited once per name.
@@ -116,8 +119,18 @@ func walk(p string, n *Node, fn func(string, *Node) error) error {
 //   - a hardlink names the node found at its target when it is applied, so it
 //     keeps that content even if the target path is replaced later.
 func Merge(tables []*index.Table) (*Tree, error) {
-	m := &merger{root: newDir(true)}
+	return merge(tables, false)
+}
+
+// merge is Merge; with keepWrote, every directory keeps, for each child
+// name, the last layer that wrote it (see [Node.writer]), and a nil table
+// counts as an empty layer: a progressive load merges partial tables.
+func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
+	m := &merger{root: newDir(true), keepWrote: keepWrote}
 	for li, t := range tables {
+		if t == nil {
+			continue
+		}
 		for i := range t.Entries {
 			if err := m.apply(li, &t.Entries[i]); err != nil {
 				return nil, fmt.Errorf("layer %d (%s): %w", li, t.Digest, err)
@@ -128,7 +141,17 @@ func Merge(tables []*index.Table) (*Tree, error) {
 }
 
 type merger struct {
-	root *Node
+	root      *Node
+	keepWrote bool
+}
+
+// writer returns the last layer that wrote the child called name, or -1:
+// known only in a tree merged with keepWrote.
+func (n *Node) writer(name string) int {
+	if li, ok := n.wrote[name]; ok {
+		return li
+	}
+	return -1
 }
 
 // newDir returns an empty directory. Until an entry describes it, it has the
@@ -335,7 +358,9 @@ func (m *merger) finish() *Tree {
 		if !n.IsDir() {
 			return
 		}
-		n.wrote = nil // only the merge needs it
+		if !m.keepWrote {
+			n.wrote = nil // only the merge needs it
+		}
 		n.names = make([]string, 0, len(n.children))
 		n.Nlink = 2
 		for name, c := range n.children {

@@ -221,6 +221,7 @@ func (g *gzipIndexer) run() error {
 	first := g.consumed()
 	lb.spans = []Span{{U: 0, C: first}}
 	lb.windows = [][]byte{nil}
+	lb.prog.span(lb.spans[0], nil)
 	lb.src.flush(first)
 	lb.hasher.cut(-1, first)
 	for {
@@ -426,6 +427,7 @@ func (g *gzipIndexer) accept(p *checkpoint, c int64) {
 	lb := g.lb
 	lb.spans = append(lb.spans, Span{U: p.u, C: c, Bits: p.bits})
 	lb.windows = append(lb.windows, p.window)
+	lb.prog.span(lb.spans[len(lb.spans)-1], p.window)
 	end := c
 	if p.bits > 0 {
 		end++

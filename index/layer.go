@@ -56,6 +56,7 @@ type layerBuild struct {
 	src       *blobSource
 	hasher    *spanHasher
 	out       *chunkPipe
+	prog      *progress // nil unless Options.Progress is set
 
 	spans   []Span   // C, U and Bits so far; CEnd and Digest filled at the end
 	windows [][]byte // windows[i] is span i's window (gzip only)
@@ -67,7 +68,8 @@ type layerBuild struct {
 }
 
 func (lb *layerBuild) run(r io.Reader) (*Table, error) {
-	lb.hasher = startSpanHasher()
+	lb.prog = newProgress(lb.opts, lb.kind)
+	lb.hasher = startSpanHasher(lb.prog)
 	lb.src = &blobSource{sr: &sourceReader{r: r}, hasher: lb.hasher, safe: func(int64) int64 { return math.MaxInt64 }}
 	lb.out = newChunkPipe(lb.kind == compressionGzip)
 
@@ -76,7 +78,9 @@ func (lb *layerBuild) run(r io.Reader) (*Table, error) {
 	tarDone := make(chan struct{})
 	go func() {
 		defer close(tarDone)
-		tab, tarErr = Build(lb.out, lb.opts)
+		opts := lb.opts
+		opts.onEntry = lb.prog.entry
+		tab, tarErr = Build(lb.out, opts)
 		lb.out.closeRead()
 	}()
 
@@ -151,6 +155,7 @@ func (lb *layerBuild) stream() error {
 	if plain {
 		lb.src.safe = func(int64) int64 { return nextCut }
 		lb.spans = []Span{{}}
+		lb.prog.span(lb.spans[0], nil)
 		lb.hasher.cut(-1, 0)
 		nextCut = lb.opts.SpanSize
 	}
@@ -169,8 +174,9 @@ func (lb *layerBuild) stream() error {
 		}
 		for plain && nextCut < out {
 			lb.src.flush(nextCut)
-			lb.hasher.cut(nextCut, nextCut)
 			lb.spans = append(lb.spans, Span{U: nextCut, C: nextCut})
+			lb.prog.span(lb.spans[len(lb.spans)-1], nil)
+			lb.hasher.cut(nextCut, nextCut)
 			nextCut += lb.opts.SpanSize
 		}
 		if rerr == io.EOF {

@@ -16,6 +16,7 @@ import (
 // of every span from the compressed bytes and the span boundaries the
 // indexer sends it in blob order.
 type spanHasher struct {
+	prog *progress // told each span digest as it is known
 	msgs chan hashMsg
 	free chan []byte
 	done chan hashResult
@@ -35,8 +36,8 @@ type hashResult struct {
 	err   error
 }
 
-func startSpanHasher() *spanHasher {
-	h := &spanHasher{msgs: make(chan hashMsg, 16), free: make(chan []byte, 20), done: make(chan hashResult, 1)}
+func startSpanHasher(prog *progress) *spanHasher {
+	h := &spanHasher{prog: prog, msgs: make(chan hashMsg, 16), free: make(chan []byte, 20), done: make(chan hashResult, 1)}
 	go h.loop()
 	return h
 }
@@ -113,6 +114,9 @@ func (h *spanHasher) loop() {
 			if m.end >= 0 && span != nil {
 				hashTo(m.end, true)
 				res.spans = append(res.spans, digest.NewDigestFromBytes(digest.SHA256, span.Sum(nil)))
+				if res.err == nil {
+					h.prog.digest(res.spans[len(res.spans)-1])
+				}
 			}
 			span = nil
 			if m.next >= 0 {

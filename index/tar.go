@@ -50,9 +50,21 @@ type Options struct {
 	// window of up to 32 KiB, so small spans make large indexes.
 	SpanSize int64
 
+	// Progress, when set, is called by [BuildLayer] each time a span has
+	// been indexed, with a snapshot of the table so far: the spans done
+	// (with their windows and digests), TarSize the end of the last of them,
+	// and every entry whose content lies before that end, in tar order.
+	// Digest, DiffID and Size are not set: nothing has been verified yet.
+	// Calls come one at a time; the snapshot is immutable.
+	Progress func(*Table)
+
 	// Logger receives a Debug record for every tar entry that is skipped.
 	// Nil discards them.
 	Logger *slog.Logger
+
+	// onEntry, when set, is told of every entry the table keeps (for
+	// Progress).
+	onEntry func(Entry)
 }
 
 // withDefaults returns o with every zero cap replaced by its default.
@@ -156,6 +168,9 @@ func (b *builder) add(hdr *tar.Header, off int64) error {
 		return formatErrorf("layer has more than %d entries; set Options.MaxEntries to raise the cap", b.opts.MaxEntries)
 	}
 	b.entries = append(b.entries, e)
+	if b.opts.onEntry != nil {
+		b.opts.onEntry(e)
+	}
 	return nil
 }
 

@@ -1,0 +1,356 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"sync"
+
+	"github.com/ocifs/ocifs/index"
+)
+
+// A progressive load (Options.Progressive) mounts before the layers that
+// have no index anywhere (mode stream) have been fetched: each streams in
+// the background, and what its stream has passed is served at once, before
+// the layer's digest has been checked. This is the trust trade-off the
+// option documents; when the stream ends, the blob digest and DiffID are
+// checked as in any stream, and a mismatch quarantines the layer (reads
+// EIO), though bytes served before that cannot be taken back.
+//
+// The tree grows while the streams run. A path is answered as soon as the
+// answer can no longer change: it exists in a snapshot of the partial
+// tables and no layer above the one that wrote it is still streaming. A
+// path not seen yet, and a directory listing, wait for every stream to end.
+// One thing is provisional: a later entry of the same path in the same
+// layer replaces what was served (a tar that names a path twice; build tools
+// do not write such layers). Inode numbers stay stable for the mount: they
+// are given by path, the first time each path is seen.
+type progress struct {
+	// mu guards everything below.
+	mu      sync.Mutex
+	tables  []*index.Table // per layer: its table, or the latest snapshot while it streams
+	running []bool         // layers still streaming
+	err     error          // the first stream that failed
+	changed chan struct{}  // closed and replaced on every update
+	snap    *Tree          // merged from tables; rebuilt when stale
+	stale   bool
+	ids     map[string]uint64 // inode numbers by path
+	next    uint64
+	final   *Tree // the finished tree, once no layer streams
+}
+
+func newProgress(n int) *progress {
+	return &progress{tables: make([]*index.Table, n), running: make([]bool, n),
+		changed: make(chan struct{}), stale: true, ids: map[string]uint64{}, next: 1}
+}
+
+// notify wakes everyone waiting for an update; mu held.
+func (p *progress) notify() {
+	p.stale = true
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// update publishes a new snapshot of layer li's table.
+func (p *progress) update(li int, t *index.Table) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tables[li] = t
+	p.notify()
+}
+
+// finish records the end of layer li's stream: its final table, or why it
+// failed. When it was the last, the final tree is merged and returned.
+func (p *progress) finish(li int, t *index.Table, err error) (*Tree, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.running[li] = false
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("layer %d: %w", li, err)
+	}
+	if err == nil {
+		p.tables[li] = t
+	}
+	defer p.notify()
+	for _, r := range p.running {
+		if r {
+			return nil, nil
+		}
+	}
+	if p.err != nil {
+		return nil, p.err
+	}
+	tree, merr := Merge(p.tables)
+	if merr != nil {
+		p.err = merr
+		return nil, merr
+	}
+	p.number(tree)
+	p.final = tree
+	return tree, nil
+}
+
+// topRunning returns the highest layer still streaming, or -1; mu held.
+func (p *progress) topRunning() int {
+	for li := len(p.running) - 1; li >= 0; li-- {
+		if p.running[li] {
+			return li
+		}
+	}
+	return -1
+}
+
+// lookup returns the node at path p once the answer is settled, waiting for
+// the streams as long as it is not. A path that does not exist gives an
+// error wrapping errNoEntry, after every stream has ended.
+func (p *progress) lookup(ctx context.Context, name string) (*Node, error) {
+	for {
+		p.mu.Lock()
+		if p.final != nil {
+			t := p.final
+			p.mu.Unlock()
+			return t.Lookup(name)
+		}
+		if p.err != nil {
+			err := p.err
+			p.mu.Unlock()
+			return nil, err
+		}
+		n := p.settled(name)
+		ch := p.changed
+		p.mu.Unlock()
+		if n != nil {
+			return n, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// settled returns the node at name in the current snapshot if no layer
+// above the ones that wrote its path is still streaming; mu held.
+func (p *progress) settled(name string) *Node {
+	if p.stale {
+		t, err := merge(p.tables, true)
+		if err != nil {
+			return nil // a partial table that does not merge yet: wait for the end
+		}
+		p.number(t)
+		p.snap, p.stale = t, false
+	}
+	top := p.topRunning()
+	n := p.snap.Root
+	for _, c := range splitPath(name) {
+		if !n.IsDir() {
+			return nil
+		}
+		if n.writer(c) < top || n.Child(c) == nil {
+			return nil
+		}
+		n = n.Child(c)
+	}
+	return n
+}
+
+// tree returns the final tree, or nil while a layer streams.
+func (p *progress) tree() *Tree {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.final
+}
+
+// wait returns the final tree once every stream has ended.
+func (p *progress) wait(ctx context.Context) (*Tree, error) {
+	for {
+		p.mu.Lock()
+		t, err, ch := p.final, p.err, p.changed
+		p.mu.Unlock()
+		if t != nil || err != nil {
+			return t, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// waitChange returns when the next update is published or ctx ends.
+func (p *progress) waitChange(ctx context.Context) error {
+	p.mu.Lock()
+	ch := p.changed
+	p.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// number gives t's nodes the inode numbers their paths had in earlier
+// trees, and new paths the next free numbers; mu held. The names of one
+// hardlinked node share the number of the first of them that had one.
+func (p *progress) number(t *Tree) {
+	paths := map[*Node][]string{}
+	var order []*Node
+	t.Walk(func(name string, n *Node) error {
+		if _, ok := paths[n]; !ok {
+			order = append(order, n)
+		}
+		paths[n] = append(paths[n], name)
+		return nil
+	})
+	used := make(map[uint64]bool, len(order))
+	for _, n := range order {
+		var id uint64
+		for _, name := range paths[n] {
+			if old, ok := p.ids[name]; ok && !used[old] {
+				id = old
+				break
+			}
+		}
+		if id == 0 {
+			id = p.next
+			p.next++
+		}
+		used[id] = true
+		n.ID = id
+		for _, name := range paths[n] {
+			if _, ok := p.ids[name]; !ok {
+				p.ids[name] = id
+			}
+		}
+	}
+	t.Nodes = len(order)
+}
+
+// loadProgressive starts streaming l in the background, publishing a
+// snapshot of its table as each span is indexed; prog learns when it ends.
+func (l *layer) loadProgressive(prog *progress) {
+	a := &attempt{done: make(chan struct{})}
+	l.mu.Lock()
+	l.cur = a
+	l.mu.Unlock()
+	prog.running[l.idx] = true
+	l.streaming = func(t *index.Table) {
+		l.snap.Store(t)
+		prog.update(l.idx, t)
+	}
+	l.im.bg.Go(func() error {
+		t, f, err := l.fetchWhole(l.im.ctx, nil)
+		if err == nil {
+			l.table, l.built = t, true
+			l.ready.Store(true)
+		}
+		l.mu.Lock()
+		if err != nil && l.bad == nil {
+			// Served bytes may already have come from this stream: whatever
+			// the cause, the layer is not served again in this mount.
+			l.bad = err
+		}
+		l.mu.Unlock()
+		l.finish(a, f, err)
+		tree, terr := prog.finish(l.idx, t, err)
+		if tree != nil {
+			l.im.tree.Store(tree)
+			l.im.log.Info("progressive load finished", "inodes", tree.Nodes)
+		} else if terr != nil && err == nil {
+			l.im.log.Error("progressive load failed", "err", terr)
+		}
+		return nil
+	})
+}
+
+// readStreaming serves tar bytes of a layer that is still streaming, from
+// the spans its stream has indexed so far: their compressed bytes are read
+// back from the blob's temp file and checked against the span digests the
+// stream computed (which guards against the disk, not the registry: the
+// blob digest is checked only when the stream ends).
+func (l *layer) readStreaming(ctx context.Context, p []byte, off int64) (int, error) {
+	var t *index.Table
+	for {
+		if l.ready.Load() {
+			return l.readAt(ctx, p, off)
+		}
+		if err := l.quarantined(); err != nil {
+			return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
+		}
+		t = l.snap.Load()
+		if t != nil && off+int64(len(p)) <= t.TarSize {
+			break
+		}
+		if err := l.im.prog.waitChange(ctx); err != nil {
+			return 0, err
+		}
+	}
+	end := off + int64(len(p))
+	n := 0
+	for i := t.SpanFor(off); i >= 0 && i < len(t.Spans) && t.Spans[i].U < end; i++ {
+		data, err := l.streamedSpan(t, i)
+		if err != nil {
+			if l.ready.Load() {
+				return l.readAt(ctx, p, off) // the stream ended meanwhile
+			}
+			return n, err
+		}
+		lo := max(off, t.Spans[i].U) - t.Spans[i].U
+		hi := min(end, t.SpanEnd(i)) - t.Spans[i].U
+		n += copy(p[n:], data[lo:hi])
+	}
+	return n, nil
+}
+
+// streamedSpan decodes span i of a streaming layer's snapshot t.
+func (l *layer) streamedSpan(t *index.Table, i int) ([]byte, error) {
+	k := spanKey{l.idx, i}
+	if data := l.im.spans.get(k); data != nil {
+		l.im.cacheHits.Add(1)
+		return data, nil
+	}
+	f := l.streamFile.Load()
+	if f == nil {
+		return nil, errors.New("layer stream not started")
+	}
+	sp := t.Spans[i]
+	b := make([]byte, sp.CEnd-sp.C)
+	if _, err := f.ReadAt(b, sp.C); err != nil {
+		return nil, fmt.Errorf("span %d of the streaming layer: %w", i, err)
+	}
+	if err := checkSpan(b, sp.Digest); err != nil {
+		return nil, l.failed(fmt.Errorf("span %d of the streaming layer, read back from disk: %w", i, err))
+	}
+	data, err := index.DecodeSpan(t, i, b)
+	if err != nil {
+		return nil, l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, sp.C, sp.CEnd, err))
+	}
+	l.im.spans.put(k, data)
+	return data, nil
+}
+
+// openStream opens a reader of the blob temp file a streaming layer writes,
+// for readStreaming; it is closed with the layer.
+func (l *layer) openStream(name string) {
+	f, err := os.Open(name)
+	if err != nil {
+		l.im.log.Warn("opening the layer's temp file for progressive reads", "layer", l.desc.Digest, "err", err)
+		return
+	}
+	if old := l.streamFile.Swap(f); old != nil {
+		old.Close()
+	}
+}
+
+// joinPath joins a directory path of the tree and a child name.
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return path.Join(dir, name)
+}
