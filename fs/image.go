@@ -22,6 +22,9 @@ const (
 	ModeIndex  = "index"  // an ocifs index (local cache or registry): reads fetch only the spans they need
 	ModeStream = "stream" // no index anywhere: the blob is fetched once, in order, and indexed on the way
 	ModeWhole  = "whole"  // small layer, or no random access (zstd): fetched whole before it is served
+
+	ModeEstargz     = "estargz"      // eStargz TOC bound by the manifest: chunks fetched and verified on demand (chunked.go)
+	ModeZstdChunked = "zstd-chunked" // zstd:chunked TOC bound by the manifest: chunks fetched and verified on demand (chunked.go)
 )
 
 // DefaultWholeThreshold is the compressed size under which a layer is simply
@@ -67,6 +70,12 @@ type Options struct {
 	// layer's digest has been checked. Off by default: it trades the check
 	// for time to first byte, and a later mismatch quarantines the layer.
 	Progressive bool
+
+	// InsecureLazy serves eStargz and zstd:chunked layers lazily even when
+	// no digest annotation binds their TOC to the manifest. Off by default:
+	// such layers are streamed (gzip) or fetched whole (zstd) and verified
+	// against the layer digest instead.
+	InsecureLazy bool
 }
 
 // Image is a resolved image: its layers, each with a plan for reaching its
@@ -179,7 +188,7 @@ func (im *Image) plan(ctx context.Context) error {
 			l.mode, l.why = ModeStream, "no index anywhere: the blob is fetched once, in order, verified and indexed (later mounts are lazy)"
 		}
 	}
-	return nil
+	return im.planChunked(ctx)
 }
 
 // Ref returns the fully qualified reference the image was resolved from.

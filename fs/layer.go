@@ -41,6 +41,10 @@ type layer struct {
 	indexFile *os.File     // the index file table reads windows from, if any
 	built     bool         // table was built here from verified bytes (not taken from an index)
 
+	// chunked is set by plan for an eStargz or zstd:chunked layer served
+	// lazily through its own TOC (chunked.go).
+	chunked *chunkedLayer
+
 	// mu guards cur and bad.
 	mu sync.Mutex
 	// cur is the latest attempt to get the layer's complete bytes; a new
@@ -112,6 +116,9 @@ func (l *layer) load(ctx context.Context) error {
 			l.ready.Store(true)
 		}
 	}()
+	if l.chunked != nil {
+		return l.loadChunked(ctx)
+	}
 	if t := l.cachedIndex(); t != nil {
 		l.table = t
 		return nil
@@ -346,6 +353,9 @@ func (l *layer) ensure(ctx context.Context) error {
 // quarantined. A registry index is trusted for its span digests only until
 // this check.
 func (l *layer) fill(ctx context.Context) (*os.File, error) {
+	if l.chunked != nil {
+		return l.fillChunked(ctx)
+	}
 	cache := l.im.client.Cache()
 	key := l.cacheKey()
 	if f, err := cache.Open(key); err == nil {
@@ -493,6 +503,9 @@ func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	}
 	if !l.ready.Load() {
 		return l.readStreaming(ctx, p, off)
+	}
+	if l.chunked != nil {
+		return l.readChunks(ctx, p, off)
 	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off)

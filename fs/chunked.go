@@ -1,0 +1,503 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sort"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/index"
+	"github.com/ocifs/ocifs/index/toc"
+)
+
+// This file serves eStargz and zstd:chunked layers (modes ModeEstargz and
+// ModeZstdChunked) with no ocifs index: the layer's own TOC, bound to the
+// manifest by a digest annotation, gives the tree and the chunks; every
+// chunk is checked against its TOC digest before a byte of it is served.
+//
+// Trust chain: manifest digest → layer descriptor (annotations) → TOC
+// (toc.Decode checks it against the annotation digest) → chunkDigest
+// (toc.DecodeChunk checks the uncompressed chunk) → the bytes served. When
+// the whole blob has been fetched (background), its digest, its DiffID and
+// its tar entries are checked against the descriptor, the config and the
+// TOC in use; a mismatch quarantines the layer.
+
+// Chunk fetch bounds.
+const (
+	// maxRunBytes bounds the compressed bytes one foreground Range request
+	// asks for, so one read cannot turn into a fetch of the whole layer.
+	maxRunBytes = 16 << 20
+	// maxPrefetchRequest bounds one request of the landmark prefetch.
+	maxPrefetchRequest = 64 << 20
+)
+
+// chunkedLayer is what a lazy eStargz or zstd:chunked layer keeps besides
+// its table: where its TOC is and, after load, the parsed TOC.
+type chunkedLayer struct {
+	loc toc.Location
+	toc *toc.Layer // set by loadChunked, immutable after
+	// landmarkDone is closed when the landmark prefetch has ended (or
+	// was never started).
+	landmarkDone chan struct{}
+}
+
+// tocOptions are the caps of a TOC, from the caps of a tar.
+func (im *Image) tocOptions() toc.Options {
+	o := im.opts.Index
+	return toc.Options{MaxEntries: o.MaxEntries, MaxNameLen: o.MaxNameLen, MaxXattrBytes: o.MaxXattrBytes}
+}
+
+// planChunked looks at each layer that would be streamed or fetched whole
+// (no ocifs index, gzip or zstd, not small) for an eStargz or zstd:chunked
+// TOC, with at most one Range GET of the blob's last bytes per layer, and
+// serves the ones whose TOC the manifest binds lazily.
+func (im *Image) planChunked(ctx context.Context) error {
+	var g errgroup.Group
+	g.SetLimit(im.opts.FetchParallel)
+	for _, l := range im.layers {
+		candidate := l.mode == ModeStream || (l.mode == ModeWhole && l.compression == "zstd")
+		if !candidate || l.desc.Size < im.opts.WholeThreshold {
+			continue
+		}
+		g.Go(func() error { return l.planChunked(ctx) })
+	}
+	return g.Wait()
+}
+
+// planChunked sets the layer's mode to ModeEstargz or ModeZstdChunked when
+// its annotations or footer locate a TOC the manifest binds (or any TOC,
+// with Options.InsecureLazy); otherwise it keeps the plan and says why in
+// the layer's why.
+func (l *layer) planChunked(ctx context.Context) error {
+	opts := l.im.tocOptions()
+	loc, err := toc.Locate(l.desc, nil, opts)
+	if errors.Is(err, toc.ErrNeedTail) {
+		n := min(toc.TailSize(), l.desc.Size)
+		err = l.im.img.CheckRange(ctx, l.desc, l.desc.Size-n, n, func(tail []byte) error {
+			var lerr error
+			loc, lerr = toc.Locate(l.desc, tail, opts)
+			return lerr
+		})
+	}
+	switch {
+	case errors.Is(err, toc.ErrNotLazy):
+		return nil
+	case err != nil && ctx.Err() != nil:
+		return err
+	case err != nil:
+		l.im.log.Warn("layer claims a lazy format but its TOC cannot be located; keeping the plan",
+			"layer", l.desc.Digest, "mode", l.mode, "err", err)
+		l.why = fmt.Sprintf("eStargz/zstd:chunked TOC not usable (%v); %s", err, l.why)
+		return nil
+	}
+	name := loc.Layout.String()
+	if !loc.Verified() && !l.im.opts.InsecureLazy {
+		l.im.log.Warn("lazy layer refused: its TOC is not bound to the manifest by a digest annotation",
+			"layer", l.desc.Digest, "layout", name, "mode", l.mode)
+		l.why = fmt.Sprintf("%s TOC found but unverified (no %s annotation binds it to the manifest): lazy serving refused (--insecure-lazy accepts it); %s",
+			name, toc.AnnotationTOCDigest, l.why)
+		return nil
+	}
+	l.chunked = &chunkedLayer{loc: loc, landmarkDone: make(chan struct{})}
+	l.mode = loc.Format()
+	switch {
+	case !loc.Verified():
+		l.why = fmt.Sprintf("%s TOC NOT bound to the manifest (no digest annotation), accepted by --insecure-lazy: chunks fetched on demand, checked only against the unverified TOC", name)
+	case loc.Digest != "":
+		l.why = fmt.Sprintf("%s TOC bound by its manifest-checksum annotation: chunks fetched on demand, each verified against its chunk digest", name)
+	default:
+		l.why = fmt.Sprintf("%s TOC bound by its %s annotation: chunks fetched on demand, each verified against its chunk digest", name, toc.AnnotationTOCDigest)
+	}
+	return nil
+}
+
+// loadChunked fetches the layer's TOC with one Range GET, verifies and
+// parses it, and sets the table from it. A TOC that does not match the
+// digest the manifest binds fails the load.
+func (l *layer) loadChunked(ctx context.Context) error {
+	start := time.Now()
+	c := l.chunked
+	var lt *toc.Layer
+	err := l.im.img.CheckRange(ctx, l.desc, c.loc.Offset, c.loc.Size, func(raw []byte) error {
+		var derr error
+		lt, derr = toc.Decode(c.loc, raw, l.im.tocOptions())
+		return derr
+	})
+	if err != nil {
+		if errors.Is(err, toc.ErrDigest) {
+			return l.failed(fmt.Errorf("%w: the %s TOC does not match the digest its manifest annotation binds: %w",
+				index.ErrFormat, c.loc.Layout, err))
+		}
+		if errors.Is(err, index.ErrFormat) {
+			return l.failed(fmt.Errorf("the %s TOC: %w", c.loc.Layout, err))
+		}
+		return fmt.Errorf("fetching the %s TOC: %w", c.loc.Layout, err)
+	}
+	c.toc = lt
+	l.table = &index.Table{
+		Entries:     lt.Entries,
+		Digest:      l.desc.Digest,
+		DiffID:      l.diffID,
+		Size:        l.desc.Size,
+		TarSize:     lt.ContentSize,
+		Compression: lt.Format,
+	}
+	l.im.log.Info("layer TOC loaded", "layer", l.desc.Digest, "layout", c.loc.Layout, "entries", len(lt.Entries),
+		"chunks", len(lt.Chunks), "toc_bytes", c.loc.Size, "landmark", lt.Landmark, "duration", time.Since(start).Round(time.Millisecond))
+	if lt.Landmark != toc.LandmarkPrefetch || lt.PrefetchU == 0 {
+		close(c.landmarkDone)
+		return nil
+	}
+	l.im.bg.Go(func() error {
+		defer close(c.landmarkDone)
+		l.prefetchLandmark(l.im.ctx)
+		return nil
+	})
+	return nil
+}
+
+// prefetchLandmark fetches the chunks of the files the layer's builder put
+// before its .prefetch.landmark, in one request where nothing else holds
+// them, into the chunk cache. It yields to readers.
+func (l *layer) prefetchLandmark(ctx context.Context) {
+	lt := l.chunked.toc
+	k := sort.Search(len(lt.Chunks), func(i int) bool { return lt.Chunks[i].U >= lt.PrefetchU })
+	if k == 0 || l.im.fg.wait(ctx) != nil {
+		return
+	}
+	start := time.Now()
+	cache := l.im.client.Cache()
+	l.fmu.Lock()
+	var run []int
+	for j := range k {
+		if _, busy := l.fetching[j]; busy || cache.Has(lt.Chunks[j].Digest) {
+			continue
+		}
+		l.fetching[j] = &spanFetch{done: make(chan struct{})}
+		run = append(run, j)
+	}
+	l.fmu.Unlock()
+	if len(run) == 0 {
+		return
+	}
+	l.fetchChunks(run, false)
+	l.im.log.Info("landmark prefetch done", "layer", l.desc.Digest, "chunks", len(run),
+		"bytes", lt.PrefetchEnd, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// readChunks serves virtual bytes [off, off+len(p)) of a lazy layer: the
+// concatenated content of its regular files, chunk by chunk.
+func (l *layer) readChunks(ctx context.Context, p []byte, off int64) (int, error) {
+	lt := l.chunked.toc
+	end := min(off+int64(len(p)), lt.ContentSize)
+	if off >= end {
+		return 0, io.EOF
+	}
+	first, last := lt.ChunkFor(off), lt.ChunkFor(end-1)
+	if first < 0 || last < 0 {
+		return 0, fmt.Errorf("layer %s: bytes %d-%d lie in no chunk", l.desc.Digest, off, end)
+	}
+	n := 0
+	for i := first; i <= last; i++ {
+		data, err := l.chunk(ctx, i, last)
+		if err != nil {
+			return n, err
+		}
+		c := lt.Chunks[i]
+		lo := max(off, c.U) - c.U
+		hi := min(end, c.U+c.Size) - c.U
+		n += copy(p[n:], data[lo:hi])
+	}
+	return n, nil
+}
+
+// chunk returns the verified bytes of chunk i. When it has to fetch, it also
+// fetches the missing chunks after i up to last, in one request.
+func (l *layer) chunk(ctx context.Context, i, last int) ([]byte, error) {
+	k := spanKey{l.idx, i}
+	if data := l.im.spans.get(k); data != nil {
+		l.im.cacheHits.Add(1)
+		return data, nil
+	}
+	chunks := l.chunked.toc.Chunks
+	l.fmu.Lock()
+	f, waiting := l.fetching[i]
+	var run []int
+	if !waiting {
+		// Claim i and the adjacent chunks after it that nobody holds.
+		for j := i; j <= last; j++ {
+			if j > i && chunks[j].CEnd-chunks[i].C > maxRunBytes {
+				break
+			}
+			if _, busy := l.fetching[j]; busy || (j > i && l.im.spans.get(spanKey{l.idx, j}) != nil) {
+				break
+			}
+			l.fetching[j] = &spanFetch{done: make(chan struct{})}
+			run = append(run, j)
+		}
+		f = l.fetching[i]
+	}
+	l.fmu.Unlock()
+	if !waiting {
+		l.fetchChunks(run, true)
+	}
+	select {
+	case <-f.done:
+		return f.data, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// fetchChunks gets the verified bytes of the claimed chunks of run,
+// publishes each result to its waiters (and, for a reader, the LRU) and
+// releases the claims. It runs on the image's context: another reader may
+// wait for the same chunk after this one gives up.
+func (l *layer) fetchChunks(run []int, foreground bool) {
+	results := l.chunkBytes(l.im.ctx, run, foreground)
+	chunks := l.chunked.toc.Chunks
+	for n, i := range run {
+		r := &results[n]
+		if r.err != nil {
+			c := chunks[i]
+			r.data, r.err = nil, l.failed(fmt.Errorf("chunk %d (blob bytes %d-%d) of layer %s: %w", i, c.C, c.CEnd, l.desc.Digest, r.err))
+		} else if foreground {
+			l.im.spans.put(spanKey{l.idx, i}, r.data)
+		}
+	}
+	l.fmu.Lock()
+	defer l.fmu.Unlock()
+	for n, i := range run {
+		f := l.fetching[i]
+		f.data, f.err = results[n].data, results[n].err
+		delete(l.fetching, i)
+		close(f.done)
+	}
+}
+
+// chunkBytes returns the verified uncompressed bytes of each chunk of run:
+// decoded from the layer's verified blob, read from the chunk cache (by
+// chunk digest, checked again), or decoded from Range GETs, one for each
+// stretch of adjacent missing chunks. Chunks fetched and verified are
+// cached by their digest, so identical chunks of other layers and images
+// are fetched once.
+func (l *layer) chunkBytes(ctx context.Context, run []int, foreground bool) []spanBytes {
+	lt := l.chunked.toc
+	out := make([]spanBytes, len(run))
+	cache := l.im.client.Cache()
+	blob := l.complete()
+	var missing []int // positions in run
+	for n, i := range run {
+		c := lt.Chunks[i]
+		if blob != nil {
+			b := make([]byte, c.CEnd-c.C)
+			if _, err := blob.ReadAt(b, c.C); err != nil {
+				out[n].err = fmt.Errorf("cached blob: %w", err)
+				continue
+			}
+			out[n].data, out[n].err = toc.DecodeChunk(lt.Format, c, b)
+			out[n].err = chunkError(out[n].err)
+			l.im.cacheHits.Add(1)
+			continue
+		}
+		if b, err := readCached(cache, c.Digest); err == nil {
+			out[n].data = b
+			l.im.cacheHits.Add(1)
+			continue
+		} else if !errors.Is(err, fetch.ErrNotFound) {
+			l.im.log.Warn("cached chunk unusable; fetching it again", "layer", l.desc.Digest, "digest", c.Digest, "err", err)
+			cache.Remove(fetch.KindBlob, c.Digest)
+		}
+		missing = append(missing, n)
+	}
+	if len(missing) == 0 {
+		return out
+	}
+	if foreground {
+		defer l.im.fg.begin()()
+	}
+	for _, group := range groupChunks(lt.Chunks, run, missing, foreground) {
+		l.fetchGroup(ctx, run, group, out)
+	}
+	return out
+}
+
+// groupChunks splits the missing positions of run into stretches of
+// adjacent chunks, each at most one request's worth of compressed bytes.
+func groupChunks(chunks []toc.Chunk, run, missing []int, foreground bool) [][]int {
+	limit := int64(maxRunBytes)
+	if !foreground {
+		limit = maxPrefetchRequest
+	}
+	var groups [][]int
+	var cur []int
+	for _, n := range missing {
+		if len(cur) > 0 {
+			prev, first := run[cur[len(cur)-1]], run[cur[0]]
+			if run[n] != prev+1 || chunks[run[n]].CEnd-chunks[first].C > limit {
+				groups = append(groups, cur)
+				cur = nil
+			}
+		}
+		cur = append(cur, n)
+	}
+	return append(groups, cur)
+}
+
+// fetchGroup fetches the compressed bytes of one stretch of adjacent
+// chunks with one Range GET, decodes and verifies each chunk, and caches
+// the good ones by digest.
+func (l *layer) fetchGroup(ctx context.Context, run, group []int, out []spanBytes) {
+	lt := l.chunked.toc
+	lo, hi := lt.Chunks[run[group[0]]].C, int64(0)
+	for _, n := range group {
+		hi = max(hi, lt.Chunks[run[n]].CEnd)
+	}
+	err := l.im.fetchSem.Acquire(ctx)
+	if err == nil {
+		err = l.im.img.CheckRange(ctx, l.desc, lo, hi-lo, func(b []byte) error {
+			for _, n := range group {
+				c := lt.Chunks[run[n]]
+				out[n].data, out[n].err = toc.DecodeChunk(lt.Format, c, b[c.C-lo:c.CEnd-lo])
+			}
+			return nil
+		})
+		l.im.fetchSem.Release()
+	}
+	cache := l.im.client.Cache()
+	for _, n := range group {
+		l.im.cacheMisses.Add(1)
+		if err != nil {
+			out[n] = spanBytes{err: err}
+			continue
+		}
+		if out[n].err != nil {
+			out[n].err = chunkError(out[n].err)
+			continue
+		}
+		d := lt.Chunks[run[n]].Digest
+		if perr := cache.Put(d, bytes.NewReader(out[n].data)); perr != nil {
+			l.im.log.Warn("caching chunk", "layer", l.desc.Digest, "digest", d, "err", perr)
+		}
+	}
+}
+
+// chunkError makes a chunk digest mismatch a verification error (index.ErrFormat)
+// as the rest of the package understands it.
+func chunkError(err error) error {
+	if err != nil && errors.Is(err, toc.ErrDigest) && !errors.Is(err, index.ErrFormat) {
+		return fmt.Errorf("%w: %w", index.ErrFormat, err)
+	}
+	return err
+}
+
+// fillChunked gets the layer's complete blob, from the cache (its digest
+// checked again) or by fetching it whole, checks its DiffID against the
+// config and its tar entries against the TOC in use, and returns the
+// cached blob, from which chunks are then decoded.
+func (l *layer) fillChunked(ctx context.Context) (*os.File, error) {
+	cache := l.im.client.Cache()
+	if f, err := cache.Open(l.desc.Digest); err == nil {
+		err := verifyFile(f, l.desc.Digest)
+		if err == nil {
+			if err := l.checkChunked(io.NewSectionReader(f, 0, l.desc.Size)); err != nil {
+				f.Close()
+				return nil, l.failed(err)
+			}
+			return f, nil
+		}
+		f.Close()
+		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
+		if err := cache.Remove(fetch.KindBlob, l.desc.Digest); err != nil {
+			l.im.log.Warn("removing damaged cache entry", "digest", l.desc.Digest, "err", err)
+		}
+	}
+	start := time.Now()
+	blob, err := l.im.img.OpenBlob(ctx, l.desc)
+	if err != nil {
+		return nil, err
+	}
+	defer blob.Close()
+	rc := &prefetchReader{ctx: ctx, r: blob, l: l, rate: l.im.opts.PrefetchRate, start: time.Now()}
+	p, err := cache.Create(l.desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Abort()
+	tee := io.TeeReader(rc, p)
+	if err := l.checkChunked(tee); err != nil {
+		return nil, l.failed(rootCause(rc, err))
+	}
+	// The blob's digest is checked when its reader reaches the end; the TOC
+	// and footer after the tar stream must be read (and cached) too.
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return nil, l.failed(err)
+	}
+	if err := p.Commit(); err != nil {
+		return nil, l.failed(err)
+	}
+	l.im.log.Info("lazy layer fetched whole and verified", "layer", l.desc.Digest, "mode", l.mode,
+		"bytes", l.desc.Size, "duration", time.Since(start).Round(time.Millisecond))
+	return cache.Open(l.desc.Digest)
+}
+
+// checkChunked decompresses the blob r, checks the uncompressed stream
+// against the config's DiffID and its tar entries against the TOC's.
+func (l *layer) checkChunked(r io.Reader) error {
+	dr, err := index.Decompress(l.desc.MediaType, r)
+	if err != nil {
+		return err
+	}
+	defer dr.Close()
+	t, err := index.Build(dr, l.im.opts.Index)
+	if err != nil {
+		return err
+	}
+	if t.DiffID != l.diffID {
+		return &fetch.DigestError{What: fmt.Sprintf("uncompressed layer %s", l.desc.Digest), Want: l.diffID, Got: t.DiffID}
+	}
+	if err := sameEntries(l.chunked.toc, t.Entries); err != nil {
+		return fmt.Errorf("%w: the %s TOC in use does not match the verified layer %s: %v", index.ErrFormat, l.chunked.loc.Layout, l.desc.Digest, err)
+	}
+	return nil
+}
+
+// Names eStargz reserves at the layer root: not entries of the tree.
+var estargzReserved = map[string]bool{"stargz.index.json": true, ".prefetch.landmark": true, ".no.prefetch.landmark": true}
+
+// sameEntries compares a TOC's entries with the tar's: everything but
+// offsets (the TOC's are virtual), and mtimes to the second where the
+// layout keeps only seconds (eStargz).
+func sameEntries(lt *toc.Layer, tar []index.Entry) error {
+	estargz := lt.Layout == toc.LayoutEstargz || lt.Layout == toc.LayoutEstargzZstd
+	var want []index.Entry
+	for _, e := range tar {
+		if estargz && e.Type == index.TypeReg && estargzReserved[e.Name] {
+			continue
+		}
+		want = append(want, e)
+	}
+	if len(want) != len(lt.Entries) {
+		return fmt.Errorf("the TOC has %d entries, the tar %d", len(lt.Entries), len(want))
+	}
+	for i, w := range want {
+		g := lt.Entries[i]
+		g.Offset, w.Offset = 0, 0
+		if estargz {
+			g.ModTime, w.ModTime = g.ModTime.Truncate(time.Second), w.ModTime.Truncate(time.Second)
+		}
+		if !reflect.DeepEqual(g, w) {
+			return fmt.Errorf("entry %d: the TOC says %s %q (mode %o, %d bytes), the tar %s %q (mode %o, %d bytes)",
+				i, g.Type, g.Name, g.Mode, g.Size, w.Type, w.Name, w.Mode, w.Size)
+		}
+	}
+	return nil
+}
