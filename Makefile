@@ -12,7 +12,7 @@ TESTFLAGS ?= -count=1 -timeout 12m
 FUZZTIME_TEST ?= 2000x
 FUZZTIME ?= 10m
 BIN := bin/ocifs
-DEBS := docker-registry umoci skopeo attr
+DEBS := docker-registry umoci skopeo attr busybox-static
 
 .PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench clean
 

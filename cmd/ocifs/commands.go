@@ -288,11 +288,35 @@ still checked against its digest, but the index itself is not re-checked.
 Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
 is cleaned up first. The mount is nosuid and nodev unless --suid / --dev.
 
+Writable mounts: --writable mounts the kernel's overlayfs at MOUNTPOINT, with
+the read-only image view as its lower layer; every change lands in the upper
+directory, in overlayfs's own format (whiteouts are 0/0 character devices,
+opaque directories carry trusted.overlay.opaque), so the kernel's overlay of
+an unpacked copy of the image (ocifs pull) with that upper shows the same
+tree. Copy-up fetches only the file it copies; as in overlayfs with index=off,
+copying up one name of a hardlinked image file separates it from its other
+names, which keep the image's content. Without --upper the upper is a
+fresh directory in the cache, removed at unmount. --upper DIR keeps it (DIR is
+created if missing; overlayfs's work directory is DIR.work beside it, on the
+same file system, where ocifs also records which image DIR was made over): a
+later mount of the same image with --upper DIR shows the changes again; one
+of another image is refused unless --force-upper. An upper that another mount
+uses is refused. What differs from a plain overlay: it is mounted with
+redirect_dir=on (a renamed image directory leaves a trusted.overlay.redirect
+xattr in the upper; mount the upper later with redirect_dir=on, or the
+kernel's default redirect_always_follow), index=off and metacopy=off; like any
+overlay it is visible to every user, subject to file permissions (--allow-other
+changes nothing). If the daemon is killed the overlay stays, and files not
+yet changed fail (ENOTCONN); ocifs unmount, or mounting again, cleans up.
+
 Examples:
   mkdir -p /mnt/app
   ocifs mount registry.example.com/app:1.4 /mnt/app
   ocifs mount --prefetch=none oci:./layout:v1 /mnt/app
   ocifs mount --foreground --log-level debug alpine:3.20 /mnt/alpine
+  ocifs mount --writable alpine:3.20 /mnt/scratch
+  ocifs mount --writable --upper /var/lib/app/upper registry.example.com/app:1.4 /mnt/app
+  chroot /mnt/app /bin/sh
 
 To unmount: ocifs unmount /mnt/app
 `

@@ -229,7 +229,7 @@ func runUnmount(ctx context.Context, e *env, dir string, lazy bool) error {
 		removeState(p)
 		return fmt.Errorf("unmount %s: not mounted", abs)
 	}
-	if !strings.HasPrefix(mi.fsType, "fuse") {
+	if !strings.HasPrefix(mi.fsType, "fuse") && !isOcifsOverlay(mi) {
 		return withHint(fmt.Errorf("unmount %s: it is a %s mount, not an ocifs one", abs, mi.fsType), "use umount "+abs)
 	}
 	flags := 0
@@ -244,6 +244,7 @@ func runUnmount(ctx context.Context, e *env, dir string, lazy bool) error {
 	}
 	if st == nil {
 		removeState(p)
+		cleanWritable(e.log, e.g.cacheDir, abs)
 		fmt.Fprintf(e.stdout, "unmounted %s\n", abs)
 		return nil
 	}

@@ -12,6 +12,8 @@
 //   - main.go: run, global flags, usage errors, exit codes, hints, the logger.
 //   - commands.go: the command table and every --help text.
 //   - mount.go: mount checks, the daemon (re-exec with a ready pipe), serving.
+//   - writable.go: --writable: the kernel's overlayfs over the read-only view,
+//     the upper and work directories, their checks and clean-up.
 //   - control.go: mount state files, the stats socket client, unmount, stats.
 //   - image.go: inspect, ls, cat, pull and path resolution inside an image.
 //   - cache.go: cache ls, du and prune.

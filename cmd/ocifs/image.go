@@ -30,7 +30,7 @@ func resolveImageWith(ctx context.Context, e *env, ref string, set func(*fs.Opti
 	if err != nil {
 		return nil, err
 	}
-	opts := fs.Options{Logger: e.log}
+	opts := fs.Options{Logger: e.log, InsecureLazy: e.g.insecureLazy}
 	if set != nil {
 		set(&opts)
 	}

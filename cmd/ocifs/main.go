@@ -70,14 +70,18 @@ type globals struct {
 	cacheDir string
 	platform string
 	insecure bool
-	logLevel string
-	help     bool
+	// insecureLazy serves eStargz/zstd:chunked layers lazily even when no
+	// digest annotation binds their TOC to the manifest (fs.Options.InsecureLazy).
+	insecureLazy bool
+	logLevel     string
+	help         bool
 }
 
 func (g *globals) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.cacheDir, "cache-dir", fetch.DefaultCacheDir(), "the cache `DIR`: blobs and indexes by digest, mount state and logs")
 	fs.StringVar(&g.platform, "platform", "", "the `os/arch[/variant]` to pick from a multi-platform image (default: this machine)")
 	fs.BoolVar(&g.insecure, "insecure", false, "allow plain HTTP or unverified TLS for a non-loopback registry")
+	fs.BoolVar(&g.insecureLazy, "insecure-lazy", false, "serve eStargz and zstd:chunked layers lazily even when no digest annotation\nbinds their TOC to the manifest (by default such layers are fetched and verified whole)")
 	fs.StringVar(&g.logLevel, "log-level", "", "log lines on stderr at `LEVEL` and above: debug, info, warn or error\n(default info for mount, warn for the other commands)")
 	fs.BoolVarP(&g.help, "help", "h", false, "show help")
 }

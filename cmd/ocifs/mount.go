@@ -29,16 +29,18 @@ const needFUSE = "mounting needs root and /dev/fuse (run as root; modprobe fuse)
 
 // mountOpts are the flags of `ocifs mount`.
 type mountOpts struct {
-	foreground bool
-	prefetch   string
-	rate       string // --prefetch-rate, e.g. "50M" (bytes per second)
-	allowOther bool
-	suid       bool
-	dev        bool
-	debugFUSE  bool
-	writable   bool
-	upper      string
-	readyFD    int // set by the parent for its daemon: where to say "ok\n"
+	foreground  bool
+	prefetch    string
+	rate        string // --prefetch-rate, e.g. "50M" (bytes per second)
+	allowOther  bool
+	suid        bool
+	dev         bool
+	debugFUSE   bool
+	writable    bool
+	upper       string
+	forceUpper  bool // --force-upper: reuse an upper made over another image
+	progressive bool
+	readyFD     int // set by the parent for its daemon: where to say "ok\n"
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -50,8 +52,10 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.BoolVar(&o.suid, "suid", false, "honour setuid/setgid bits (off: an image is untrusted)")
 	set.BoolVar(&o.dev, "dev", false, "honour device nodes (off: an image is untrusted)")
 	set.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request (at debug level; implies --log-level debug)")
-	set.BoolVar(&o.writable, "writable", false, "copy-on-write into an upper directory (not supported yet)")
-	set.StringVar(&o.upper, "upper", "", "upper `DIR` for --writable (not supported yet)")
+	set.BoolVar(&o.progressive, "progressive", false, "serve files of a layer that has no index as soon as its stream has passed them, before its digest is checked\n(a trust trade-off; a later mismatch makes the layer's reads fail with EIO)")
+	set.BoolVar(&o.writable, "writable", false, "copy-on-write: changes go to an upper directory, the image stays read-only under it\n(the kernel's overlayfs over the read-only view; see Writable mounts below)")
+	set.StringVar(&o.upper, "upper", "", "with --writable, keep the changes in `DIR` (created if missing) for a later mount of the same image;\noverlayfs's work directory is DIR.work beside it (default: a fresh directory in the cache, removed at unmount)")
+	set.BoolVar(&o.forceUpper, "force-upper", false, "reuse an --upper DIR whose changes were made over a different image")
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -66,8 +70,11 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	if _, err := parseRate(o.rate); err != nil {
 		return &usageError{msg: "--prefetch-rate: " + err.Error()}
 	}
-	if o.writable || o.upper != "" {
-		return errors.New("mount: --writable and --upper are not supported yet: ocifs mounts are read-only for now")
+	if o.upper != "" && !o.writable {
+		return &usageError{msg: "--upper needs --writable"}
+	}
+	if o.forceUpper && o.upper == "" {
+		return &usageError{msg: "--force-upper needs --upper"}
 	}
 	if o.debugFUSE && e.g.logLevel == "" {
 		e.log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -80,6 +87,19 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	if err != nil {
 		return err
 	}
+	if o.writable {
+		d, err := writableDirs(e.g.cacheDir, abs, o.upper)
+		if err != nil {
+			return err
+		}
+		if err := checkUpper(d); err != nil {
+			return err
+		}
+		o.upper = ""
+		if !d.ephemeral {
+			o.upper = d.upper // absolute, for the daemon
+		}
+	}
 	if err := checkFUSE(); err != nil {
 		return err
 	}
@@ -89,6 +109,10 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 		case err != nil:
 			return err
 		case ok && strings.HasPrefix(mi.fsType, "fuse") && deadFUSE(abs):
+			stale = true
+		case ok && isOcifsOverlay(mi) && !daemonServes(e.g.cacheDir, abs):
+			// The overlay outlives a daemon that died; its image files
+			// answer ENOTCONN.
 			stale = true
 		case ok:
 			return withHint(fmt.Errorf("mountpoint %s is already a mount point (%s)", abs, mi.fsType),
@@ -196,7 +220,13 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	case msg = <-got:
 	}
 	if string(msg) == "ok\n" {
-		fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d, log %s)\n", image, dir, cmd.Process.Pid, p.log)
+		extra := ""
+		if o.writable {
+			if d, err := writableDirs(e.g.cacheDir, dir, o.upper); err == nil {
+				extra = "; " + upperSummary(d)
+			}
+		}
+		fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d, log %s%s)\n", image, dir, cmd.Process.Pid, p.log, extra)
 		return cmd.Process.Release()
 	}
 	werr := cmd.Wait()
@@ -224,6 +254,9 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if g.insecure {
 		args = append(args, "--insecure")
 	}
+	if g.insecureLazy {
+		args = append(args, "--insecure-lazy")
+	}
 	if g.logLevel != "" {
 		args = append(args, "--log-level="+g.logLevel)
 	}
@@ -231,10 +264,16 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if o.rate != "" {
 		args = append(args, "--prefetch-rate="+o.rate)
 	}
+	if o.upper != "" {
+		args = append(args, "--upper="+o.upper)
+	}
 	for _, f := range []struct {
 		on   bool
 		name string
-	}{{o.allowOther, "--allow-other"}, {o.suid, "--suid"}, {o.dev, "--dev"}, {o.debugFUSE, "--debug-fuse"}} {
+	}{
+		{o.allowOther, "--allow-other"}, {o.suid, "--suid"}, {o.dev, "--dev"}, {o.debugFUSE, "--debug-fuse"},
+		{o.progressive, "--progressive"}, {o.writable, "--writable"}, {o.forceUpper, "--force-upper"},
+	} {
 		if f.on {
 			args = append(args, f.name)
 		}
@@ -293,35 +332,72 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 			return fmt.Errorf("clean stale mount at %s: %w", dir, err)
 		}
 		removeState(p)
+		cleanWritable(log, e.g.cacheDir, dir)
 	}
 	client, err := newClient(e)
 	if err != nil {
 		return err
 	}
 	rate, _ := parseRate(o.rate) // checked by runMount
-	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate})
+	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
+		InsecureLazy: e.g.insecureLazy})
 	if err != nil {
+		return err
+	}
+	// A writable mount serves the image at a private lower directory and
+	// the overlay at dir; claim the upper before the layers load.
+	fuseDir := dir
+	var ul *upperLock
+	if o.writable {
+		d, err := writableDirs(e.g.cacheDir, dir, o.upper)
+		if err == nil {
+			ul, err = claimUpper(log, d, dir, im.Ref(), im.Fetched().ManifestDigest, o.forceUpper)
+		}
+		if err == nil {
+			err = os.MkdirAll(d.lower, 0o700)
+		}
+		if err != nil {
+			if ul != nil {
+				ul.release(log)
+			}
+			im.Close()
+			return err
+		}
+		fuseDir = d.lower
+	}
+	// fail undoes what was started when serving cannot begin.
+	fail := func(m *fs.Mount, err error) error {
+		if m != nil {
+			unmountServed(log, m, m.Dir)
+		}
+		if ul != nil {
+			ul.release(log)
+		}
+		im.Close()
 		return err
 	}
 	if ready != nil {
 		// A daemon must not keep the directory it was started from busy;
 		// every path it needs is absolute from here on.
 		if err := os.Chdir("/"); err != nil {
-			im.Close()
-			return err
+			return fail(nil, err)
 		}
 	}
 	logPlan(log, im)
 	if err := im.Load(ctx); err != nil {
-		im.Close()
-		return fmt.Errorf("load %s: %w", im.Ref(), err)
+		return fail(nil, fmt.Errorf("load %s: %w", im.Ref(), err))
 	}
-	m, err := im.Mount(ctx, dir, fs.MountOptions{
+	m, err := im.Mount(ctx, fuseDir, fs.MountOptions{
 		AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE,
 	})
 	if err != nil {
-		im.Close()
-		return withHint(err, needFUSE)
+		return fail(nil, withHint(err, needFUSE))
+	}
+	if ul != nil {
+		if err := ul.mountOverlay(log, dir, im.Ref(), im.Fetched().ManifestDigest, o); err != nil {
+			ul.undo(log, m, dir)
+			return fail(nil, err)
+		}
 	}
 	if o.prefetch == "all" {
 		im.Prefetch()
@@ -336,9 +412,11 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		}
 	}
 	if err != nil {
-		unmountServed(log, m, dir)
-		im.Close()
-		return err
+		if ul != nil {
+			ul.undo(log, m, dir)
+			return fail(nil, err)
+		}
+		return fail(m, err)
 	}
 	if ready != nil {
 		_, _ = io.WriteString(ready, "ok\n")
@@ -355,13 +433,22 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	select {
 	case <-ctx.Done():
 		log.Info("signal received; unmounting", "path", dir)
-		unmountServed(log, m, dir)
+		if ul != nil {
+			// The overlay holds the only reference to the FUSE view:
+			// unmounting it ends both, in that order.
+			unmountOverlay(log, dir)
+		} else {
+			unmountServed(log, m, dir)
+		}
 		<-gone
 	case <-gone:
 		log.Info("unmounted from outside; exiting", "path", dir)
 	}
 	srv.close()
 	removeState(p)
+	if ul != nil {
+		ul.release(log)
+	}
 	err = im.Close()
 	log.Info("mount ended", "path", dir)
 	return err
@@ -454,4 +541,14 @@ func parseRate(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a byte rate such as 800K, 20M or 1G", s)
 	}
 	return n * mult, nil
+}
+
+// daemonServes reports whether a live daemon recorded a mount at dir.
+func daemonServes(cacheDir, dir string) bool {
+	p, err := pathsFor(cacheDir, dir)
+	if err != nil {
+		return false
+	}
+	st, err := readState(p)
+	return err == nil && isDaemon(st.PID)
 }
