@@ -65,6 +65,11 @@ type layer struct {
 	streaming  func(*index.Table)      // set by loadProgressive: publishes snapshots
 	streamFile atomic.Pointer[os.File] // the blob temp file a progressive stream writes
 
+	// tar is the layer's uncompressed tar, verified against its DiffID,
+	// once unpack has made it (gzip layers whose blob is complete).
+	tar        atomic.Pointer[os.File]
+	unpackOnce sync.Once
+
 	// fmu guards fetching: the spans being fetched right now.
 	fmu      sync.Mutex
 	fetching map[int]*spanFetch
@@ -458,12 +463,15 @@ func verifyFile(f *os.File, want digest.Digest) error {
 // quarantines the layer.
 func (l *layer) finish(a *attempt, f *os.File, err error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if err != nil && isVerification(err) && l.bad == nil {
 		l.bad = err
 	}
 	a.data, a.err = f, err
 	close(a.done)
+	l.mu.Unlock()
+	if err == nil {
+		l.startUnpack()
+	}
 }
 
 // quarantined returns why the layer must not be served, or nil.
@@ -507,6 +515,10 @@ func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if l.chunked != nil {
 		return l.readChunks(ctx, p, off)
 	}
+	if tf := l.tar.Load(); tf != nil {
+		l.im.cacheHits.Add(1)
+		return tf.ReadAt(p, off)
+	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off)
 	}
@@ -540,6 +552,9 @@ func (l *layer) close() error {
 		errs = append(errs, l.indexFile.Close())
 	}
 	if f := l.streamFile.Load(); f != nil {
+		errs = append(errs, f.Close())
+	}
+	if f := l.tar.Load(); f != nil {
 		errs = append(errs, f.Close())
 	}
 	if f := l.complete(); f != nil {

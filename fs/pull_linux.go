@@ -36,7 +36,15 @@ func (im *Image) Pull(ctx context.Context, dir string) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, l := range im.layers {
-		g.Go(func() error { return l.ensure(gctx) })
+		g.Go(func() error {
+			if err := l.ensure(gctx); err != nil {
+				return err
+			}
+			// Read files from the layer's tar rather than span by span.
+			l.urgent.Store(true)
+			l.unpack(gctx)
+			return nil
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
