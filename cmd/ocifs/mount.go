@@ -230,16 +230,17 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 		return cmd.Process.Release()
 	}
 	werr := cmd.Wait()
+	// The daemon said why it gave up: that is the error, with where to
+	// read more (its retries and the like are in the log, not on the
+	// terminal). Without a word from it, it died: show the end of its log.
+	if text := strings.TrimSpace(strings.TrimPrefix(string(msg), "error: ")); text != "" {
+		return withHint(errors.New(text), "the mount daemon's log: "+p.log)
+	}
 	if tail := logTail(p.log, logStart, 20); len(tail) > 0 {
 		fmt.Fprintf(e.stderr, "ocifs: the mount daemon failed; the end of its log %s:\n", p.log)
 		for _, l := range tail {
-			if !strings.HasPrefix(l, "ocifs: ") { // its error: reported below
-				fmt.Fprintf(e.stderr, "  %s\n", l)
-			}
+			fmt.Fprintf(e.stderr, "  %s\n", l)
 		}
-	}
-	if text := strings.TrimSpace(strings.TrimPrefix(string(msg), "error: ")); text != "" {
-		return errors.New(text)
 	}
 	return fmt.Errorf("mount %s: the daemon exited (%v) before the mount answered; see %s", dir, werr, p.log)
 }

@@ -313,7 +313,7 @@ func TestUnmountBusy(t *testing.T) {
 }
 
 // TestMountDaemonFails checks that a daemon's startup error reaches the user
-// through its parent, with the end of its log.
+// through its parent: its error, and where its log is.
 func TestMountDaemonFails(t *testing.T) {
 	requireFUSE(t)
 	bin := ocifsBinary(t)
@@ -325,10 +325,14 @@ func TestMountDaemonFails(t *testing.T) {
 	if code != exitFailure || out != "" {
 		t.Fatalf("mount of a missing layout: exit %d, stdout %q; want 1 and nothing", code, out)
 	}
-	for _, w := range []string{"the mount daemon failed; the end of its log", "mount starting", "ocifs: oci:" + missing} {
+	for _, w := range []string{"ocifs: oci:" + missing, "the mount daemon's log: " + cache} {
 		if !strings.Contains(errs, w) {
 			t.Errorf("stderr lacks %q:\n%s", w, errs)
 		}
+	}
+	// The daemon's error is the message; its log lines stay in its log.
+	if strings.Contains(errs, "mount starting") || strings.Count(strings.TrimSpace(errs), "\n") > 1 {
+		t.Errorf("stderr holds more than the error and where the log is:\n%s", errs)
 	}
 	if _, ok, _ := findMount(dir); ok {
 		t.Errorf("%s mounted after a failed mount", dir)
