@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
@@ -102,13 +103,54 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 // Wait blocks until the file system is unmounted.
 func (m *Mount) Wait() { m.server.Wait() }
 
-// Unmount detaches the file system and waits for its requests to finish.
+// ErrMountLingers is returned by [Mount.Unmount] when the mount is gone
+// from this mount namespace but the kernel keeps its FUSE connection: a copy
+// of the mount lives on in another mount namespace (one made while it was
+// mounted, by a container runtime or `ip netns exec`). Closing the FUSE
+// device, which the process does when it exits, ends that copy too (its
+// readers get ENOTCONN).
+var ErrMountLingers = errors.New("the mount lives on in another mount namespace")
+
+// unmountGrace is how long Unmount waits for the kernel to end the FUSE
+// connection after the unmount.
+const unmountGrace = 2 * time.Second
+
+// Unmount unmounts the file system (EBUSY while files are open) and waits
+// for its requests to finish, at most unmountGrace: see [ErrMountLingers].
 func (m *Mount) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
+	var err error
+	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
+		// The kernel may not have released the last file just closed.
+		if err = syscall.Unmount(m.Dir, 0); err != syscall.EBUSY {
+			break
+		}
+		time.Sleep(delay)
+	}
+	if err != nil {
 		return fmt.Errorf("unmount %s: %w", m.Dir, err)
 	}
-	m.server.Wait()
+	if !m.WaitFor(unmountGrace) {
+		return fmt.Errorf("unmount %s: %w", m.Dir, ErrMountLingers)
+	}
 	return nil
+}
+
+// WaitFor waits at most d for the file system's connection to end, and
+// reports whether it did.
+func (m *Mount) WaitFor(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		m.server.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 type logWriter struct{ log *slog.Logger }

@@ -431,6 +431,9 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		m.Wait()
 		close(gone)
 	}()
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	outside := watchUnmounted(watchCtx, dir)
 	select {
 	case <-ctx.Done():
 		log.Info("signal received; unmounting", "path", dir)
@@ -438,12 +441,15 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 			// The overlay holds the only reference to the FUSE view:
 			// unmounting it ends both, in that order.
 			unmountOverlay(log, dir)
-		} else {
-			unmountServed(log, m, dir)
+			waitGone(log, m, gone, dir)
+		} else if unmountServed(log, m, dir) {
+			<-gone // detached lazily: serve open files until they close
 		}
-		<-gone
 	case <-gone:
 		log.Info("unmounted from outside; exiting", "path", dir)
+	case <-outside:
+		log.Info("unmounted from outside; exiting", "path", dir)
+		waitGone(log, m, gone, dir)
 	}
 	srv.close()
 	removeState(p)
@@ -465,14 +471,65 @@ func daemonLog(p mountPaths, daemon bool) string {
 }
 
 // unmountServed unmounts m; when files are still open it detaches lazily,
-// and the kernel ends the mount when the last of them closes.
-func unmountServed(log *slog.Logger, m *fs.Mount, dir string) {
-	if err := m.Unmount(); err != nil {
-		log.Warn("unmount busy; detaching lazily: open files are served until they close", "path", dir, "err", err)
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			log.Error("lazy unmount", "path", dir, "err", err)
+// and the kernel ends the mount when the last of them closes: it then
+// reports true, and the caller serves until then.
+func unmountServed(log *slog.Logger, m *fs.Mount, dir string) (lazy bool) {
+	err := m.Unmount()
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, fs.ErrMountLingers):
+		logLingers(log, dir)
+		return false
+	}
+	log.Warn("unmount busy; detaching lazily: open files are served until they close", "path", dir, "err", err)
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		log.Error("lazy unmount", "path", dir, "err", err)
+		return false
+	}
+	return true
+}
+
+// waitGone waits a little for the kernel to end the FUSE connection once
+// the mount is gone from this namespace; a copy of it in another mount
+// namespace keeps the connection, and exiting ends that copy too.
+func waitGone(log *slog.Logger, m *fs.Mount, gone <-chan struct{}, dir string) {
+	select {
+	case <-gone:
+	default:
+		if !m.WaitFor(2 * time.Second) {
+			logLingers(log, dir)
 		}
 	}
+}
+
+func logLingers(log *slog.Logger, dir string) {
+	log.Warn("unmounted here, but a copy of the mount lives on in another mount namespace (made while it was mounted); "+
+		"exiting ends it there too: its readers get ENOTCONN", "path", dir)
+}
+
+// watchUnmounted returns a channel closed once dir is no longer a mount
+// point in this mount namespace. The kernel ends the FUSE connection when
+// the mount goes, unless another namespace holds a copy of it: this is how
+// the daemon learns of an umount from outside then.
+func watchUnmounted(ctx context.Context, dir string) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, ok, err := findMount(dir); err == nil && !ok {
+					close(ch)
+					return
+				}
+			}
+		}
+	}()
+	return ch
 }
 
 // logPlan logs each layer's lazy mode before Load, so the log shows what is

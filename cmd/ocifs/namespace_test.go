@@ -1,0 +1,72 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ocifs/ocifs/fs/fstest"
+)
+
+// TestUnmountWithNamespaceCopy: a mount namespace made while the image is
+// mounted (a container, `ip netns exec`) holds a copy of the mount, which
+// keeps the kernel's FUSE connection after the mount is gone from ours.
+// `ocifs unmount` must still end the daemon (it used to wait for the
+// connection and time out), and the copy then fails with ENOTCONN rather
+// than serving from a daemon that is gone. `umount` from outside ends the
+// daemon the same way.
+func TestUnmountWithNamespaceCopy(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	img := fixtureImage(t)
+	layout := t.TempDir()
+	if err := img.WriteLayout(layout, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := "oci:" + layout + ":v1"
+	cache := isolate(t)
+
+	for _, how := range []string{"ocifs unmount", "umount"} {
+		t.Run(how, func(t *testing.T) {
+			dir, _ := e2eMount(t, bin, cache, ref, "--prefetch=none")
+			pid := daemonPID(t, cache, dir)
+			holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "600")
+			if err := holder.Start(); err != nil {
+				t.Fatalf("unshare: %v", err)
+			}
+			t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+			// Wait (bounded) until the new namespace holds its copy.
+			info := filepath.Join("/proc", strconv.Itoa(holder.Process.Pid), "mountinfo")
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				b, _ := os.ReadFile(info)
+				if strings.Contains(string(b), " "+dir+" ") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the unshared namespace never showed %s", dir)
+				}
+			}
+
+			if how == "umount" {
+				if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+					t.Fatalf("umount %s: %v\n%s", dir, err, out)
+				}
+				// The daemon notices on its own (bounded wait, not a timing assertion).
+				for deadline := time.Now().Add(time.Minute); isDaemon(pid) && time.Now().Before(deadline); {
+					time.Sleep(50 * time.Millisecond)
+				}
+			} else if out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "unmount", dir); code != 0 {
+				t.Fatalf("ocifs unmount with a copy of the mount in another namespace: exit %d\n%s%s", code, out, errs)
+			}
+			checkGone(t, cache, dir, pid)
+			out, err := exec.Command("nsenter", "-t", strconv.Itoa(holder.Process.Pid), "-m", "cat", filepath.Join(dir, "etc/motd")).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "not connected") {
+				t.Errorf("reading the copy after the daemon ended: err %v, output %q; want ENOTCONN", err, out)
+			}
+		})
+	}
+}
