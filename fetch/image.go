@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -68,8 +69,10 @@ func (im *Image) blobWhat(d digest.Digest) string {
 // bytes than desc.Size is an error as soon as they arrive. After a
 // connection reset or stall mid-body it resumes with a Range request (whose
 // 206 Content-Range is checked), up to Options.MaxAttempts opens. A blob
-// already in the cache is read from there (and verified again); bytes from
-// the source are counted in Stats.
+// already in the cache is read from there and verified again: a damaged
+// copy is removed, and one of up to 4 MiB is checked before it is served and
+// fetched again from the source instead. Bytes from the source are counted
+// in Stats.
 func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
 	if err := checkDescriptor("blob", desc); err != nil {
 		return nil, err
@@ -81,8 +84,26 @@ func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.Read
 		h:    desc.Digest.Algorithm().Hash(),
 		c:    im.c,
 	}
-	if f, err := im.c.cache.Open(desc.Digest); err == nil {
+	f, err := im.c.cache.Open(desc.Digest)
+	if err == nil && desc.Size <= maxVerifyFirst {
+		// A small blob (a config, a small layer) is checked before any of
+		// it is handed out, so a copy damaged on disk can be dropped and
+		// fetched again instead of failing the caller.
+		if verr := verifyFile(f, desc); verr != nil {
+			f.Close()
+			im.c.log.Warn("cached blob damaged on disk; fetching it again", "digest", desc.Digest, "err", verr)
+			im.c.cache.Remove(KindBlob, desc.Digest)
+			err = verr
+		}
+	}
+	if err == nil {
 		r.what += " (cached)"
+		// A larger blob is checked as it streams: if the cached copy
+		// turns out bad, it is removed so the next open fetches it again.
+		r.drop = func() {
+			im.c.log.Warn("cached blob damaged on disk; removed", "digest", desc.Digest)
+			im.c.cache.Remove(KindBlob, desc.Digest)
+		}
 		r.open = func(off int64) (io.ReadCloser, int64, error) {
 			if off == 0 {
 				return f, 0, nil
@@ -104,6 +125,29 @@ func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.Read
 	return r, nil
 }
 
+// maxVerifyFirst is the size up to which OpenBlob verifies a cached blob
+// before serving it.
+const maxVerifyFirst = 4 << 20
+
+// verifyFile checks that f holds exactly desc's bytes and rewinds it.
+func verifyFile(f *os.File, desc ocispec.Descriptor) error {
+	h := desc.Digest.Algorithm().Hash()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return fmt.Errorf("cache: blob %s: %w", desc.Digest, err)
+	}
+	if n != desc.Size {
+		return formatError("cache: blob %s: %d bytes, want %d", desc.Digest, n, desc.Size)
+	}
+	if got := digest.NewDigest(desc.Digest.Algorithm(), h); got != desc.Digest {
+		return &DigestError{What: "cached blob " + desc.Digest.String(), Want: desc.Digest, Got: got}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("cache: blob %s: %w", desc.Digest, err)
+	}
+	return nil
+}
+
 // blobReader is the verifying, resuming reader behind OpenBlob.
 type blobReader struct {
 	ctx      context.Context
@@ -114,6 +158,7 @@ type blobReader struct {
 	open     func(off int64) (io.ReadCloser, int64, error)
 	count    bool // count bytes in Stats (false for the cache)
 	maxOpens int
+	drop     func() // removes a bad cached copy; nil when reading the source
 
 	body  io.ReadCloser
 	skip  int64 // bytes to discard from body before pos (the source ignored Range)
@@ -144,6 +189,10 @@ func (r *blobReader) reopen() error {
 // fail records a sticky error and closes the body.
 func (r *blobReader) fail(err error) error {
 	r.err = err
+	if r.drop != nil && errors.Is(err, ErrFormat) {
+		r.drop()
+		r.drop = nil
+	}
 	if r.body != nil {
 		r.body.Close()
 		r.body = nil
