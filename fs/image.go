@@ -259,6 +259,23 @@ func (im *Image) loadProgressive(streams []*layer, start time.Time) error {
 	return nil
 }
 
+// ReleaseEntries drops the entry tables the merged tree was made from, to
+// save memory in a long-lived mount: the tree holds what serving needs.
+// The background check of a layer against its index reads the entries
+// again from the index file; a table built here is not checked. Call it
+// after Load and before Mount or Prefetch, and not when the tables are still
+// wanted (PushIndex, IndexSizes). A progressive load keeps them all.
+func (im *Image) ReleaseEntries() {
+	if im.prog != nil {
+		return // the streams' final merge still needs every table
+	}
+	for _, l := range im.layers {
+		if l.table != nil && l.chunked == nil && (l.built || l.indexSrc != nil) {
+			l.table.Entries = nil
+		}
+	}
+}
+
 // Tree returns the merged tree; nil before Load, and during a progressive
 // load until every stream has ended (see [Image.WaitTree]).
 func (im *Image) Tree() *Tree { return im.tree.Load() }

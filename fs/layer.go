@@ -37,9 +37,10 @@ type layer struct {
 	why         string
 	remote      *ocispec.Descriptor // the registry's index blob for this layer, if any
 
-	table     *index.Table // set by load, immutable after
-	indexFile *os.File     // the index file table reads windows from, if any
-	built     bool         // table was built here from verified bytes (not taken from an index)
+	table     *index.Table      // set by load, immutable after
+	indexFile *os.File          // the index file table reads windows from, if any
+	indexSrc  *io.SectionReader // the index itself within indexFile
+	built     bool              // table was built here from verified bytes (not taken from an index)
 
 	// chunked is set by plan for an eStargz or zstd:chunked layer served
 	// lazily through its own TOC (chunked.go).
@@ -171,7 +172,7 @@ func (l *layer) cachedIndex() *index.Table {
 		var t *index.Table
 		if t, err = index.Open(r, r.Size()); err == nil {
 			if err = l.valid(t); err == nil {
-				l.indexFile = f
+				l.indexFile, l.indexSrc = f, r
 				return t
 			}
 		}
@@ -209,7 +210,7 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 	// than keeping them in memory.
 	if f, err := cache.Open(l.remote.Digest); err == nil {
 		if ft, err := index.Open(f, int64(len(b))); err == nil {
-			l.indexFile = f
+			l.indexFile, l.indexSrc = f, io.NewSectionReader(f, 0, int64(len(b)))
 			return ft, nil
 		}
 		f.Close()
@@ -409,8 +410,17 @@ func (l *layer) rebuild(f *os.File) (*index.Table, error) {
 }
 
 // check compares the table in use with t, built from the verified bytes.
+// Entries released to save memory are read again from the index file.
 func (l *layer) check(t *index.Table, f *os.File) error {
-	if err := sameTable(l.table, t); err != nil {
+	cur := l.table
+	if cur != t && cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {
+		var err error
+		if cur, err = index.Open(l.indexSrc, l.indexSrc.Size()); err != nil {
+			f.Close()
+			return l.failed(fmt.Errorf("%w: reading the index in use again: %v", index.ErrFormat, err))
+		}
+	}
+	if err := sameTable(cur, t); err != nil {
 		f.Close()
 		return l.failed(fmt.Errorf("%w: the index in use does not match the verified layer: %v", index.ErrFormat, err))
 	}

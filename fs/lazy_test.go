@@ -250,29 +250,41 @@ func TestLyingIndexIsQuarantined(t *testing.T) {
 		}
 	})
 
-	im, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { im.Close() })
-	if err := im.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := im.Tree().Lookup("data/planted.txt"); err != nil {
-		t.Fatalf("the lying index was not used: %v", err)
-	}
-	mnt := mountImage(t, im)
-	if err := im.layers[0].ensure(t.Context()); err == nil {
-		t.Fatalf("background verification accepted an index whose entries differ from the layer")
-	}
-	if _, err := os.ReadFile(filepath.Join(mnt, "data/f0020.txt")); !errors.Is(err, syscall.EIO) {
-		t.Errorf("read from the quarantined layer: %v, want EIO", err)
-	}
-	if b, err := os.ReadFile(filepath.Join(mnt, "etc/os-release")); err != nil || string(b) != "ID=ocifs\n" {
-		t.Errorf("read from the good layer: %q, %v", b, err)
-	}
-	if st := im.Stats(); st.VerifyFailures == 0 || st.Layers[0].Verified {
-		t.Errorf("stats after quarantine: verify_failures %d, layer verified %v", st.VerifyFailures, st.Layers[0].Verified)
+	// A mount daemon releases the entry tables after Load: the check then
+	// reads the entries again from the index file, and must still fail.
+	for _, release := range []bool{false, true} {
+		t.Run(fmt.Sprintf("entries released %v", release), func(t *testing.T) {
+			im, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { im.Close() })
+			if err := im.Load(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if release {
+				im.ReleaseEntries()
+				if im.layers[0].table.Entries != nil {
+					t.Fatalf("ReleaseEntries kept the entries of a layer with an index file")
+				}
+			}
+			if _, err := im.Tree().Lookup("data/planted.txt"); err != nil {
+				t.Fatalf("the lying index was not used: %v", err)
+			}
+			mnt := mountImage(t, im)
+			if err := im.layers[0].ensure(t.Context()); err == nil {
+				t.Fatalf("background verification accepted an index whose entries differ from the layer")
+			}
+			if _, err := os.ReadFile(filepath.Join(mnt, "data/f0020.txt")); !errors.Is(err, syscall.EIO) {
+				t.Errorf("read from the quarantined layer: %v, want EIO", err)
+			}
+			if b, err := os.ReadFile(filepath.Join(mnt, "etc/os-release")); err != nil || string(b) != "ID=ocifs\n" {
+				t.Errorf("read from the good layer: %q, %v", b, err)
+			}
+			if st := im.Stats(); st.VerifyFailures == 0 || st.Layers[0].Verified {
+				t.Errorf("stats after quarantine: verify_failures %d, layer verified %v", st.VerifyFailures, st.Layers[0].Verified)
+			}
+		})
 	}
 }
 

@@ -108,10 +108,11 @@ func (in *inode) fill(a *fuse.Attr) {
 // Lookup finds a child in the merged tree; hardlinked names share one inode
 // because the inode number is the Node's.
 func (in *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	p := joinPath(in.path, name)
 	early := in.provisional()
+	var p string // kept only while the tree may change: node() needs it then
 	var c *Node
 	if early {
+		p = joinPath(in.path, name)
 		var err error
 		if c, err = in.im.prog.lookup(ctx, p); err != nil {
 			if errors.Is(err, errNotDir) {
