@@ -40,7 +40,7 @@ type layer struct {
 	table     *index.Table      // set by load, immutable after
 	indexFile *os.File          // the index file table reads windows from, if any
 	indexSrc  *io.SectionReader // the index itself within indexFile
-	built     bool              // table was built here from verified bytes (not taken from an index)
+	built     bool              // table was built here from verified bytes, now or by an earlier mount (local index cache), not taken from a registry
 
 	// chunked is set by plan for an eStargz or zstd:chunked layer served
 	// lazily through its own TOC (chunked.go).
@@ -172,7 +172,12 @@ func (l *layer) cachedIndex() *index.Table {
 		var t *index.Table
 		if t, err = index.Open(r, r.Size()); err == nil {
 			if err = l.valid(t); err == nil {
+				// The local index cache holds only indexes built here
+				// from verified bytes (a registry's index is kept as a
+				// blob): the background fetch checks the blob's digest
+				// and need not decode the layer again to re-check it.
 				l.indexFile, l.indexSrc = f, r
+				l.built = true
 				return t
 			}
 		}
