@@ -302,6 +302,11 @@ func (im *Image) Prefetch() {
 	}
 }
 
+// StopFetching cancels every fetch in flight and refuses new ones: reads are
+// served from what is cached, and others fail. For a mount that is going
+// away while files on it are still open.
+func (im *Image) StopFetching() { im.cancel() }
+
 // Close cancels background work, waits for it and closes cached files.
 func (im *Image) Close() error {
 	im.cancel()

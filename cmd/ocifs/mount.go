@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
@@ -450,7 +451,19 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 			unmountOverlay(log, dir)
 			waitGone(log, m, gone, dir)
 		} else if unmountServed(log, m, dir) {
-			<-gone // detached lazily: serve open files until they close
+			// Detached lazily: open files are served until they close,
+			// from what is cached; nothing more is fetched, so a read
+			// stuck on an unreachable registry fails rather than holding
+			// the daemon. A second signal ends it at once.
+			im.StopFetching()
+			again := make(chan os.Signal, 1)
+			signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
+			select {
+			case <-gone:
+			case <-again:
+				log.Warn("second signal: exiting; files still open on the mount get ENOTCONN", "path", dir)
+			}
+			signal.Stop(again)
 		}
 	case <-gone:
 		log.Info("unmounted from outside; exiting", "path", dir)

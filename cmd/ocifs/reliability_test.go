@@ -551,3 +551,48 @@ func TestReliabilityWritableSymlinks(t *testing.T) {
 		t.Fatalf("unmount: exit %d\n%s\n%s", code, out, errs)
 	}
 }
+
+// TestReliabilitySIGTERMMidRead: SIGTERM while a read waits on a registry
+// that never answers. The mount is busy (the file is open), so the daemon
+// detaches it lazily and stops fetching: the stuck read fails instead of
+// holding the daemon, which then exits and leaves nothing behind. Without
+// StopFetching the read retries for as long as the registry stalls, and
+// the daemon waits for it.
+func TestReliabilitySIGTERMMidRead(t *testing.T) {
+	requireFUSE(t)
+	bin := ocifsBinary(t)
+	cache := isolate(t)
+	ri := newRelImage(t, "", "")
+	ri.seedCache(t, cache)
+	ri.front.Add(&fstest.Rule{Method: "GET", Path: "/blobs/", Ranged: fstest.WithRange,
+		Fault: fstest.Fault{Kind: fstest.Stall, N: 1000}})
+	t.Cleanup(func() { ri.front.Clear(); ri.front.Release() })
+	dir, _ := e2eMount(t, bin, cache, ri.ref, "--prefetch=none")
+	pid := daemonPID(t, cache, dir)
+
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := os.ReadFile(filepath.Join(dir, "b.bin"))
+		readErr <- err
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), relGuard)
+	defer cancel()
+	if _, err := ri.front.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
+		t.Fatalf("the read never reached the registry: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM daemon: %v", err)
+	}
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Errorf("read against a stalled registry succeeded after SIGTERM")
+		}
+	case <-time.After(relGuard):
+		t.Fatalf("read still blocked %v after SIGTERM", relGuard)
+	}
+	if err := waitExit(t.Context(), pid, relGuard); err != nil {
+		t.Fatalf("daemon %d did not exit after SIGTERM: %v", pid, err)
+	}
+	checkGone(t, cache, dir, pid)
+}
