@@ -14,7 +14,7 @@ FUZZTIME ?= 10m
 BIN := bin/ocifs
 DEBS := docker-registry umoci skopeo attr busybox-static
 
-.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench clean
+.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean
 
 all: build
 
@@ -69,7 +69,20 @@ test: deps fmt-check vet fuzz-brief unit
 demo: build
 	$(GO) run ./bench/demo -ocifs $(BIN)
 
-bench: deps
+# Issue 6: lazy mount vs full pulls, images built here, registry in a network
+# namespace of its own; writes bench/results/<date>.{json,md,svg}.
+# BENCHFLAGS=--quick for a smoke run. The Go micro-benchmarks: make bench-go.
+BENCH_DEBS := docker-registry containerd iproute2 busybox-static
+BENCHFLAGS ?=
+bench: build
+	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) run ./bench/run --ocifs $(BIN) $(BENCHFLAGS)
+
+bench-go: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 clean:

@@ -1,0 +1,23 @@
+// Package bench is `make bench` and `ocifs bench`: it measures an ocifs
+// lazy mount against full pulls, on one machine, in one run, from cold
+// caches, and writes bench/results/<date>.json, .md and .svg.
+//
+// Images are made on the machine (no internet): a Debian root file system
+// with python3 (apt-get download + dpkg -x), the Go toolchain of
+// /usr/local/go, and a 1 GiB model image of four large random files; each
+// as plain gzip, gzip with a pushed ocifs index, eStargz and zstd:chunked
+// (the last two only where `ocifs inspect` reports their lazy mode). They
+// are cached under bench/.cache keyed by their input.
+//
+// The registry (Debian docker-registry) runs in a network namespace of its
+// own, reached through a veth pair; every client goes through a counting
+// TCP proxy on loopback, which also adds the round-trip time of the cloud
+// profile (tbf shapes the veth to 1 Gbit/s; this kernel has no netem).
+//
+// Methods: ocifs lazy mount on an empty cache, ocifs on a cache the
+// background fetch completed, `ocifs pull` then overlayfs over the tree,
+// and containerd (started with its own root and socket, `ctr images pull`
+// into the overlayfs snapshotter, `ctr images mount`). Workloads:
+// first-file (/etc/os-release), start-up (chroot and run the image's
+// program), walk (lstat every entry), read-all (read every file once).
+package bench

@@ -1,0 +1,76 @@
+package bench
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestSummarize(t *testing.T) {
+	tests := []struct {
+		in   []float64
+		want stat
+	}{
+		{[]float64{3, 1, 2}, stat{2, 1, 3}},
+		{[]float64{4, 1, 2, 3}, stat{2.5, 1, 4}},
+		{[]float64{5}, stat{5, 5, 5}},
+	}
+	for _, tt := range tests {
+		if got := summarize(tt.in); got != tt.want {
+			t.Errorf("summarize(%v) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+	if got := summarize(nil); !math.IsNaN(got.med) {
+		t.Errorf("summarize(nil).med = %v, want NaN", got.med)
+	}
+}
+
+func TestPick(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	tests := []struct {
+		sel     []string
+		want    []string
+		wantErr bool
+	}{
+		{nil, all, false},
+		{[]string{"all"}, all, false},
+		{[]string{"c", "a"}, []string{"a", "c"}, false},
+		{[]string{"d"}, nil, true},
+	}
+	for _, tt := range tests {
+		got, err := pick(tt.sel, all, "thing")
+		if (err != nil) != tt.wantErr || len(got) != len(tt.want) {
+			t.Errorf("pick(%v) = %v, %v; want %v (error %v)", tt.sel, got, err, tt.want, tt.wantErr)
+			continue
+		}
+		for i := range got {
+			if got[i] != tt.want[i] {
+				t.Errorf("pick(%v) = %v, want %v", tt.sel, got, tt.want)
+			}
+		}
+	}
+}
+
+func TestMarkdownRatios(t *testing.T) {
+	res := &Result{
+		Options:  Options{Images: []string{"go"}, Workloads: []string{wFirst}, Formats: allFormats, Reps: 3},
+		Profiles: []profile{profiles["cloud"]},
+	}
+	add := func(format, method string, done ...float64) {
+		for i, d := range done {
+			res.Samples = append(res.Samples, sample{Profile: "cloud", Image: "go", Format: format, Method: method, Workload: wFirst, Rep: i, DoneS: d, ReadyS: d / 2})
+		}
+	}
+	add(fmtGzip, mPull, 10, 11, 12)
+	add(fmtGzip, mContainerd, 20, 21, 22)
+	add(fmtGzipIndex, mLazy, 0.5, 0.4, 0.6)
+	md := writeMarkdown(res)
+	for _, want := range []string{
+		"| go | gzip+index | ocifs-lazy | 500 ms [400 ms–600 ms] · 0.045× pull · 0.024× ctr |",
+		"| first file ≥ 20× faster than containerd pull (300+ MB image) | cloud, go | 42.0× — met: yes |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
