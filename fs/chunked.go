@@ -492,8 +492,12 @@ func sameEntries(lt *toc.Layer, tar []index.Entry) error {
 		g := lt.Entries[i]
 		g.Offset, w.Offset = 0, 0
 		// eStargz keeps whole seconds, rounded (not truncated) by its
-		// writer: 08:07:08.72 is 08:07:09 in the TOC.
-		if d := g.ModTime.Sub(w.ModTime).Abs(); d == 0 || (estargz && d < time.Second) {
+		// writer: 08:07:08.72 is 08:07:09 in the TOC. So does estargz's
+		// zstd writer, whose layers carry the same annotations as
+		// containers/storage's: a TOC time of whole seconds within a
+		// second of the tar's is that rounding, whatever the layout.
+		d := g.ModTime.Sub(w.ModTime).Abs()
+		if d == 0 || ((estargz || g.ModTime.Nanosecond() == 0) && d < time.Second) {
 			g.ModTime = w.ModTime
 		}
 		if !reflect.DeepEqual(g, w) {
