@@ -7,11 +7,14 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // MountOptions configure a FUSE mount of an image. The zero value is a
@@ -38,6 +41,7 @@ type Mount struct {
 	Dir    string
 	server *fuse.Server
 	im     *Image
+	dev    string // "major:minor" of the mount, as mount tables list it
 }
 
 // Mount serves the loaded image at dir with FUSE. It needs root and
@@ -97,7 +101,12 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	im.log.Info("mounted", "path", dir)
-	return &Mount{Dir: dir, server: server, im: im}, nil
+	m := &Mount{Dir: dir, server: server, im: im}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err == nil {
+		m.dev = fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+	}
+	return m, nil
 }
 
 // Wait blocks until the file system is unmounted.
@@ -111,12 +120,10 @@ func (m *Mount) Wait() { m.server.Wait() }
 // readers get ENOTCONN).
 var ErrMountLingers = errors.New("the mount lives on in another mount namespace")
 
-// unmountGrace is how long Unmount waits for the kernel to end the FUSE
-// connection after the unmount.
-const unmountGrace = 2 * time.Second
-
 // Unmount unmounts the file system (EBUSY while files are open) and waits
-// for its requests to finish, at most unmountGrace: see [ErrMountLingers].
+// for the kernel to end its FUSE connection, which it does once the
+// requests in flight are answered, or returns ErrMountLingers as soon as a
+// copy of the mount in another namespace is seen to keep it.
 func (m *Mount) Unmount() error {
 	var err error
 	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
@@ -129,28 +136,65 @@ func (m *Mount) Unmount() error {
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", m.Dir, err)
 	}
-	if !m.WaitFor(unmountGrace) {
-		return fmt.Errorf("unmount %s: %w", m.Dir, ErrMountLingers)
+	if err := m.WaitEnd(); err != nil {
+		return fmt.Errorf("unmount %s: %w", m.Dir, err)
 	}
 	return nil
 }
 
-// WaitFor waits at most d for the file system's connection to end, and
-// reports whether it did.
-func (m *Mount) WaitFor(d time.Duration) bool {
+// WaitEnd waits, once the mount is gone from this namespace, for the kernel
+// to end the FUSE connection; it returns ErrMountLingers instead when a
+// mount namespace of another process still holds a copy of the mount, which
+// would keep the connection for as long as it lives.
+func (m *Mount) WaitEnd() error {
 	done := make(chan struct{})
 	go func() {
 		m.server.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(d)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
+	for {
+		select {
+		case <-done:
+			return nil
+		case <-t.C:
+			if m.dev != "" && mountedElsewhere(m.dev) {
+				return ErrMountLingers
+			}
+		}
+	}
+}
+
+// mountedElsewhere reports whether any process's mount table lists a mount
+// of device dev ("major:minor").
+func mountedElsewhere(dev string) bool {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
 		return false
 	}
+	seen := map[string]bool{}
+	for _, p := range procs {
+		if p.Name()[0] < '0' || p.Name()[0] > '9' {
+			continue
+		}
+		ns, err := os.Readlink(filepath.Join("/proc", p.Name(), "ns", "mnt"))
+		if err != nil || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "mountinfo"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			// "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ..."
+			if f := strings.Fields(line); len(f) > 2 && f[2] == dev {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type logWriter struct{ log *slog.Logger }

@@ -513,13 +513,19 @@ func unmountServed(log *slog.Logger, m *fs.Mount, dir string) (lazy bool) {
 // waitGone waits a little for the kernel to end the FUSE connection once
 // the mount is gone from this namespace; a copy of it in another mount
 // namespace keeps the connection, and exiting ends that copy too.
+// A writable mount's overlay hides which device a copy would list, so the
+// wait is also capped: the daemon has been told to stop.
 func waitGone(log *slog.Logger, m *fs.Mount, gone <-chan struct{}, dir string) {
+	ended := make(chan error, 1)
+	go func() { ended <- m.WaitEnd() }()
 	select {
 	case <-gone:
-	default:
-		if !m.WaitFor(2 * time.Second) {
+	case err := <-ended:
+		if err != nil {
 			logLingers(log, dir)
 		}
+	case <-time.After(30 * time.Second):
+		logLingers(log, dir)
 	}
 }
 
