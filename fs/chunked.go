@@ -228,33 +228,11 @@ func (l *layer) chunk(ctx context.Context, i, last int) ([]byte, error) {
 		return data, nil
 	}
 	chunks := l.chunked.toc.Chunks
-	l.fmu.Lock()
-	f, waiting := l.fetching[i]
-	var run []int
-	if !waiting {
-		// Claim i and the adjacent chunks after it that nobody holds.
-		for j := i; j <= last; j++ {
-			if j > i && chunks[j].CEnd-chunks[i].C > maxRunBytes {
-				break
-			}
-			if _, busy := l.fetching[j]; busy || (j > i && l.im.spans.get(spanKey{l.idx, j}) != nil) {
-				break
-			}
-			l.fetching[j] = &spanFetch{done: make(chan struct{})}
-			run = append(run, j)
-		}
-		f = l.fetching[i]
-	}
-	l.fmu.Unlock()
-	if !waiting {
+	f, run := l.claim(i, last, func(j, _ int) bool { return chunks[j].CEnd-chunks[i].C <= maxRunBytes })
+	if run != nil {
 		l.fetchChunks(run, true)
 	}
-	select {
-	case <-f.done:
-		return f.data, f.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return f.wait(ctx)
 }
 
 // fetchChunks gets the verified bytes of the claimed chunks of run,
@@ -273,14 +251,7 @@ func (l *layer) fetchChunks(run []int, foreground bool) {
 			l.im.spans.put(spanKey{l.idx, i}, r.data)
 		}
 	}
-	l.fmu.Lock()
-	defer l.fmu.Unlock()
-	for n, i := range run {
-		f := l.fetching[i]
-		f.data, f.err = results[n].data, results[n].err
-		delete(l.fetching, i)
-		close(f.done)
-	}
+	l.release(run, results)
 }
 
 // chunkBytes returns the verified uncompressed bytes of each chunk of run:

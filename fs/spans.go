@@ -114,24 +114,49 @@ func (l *layer) span(ctx context.Context, i, last int) ([]byte, error) {
 		l.im.cacheHits.Add(1)
 		return data, nil
 	}
-	l.fmu.Lock()
-	f, waiting := l.fetching[i]
-	var run []int
-	if !waiting {
-		// Claim i and the adjacent spans after it that nobody holds.
-		for j := i; j <= last && len(run) < maxRunSpans; j++ {
-			if _, busy := l.fetching[j]; busy || (j > i && l.im.spans.get(spanKey{l.idx, j}) != nil) {
-				break
-			}
-			l.fetching[j] = &spanFetch{done: make(chan struct{})}
-			run = append(run, j)
-		}
-		f = l.fetching[i]
-	}
-	l.fmu.Unlock()
-	if !waiting {
+	f, run := l.claim(i, last, func(_, n int) bool { return n < maxRunSpans })
+	if run != nil {
 		l.fetchRun(ctx, run)
 	}
+	return f.wait(ctx)
+}
+
+// claim returns the fetch of piece i (a span or a chunk) of the layer. When
+// nobody fetches it yet, it also claims i and the adjacent pieces after it,
+// up to last, that nobody holds, that are not decoded already and that
+// join(j, n) admits (n: pieces claimed so far), and returns them as run:
+// the caller fetches them and releases the claims.
+func (l *layer) claim(i, last int, join func(j, n int) bool) (f *spanFetch, run []int) {
+	l.fmu.Lock()
+	defer l.fmu.Unlock()
+	if f, waiting := l.fetching[i]; waiting {
+		return f, nil
+	}
+	for j := i; j <= last && (j == i || join(j, len(run))); j++ {
+		if _, busy := l.fetching[j]; busy || (j > i && l.im.spans.get(spanKey{l.idx, j}) != nil) {
+			break
+		}
+		l.fetching[j] = &spanFetch{done: make(chan struct{})}
+		run = append(run, j)
+	}
+	return l.fetching[i], run
+}
+
+// release publishes the result of each claimed piece of run to its waiters
+// and drops the claims.
+func (l *layer) release(run []int, results []spanBytes) {
+	l.fmu.Lock()
+	defer l.fmu.Unlock()
+	for n, i := range run {
+		f := l.fetching[i]
+		f.data, f.err = results[n].data, results[n].err
+		delete(l.fetching, i)
+		close(f.done)
+	}
+}
+
+// wait returns the fetch's result, or ctx's error if that ends first.
+func (f *spanFetch) wait(ctx context.Context) ([]byte, error) {
 	select {
 	case <-f.done:
 		return f.data, f.err
@@ -158,14 +183,7 @@ func (l *layer) fetchRun(ctx context.Context, run []int) {
 			l.im.spans.put(spanKey{l.idx, i}, r.data)
 		}
 	}
-	l.fmu.Lock()
-	defer l.fmu.Unlock()
-	for n, i := range run {
-		f := l.fetching[i]
-		f.data, f.err = results[n].data, results[n].err
-		delete(l.fetching, i)
-		close(f.done)
-	}
+	l.release(run, results)
 }
 
 type spanBytes struct {
