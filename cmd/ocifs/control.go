@@ -113,6 +113,7 @@ type mountInfo struct {
 	mountpoint string
 	fsType     string
 	source     string
+	superOpts  []string // the super block options, nil when the line has none
 }
 
 // findMount reports the topmost mount at dir (absolute, not resolved through
@@ -160,11 +161,15 @@ func parseMountinfo(b []byte) []mountInfo {
 		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
 			continue
 		}
-		out = append(out, mountInfo{
+		mi := mountInfo{
 			mountpoint: unescapeMountinfo(fields[4]),
 			fsType:     fields[sep+1],
 			source:     unescapeMountinfo(fields[sep+2]),
-		})
+		}
+		if sep+3 < len(fields) {
+			mi.superOpts = strings.Split(fields[sep+3], ",")
+		}
+		out = append(out, mi)
 	}
 	return out
 }

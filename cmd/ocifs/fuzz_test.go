@@ -31,9 +31,9 @@ func TestParseMountinfo(t *testing.T) {
 		"99 98 0:51 / /mnt/a\\040b rw - fuse.ocifs ocifs rw\n"
 	got := parseMountinfo([]byte(table))
 	want := []mountInfo{
-		{"/proc", "proc", "proc"},
-		{"/mnt/a b", "fuse.ocifs", "ocifs"},
-		{"/mnt/a b", "fuse.ocifs", "ocifs"},
+		{"/proc", "proc", "proc", []string{"rw"}},
+		{"/mnt/a b", "fuse.ocifs", "ocifs", []string{"rw", "user_id=0", "group_id=0"}},
+		{"/mnt/a b", "fuse.ocifs", "ocifs", []string{"rw"}},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("parseMountinfo = %v, want %v", got, want)

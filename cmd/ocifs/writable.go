@@ -238,20 +238,12 @@ type overlayMount struct {
 // kernel escapes ',' and white space in option values as octal.
 func parseOverlays(b []byte) []overlayMount {
 	var out []overlayMount
-	for _, line := range strings.Split(string(b), "\n") {
-		fields := strings.Split(line, " ")
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+3 >= len(fields) || fields[sep+1] != "overlay" {
+	for _, mi := range parseMountinfo(b) {
+		if mi.fsType != "overlay" || mi.superOpts == nil {
 			continue
 		}
-		om := overlayMount{mountpoint: unescapeMountinfo(fields[4]), source: unescapeMountinfo(fields[sep+2])}
-		for _, opt := range strings.Split(fields[sep+3], ",") {
+		om := overlayMount{mountpoint: mi.mountpoint, source: mi.source}
+		for _, opt := range mi.superOpts {
 			k, v, _ := strings.Cut(opt, "=")
 			switch k {
 			case "upperdir":
