@@ -134,14 +134,7 @@ func TestProgressiveServesWhileStreaming(t *testing.T) {
 
 	t.Run("on", func(t *testing.T) {
 		gate := newGate(blob.Digest.String(), blob.Size/2, 0)
-		im, err := Resolve(t.Context(), newClient(t, "", gate), ref, progressiveOpts(t, true))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { im.Close() })
-		if err := im.Load(t.Context()); err != nil {
-			t.Fatal(err)
-		}
+		im := resolveLoad(t, newClient(t, "", gate), ref, progressiveOpts(t, true))
 		mnt := mountImage(t, im)
 		waitClosed(t, gate.reached, "the stream reaching the gate")
 		got, err := os.ReadFile(filepath.Join(mnt, first))
@@ -197,14 +190,7 @@ func TestProgressiveCorners(t *testing.T) {
 	host := fstest.StartRegistry(t)
 	want := reference(t, fstest.Corners())
 	ref, _ := pushPlain(t, host, "progressive/corners", fstest.CornersWith(fstest.Gzip))
-	im, err := Resolve(t.Context(), newClient(t, "", nil), ref, progressiveOpts(t, true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { im.Close() })
-	if err := im.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	im := resolveLoad(t, newClient(t, "", nil), ref, progressiveOpts(t, true))
 	mnt := mountImage(t, im)
 	compare(t, "progressive mount", mnt, want)
 }
@@ -221,14 +207,7 @@ func TestProgressiveTamperQuarantines(t *testing.T) {
 	blob := img.LayerDescs[0]
 	cache := t.TempDir()
 	gate := newGate(blob.Digest.String(), blob.Size/2, blob.Size*3/4)
-	im, err := Resolve(t.Context(), newClient(t, cache, gate), ref, progressiveOpts(t, true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { im.Close() })
-	if err := im.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	im := resolveLoad(t, newClient(t, cache, gate), ref, progressiveOpts(t, true))
 	mnt := mountImage(t, im)
 	waitClosed(t, gate.reached, "the stream reaching the gate")
 	first := "data/f0000.txt"
