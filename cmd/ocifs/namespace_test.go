@@ -34,7 +34,11 @@ func TestUnmountWithNamespaceCopy(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			dir, _ := e2eMount(t, bin, cache, ref, "--prefetch=none")
 			pid := daemonPID(t, cache, dir)
-			holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "600")
+			// The new namespace copies every mount there is, those of tests
+			// running in parallel too: it drops the other FUSE mounts, so
+			// it holds a copy of this test's mount only.
+			script := `grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep -vxF "$1" | xargs -r -n1 umount -l; exec sleep 600`
+			holder := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dir)
 			if err := holder.Start(); err != nil {
 				t.Fatalf("unshare: %v", err)
 			}
