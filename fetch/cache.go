@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -36,6 +37,7 @@ const (
 //
 //	blobs/<alg>/<hex>   content whose digest is the name, admitted only after verification
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
+//	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
 //	tmp/                temp files; stale ones are removed by OpenCache
 //
 // Every entry appears by rename, so readers never see a partial file, and a
@@ -43,6 +45,8 @@ const (
 // goroutines and processes.
 type Cache struct {
 	dir string
+
+	hashed atomic.Int64 // bytes read by Verify's hashing, for tests
 }
 
 // OpenCache opens (creating with mode 0700) the cache rooted at dir, and
@@ -185,6 +189,11 @@ func (p *Pending) Commit() error {
 	dst, _ := p.c.path(blobsDir, p.d)
 	if err := p.c.install(p.f.Name(), dst); err != nil {
 		return fmt.Errorf("cache: blob %s: %w", p.d, err)
+	}
+	// The bytes were hashed as they were written: record the check.
+	if f, err := os.Open(dst); err == nil {
+		p.c.stamp(p.d, fileIdentity(f))
+		f.Close()
 	}
 	return nil
 }
@@ -398,6 +407,9 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 	p, err := c.path(dir, d)
 	if err != nil {
 		return err
+	}
+	if kind == KindBlob {
+		c.unstamp(d)
 	}
 	if err := os.Remove(p); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

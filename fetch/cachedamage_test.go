@@ -55,7 +55,7 @@ func TestCachedConfigDamaged(t *testing.T) {
 		t.Fatalf("config not cached again: %v", err)
 	}
 	defer f.Close()
-	if err := verifyFile(f, im.Manifest.Config); err != nil {
+	if err := c2.Cache().VerifyAll(f, im.Manifest.Config.Digest); err != nil {
 		t.Errorf("cached config after re-fetch: %v", err)
 	}
 }

@@ -89,7 +89,7 @@ func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.Read
 		// A small blob (a config, a small layer) is checked before any of
 		// it is handed out, so a copy damaged on disk can be dropped and
 		// fetched again instead of failing the caller.
-		if verr := verifyFile(f, desc); verr != nil {
+		if verr := im.c.cache.verifyDesc(f, desc); verr != nil {
 			f.Close()
 			im.c.log.Warn("cached blob damaged on disk; fetching it again", "digest", desc.Digest, "err", verr)
 			im.c.cache.Remove(KindBlob, desc.Digest)
@@ -129,18 +129,17 @@ func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.Read
 // before serving it.
 const maxVerifyFirst = 4 << 20
 
-// verifyFile checks that f holds exactly desc's bytes and rewinds it.
-func verifyFile(f *os.File, desc ocispec.Descriptor) error {
-	h := desc.Digest.Algorithm().Hash()
-	n, err := io.Copy(h, f)
+// verifyDesc checks that f holds exactly desc's bytes and rewinds it.
+func (c *Cache) verifyDesc(f *os.File, desc ocispec.Descriptor) error {
+	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("cache: blob %s: %w", desc.Digest, err)
 	}
-	if n != desc.Size {
-		return formatError("cache: blob %s: %d bytes, want %d", desc.Digest, n, desc.Size)
+	if fi.Size() != desc.Size {
+		return formatError("cache: blob %s: %d bytes, want %d", desc.Digest, fi.Size(), desc.Size)
 	}
-	if got := digest.NewDigest(desc.Digest.Algorithm(), h); got != desc.Digest {
-		return &DigestError{What: "cached blob " + desc.Digest.String(), Want: desc.Digest, Got: got}
+	if err := c.Verify(f, desc.Digest); err != nil {
+		return err
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("cache: blob %s: %w", desc.Digest, err)

@@ -377,7 +377,7 @@ func chunkError(err error) error {
 func (l *layer) fillChunked(ctx context.Context) (*os.File, error) {
 	cache := l.im.client.Cache()
 	if f, err := cache.Open(l.desc.Digest); err == nil {
-		err := verifyFile(f, l.desc.Digest)
+		err := cache.Verify(f, l.desc.Digest)
 		if err == nil {
 			if err := l.checkChunked(io.NewSectionReader(f, 0, l.desc.Size)); err != nil {
 				f.Close()

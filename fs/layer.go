@@ -3,7 +3,6 @@ package fs
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -393,7 +392,7 @@ func (l *layer) fill(ctx context.Context) (*os.File, error) {
 // use was built here, rebuilds the table from it.
 func (l *layer) rebuild(f *os.File) (*index.Table, error) {
 	if l.built {
-		return l.table, verifyFile(f, l.cacheKey())
+		return l.table, l.im.client.Cache().Verify(f, l.cacheKey())
 	}
 	r := io.NewSectionReader(f, 0, 1<<62)
 	var t *index.Table
@@ -459,17 +458,6 @@ func sameTable(a, b *index.Table) error {
 		if !bytes.Equal(wa, wb) {
 			return fmt.Errorf("window of span %d differs", i)
 		}
-	}
-	return nil
-}
-
-func verifyFile(f *os.File, want digest.Digest) error {
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
-		return err
-	}
-	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != want {
-		return &fetch.DigestError{What: "cached " + f.Name(), Want: want, Got: got}
 	}
 	return nil
 }

@@ -55,7 +55,7 @@ func (l *layer) unpack(ctx context.Context) {
 func (l *layer) makeTar(ctx context.Context) (*os.File, error) {
 	cache := l.im.client.Cache()
 	if f, err := cache.Open(l.diffID); err == nil {
-		if err := verifyFile(f, l.diffID); err == nil {
+		if err := cache.Verify(f, l.diffID); err == nil {
 			return f, nil
 		}
 		f.Close()

@@ -180,3 +180,55 @@ func runPrune(e *env, all bool, age time.Duration, now time.Time) error {
 	fmt.Fprintf(e.stdout, "pruned %s: removed %d of %d entries, freed %s (%d bytes)\n", what, n, len(ents), humanBytes(freed), freed)
 	return errors.Join(errs...)
 }
+
+func cacheVerifyFlags(set *pflag.FlagSet) runFunc {
+	return func(ctx context.Context, e *env, args []string) error {
+		return runVerify(ctx, e)
+	}
+}
+
+// runVerify hashes every cached blob again and removes the damaged ones.
+func runVerify(ctx context.Context, e *env) error {
+	c, ents, err := listCache(e)
+	if err != nil {
+		return err
+	}
+	var n, bad int
+	var size int64
+	var errs []error
+	for _, en := range ents {
+		if en.Kind != fetch.KindBlob {
+			continue // an index file carries its own checksum, checked on every read
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f, err := c.Open(en.Digest)
+		if err != nil {
+			if !errors.Is(err, fetch.ErrNotFound) { // pruned meanwhile
+				errs = append(errs, err)
+			}
+			continue
+		}
+		err = c.VerifyAll(f, en.Digest)
+		f.Close()
+		n++
+		size += en.Size
+		var de *fetch.DigestError
+		switch {
+		case errors.As(err, &de):
+			bad++
+			fmt.Fprintf(e.stdout, "damaged: %s (%s): removed, the next mount fetches it again\n", en.Digest, humanBytes(en.Size))
+			if err := c.Remove(fetch.KindBlob, en.Digest); err != nil && !errors.Is(err, fetch.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		case err != nil:
+			errs = append(errs, err)
+		}
+	}
+	fmt.Fprintf(e.stdout, "verified %d blobs, %s (%d bytes): %d damaged\n", n, humanBytes(size), size, bad)
+	if bad > 0 {
+		errs = append(errs, fmt.Errorf("cache verify: %d damaged blobs removed", bad))
+	}
+	return errors.Join(errs...)
+}

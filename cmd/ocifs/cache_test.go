@@ -112,6 +112,49 @@ func TestCachePrune(t *testing.T) {
 	}
 }
 
+// TestCacheVerify: cache verify hashes every blob whatever its stamp says:
+// a blob damaged in place with its mtime put back is found, removed and
+// reported with exit status 1; the rest stay, and a second run is clean.
+func TestCacheVerify(t *testing.T) {
+	cache, ents := populatedCache(t)
+	var blobs []fetch.CacheEntry
+	for _, en := range ents {
+		if en.Kind == fetch.KindBlob {
+			blobs = append(blobs, en)
+		}
+	}
+	if len(blobs) == 0 {
+		t.Fatal("no blob cached")
+	}
+	r := mustRun(t, "--cache-dir", cache, "cache", "verify")
+	if want := "verified " + strconv.Itoa(len(blobs)) + " blobs"; !strings.Contains(r.stdout, want) || !strings.Contains(r.stdout, ": 0 damaged") {
+		t.Fatalf("cache verify of a sound cache = %q, want %q and 0 damaged", r.stdout, want)
+	}
+
+	bad := blobs[len(blobs)-1]
+	p := filepath.Join(cache, "blobs", bad.Digest.Algorithm().String(), bad.Digest.Encoded())
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x20
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(p, bad.ModTime, bad.ModTime)
+	r = runCLI(t, "--cache-dir", cache, "cache", "verify")
+	if r.code != 1 || !strings.Contains(r.stdout, "damaged: "+bad.Digest.String()) || !strings.Contains(r.stdout, ": 1 damaged") {
+		t.Fatalf("cache verify with a damaged blob: exit %d, stdout %q, stderr %q; want exit 1 naming %s", r.code, r.stdout, r.stderr, bad.Digest)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Errorf("damaged blob still cached (stat err %v)", err)
+	}
+	r = mustRun(t, "--cache-dir", cache, "cache", "verify")
+	if want := "verified " + strconv.Itoa(len(blobs)-1) + " blobs"; !strings.Contains(r.stdout, want) || !strings.Contains(r.stdout, ": 0 damaged") {
+		t.Errorf("cache verify after the removal = %q, want %q and 0 damaged", r.stdout, want)
+	}
+}
+
 func TestParseAge(t *testing.T) {
 	tests := []struct {
 		in   string

@@ -113,11 +113,12 @@ var commands = []group{
 		help:  benchHelp, flags: benchFlags,
 	}},
 	{
-		cmd: &command{name: "cache", argNames: "ls|du|prune", short: "the digest-addressed cache", help: cacheHelp},
+		cmd: &command{name: "cache", argNames: "ls|du|prune|verify", short: "the digest-addressed cache", help: cacheHelp},
 		subs: []*command{
 			{name: "cache ls", minArgs: 0, maxArgs: 0, short: "list cached entries", help: cacheHelp, flags: cacheLsFlags},
 			{name: "cache du", minArgs: 0, maxArgs: 0, short: "total size per kind", help: cacheHelp, flags: cacheDuFlags},
 			{name: "cache prune", minArgs: 0, maxArgs: 0, short: "remove old entries", help: cacheHelp, flags: cachePruneFlags},
+			{name: "cache verify", minArgs: 0, maxArgs: 0, short: "hash every blob again, drop damaged ones", help: cacheHelp, flags: cacheVerifyFlags},
 		},
 	},
 }
@@ -436,11 +437,18 @@ uncompressed layers and layer indexes. It is shared by every mount and
 command using the same --cache-dir. Removing an entry a mount still has open
 is safe: the mount keeps its open file.
 
+Every blob's digest is checked before it enters the cache. A mount hashes a
+cached blob again only if its file changed since that check (inode, size,
+mtime or ctime differ); 'cache verify' hashes every blob again whatever
+changed, to find damage below the file system, and removes the damaged ones
+so that the next mount fetches them again.
+
   ocifs cache ls                       kind, digest, size and mtime of each entry
   ocifs cache du                       total size and count per kind
   ocifs cache prune                    remove entries older than 30 days
   ocifs cache prune --older-than 7d    remove entries older than 7 days
   ocifs cache prune --all              remove every entry
+  ocifs cache verify                   hash every blob; exit status 1 if any was damaged
 
 Examples:
   ocifs cache du
