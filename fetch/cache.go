@@ -37,6 +37,7 @@ const (
 //
 //	blobs/<alg>/<hex>   content whose digest is the name, admitted only after verification
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
+//	trees/<alg>/<hex>/  a layer's files, extracted from its verified tar (see Tree)
 //	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
 //	tmp/                temp files; stale ones are removed by OpenCache
 //
@@ -73,7 +74,7 @@ func (c *Cache) removeStale(cutoff time.Time) {
 	}
 	for _, e := range ents {
 		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {
-			os.Remove(filepath.Join(c.dir, tmpDir, e.Name()))
+			os.RemoveAll(filepath.Join(c.dir, tmpDir, e.Name())) // a file, or a tree being extracted
 		}
 	}
 }
@@ -359,7 +360,7 @@ type CacheEntry struct {
 	ModTime time.Time
 }
 
-// List returns every blob and index in the cache.
+// List returns every blob, index and tree in the cache.
 func (c *Cache) List() ([]CacheEntry, error) {
 	var out []CacheEntry
 	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}} {
@@ -389,7 +390,11 @@ func (c *Cache) List() ([]CacheEntry, error) {
 			}
 		}
 	}
-	return out, nil
+	trees, err := c.treeEntries()
+	if err != nil {
+		return nil, err
+	}
+	return append(out, trees...), nil
 }
 
 // Remove deletes a blob or index entry; the error wraps ErrNotFound if it
@@ -401,8 +406,22 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 		dir = blobsDir
 	case KindIndex:
 		dir = indexDir
+	case KindTree:
+		p, err := c.path(treesDir, d)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cache: %s %s: %w", kind, d, ErrNotFound)
+		}
+		// Unseal first: a tree half removed must not be taken for whole.
+		os.Remove(filepath.Join(p, sealedName))
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("cache: %s %s: %w", kind, d, err)
+		}
+		return nil
 	default:
-		return fmt.Errorf("cache: remove: unknown kind %q (want %q or %q)", kind, KindBlob, KindIndex)
+		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q or %q)", kind, KindBlob, KindIndex, KindTree)
 	}
 	p, err := c.path(dir, d)
 	if err != nil {

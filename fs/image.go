@@ -94,11 +94,13 @@ type Image struct {
 	fg       *foreground          // fetches readers wait on; prefetch yields to them
 
 	// counters for Stats; atomics because FUSE reads run concurrently
-	bytesServed    atomic.Int64
-	cacheHits      atomic.Int64
-	cacheMisses    atomic.Int64
-	verifyFailures atomic.Int64
-	refused        sync.Map // inode numbers whose EIO has been logged at Error
+	bytesServed      atomic.Int64
+	passthroughFiles atomic.Int64
+	passthrough      bool // set by Mount: hand extracted files to the kernel
+	cacheHits        atomic.Int64
+	cacheMisses      atomic.Int64
+	verifyFailures   atomic.Int64
+	refused          sync.Map // inode numbers whose EIO has been logged at Error
 
 	ctx    context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
@@ -331,7 +333,15 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	if rem := n.Size - off; int64(want) > rem {
 		p = p[:rem]
 	}
-	got, err := im.layers[n.Layer].readAt(ctx, p, n.Offset+off)
+	var got int
+	var err error
+	if f := im.openFile(n); f != nil {
+		im.cacheHits.Add(1)
+		got, err = f.ReadAt(p, off)
+		f.Close()
+	} else {
+		got, err = im.layers[n.Layer].readAt(ctx, p, n.Offset+off)
+	}
 	im.bytesServed.Add(int64(got))
 	if err == nil && got < want {
 		err = io.EOF
@@ -368,17 +378,18 @@ type LayerInfo struct {
 // Stats is what a mount fetched, served and verified; its JSON form is the
 // `ocifs stats --json` contract in DESIGN.md.
 type Stats struct {
-	Image          string        `json:"image"`
-	ManifestDigest digest.Digest `json:"manifest_digest"`
-	BytesFetched   int64         `json:"bytes_fetched"`
-	Requests       int64         `json:"requests"`
-	BytesServed    int64         `json:"bytes_served"`
-	CacheHits      int64         `json:"cache_hits"`
-	CacheMisses    int64         `json:"cache_misses"`
-	VerifyFailures int64         `json:"verify_failures"`
-	ImageSize      int64         `json:"image_size"` // compressed bytes of all layers plus config
-	Inodes         int           `json:"inodes"`
-	Layers         []LayerInfo   `json:"layers"`
+	Image            string        `json:"image"`
+	ManifestDigest   digest.Digest `json:"manifest_digest"`
+	BytesFetched     int64         `json:"bytes_fetched"`
+	Requests         int64         `json:"requests"`
+	BytesServed      int64         `json:"bytes_served"`      // through the daemon; passthrough reads bypass it
+	PassthroughFiles int64         `json:"passthrough_files"` // files handed to the kernel to read itself
+	CacheHits        int64         `json:"cache_hits"`
+	CacheMisses      int64         `json:"cache_misses"`
+	VerifyFailures   int64         `json:"verify_failures"`
+	ImageSize        int64         `json:"image_size"` // compressed bytes of all layers plus config
+	Inodes           int           `json:"inodes"`
+	Layers           []LayerInfo   `json:"layers"`
 }
 
 // Layers describes each layer's plan and progress.
@@ -399,16 +410,17 @@ func (im *Image) Layers() []LayerInfo {
 func (im *Image) Stats() Stats {
 	fs := im.client.Stats()
 	s := Stats{
-		Image:          im.img.Ref,
-		ManifestDigest: im.img.ManifestDigest,
-		BytesFetched:   fs.BytesFetched,
-		Requests:       fs.Requests,
-		BytesServed:    im.bytesServed.Load(),
-		CacheHits:      im.cacheHits.Load(),
-		CacheMisses:    im.cacheMisses.Load(),
-		VerifyFailures: im.verifyFailures.Load(),
-		ImageSize:      im.img.Manifest.Config.Size,
-		Layers:         im.Layers(),
+		Image:            im.img.Ref,
+		ManifestDigest:   im.img.ManifestDigest,
+		BytesFetched:     fs.BytesFetched,
+		Requests:         fs.Requests,
+		BytesServed:      im.bytesServed.Load(),
+		PassthroughFiles: im.passthroughFiles.Load(),
+		CacheHits:        im.cacheHits.Load(),
+		CacheMisses:      im.cacheMisses.Load(),
+		VerifyFailures:   im.verifyFailures.Load(),
+		ImageSize:        im.img.Manifest.Config.Size,
+		Layers:           im.Layers(),
 	}
 	for _, l := range im.img.Layers() {
 		s.ImageSize += l.Size

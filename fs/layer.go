@@ -65,9 +65,10 @@ type layer struct {
 	streaming  func(*index.Table)      // set by loadProgressive: publishes snapshots
 	streamFile atomic.Pointer[os.File] // the blob temp file a progressive stream writes
 
-	// tar is the layer's uncompressed tar, verified against its DiffID,
-	// once unpack has made it (gzip layers whose blob is complete).
-	tar        atomic.Pointer[os.File]
+	// tree is the layer's regular files, extracted from a stream checked
+	// against its DiffID, once unpack has made it (gzip layers whose blob
+	// is complete); nil again if its files turn out damaged.
+	tree       atomic.Pointer[fetch.Tree]
 	unpackOnce sync.Once
 
 	// fmu guards fetching: the spans being fetched right now.
@@ -518,10 +519,6 @@ func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if l.chunked != nil {
 		return l.readChunks(ctx, p, off)
 	}
-	if tf := l.tar.Load(); tf != nil {
-		l.im.cacheHits.Add(1)
-		return tf.ReadAt(p, off)
-	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off)
 	}
@@ -555,9 +552,6 @@ func (l *layer) close() error {
 		errs = append(errs, l.indexFile.Close())
 	}
 	if f := l.streamFile.Load(); f != nil {
-		errs = append(errs, f.Close())
-	}
-	if f := l.tar.Load(); f != nil {
 		errs = append(errs, f.Close())
 	}
 	if f := l.complete(); f != nil {

@@ -34,6 +34,11 @@ type MountOptions struct {
 	// Timeout is how long the kernel may cache entries and attributes; the
 	// image is immutable, so it is long. 0 means one hour.
 	Timeout time.Duration
+
+	// NoPassthrough serves every read through the daemon, even of files
+	// whose layer is extracted into the cache (which by default are handed
+	// to the kernel with FUSE passthrough where it allows that).
+	NoPassthrough bool
 }
 
 // Mount is a mounted image. Unmount or the kernel's unmount ends it.
@@ -95,6 +100,7 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 		fo.MountOptions.Logger = slog.NewLogLogger(im.log.Handler(), slog.LevelDebug)
 	}
 	fo.Logger = log.New(logWriter{im.log}, "", 0)
+	im.passthrough = !opts.NoPassthrough
 	root := &inode{im: im, n: rootNode.Root, early: im.Tree() == nil}
 	server, err := fusefs.Mount(dir, root, fo)
 	if err != nil {

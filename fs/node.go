@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,6 +29,11 @@ type inode struct {
 	// node() looks it up again in the final tree once there is one.
 	path  string
 	early bool
+
+	// omu guards the io mode of the inode's open files (see fileHandle).
+	omu   sync.Mutex
+	opens int32
+	pt    bool
 }
 
 // provisionalTimeout is how long the kernel may cache an entry or its
@@ -198,7 +204,8 @@ func (in *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 // Open refuses writes; the image is immutable, so the kernel may keep the
-// page cache across opens.
+// page cache across opens (go-fuse drops that flag for passthrough opens,
+// whose pages are the tree file's).
 func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
@@ -206,11 +213,18 @@ func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uin
 	if in.node().Type != index.TypeReg {
 		return nil, 0, syscall.EINVAL
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	h, errno := in.open()
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (in *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	node := in.node()
+	if h, ok := f.(*fileHandle); ok && h.f != nil {
+		return h.read(node, dest, off)
+	}
 	n, err := in.im.ReadAt(ctx, node, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, in.im.errno(ctx, node, off, err)

@@ -40,7 +40,7 @@ func (im *Image) Pull(ctx context.Context, dir string) error {
 			if err := l.ensure(gctx); err != nil {
 				return err
 			}
-			// Read files from the layer's tar rather than span by span.
+			// Read files from the layer's extracted tree rather than span by span.
 			l.urgent.Store(true)
 			l.unpack(gctx)
 			return nil

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -9,21 +10,25 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/index"
 )
 
 // A gzip layer whose whole blob is cached and verified is still served span
 // by span: each read decodes its span from a checkpoint, and a reader that
 // walks many files in name order (ocifs pull, a compare, a backup) outgrows
 // the span LRU and decodes the same spans again and again. So once the blob
-// is complete, the layer is decompressed once, in the background, into the
-// cache as its uncompressed tar, admitted only if its sha256 equals the
-// config's DiffID (the key it is cached under, as zstd layers are); reads
-// are then plain reads of that file. Without disk space for it, or until it
-// is there, reads go on through the spans.
+// is complete, the layer is decompressed once, in the background, and its
+// regular files are extracted into the cache as a tree, one file each
+// (fetch.Tree), admitted only if the stream they came from has the config's
+// DiffID. Reads are then plain reads of those files, and an open file is
+// handed to the kernel with FUSE passthrough: its offsets are the file's
+// own, which a tar's are not. Without disk space for it, or until it is
+// there, reads go on through the spans.
 
-// startUnpack decompresses the layer's verified blob into its tar in the
+// startUnpack extracts the layer's verified blob into its tree in the
 // background, once; a no-op for layers that are not gzip with spans.
 func (l *layer) startUnpack() {
 	if l.compression != "gzip" || l.chunked != nil || l.table == nil || l.table.Spans == nil {
@@ -35,41 +40,38 @@ func (l *layer) startUnpack() {
 	})
 }
 
-// unpack makes the layer's uncompressed tar available to readAt, at most
-// once; later calls wait for the first.
+// unpack makes the layer's tree available, at most once; later calls wait
+// for the first.
 func (l *layer) unpack(ctx context.Context) {
 	l.unpackOnce.Do(func() {
-		f, err := l.makeTar(ctx)
+		t, err := l.makeTree(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				l.im.log.Warn("keeping the layer's uncompressed tar; reads decode its spans instead", "layer", l.desc.Digest, "err", err)
+				l.im.log.Warn("keeping the layer's files; reads decode its spans instead", "layer", l.desc.Digest, "err", err)
 			}
 			return
 		}
-		l.tar.Store(f)
+		l.tree.Store(t)
 	})
 }
 
-// makeTar returns the cached uncompressed tar of the layer, checked against
-// its DiffID, making it from the verified blob if it is not cached.
-func (l *layer) makeTar(ctx context.Context) (*os.File, error) {
+// makeTree returns the cached tree of the layer, extracting it from the
+// verified blob if it is not cached.
+func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	cache := l.im.client.Cache()
-	if f, err := cache.Open(l.diffID); err == nil {
-		if err := cache.Verify(f, l.diffID); err == nil {
-			return f, nil
-		}
-		f.Close()
-		l.im.log.Error("cached uncompressed layer damaged on disk; making it again", "layer", l.desc.Digest, "diff_id", l.diffID)
-		if err := cache.Remove(fetch.KindBlob, l.diffID); err != nil {
-			return nil, err
-		}
+	if t, err := cache.OpenTree(l.diffID); err == nil {
+		return t, nil
 	}
 	blob := l.blobFile()
 	if blob == nil {
 		return nil, errors.New("layer blob not complete")
 	}
+	ents, err := l.entries()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	p, err := cache.Create(l.diffID)
+	p, err := cache.CreateTree(l.diffID)
 	if err != nil {
 		return nil, err
 	}
@@ -79,16 +81,105 @@ func (l *layer) makeTar(ctx context.Context) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decompressing the verified blob: %w", err)
 	}
-	if _, err := io.Copy(p, zr); err != nil {
-		return nil, fmt.Errorf("decompressing the verified blob: %w", err)
+	files, err := extract(zr, ents, l.diffID, p)
+	if err != nil {
+		return nil, err
 	}
-	// Commit admits the file only if its sha256 is the DiffID.
 	if err := p.Commit(); err != nil {
 		return nil, err
 	}
-	l.im.log.Info("layer decompressed into the cache", "layer", l.desc.Digest, "tar_bytes", l.table.TarSize,
+	l.im.log.Info("layer extracted into the cache", "layer", l.desc.Digest, "files", files, "tar_bytes", l.table.TarSize,
 		"duration", time.Since(start).Round(time.Millisecond))
-	return cache.Open(l.diffID)
+	return cache.OpenTree(l.diffID)
+}
+
+// entries returns the layer's entry table, reading it again from the index
+// file if it was released to save memory.
+func (l *layer) entries() ([]index.Entry, error) {
+	if l.table.Entries != nil || l.indexSrc == nil {
+		return l.table.Entries, nil
+	}
+	t, err := index.Open(l.indexSrc, l.indexSrc.Size())
+	if err != nil {
+		return nil, fmt.Errorf("reading the layer's index again: %w", err)
+	}
+	return t.Entries, nil
+}
+
+// extract copies the content of every non-empty regular entry of tar stream
+// r into its own file of p, and reads the stream to its end: it returns an
+// error unless the whole stream's sha256 is diffID. Entries are in tar
+// order, so their content offsets only grow.
+func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, p *fetch.PendingTree) (files int, err error) {
+	h := sha256.New()
+	cr := &countingReader{r: io.TeeReader(r, h)}
+	for _, e := range ents {
+		if e.Type != index.TypeReg || e.Size == 0 {
+			continue
+		}
+		if e.Offset < cr.n {
+			return files, fmt.Errorf("%w: entry %q content at %d overlaps the one before", index.ErrFormat, e.Name, e.Offset)
+		}
+		if _, err := io.CopyN(io.Discard, cr, e.Offset-cr.n); err != nil {
+			return files, fmt.Errorf("extracting %q: %w", e.Name, err)
+		}
+		f, err := p.Create(e.Offset)
+		if err != nil {
+			return files, err
+		}
+		_, err = io.CopyN(f, cr, e.Size)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return files, fmt.Errorf("extracting %q: %w", e.Name, err)
+		}
+		files++
+	}
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return files, fmt.Errorf("decompressing the verified blob: %w", err)
+	}
+	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
+		return files, &fetch.DigestError{What: "uncompressed layer", Want: diffID, Got: got}
+	}
+	return files, nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// openFile opens the tree file holding n's bytes, or returns nil when the
+// layer has no tree. A tree file that is not as extracted drops the tree
+// for the rest of the mount and from the cache (the next mount extracts it
+// again); reads then decode spans.
+func (im *Image) openFile(n *Node) *os.File {
+	l := im.layers[n.Layer]
+	t := l.tree.Load()
+	if t == nil || n.Size == 0 {
+		return nil
+	}
+	f, err := t.Open(n.Offset, n.Size)
+	if err == nil {
+		return f
+	}
+	if l.tree.CompareAndSwap(t, nil) {
+		im.log.Error("extracted layer files damaged on disk; reading through the layer's spans", "layer", l.desc.Digest, "err", err)
+		if errors.Is(err, fetch.ErrTreeChanged) {
+			if err := im.client.Cache().Remove(fetch.KindTree, l.diffID); err != nil {
+				im.log.Warn("removing damaged cache entry", "tree", l.diffID, "err", err)
+			}
+		}
+	}
+	return nil
 }
 
 // ctxReader stops reading once ctx is done: unmounting ends an unpack.

@@ -2,24 +2,67 @@ package fs
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/opencontainers/go-digest"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
+	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs/fstest"
+	"github.com/ocifs/ocifs/index"
 )
 
-// TestUnpackServesFromTar: once a gzip layer's blob is complete, it is
-// decompressed into the cache under its DiffID and reads come from that
-// file: reading every file decodes no span. A damaged tar on disk is
-// noticed on the next mount and made again.
-func TestUnpackServesFromTar(t *testing.T) {
+// mountWith mounts im at a temp dir with opts and returns the mount.
+func mountWith(t *testing.T, im *Image, opts MountOptions) *Mount {
+	t.Helper()
+	fstest.RequireFUSE(t)
+	dir := t.TempDir()
+	m, err := im.Mount(context.WithoutCancel(t.Context()), dir, opts)
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
+	return m
+}
+
+// readAllFiles reads every file of content through dir and compares it.
+func readAllFiles(t *testing.T, dir string, content map[string][]byte) {
+	t.Helper()
+	for name, want := range content {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s: %d bytes, err %v; want %d bytes", name, len(got), err, len(want))
+		}
+	}
+}
+
+// TestUnpackServesFromTree: once a gzip layer's blob is complete, its files
+// are extracted into the cache and reads come from them: reading every
+// file decodes no span. With passthrough (where the kernel grants it) the
+// daemon serves no byte at all; without, it serves each from the tree
+// file. A tree file changed on disk is noticed when it is opened: the read
+// goes through the verified spans instead (never the changed bytes), the
+// tree is dropped, and the next mount extracts it again.
+func TestUnpackServesFromTree(t *testing.T) {
 	fstest.RequireFUSE(t)
 	layers, content := lazyLayers(8, 150)
 	ref := layoutRef(t, layers)
 	dir := t.TempDir()
+	big := map[string][]byte{}
+	for name, b := range content {
+		if name != "etc/os-release" {
+			big[name] = b
+		}
+	}
 
 	load := func() *Image {
 		im, err := Resolve(t.Context(), newClient(t, dir, nil), ref, Options{Logger: testLogger(t), SpanSize: lazySpan, WholeThreshold: 1})
@@ -38,38 +81,132 @@ func TestUnpackServesFromTar(t *testing.T) {
 	}
 	im := load()
 	l := im.layers[0]
-	if l.tar.Load() == nil {
-		t.Fatalf("layer 0 (%s) has no uncompressed tar after unpack", l.mode)
+	if l.tree.Load() == nil {
+		t.Fatalf("layer 0 (%s) has no tree after unpack", l.mode)
 	}
-	tarPath := filepath.Join(dir, "blobs", "sha256", l.diffID.Encoded())
-	b, err := os.ReadFile(tarPath)
+	treeDir := filepath.Join(dir, "trees", "sha256", l.diffID.Encoded())
+	files, err := os.ReadDir(treeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := digest.FromBytes(b); got != l.diffID {
-		t.Fatalf("cached tar has digest %s, want the DiffID %s", got, l.diffID)
-	}
-	mnt := mountImage(t, im)
-	for name, want := range content {
-		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("read %s: %d bytes, err %v; want %d bytes", name, len(got), err, len(want))
-		}
-	}
-	if n := im.spans.order.Len(); n != 0 {
-		t.Errorf("%d spans decoded while reading from the uncompressed tar; want none", n)
+	if len(files) != len(big)+1 { // one per file, and the seal
+		t.Fatalf("tree holds %d names, want %d files and the seal", len(files), len(big))
 	}
 
-	// Damage the cached tar: the next mount re-checks it against the DiffID
-	// and makes it again instead of serving it.
-	b[len(b)/2] ^= 0x20
-	if err := os.WriteFile(tarPath, b, 0o644); err != nil {
+	// Served from the tree through the daemon.
+	m := mountWith(t, im, MountOptions{NoPassthrough: true})
+	readAllFiles(t, m.Dir, big)
+	if n := im.spans.order.Len(); n != 0 {
+		t.Errorf("%d spans decoded while reading from the tree; want none", n)
+	}
+	var total int64
+	for _, b := range big {
+		total += int64(len(b))
+	}
+	if s := im.Stats(); s.BytesServed != total || s.PassthroughFiles != 0 {
+		t.Errorf("without passthrough: %d bytes served by the daemon, %d passthrough files; want %d and 0", s.BytesServed, s.PassthroughFiles, total)
+	}
+
+	// Handed to the kernel: the daemon serves nothing.
+	im2 := load()
+	m2 := mountWith(t, im2, MountOptions{})
+	readAllFiles(t, m2.Dir, big)
+	if m2.server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the kernel offers no FUSE passthrough (needs Linux 6.9+)")
+		}
+		t.Logf("the kernel offers no FUSE passthrough (needs Linux 6.9+): only the Read path was tested")
+	} else if s := im2.Stats(); s.BytesServed != 0 || s.PassthroughFiles != int64(len(big)) {
+		t.Errorf("with passthrough: %d bytes served by the daemon, %d passthrough files; want 0 and %d", s.BytesServed, s.PassthroughFiles, len(big))
+	}
+
+	// Change one tree file in place: the next mount reads the right bytes
+	// through the spans, drops the tree, and a later one makes it again.
+	var victim string
+	for name := range big {
+		victim = name
+		break
+	}
+	n, err := im.Tree().Lookup(victim)
+	if err != nil {
 		t.Fatal(err)
 	}
-	again := load()
-	if again.layers[0].tar.Load() == nil {
-		t.Fatalf("no uncompressed tar after the damaged one was found")
+	p := filepath.Join(treeDir, fmtOffset(n.Offset))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(tarPath); err != nil || digest.FromBytes(b) != l.diffID {
-		t.Fatalf("cached tar after remaking: err %v, digest %s; want %s", err, digest.FromBytes(b), l.diffID)
+	b[len(b)/2] ^= 0x20
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	im3 := load()
+	m3 := mountWith(t, im3, MountOptions{})
+	if got, err := os.ReadFile(filepath.Join(m3.Dir, victim)); err != nil || !bytes.Equal(got, big[victim]) {
+		t.Fatalf("read of %s after its tree file changed: %d bytes, err %v; want the verified %d bytes", victim, len(got), err, len(big[victim]))
+	}
+	if im3.layers[0].tree.Load() != nil {
+		t.Errorf("the tree with a changed file is still in use")
+	}
+	if _, err := os.Stat(treeDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the tree with a changed file is still cached (stat: %v)", err)
+	}
+	readAllFiles(t, m3.Dir, big)
+	if im4 := load(); im4.layers[0].tree.Load() == nil {
+		t.Errorf("no tree after the changed one was dropped")
+	}
+}
+
+// fmtOffset names a tree file as fetch does.
+func fmtOffset(off int64) string { return fmt.Sprintf("%016x", off) }
+
+// TestExtractChecksDiffID: extraction refuses a stream whose digest is not
+// the DiffID, and entries whose contents overlap; nothing is committed.
+func TestExtractChecksDiffID(t *testing.T) {
+	layers, _ := lazyLayers(3, 20)
+	img, err := fstest.Build(withCompression(layers[:1], fstest.None), fstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarBytes := img.Layers[0]
+	tab, err := index.Build(bytes.NewReader(tarBytes), index.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := fetch.OpenCache(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p, _ := c.CreateTree(tab.DiffID)
+	if n, err := extract(bytes.NewReader(tarBytes), tab.Entries, tab.DiffID, p); err != nil || n != 20 {
+		t.Fatalf("extract of the right stream: %d files, %v; want 20, nil", n, err)
+	}
+	p.Abort()
+
+	bad := bytes.Clone(tarBytes)
+	bad[len(bad)/2] ^= 1
+	p, _ = c.CreateTree(tab.DiffID)
+	var de *fetch.DigestError
+	if _, err := extract(bytes.NewReader(bad), tab.Entries, tab.DiffID, p); !errors.As(err, &de) {
+		t.Fatalf("extract of a changed stream: %v; want a *fetch.DigestError", err)
+	}
+	p.Abort()
+
+	ents := append([]index.Entry(nil), tab.Entries...)
+	var regs []int
+	for i, e := range ents {
+		if e.Type == index.TypeReg && e.Size > 0 {
+			regs = append(regs, i)
+		}
+	}
+	ents[regs[1]].Offset = ents[regs[0]].Offset + 1
+	p, _ = c.CreateTree(tab.DiffID)
+	if _, err := extract(bytes.NewReader(tarBytes), ents, tab.DiffID, p); !errors.Is(err, index.ErrFormat) {
+		t.Fatalf("extract with overlapping entries: %v; want index.ErrFormat", err)
+	}
+	p.Abort()
+	if _, err := c.OpenTree(tab.DiffID); !errors.Is(err, fetch.ErrNotFound) {
+		t.Errorf("a tree is cached after aborted extractions: %v", err)
 	}
 }

@@ -1,0 +1,244 @@
+package fetch
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// A tree is a layer's regular files extracted from its uncompressed tar,
+// one file each, named by the offset of its content in the tar (16 hex
+// digits), under the layer's DiffID:
+//
+//	trees/<alg>/<hex>/<offset>   a file's bytes
+//	trees/<alg>/<hex>/.sealed    the latest change time of its files when finished (Unix ns)
+//
+// A tree is written only from a tar stream whose digest is checked against
+// the DiffID as it is extracted, and appears by rename once that check has
+// passed and its files are on disk. A file is what FUSE passthrough hands
+// to the kernel, so its offsets must be the file's own: that is why a tree
+// and not the tar. A file changed after the seal (any write, truncation or
+// chmod moves its change time past it) is refused by Open.
+
+// KindTree is the cache kind of an extracted layer tree.
+const KindTree = "tree"
+
+const (
+	treesDir   = "trees"
+	sealedName = ".sealed"
+)
+
+// ErrTreeChanged is returned by Tree.Open for a file that is not as the
+// tree was sealed.
+var ErrTreeChanged = errors.New("tree file changed since it was extracted")
+
+// Tree is an extracted layer tree in the cache.
+type Tree struct {
+	dir    string
+	sealed int64 // Unix nanoseconds
+}
+
+// OpenTree opens the tree of uncompressed layer d; the error wraps
+// ErrNotFound if there is none.
+func (c *Cache) OpenTree(d digest.Digest) (*Tree, error) {
+	dir, err := c.path(treesDir, d)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, sealedName))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("cache: tree %s: %w", d, ErrNotFound)
+		}
+		return nil, fmt.Errorf("cache: tree %s: %w", d, err)
+	}
+	ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return nil, formatError("cache: tree %s: seal %q unreadable", d, b)
+	}
+	return &Tree{dir: dir, sealed: ns}, nil
+}
+
+// treeFileName names the file holding the content at tar offset off.
+func treeFileName(off int64) string { return fmt.Sprintf("%016x", off) }
+
+// Open opens the file whose content starts at tar offset off and checks
+// that it is as extracted: a regular file of size bytes, unchanged since
+// the seal. The error wraps ErrTreeChanged if not.
+func (t *Tree) Open(off, size int64) (*os.File, error) {
+	f, err := os.Open(filepath.Join(t.dir, treeFileName(off)))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("cache: tree %s: file at offset %d: %w", t.dir, off, ErrTreeChanged)
+		}
+		return nil, fmt.Errorf("cache: tree %s: %w", t.dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cache: tree %s: %w", t.dir, err)
+	}
+	ctime := st.Ctim.Sec*1e9 + st.Ctim.Nsec
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size != size || ctime > t.sealed {
+		f.Close()
+		return nil, fmt.Errorf("cache: tree %s: file at offset %d (%d bytes, changed %s, tree sealed %s): %w", t.dir, off, st.Size,
+			time.Unix(0, ctime).UTC().Format(time.RFC3339Nano), time.Unix(0, t.sealed).UTC().Format(time.RFC3339Nano), ErrTreeChanged)
+	}
+	return f, nil
+}
+
+// PendingTree is a tree being extracted into a temp directory.
+type PendingTree struct {
+	c    *Cache
+	d    digest.Digest
+	dir  string
+	done bool
+}
+
+// CreateTree starts extracting the tree of uncompressed layer d.
+func (c *Cache) CreateTree(d digest.Digest) (*PendingTree, error) {
+	if _, err := c.path(treesDir, d); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(filepath.Join(c.dir, tmpDir), "tree-"+d.Encoded()+".*")
+	if err != nil {
+		return nil, fmt.Errorf("cache: tree %s: %w", d, err)
+	}
+	return &PendingTree{c: c, d: d, dir: dir}, nil
+}
+
+// Create creates the file for the content at tar offset off.
+func (p *PendingTree) Create(off int64) (*os.File, error) {
+	if p.done {
+		return nil, fmt.Errorf("cache: tree %s: create after Commit or Abort", p.d)
+	}
+	f, err := os.OpenFile(filepath.Join(p.dir, treeFileName(off)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cache: tree %s: %w", p.d, err)
+	}
+	return f, nil
+}
+
+// Commit seals the tree and renames it into trees/. The caller has checked
+// the stream it was extracted from against the DiffID. Its files are
+// flushed to disk first (one syncfs), so a crash never leaves a sealed tree
+// of unwritten files. If the tree is already cached the temp one is dropped.
+func (p *PendingTree) Commit() error {
+	if p.done {
+		return fmt.Errorf("cache: tree %s: Commit after Commit or Abort", p.d)
+	}
+	defer p.Abort()
+	dst, _ := p.c.path(treesDir, p.d)
+	if _, err := os.Stat(filepath.Join(dst, sealedName)); err == nil {
+		return nil
+	}
+	d, err := os.Open(p.dir)
+	if err != nil {
+		return fmt.Errorf("cache: tree %s: %w", p.d, err)
+	}
+	err = unix.Syncfs(int(d.Fd()))
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("cache: tree %s: sync: %w", p.d, err)
+	}
+	// The seal is the latest change time among the files, read back with
+	// stat: a later change to any of them gets a later one (since Linux
+	// 6.13 even within the same clock tick, once the time has been read).
+	seal, err := latestChange(p.dir)
+	if err != nil {
+		return fmt.Errorf("cache: tree %s: %w", p.d, err)
+	}
+	if err := os.WriteFile(filepath.Join(p.dir, sealedName), []byte(strconv.FormatInt(seal, 10)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("cache: tree %s: %w", p.d, err)
+	}
+	err = p.c.install(p.dir, dst)
+	if err != nil {
+		if _, serr := os.Stat(filepath.Join(dst, sealedName)); serr == nil {
+			return nil // another process sealed it first
+		}
+		// An unsealed leftover of an interrupted Remove: replace it.
+		os.RemoveAll(dst)
+		err = p.c.install(p.dir, dst)
+	}
+	if err != nil {
+		return fmt.Errorf("cache: tree %s: %w", p.d, err)
+	}
+	return nil
+}
+
+// latestChange returns the latest change time, in Unix nanoseconds, of the
+// files in dir.
+func latestChange(dir string) (int64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var latest int64
+	for _, e := range ents {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(dir, e.Name()), &st); err != nil {
+			return 0, err
+		}
+		latest = max(latest, st.Ctim.Sec*1e9+st.Ctim.Nsec)
+	}
+	return latest, nil
+}
+
+// Abort removes the temp directory; a no-op after Commit or Abort.
+func (p *PendingTree) Abort() {
+	if p.done {
+		return
+	}
+	p.done = true
+	os.RemoveAll(p.dir)
+}
+
+// treeEntries lists the trees in the cache with their total size, dated by
+// their seal.
+func (c *Cache) treeEntries() ([]CacheEntry, error) {
+	var out []CacheEntry
+	root := filepath.Join(c.dir, treesDir)
+	algs, err := os.ReadDir(root)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("cache: list %s: %w", root, err)
+	}
+	for _, alg := range algs {
+		ents, err := os.ReadDir(filepath.Join(root, alg.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("cache: list %s: %w", root, err)
+		}
+		for _, e := range ents {
+			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), e.Name())
+			if d.Validate() != nil || !e.IsDir() {
+				continue
+			}
+			dir := filepath.Join(root, alg.Name(), e.Name())
+			en := CacheEntry{Kind: KindTree, Digest: d}
+			if fi, err := os.Stat(filepath.Join(dir, sealedName)); err == nil {
+				en.ModTime = fi.ModTime()
+			} else if fi, err := e.Info(); err == nil {
+				en.ModTime = fi.ModTime()
+			}
+			files, _ := os.ReadDir(dir)
+			for _, f := range files {
+				if fi, err := f.Info(); err == nil && fi.Mode().IsRegular() && !strings.HasPrefix(f.Name(), ".") {
+					en.Size += fi.Size()
+				}
+			}
+			out = append(out, en)
+		}
+	}
+	return out, nil
+}
