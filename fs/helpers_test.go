@@ -18,7 +18,7 @@ func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }
 
 // layoutRef builds layers into an OCI image layout under t.TempDir() and
 // returns its reference.
-func layoutRef(t *testing.T, layers []fstest.Layer) string {
+func layoutRef(t testing.TB, layers []fstest.Layer) string {
 	t.Helper()
 	img, err := fstest.Build(layers, fstest.Options{})
 	if err != nil {

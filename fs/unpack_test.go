@@ -18,7 +18,7 @@ import (
 )
 
 // mountWith mounts im at a temp dir with opts and returns the mount.
-func mountWith(t *testing.T, im *Image, opts MountOptions) *Mount {
+func mountWith(t testing.TB, im *Image, opts MountOptions) *Mount {
 	t.Helper()
 	fstest.RequireFUSE(t)
 	dir := t.TempDir()
