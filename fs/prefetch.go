@@ -42,20 +42,47 @@ func (f *foreground) begin() (end func()) {
 
 // wait returns once no reader waits on a fetch, or ctx is done.
 func (f *foreground) wait(ctx context.Context) error {
+	_, err := f.waitFor(ctx, -1)
+	return err
+}
+
+// waitFor is wait for at most d (forever if d < 0); busy reports that a
+// reader still waits.
+func (f *foreground) waitFor(ctx context.Context, d time.Duration) (busy bool, err error) {
 	f.mu.Lock()
 	idle := f.idle
 	f.mu.Unlock()
+	var timeout <-chan time.Time
+	if d >= 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case <-idle:
-		return nil
+		return false, nil
+	case <-timeout:
+		return true, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return true, ctx.Err()
 	}
 }
 
-// prefetchReader is the blob stream of a background fetch: it pauses while
-// readers wait on fetches of their own, and keeps to a byte rate, unless
-// a reader has come to need this layer (urgent).
+// While a reader waits on a fetch, a background stream slows to steps of
+// yieldStep after a pause of yieldPause each (at most 64 MB/s) instead of
+// stopping: a program starting up waits on one small read after another,
+// each mostly round-trip time, and a stream that stopped for each of them
+// would hardly move, leaving the link idle while the program waits on read
+// after read. At that pace the stream shares the link with the reader
+// rather than taking it.
+const (
+	yieldPause = time.Millisecond
+	yieldStep  = 64 << 10
+)
+
+// prefetchReader is the blob stream of a background fetch: it slows down
+// while readers wait on fetches of their own, and keeps to a byte rate,
+// unless a reader has come to need this layer (urgent).
 type prefetchReader struct {
 	ctx    context.Context
 	r      io.Reader
@@ -69,7 +96,8 @@ type prefetchReader struct {
 func (p *prefetchReader) Read(b []byte) (int, error) {
 	if !p.l.urgent.Load() {
 		t0 := time.Now()
-		if err := p.l.im.fg.wait(p.ctx); err != nil {
+		busy, err := p.l.im.fg.waitFor(p.ctx, yieldPause)
+		if err != nil {
 			return 0, err
 		}
 		p.paused += time.Since(t0)
@@ -85,8 +113,12 @@ func (p *prefetchReader) Read(b []byte) (int, error) {
 				}
 			}
 		}
-		if len(b) > 256<<10 {
-			b = b[:256<<10] // small steps, so a reader never waits long behind us
+		step := 256 << 10 // small steps, so a reader never waits long behind us
+		if busy {
+			step = yieldStep
+		}
+		if len(b) > step {
+			b = b[:step]
 		}
 	}
 	n, err := p.r.Read(b)
