@@ -12,9 +12,11 @@
 //
 // # Invariants
 //
-//   - A byte is served only from a layer whose uncompressed tar was checked
-//     against the config's DiffID and whose blob was checked against the
-//     manifest's digest. A failed check is EIO and one Error log line.
+//   - A byte is served only from a span or chunk checked against its digest,
+//     or from a layer whose blob was checked against the manifest's digest
+//     and whose uncompressed tar (or the stream its extracted files came
+//     from) against the config's DiffID. A failed check is EIO and one Error
+//     log line.
 //   - A read waits only for the layer that holds its file.
 //   - Inode numbers are a function of the image: the same image gives the same
 //     numbers on every mount.
