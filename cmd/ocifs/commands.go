@@ -433,15 +433,19 @@ Examples:
 
 const cacheHelp = `
 The cache holds, by digest: blobs (compressed layers, manifests, configs),
-uncompressed layers and layer indexes. It is shared by every mount and
-command using the same --cache-dir. Removing an entry a mount still has open
-is safe: the mount keeps its open file.
+uncompressed layers, layer indexes, and trees: the files of complete gzip
+layers, extracted so that the kernel can read them itself (FUSE
+passthrough). It is shared by every mount and command using the same
+--cache-dir. Removing an entry a mount still has open is safe: the mount
+keeps its open file.
 
 Every blob's digest is checked before it enters the cache. A mount hashes a
 cached blob again only if its file changed since that check (inode, size,
 mtime or ctime differ); 'cache verify' hashes every blob again whatever
 changed, to find damage below the file system, and removes the damaged ones
-so that the next mount fetches them again.
+so that the next mount fetches them again. A tree file changed after its
+extraction is refused when opened; the mount then reads through the layer's
+verified blob and extracts the tree again next time.
 
   ocifs cache ls                       kind, digest, size and mtime of each entry
   ocifs cache du                       total size and count per kind
