@@ -22,29 +22,40 @@ const maxSymlinkHops = 40
 // Node is one inode of the merged tree. Hardlinked names share one Node, so
 // the tree is a DAG at its leaves; directories appear once. A Node is
 // immutable once [Merge] returns.
+//
+// A mount keeps one Node per inode of the image for as long as it lives, so
+// the fields are ordered to pack into 128 bytes (a malloc size class) and a
+// directory's children live behind one pointer that files leave nil.
 type Node struct {
 	ID       uint64 // stable inode number: the same image always gives the same numbers
-	Type     index.Type
-	Mode     uint32 // permission bits plus setuid, setgid and sticky
-	UID      int64
-	GID      int64
-	Size     int64 // file content size; for a symlink the target's length
+	Size     int64  // file content size; for a symlink the target's length
+	Offset   int64  // with Layer, where a regular file's bytes are: the offset in that layer's uncompressed tar
 	ModTime  time.Time
 	Linkname string // symlink target
+	Xattrs   map[string]string
+	UID      int64
+	GID      int64
 	Devmajor int64
 	Devminor int64
-	Xattrs   map[string]string
+	Mode     uint32 // permission bits plus setuid, setgid and sticky
 	Nlink    uint32 // names for a file; 2 + subdirectories for a directory
-	Implied  bool   // a directory no tar entry described: created for its children
+	Layer    int32  // the index of the layer whose uncompressed tar holds a regular file's bytes
+	Type     index.Type
+	Implied  bool // a directory no tar entry described: created for its children
 
-	// Layer and Offset locate a regular file's bytes: the index of the layer
-	// whose uncompressed tar holds them, and the offset in that tar.
-	Layer  int
-	Offset int64
+	dir *dirEntries // a directory's children; nil for every other type
+}
 
-	children map[string]*Node
-	names    []string       // sorted child names, filled when the merge ends
-	wrote    map[string]int // the last layer that wrote each child name (for opaque markers)
+// dirEntries are the children of a directory. While the merge runs they are
+// found by name in byName; once it ends they are the sorted names and the
+// nodes in the same order (three words per child instead of a map's slot,
+// control byte and spare capacity), and byName is dropped.
+type dirEntries struct {
+	names []string // sorted, filled when the merge ends
+	nodes []*Node  // nodes[i] is called names[i]
+
+	byName map[string]*Node // during the merge only
+	wrote  map[string]int   // the last layer that wrote each child name (for opaque markers)
 }
 
 // IsDir reports whether n is a directory.
@@ -52,10 +63,27 @@ func (n *Node) IsDir() bool { return n.Type == index.TypeDir }
 
 // Names returns the sorted names of a directory's children. The slice is
 // shared: callers must not change it.
-func (n *Node) Names() []string { return n.names }
+func (n *Node) Names() []string {
+	if n.dir == nil {
+		return nil
+	}
+	return n.dir.names
+}
 
 // Child returns the child called name, or nil.
-func (n *Node) Child(name string) *Node { return n.children[name] }
+func (n *Node) Child(name string) *Node {
+	d := n.dir
+	switch {
+	case d == nil:
+		return nil
+	case d.byName != nil:
+		return d.byName[name]
+	}
+	if i, ok := slices.BinarySearch(d.names, name); ok {
+		return d.nodes[i]
+	}
+	return nil
+}
 
 // Tree is the merged view of an image's layers: what a full unpack of the
 // layers in order would leave on disk.
@@ -72,7 +100,7 @@ func (t *Tree) Lookup(p string) (*Node, error) {
 		if !n.IsDir() {
 			return nil, fmt.Errorf("%s: %w", p, errNotDir)
 		}
-		c := n.children[name]
+		c := n.Child(name)
 		if c == nil {
 			return nil, fmt.Errorf("%s: %w", p, errNoEntry)
 		}
@@ -96,8 +124,8 @@ func walk(p string, n *Node, fn func(string, *Node) error) error {
 	if err := fn(p, n); err != nil {
 		return err
 	}
-	for _, name := range n.names {
-		if err := walk(path.Join(p, name), n.children[name], fn); err != nil {
+	for i, name := range n.Names() {
+		if err := walk(path.Join(p, name), n.dir.nodes[i], fn); err != nil {
 			return err
 		}
 	}
@@ -148,7 +176,10 @@ type merger struct {
 // writer returns the last layer that wrote the child called name, or -1:
 // known only in a tree merged with keepWrote.
 func (n *Node) writer(name string) int {
-	if li, ok := n.wrote[name]; ok {
+	if n.dir == nil {
+		return -1
+	}
+	if li, ok := n.dir.wrote[name]; ok {
 		return li
 	}
 	return -1
@@ -158,14 +189,14 @@ func (n *Node) writer(name string) int {
 // attributes unpackers give a directory they create: 0755, root, and (ours,
 // for stable attributes) the Unix epoch as mtime.
 func newDir(implied bool) *Node {
-	return &Node{Type: index.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0).UTC(),
-		children: map[string]*Node{}, wrote: map[string]int{}, Implied: implied}
+	return &Node{Type: index.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0).UTC(), Implied: implied,
+		dir: &dirEntries{byName: map[string]*Node{}, wrote: map[string]int{}}}
 }
 
 // link puts c in d under name, recording that layer li wrote that name.
 func link(d *Node, name string, c *Node, li int) {
-	d.children[name] = c
-	d.wrote[name] = li
+	d.dir.byName[name] = c
+	d.dir.wrote[name] = li
 }
 
 func (m *merger) apply(li int, e *index.Entry) error {
@@ -202,13 +233,13 @@ func (m *merger) apply(li int, e *index.Entry) error {
 	if err != nil {
 		return err
 	}
-	old := parent.children[base]
+	old := parent.dir.byName[base]
 	switch e.Type {
 	case index.TypeDir:
 		if old != nil && old.IsDir() {
 			setAttrs(old, e)
 			old.Implied = false
-			parent.wrote[base] = li
+			parent.dir.wrote[base] = li
 			return nil
 		}
 		d := newDir(false)
@@ -232,10 +263,14 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		link(parent, base, target, li)
 		return nil
 	case index.TypeReg, index.TypeSymlink, index.TypeChar, index.TypeBlock, index.TypeFifo:
-		n := &Node{Type: e.Type, Nlink: 1, Layer: li, Offset: e.Offset}
+		n := &Node{Type: e.Type, Nlink: 1, Layer: int32(li), Offset: e.Offset}
 		setAttrs(n, e)
 		n.Size = e.Size
-		n.Linkname = e.Linkname
+		if e.Linkname != "" {
+			// Not an empty string sliced from a table's names, which
+			// would keep them all alive (see finish).
+			n.Linkname = e.Linkname
+		}
 		if e.Type == index.TypeSymlink {
 			n.Size = int64(len(e.Linkname))
 		}
@@ -267,7 +302,7 @@ func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
 	for len(todo) > 0 {
 		name := todo[0]
 		todo = todo[1:]
-		c := d.children[name]
+		c := d.dir.byName[name]
 		if c != nil && c.Type == index.TypeSymlink {
 			if hops++; hops > maxSymlinkHops {
 				return nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, path.Join(append(cur, name)...))
@@ -302,18 +337,18 @@ func (m *merger) resolve(p string, li int) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	if d == nil || d.children[base] == nil {
+	if d == nil || d.dir.byName[base] == nil {
 		return nil, errNoEntry
 	}
-	return d.children[base], nil
+	return d.dir.byName[base], nil
 }
 
 // prune removes from d everything that layer li did not write, keeping the
 // directories li wrote but pruning their contents the same way.
 func prune(d *Node, li int) {
-	for name, c := range d.children {
+	for name, c := range d.dir.byName {
 		switch {
-		case d.wrote[name] != li:
+		case d.dir.wrote[name] != li:
 			removeChild(d, name)
 		case c.IsDir():
 			prune(c, li)
@@ -324,12 +359,12 @@ func prune(d *Node, li int) {
 // removeChild unlinks name from d, dropping the link counts of every file
 // under it.
 func removeChild(d *Node, name string) {
-	c := d.children[name]
+	c := d.dir.byName[name]
 	if c == nil {
 		return
 	}
-	delete(d.children, name)
-	delete(d.wrote, name)
+	delete(d.dir.byName, name)
+	delete(d.dir.wrote, name)
 	unlink(c)
 }
 
@@ -338,16 +373,25 @@ func unlink(n *Node) {
 		n.Nlink--
 		return
 	}
-	for _, c := range n.children {
+	for _, c := range n.dir.byName {
 		unlink(c)
 	}
 }
 
 // finish sorts every directory, counts directory links and numbers the
 // inodes in depth-first name order, so the numbers are stable for an image.
+// It also copies every name and link target into one string, which the tree
+// keeps instead of the entry tables' strings: those hold whole paths (a base
+// name is a slice of its entry's path) and go once the tables are released.
 func (m *merger) finish() *Tree {
 	t := &Tree{Root: m.root}
 	var next uint64 = 1
+	var strs []*string // every child name and link target, to copy
+	size := 0
+	keep := func(s *string) {
+		strs = append(strs, s)
+		size += len(*s)
+	}
 	var visit func(n *Node)
 	visit = func(n *Node) {
 		if n.ID != 0 {
@@ -355,27 +399,49 @@ func (m *merger) finish() *Tree {
 		}
 		n.ID = next
 		next++
+		if n.Linkname != "" {
+			keep(&n.Linkname)
+		}
 		if !n.IsDir() {
 			return
 		}
+		d := n.dir
 		if !m.keepWrote {
-			n.wrote = nil // only the merge needs it
+			d.wrote = nil // only the merge needs it
 		}
-		n.names = make([]string, 0, len(n.children))
+		d.names = make([]string, 0, len(d.byName))
+		for name := range d.byName {
+			d.names = append(d.names, name)
+		}
+		slices.Sort(d.names)
+		d.nodes = make([]*Node, len(d.names))
 		n.Nlink = 2
-		for name, c := range n.children {
-			n.names = append(n.names, name)
+		for i, name := range d.names {
+			c := d.byName[name]
+			d.nodes[i] = c
 			if c.IsDir() {
 				n.Nlink++
 			}
 		}
-		slices.Sort(n.names)
-		for _, name := range n.names {
-			visit(n.children[name])
+		d.byName = nil // Child searches the sorted names from now on
+		for i, c := range d.nodes {
+			keep(&d.names[i])
+			visit(c)
 		}
 	}
 	visit(m.root)
 	t.Nodes = int(next - 1)
+	var b strings.Builder
+	b.Grow(size)
+	for _, s := range strs {
+		b.WriteString(*s)
+	}
+	all, off := b.String(), 0
+	for _, s := range strs {
+		n := len(*s)
+		*s = all[off : off+n]
+		off += n
+	}
 	return t
 }
 

@@ -77,7 +77,7 @@ func FuzzMerge(f *testing.F) {
 				names[n]++
 				return nil
 			}
-			if !slices.IsSorted(n.Names()) || len(n.Names()) != len(n.children) {
+			if !slices.IsSorted(n.Names()) || len(n.Names()) != len(n.dir.nodes) {
 				t.Fatalf("%q: names %v not sorted or not the children", p, n.Names())
 			}
 			subdirs := uint32(0)

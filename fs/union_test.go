@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/ocifs/ocifs/index"
 )
@@ -220,5 +221,38 @@ func TestMergeDirLinkCount(t *testing.T) {
 	names := append([]string(nil), d.Names()...)
 	if !sort.StringsAreSorted(names) || len(names) != 3 {
 		t.Errorf("Names() = %v, want 3 sorted names", names)
+	}
+}
+
+// TestNodeSize keeps a Node within the 128-byte malloc size class: a mount
+// holds one per inode of the image for its whole life.
+func TestNodeSize(t *testing.T) {
+	if got := unsafe.Sizeof(Node{}); got > 128 {
+		t.Errorf("unsafe.Sizeof(Node{}) = %d, want <= 128", got)
+	}
+}
+
+// BenchmarkMerge merges a 100,000-file layer (1,000 directories of 100
+// files, as bench's files100k image) and looks every file up.
+func BenchmarkMerge(b *testing.B) {
+	var es []index.Entry
+	for d := range 1000 {
+		dir := fmt.Sprintf("srv/data/d%03d/d%04d", d/100, d)
+		for f := range 100 {
+			es = append(es, reg(fmt.Sprintf("%s/f%03d.txt", dir, f), int64(len(es))))
+		}
+	}
+	tables := layers(es)
+	b.ReportAllocs()
+	for b.Loop() {
+		tree, err := Merge(tables)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range es {
+			if _, err := tree.Lookup(es[i].Name); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }
