@@ -146,9 +146,9 @@ func TestMountNeedsRoot(t *testing.T) {
 
 func TestDaemonArgs(t *testing.T) {
 	g := &globals{cacheDir: "/c", platform: "linux/arm64", insecure: true, logLevel: "debug"}
-	o := &mountOpts{prefetch: "none", allowOther: true, dev: true}
+	o := &mountOpts{prefetch: "none", allowOther: true, dev: true, noPassthru: true}
 	got := strings.Join(daemonArgs(g, "-img", "/mnt/x", o), " ")
-	want := "--cache-dir=/c --platform=linux/arm64 --insecure --log-level=debug mount --foreground --ready-fd=3 --prefetch=none --allow-other --dev -- -img /mnt/x"
+	want := "--cache-dir=/c --platform=linux/arm64 --insecure --log-level=debug mount --foreground --ready-fd=3 --prefetch=none --allow-other --dev --no-passthrough -- -img /mnt/x"
 	if got != want {
 		t.Errorf("daemonArgs = %q, want %q", got, want)
 	}

@@ -42,7 +42,8 @@ type mountOpts struct {
 	upper       string
 	forceUpper  bool // --force-upper: reuse an upper made over another image
 	progressive bool
-	readyFD     int // set by the parent for its daemon: where to say "ok\n"
+	noPassthru  bool // --no-passthrough
+	readyFD     int  // set by the parent for its daemon: where to say "ok\n"
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -54,6 +55,7 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.BoolVar(&o.suid, "suid", false, "honour setuid/setgid bits (off: an image is untrusted)")
 	set.BoolVar(&o.dev, "dev", false, "honour device nodes (off: an image is untrusted)")
 	set.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request (at debug level; implies --log-level debug)")
+	set.BoolVar(&o.noPassthru, "no-passthrough", false, "serve every read through the daemon; by default files of complete layers are handed to the kernel\n(FUSE passthrough, Linux 6.9+), which then reads them without asking the daemon")
 	set.BoolVar(&o.progressive, "progressive", false, "serve files of a layer that has no index as soon as its stream has passed them, before its digest is checked\n(a trust trade-off; a later mismatch makes the layer's reads fail with EIO)")
 	set.BoolVar(&o.writable, "writable", false, "copy-on-write: changes go to an upper directory, the image stays read-only under it\n(the kernel's overlayfs over the read-only view; see Writable mounts below)")
 	set.StringVar(&o.upper, "upper", "", "with --writable, keep the changes in `DIR` (created if missing) for a later mount of the same image;\noverlayfs's work directory is DIR.work beside it (default: a fresh directory in the cache, removed at unmount)")
@@ -276,6 +278,7 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	}{
 		{o.allowOther, "--allow-other"}, {o.suid, "--suid"}, {o.dev, "--dev"}, {o.debugFUSE, "--debug-fuse"},
 		{o.progressive, "--progressive"}, {o.writable, "--writable"}, {o.forceUpper, "--force-upper"},
+		{o.noPassthru, "--no-passthrough"},
 	} {
 		if f.on {
 			args = append(args, f.name)
@@ -311,9 +314,11 @@ func logTail(path string, off int64, n int) []string {
 // serveMount is the mount daemon (or --foreground): resolve, load, mount,
 // serve stats, then wait for a signal or for the mount to go away.
 func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *mountOpts) (err error) {
-	// A mount lives long and mostly idles: collect garbage at half the
-	// default growth, for a smaller resident set (tables, tree, inodes).
-	debug.SetGCPercent(50)
+	if os.Getenv("GOGC") == "" {
+		// A mount lives long and mostly idles: collect garbage at half the
+		// default growth, for a smaller resident set (tables, tree, inodes).
+		debug.SetGCPercent(50)
+	}
 	var ready *os.File
 	if o.readyFD > 0 {
 		ready = os.NewFile(uintptr(o.readyFD), "ready-pipe")
@@ -397,7 +402,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	// keep the layers' entry tables too.
 	im.ReleaseEntries()
 	m, err := im.Mount(ctx, fuseDir, fs.MountOptions{
-		AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE,
+		AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE, NoPassthrough: o.noPassthru,
 	})
 	if err != nil {
 		return fail(nil, withHint(err, needFUSE))
