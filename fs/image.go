@@ -90,6 +90,7 @@ type Image struct {
 	tree     atomic.Pointer[Tree] // the merged tree, once every layer's table is known
 	prog     *progress            // a progressive load's growing tree; nil otherwise
 	spans    *spanLRU             // decoded spans of every layer
+	ahead    readAhead            // sequential readers, and what is fetched ahead of them
 	fetchSem semaphore            // bounds Range requests in flight
 	fg       *foreground          // fetches readers wait on; prefetch yields to them
 
@@ -340,7 +341,7 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 		got, err = f.ReadAt(p, off)
 		f.Close()
 	} else {
-		got, err = im.layers[n.Layer].readAt(ctx, p, n.Offset+off)
+		got, err = im.layers[n.Layer].readAt(ctx, p, n.Offset+off, n.Offset+n.Size)
 	}
 	im.bytesServed.Add(int64(got))
 	if err == nil && got < want {

@@ -508,19 +508,20 @@ func (l *layer) blobFile() *os.File {
 	return l.complete()
 }
 
-// readAt serves bytes of the uncompressed tar.
-func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+// readAt serves bytes of the uncompressed tar, for a read of a file whose
+// content ends at fileEnd: read-ahead stops there.
+func (l *layer) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
 	if err := l.quarantined(); err != nil {
 		return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
 	}
 	if !l.ready.Load() {
-		return l.readStreaming(ctx, p, off)
+		return l.readStreaming(ctx, p, off, fileEnd)
 	}
 	if l.chunked != nil {
 		return l.readChunks(ctx, p, off)
 	}
 	if !l.whole() && l.mode != ModeWhole {
-		return l.readSpans(ctx, p, off)
+		return l.readSpans(ctx, p, off, fileEnd)
 	}
 	f := l.complete()
 	if f == nil {
@@ -534,7 +535,7 @@ func (l *layer) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 		}
 	}
 	if !l.whole() {
-		return l.readSpans(ctx, p, off)
+		return l.readSpans(ctx, p, off, fileEnd)
 	}
 	return f.ReadAt(p, off)
 }

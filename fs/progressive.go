@@ -273,11 +273,11 @@ func (l *layer) loadProgressive(prog *progress) {
 // back from the blob's temp file and checked against the span digests the
 // stream computed (which guards against the disk, not the registry: the
 // blob digest is checked only when the stream ends).
-func (l *layer) readStreaming(ctx context.Context, p []byte, off int64) (int, error) {
+func (l *layer) readStreaming(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
 	var t *index.Table
 	for {
 		if l.ready.Load() {
-			return l.readAt(ctx, p, off)
+			return l.readAt(ctx, p, off, fileEnd)
 		}
 		if err := l.quarantined(); err != nil {
 			return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
@@ -296,7 +296,7 @@ func (l *layer) readStreaming(ctx context.Context, p []byte, off int64) (int, er
 		data, err := l.streamedSpan(t, i)
 		if err != nil {
 			if l.ready.Load() {
-				return l.readAt(ctx, p, off) // the stream ended meanwhile
+				return l.readAt(ctx, p, off, fileEnd) // the stream ended meanwhile
 			}
 			return n, err
 		}

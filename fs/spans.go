@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -57,6 +58,14 @@ func (c *spanLRU) get(k spanKey) []byte {
 	return nil
 }
 
+// has reports whether span k is decoded, without making it more recent.
+func (c *spanLRU) has(k spanKey) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.byKey[k]
+	return ok
+}
+
 func (c *spanLRU) put(k spanKey, data []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -85,13 +94,17 @@ type spanFetch struct {
 // readSpans serves uncompressed tar bytes [off, off+len(p)) of a layer whose
 // table has spans. Each span's compressed bytes come from the cached blob,
 // the span cache or a Range GET, and are checked against the span's digest
-// before they are decoded: no byte of an unverified range is served.
-func (l *layer) readSpans(ctx context.Context, p []byte, off int64) (int, error) {
+// before they are decoded: no byte of an unverified range is served. A read
+// that continues a sequential stream also starts fetching the spans ahead of
+// it, up to the end of its file at fileEnd (readahead.go), before it waits
+// for its own.
+func (l *layer) readSpans(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
 	t := l.table
 	end := min(off+int64(len(p)), t.TarSize)
 	if off >= end {
 		return 0, io.EOF
 	}
+	l.readAhead(off, end, fileEnd)
 	first, last := t.SpanFor(off), t.SpanFor(end-1)
 	n := 0
 	for i := first; i <= last; i++ {
@@ -116,7 +129,7 @@ func (l *layer) span(ctx context.Context, i, last int) ([]byte, error) {
 	}
 	f, run := l.claim(i, last, func(_, n int) bool { return n < maxRunSpans })
 	if run != nil {
-		l.fetchRun(ctx, run)
+		l.fetchRun(run)
 	}
 	return f.wait(ctx)
 }
@@ -130,6 +143,14 @@ func (l *layer) claim(i, last int, join func(j, n int) bool) (f *spanFetch, run 
 	l.fmu.Lock()
 	defer l.fmu.Unlock()
 	if f, waiting := l.fetching[i]; waiting {
+		return f, nil
+	}
+	// A fetch that ended since the caller looked in the LRU put its piece
+	// there before dropping its claim: look again under the lock, or the
+	// piece would be fetched twice.
+	if data := l.im.spans.get(spanKey{l.idx, i}); data != nil {
+		f := &spanFetch{done: make(chan struct{}), data: data}
+		close(f.done)
 		return f, nil
 	}
 	for j := i; j <= last && (j == i || join(j, len(run))); j++ {
@@ -168,32 +189,59 @@ func (f *spanFetch) wait(ctx context.Context) ([]byte, error) {
 // fetchRun gets, verifies and decodes the spans of run, publishes each
 // result to its waiters and the LRU, and releases the claims. The fetch runs
 // on the image's context, not the reader's: another reader may be waiting
-// for the same span after this one gives up.
-func (l *layer) fetchRun(ctx context.Context, run []int) {
+// for the same span after this one gives up. Each span is released as soon
+// as it is decoded, so a reader waiting for the first span of a long run
+// does not wait for the others to decode, nor for the disk cache: spans
+// fetched from the registry are written there (an fsync each) in the
+// background, after their waiters have them.
+func (l *layer) fetchRun(run []int) {
 	results := l.compressedSpans(l.im.ctx, run)
+	defer func() {
+		if slices.ContainsFunc(results, func(r spanBytes) bool { return r.fetched }) {
+			l.im.bg.Go(func() error {
+				l.keep(run, results)
+				return nil
+			})
+		}
+	}()
 	// Decode outside the lock: other readers of the layer claim spans under it.
 	for n, i := range run {
 		r := &results[n]
 		if r.err == nil {
-			r.data, r.err = index.DecodeSpan(l.table, i, r.data)
+			r.data, r.err = index.DecodeSpan(l.table, i, r.compressed)
 		}
 		if r.err != nil {
 			r.err = l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, l.table.Spans[i].C, l.table.Spans[i].CEnd, r.err))
 		} else {
 			l.im.spans.put(spanKey{l.idx, i}, r.data)
 		}
+		l.release(run[n:n+1], results[n:n+1])
 	}
-	l.release(run, results)
 }
 
 type spanBytes struct {
 	data []byte
 	err  error
+
+	compressed []byte // the verified compressed bytes data was decoded from
+	fetched    bool   // compressed came from the registry: keep it in the disk cache
 }
 
-// compressedSpans returns the verified compressed bytes of each span of run:
-// from the layer's cached blob, the span cache, or one Range GET for all the
-// spans found in neither.
+// keep writes the spans of run fetched from the registry to the disk cache.
+func (l *layer) keep(run []int, results []spanBytes) {
+	cache := l.im.client.Cache()
+	for n, i := range run {
+		if r := results[n]; r.fetched {
+			if err := cache.Put(l.table.Spans[i].Digest, bytes.NewReader(r.compressed)); err != nil {
+				l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", l.table.Spans[i].Digest, "err", err)
+			}
+		}
+	}
+}
+
+// compressedSpans returns the verified compressed bytes of each span of run
+// (in compressed): from the layer's cached blob, the disk cache, or one Range
+// GET for all the spans found in neither (marked fetched; keep caches them).
 func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
 	out := make([]spanBytes, len(run))
 	cache := l.im.client.Cache()
@@ -207,12 +255,12 @@ func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
 				out[n].err = fmt.Errorf("cached blob: %w", err)
 				continue
 			}
-			out[n] = spanBytes{data: b, err: checkSpan(b, sp.Digest)}
+			out[n] = spanBytes{compressed: b, err: checkSpan(b, sp.Digest)}
 			l.im.cacheHits.Add(1)
 			continue
 		}
 		if b, err := readCached(cache, sp.Digest); err == nil {
-			out[n].data = b
+			out[n].compressed = b
 			l.im.cacheHits.Add(1)
 			continue
 		} else if !errors.Is(err, fetch.ErrNotFound) {
@@ -240,12 +288,7 @@ func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
 	l.im.fetchSem.Release()
 	for k, n := range missing {
 		l.im.cacheMisses.Add(1)
-		out[n] = spanBytes{data: data[k], err: errs[k]}
-		if errs[k] == nil {
-			if err := cache.Put(parts[k].Digest, bytes.NewReader(data[k])); err != nil {
-				l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", parts[k].Digest, "err", err)
-			}
-		}
+		out[n] = spanBytes{compressed: data[k], err: errs[k], fetched: errs[k] == nil}
 	}
 	return out
 }
