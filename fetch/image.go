@@ -309,6 +309,26 @@ func (r *blobReader) Close() error {
 	return nil
 }
 
+// FetchUnchecked returns blob bytes [off, off+n) as the source sends them,
+// unchecked, resuming a body cut short like FetchRange. It is for a caller
+// that checks the digest of the whole blob these bytes are part of before
+// it uses any of them: the background fetch of a layer, assembled from
+// spans already verified and the bytes between them.
+func (im *Image) FetchUnchecked(ctx context.Context, desc ocispec.Descriptor, off, n int64) ([]byte, error) {
+	what := fmt.Sprintf("%s range %d+%d", im.blobWhat(desc.Digest), off, n)
+	if err := checkDescriptor("blob", desc); err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 || n > maxRangeSize || off > desc.Size-n {
+		return nil, fmt.Errorf("%s: outside the blob's %d bytes (or over %d)", what, desc.Size, maxRangeSize)
+	}
+	buf := make([]byte, n)
+	if _, _, err := im.readRange(ctx, desc, off, buf, what); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
 // FetchRange returns blob bytes [off, off+n) and checks that their digest
 // equals want (a span or chunk digest the caller knows from a verified
 // index or TOC) before returning them; a mismatch is a *DigestError. A

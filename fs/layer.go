@@ -230,9 +230,14 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) (*index.Table, *os.File, error) {
 	start := time.Now()
 	cache := l.im.client.Cache()
-	blob, err := l.im.img.OpenBlob(ctx, l.desc)
-	if err != nil {
-		return nil, nil, err
+	var blob io.ReadCloser
+	if l.table != nil && len(l.table.Spans) > 0 && l.streaming == nil && !cache.Has(l.desc.Digest) {
+		blob = newGapStream(ctx, l) // skips what readers fetched already (gapstream.go)
+	} else {
+		var err error
+		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {
+			return nil, nil, err
+		}
 	}
 	defer blob.Close()
 	rc := io.Reader(blob)

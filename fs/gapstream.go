@@ -1,0 +1,92 @@
+package fs
+
+import (
+	"context"
+	"crypto/sha256"
+	"hash"
+	"io"
+	"sort"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocifs/ocifs/fetch"
+)
+
+// The background fetch of a layer streams its whole blob in order: its
+// digest can only be checked over all of it, and the check of the index
+// in use needs it all. A reader that streams a big file gets there first,
+// though: its spans are fetched with Range requests (read-ahead included)
+// and kept in the disk cache, and a plain GET of the blob would fetch them
+// a second time (a lazy read of a 1 GB model image fetched 2.2 GB). So the
+// background fetch of a layer whose index has spans is a gapStream: the
+// blob assembled from the spans already cached, read back and checked
+// against their digests, and Range requests for only the bytes between
+// them. The stream hashes what it delivers and ends in a *DigestError
+// unless that is the layer digest, as OpenBlob's reader does; nothing it
+// delivers is served before that check (the cache admits the blob only
+// then).
+
+// gapChunk bounds one Range request of a gap stream: what a stream buffers.
+const gapChunk = 8 << 20
+
+type gapStream struct {
+	ctx context.Context
+	l   *layer
+	pos int64 // blob bytes delivered
+	buf []byte
+	h   hash.Hash
+}
+
+func newGapStream(ctx context.Context, l *layer) *gapStream {
+	return &gapStream{ctx: ctx, l: l, h: sha256.New()}
+}
+
+func (g *gapStream) Read(p []byte) (int, error) {
+	size := g.l.desc.Size
+	for len(g.buf) == 0 {
+		if g.pos >= size {
+			if got := digest.NewDigest(digest.SHA256, g.h); got != g.l.desc.Digest {
+				return 0, &fetch.DigestError{What: "layer " + g.l.desc.Digest.String() + " (assembled from spans and ranges)", Want: g.l.desc.Digest, Got: got}
+			}
+			return 0, io.EOF
+		}
+		if err := g.ctx.Err(); err != nil {
+			return 0, err
+		}
+		b, err := g.next()
+		if err != nil {
+			return 0, err
+		}
+		g.buf = b
+	}
+	n := copy(p, g.buf)
+	g.h.Write(p[:n])
+	g.buf = g.buf[n:]
+	g.pos += int64(n)
+	return n, nil
+}
+
+func (g *gapStream) Close() error { return nil }
+
+// next returns the blob's bytes from pos on: the rest of a cached span that
+// holds pos, or else a Range GET up to the next cached span (at most
+// gapChunk).
+func (g *gapStream) next() ([]byte, error) {
+	l := g.l
+	spans := l.table.Spans
+	cache := l.im.client.Cache()
+	i := sort.Search(len(spans), func(i int) bool { return spans[i].C > g.pos }) - 1
+	if i >= 0 && g.pos < spans[i].CEnd && cache.Has(spans[i].Digest) {
+		if b, err := readCached(cache, spans[i].Digest); err == nil {
+			return b[g.pos-spans[i].C:], nil
+		}
+	}
+	end := min(g.pos+gapChunk, l.desc.Size)
+	for j := i + 1; j < len(spans) && spans[j].C < end; j++ {
+		if cache.Has(spans[j].Digest) {
+			end = max(spans[j].C, g.pos+1)
+			break
+		}
+	}
+	return l.im.img.FetchUnchecked(g.ctx, l.desc, g.pos, end-g.pos)
+}
