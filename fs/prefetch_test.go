@@ -7,9 +7,10 @@ import (
 	"time"
 )
 
-// TestPrefetchYields: a background stream reads in full steps while no
-// reader waits, and in small steps, without stopping, while one does; it
-// does not slow a layer a reader needs whole (urgent).
+// TestPrefetchYields: a background stream reads in steps while no reader
+// waits; while one waits it does not read at all, and after the reader's
+// fetch ends it waits quietPeriod more; it does not pause for a layer a
+// reader needs whole (urgent), and a cancelled stream stops.
 func TestPrefetchYields(t *testing.T) {
 	im := &Image{fg: newForeground()}
 	l := &layer{im: im}
@@ -20,26 +21,35 @@ func TestPrefetchYields(t *testing.T) {
 	if n, err := p.Read(buf); err != nil || n != 256<<10 {
 		t.Fatalf("idle: read %d, %v; want a 256 KiB step", n, err)
 	}
+
 	end := im.fg.begin()
-	for i := range 3 {
-		if n, err := p.Read(buf); err != nil || n != yieldStep {
-			t.Fatalf("reader waiting, step %d: read %d, %v; want %d", i, n, err, yieldStep)
+	done := make(chan time.Time, 1)
+	go func() {
+		if _, err := p.Read(buf); err != nil {
+			t.Errorf("read after the reader's fetch: %v", err)
 		}
+		done <- time.Now()
+	}()
+	select {
+	case <-done:
+		t.Fatal("the stream read while a reader waited on a fetch")
+	default:
 	}
-	l.urgent.Store(true)
-	if n, err := p.Read(buf); err != nil || n != len(buf) {
-		t.Fatalf("urgent: read %d, %v; want %d", n, err, len(buf))
-	}
-	l.urgent.Store(false)
+	ended := time.Now()
 	end()
-	if n, err := p.Read(buf); err != nil || n != 256<<10 {
-		t.Fatalf("idle again: read %d, %v; want a 256 KiB step", n, err)
+	if at := <-done; at.Sub(ended) < quietPeriod {
+		t.Errorf("the stream read %v after the reader's fetch ended, want at least %v", at.Sub(ended), quietPeriod)
 	}
 
-	// A cancelled stream stops even while a reader waits.
+	defer im.fg.begin()()
+	l.urgent.Store(true)
+	if n, err := p.Read(buf); err != nil || n != len(buf) {
+		t.Fatalf("urgent, a reader waiting: read %d, %v; want %d", n, err, len(buf))
+	}
+	l.urgent.Store(false)
+
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	defer im.fg.begin()()
 	p.ctx = ctx
 	if _, err := p.Read(buf); err == nil {
 		t.Errorf("read of a cancelled stream succeeded")
