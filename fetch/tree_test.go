@@ -51,6 +51,28 @@ func TestTree(t *testing.T) {
 	if _, err := p.Create(512); err == nil {
 		t.Errorf("Create of an offset twice succeeded")
 	}
+	if err := p.Commit(); err == nil {
+		t.Fatalf("Commit of a tree without a pack succeeded")
+	}
+	p, err = c.CreateTree(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off, s := range files {
+		f, err := p.Create(off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(s)
+		f.Close()
+	}
+	pack, err := p.CreatePack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack.WriteAt([]byte("small"), 1<<20)
+	pack.Truncate(2 << 20)
+	pack.Close()
 	if err := p.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +91,10 @@ func TestTree(t *testing.T) {
 		}
 		f.Close()
 	}
+	b := make([]byte, 5)
+	if _, err := tr.ReadPack(b, 1<<20); err != nil || string(b) != "small" {
+		t.Errorf("ReadPack = %q, %v; want %q", b, err, "small")
+	}
 	if _, err := tr.Open(512, 6); !errors.Is(err, ErrTreeChanged) {
 		t.Errorf("Open with the wrong size: %v; want ErrTreeChanged", err)
 	}
@@ -82,6 +108,14 @@ func TestTree(t *testing.T) {
 	if _, err := tr.Open(2048, int64(len(files[2048]))); !errors.Is(err, ErrTreeChanged) {
 		t.Errorf("Open of a file rewritten after the seal: %v; want ErrTreeChanged", err)
 	}
+	tr.Close()
+	packPath := filepath.Join(c.Dir(), treesDir, "sha256", d.Encoded(), packName)
+	if err := os.Chmod(packPath, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.OpenTree(d); !errors.Is(err, ErrTreeChanged) {
+		t.Errorf("OpenTree with a pack changed after the seal: %v; want ErrTreeChanged", err)
+	}
 
 	ents, err := c.List()
 	if err != nil {
@@ -91,8 +125,9 @@ func TestTree(t *testing.T) {
 	for _, en := range ents {
 		if en.Kind == KindTree && en.Digest == d {
 			found = true
-			if want := int64(len(files[512]) + len(files[2048])); en.Size != want {
-				t.Errorf("listed tree size %d, want %d", en.Size, want)
+			// The files, and one block of the sparse 2 MiB pack.
+			if want := int64(len(files[512]) + len(files[2048])); en.Size < want || en.Size > want+64<<10 {
+				t.Errorf("listed tree size %d, want %d plus a block or so of the pack", en.Size, want)
 			}
 		}
 	}

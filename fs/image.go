@@ -336,7 +336,10 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	}
 	var got int
 	var err error
-	if f := im.openFile(n); f != nil {
+	if t := im.layers[n.Layer].tree.Load(); t != nil && n.Size < treeFileMin {
+		im.cacheHits.Add(1)
+		got, err = t.ReadPack(p, n.Offset+off)
+	} else if f := im.openFile(n); f != nil {
 		im.cacheHits.Add(1)
 		got, err = f.ReadAt(p, off)
 		f.Close()
@@ -374,6 +377,12 @@ type LayerInfo struct {
 	BytesFetched int64         `json:"bytes_fetched"`
 	Complete     bool          `json:"complete"`
 	Verified     bool          `json:"verified"`
+	// Extracted: the layer's files are extracted into the cache and opened
+	// files are served from there (passthrough). Settled: the background
+	// has nothing more to do for the layer (fetch, checks, extraction, or
+	// a failure of one of them).
+	Extracted bool `json:"extracted"`
+	Settled   bool `json:"settled"`
 }
 
 // Stats is what a mount fetched, served and verified; its JSON form is the
@@ -403,6 +412,8 @@ func (im *Image) Layers() []LayerInfo {
 			Mode: l.mode, Why: l.why, Size: l.desc.Size, BytesFetched: fs.Blobs[l.desc.Digest],
 		}
 		out[i].Complete, out[i].Verified = l.state()
+		out[i].Extracted = l.tree.Load() != nil
+		out[i].Settled = l.settled.Load() || l.quarantined() != nil
 	}
 	return out
 }

@@ -70,6 +70,7 @@ type layer struct {
 	// is complete); nil again if its files turn out damaged.
 	tree       atomic.Pointer[fetch.Tree]
 	unpackOnce sync.Once
+	settled    atomic.Bool // the background is done with the layer (LayerInfo.Settled)
 
 	// fmu guards fetching: the spans being fetched right now.
 	fmu      sync.Mutex
@@ -478,8 +479,8 @@ func (l *layer) finish(a *attempt, f *os.File, err error) {
 	a.data, a.err = f, err
 	close(a.done)
 	l.mu.Unlock()
-	if err == nil {
-		l.startUnpack()
+	if err == nil && !l.startUnpack() {
+		l.settled.Store(true)
 	}
 }
 
@@ -559,6 +560,9 @@ func (l *layer) close() error {
 	}
 	if f := l.streamFile.Load(); f != nil {
 		errs = append(errs, f.Close())
+	}
+	if t := l.tree.Load(); t != nil {
+		errs = append(errs, t.Close())
 	}
 	if f := l.complete(); f != nil {
 		errs = append(errs, f.Close())

@@ -29,15 +29,17 @@ import (
 // there, reads go on through the spans.
 
 // startUnpack extracts the layer's verified blob into its tree in the
-// background, once; a no-op for layers that are not gzip with spans.
-func (l *layer) startUnpack() {
+// background, once; it reports false, doing nothing, for layers that are
+// not gzip with spans.
+func (l *layer) startUnpack() bool {
 	if l.compression != "gzip" || l.chunked != nil || l.table == nil || l.table.Spans == nil {
-		return
+		return false
 	}
 	l.im.bg.Go(func() error {
 		l.unpack(l.im.ctx)
 		return nil
 	})
+	return true
 }
 
 // unpack makes the layer's tree available, at most once; later calls wait
@@ -49,9 +51,12 @@ func (l *layer) unpack(ctx context.Context) {
 			if ctx.Err() == nil {
 				l.im.log.Warn("keeping the layer's files; reads decode its spans instead", "layer", l.desc.Digest, "err", err)
 			}
-			return
+		} else {
+			l.tree.Store(t)
 		}
-		l.tree.Store(t)
+		if ctx.Err() == nil {
+			l.settled.Store(true)
+		}
 	})
 }
 
@@ -61,6 +66,11 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	cache := l.im.client.Cache()
 	if t, err := cache.OpenTree(l.diffID); err == nil {
 		return t, nil
+	} else if errors.Is(err, fetch.ErrTreeChanged) {
+		l.im.log.Error("extracted layer files damaged on disk; extracting them again", "layer", l.desc.Digest, "err", err)
+		if err := cache.Remove(fetch.KindTree, l.diffID); err != nil {
+			return nil, err
+		}
 	}
 	blob := l.blobFile()
 	if blob == nil {
@@ -81,7 +91,7 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decompressing the verified blob: %w", err)
 	}
-	files, err := extract(zr, ents, l.diffID, p)
+	files, err := extract(zr, ents, l.diffID, l.table.TarSize, p)
 	if err != nil {
 		return nil, err
 	}
@@ -106,11 +116,22 @@ func (l *layer) entries() ([]index.Entry, error) {
 	return t.Entries, nil
 }
 
+// treeFileMin is the size from which a file is extracted into a file of its
+// own, which the kernel can read with passthrough; smaller ones stay in the
+// tree's pack, read by the daemon (fetch.Tree says why).
+const treeFileMin = 512 << 10
+
 // extract copies the content of every non-empty regular entry of tar stream
-// r into its own file of p, and reads the stream to its end: it returns an
-// error unless the whole stream's sha256 is diffID. Entries are in tar
-// order, so their content offsets only grow.
-func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, p *fetch.PendingTree) (files int, err error) {
+// r into p: a file of its own for a large one, the pack at its tar offset
+// for a small one. It reads the stream to its end and returns an error
+// unless the whole stream's sha256 is diffID. Entries are in tar order, so
+// their content offsets only grow.
+func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, tarSize int64, p *fetch.PendingTree) (files int, err error) {
+	pack, err := p.CreatePack()
+	if err != nil {
+		return 0, err
+	}
+	defer pack.Close()
 	h := sha256.New()
 	cr := &countingReader{r: io.TeeReader(r, h)}
 	for _, e := range ents {
@@ -122,6 +143,12 @@ func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, p *fetch.Pen
 		}
 		if _, err := io.CopyN(io.Discard, cr, e.Offset-cr.n); err != nil {
 			return files, fmt.Errorf("extracting %q: %w", e.Name, err)
+		}
+		if e.Size < treeFileMin {
+			if _, err := io.CopyN(io.NewOffsetWriter(pack, e.Offset), cr, e.Size); err != nil {
+				return files, fmt.Errorf("extracting %q: %w", e.Name, err)
+			}
+			continue
 		}
 		f, err := p.Create(e.Offset)
 		if err != nil {
@@ -142,7 +169,13 @@ func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, p *fetch.Pen
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
 		return files, &fetch.DigestError{What: "uncompressed layer", Want: diffID, Got: got}
 	}
-	return files, nil
+	if cr.n != tarSize {
+		return files, fmt.Errorf("%w: the tar stream has %d bytes, its index says %d", index.ErrFormat, cr.n, tarSize)
+	}
+	if err := pack.Truncate(tarSize); err != nil {
+		return files, err
+	}
+	return files, pack.Close()
 }
 
 // countingReader counts the bytes read through it.
@@ -158,13 +191,13 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // openFile opens the tree file holding n's bytes, or returns nil when the
-// layer has no tree. A tree file that is not as extracted drops the tree
-// for the rest of the mount and from the cache (the next mount extracts it
-// again); reads then decode spans.
+// layer has no tree or n is small (packed). A tree file that is not as
+// extracted drops the tree for the rest of the mount and from the cache
+// (the next mount extracts it again); reads then decode spans.
 func (im *Image) openFile(n *Node) *os.File {
 	l := im.layers[n.Layer]
 	t := l.tree.Load()
-	if t == nil || n.Size == 0 {
+	if t == nil || n.Size < treeFileMin {
 		return nil
 	}
 	f, err := t.Open(n.Offset, n.Size)
