@@ -240,22 +240,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 						return nil, ctx.Err()
 					}
 					switch m {
-					case mLazy, mWarm:
+					case mLazy, mDemand, mWarm:
 						for _, w := range o.Workloads {
 							if !info.spec.allows("workload", w) || (m == mLazy && !o.AllCells && !defaultCell(info.Format, w)) {
 								continue
 							}
+							if m == mDemand && (w != wStartup || info.Format != fmtGzipIndex) {
+								continue // what a program alone fetches: start-up, on the indexed image
+							}
 							s := base
 							s.Method, s.Workload, s.Rep = m, w, rep
 							cache := warm
-							if m == mLazy {
+							if m != mWarm {
 								cache = filepath.Join(work, "cold-cache")
 								os.RemoveAll(cache)
 							}
 							if err := r.lazy(ctx, &s, info.built, info.spec, cache); err != nil {
 								s.Err = err.Error()
 							}
-							if m == mLazy {
+							if m != mWarm {
 								os.RemoveAll(cache)
 							}
 							res.Samples = append(res.Samples, s)

@@ -14,8 +14,9 @@
 // TCP proxy on loopback, which also adds the round-trip time of the cloud
 // profile (tbf shapes the veth to 1 Gbit/s; this kernel has no netem).
 //
-// Methods: ocifs lazy mount on an empty cache, ocifs on a cache the
-// background fetch completed, `ocifs pull` then overlayfs over the tree,
+// Methods: ocifs lazy mount on an empty cache, the same with
+// --prefetch=none for start-up only (what the program alone fetches),
+// ocifs on a cache the background fetch completed, `ocifs pull` then overlayfs over the tree,
 // and containerd (started with its own root and socket, `ctr images pull`
 // into the overlayfs snapshotter, `ctr images mount`). Workloads:
 // first-file (/etc/os-release), start-up (chroot and run the image's

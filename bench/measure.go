@@ -21,18 +21,19 @@ import (
 
 // Methods and workloads, as the tables name them.
 const (
-	mLazy       = "ocifs-lazy" // ocifs mount on an empty cache
-	mWarm       = "ocifs-warm" // ocifs mount on a cache the background fetch completed
-	mPull       = "ocifs-pull" // ocifs pull, then overlayfs over the unpacked tree
-	mContainerd = "containerd" // ctr image pull into the overlayfs snapshotter, then its snapshot mounted
-	wFirst      = "first-file" // read /etc/os-release
-	wStartup    = "start-up"   // chroot and run the image's program
-	wWalk       = "walk"       // lstat every entry
-	wReadAll    = "read-all"   // read every regular file once
+	mLazy       = "ocifs-lazy"   // ocifs mount on an empty cache
+	mDemand     = "ocifs-demand" // the same with --prefetch=none: what the workload alone fetches (start-up, gzip+index)
+	mWarm       = "ocifs-warm"   // ocifs mount on a cache the background fetch completed
+	mPull       = "ocifs-pull"   // ocifs pull, then overlayfs over the unpacked tree
+	mContainerd = "containerd"   // ctr image pull into the overlayfs snapshotter, then its snapshot mounted
+	wFirst      = "first-file"   // read /etc/os-release
+	wStartup    = "start-up"     // chroot and run the image's program
+	wWalk       = "walk"         // lstat every entry
+	wReadAll    = "read-all"     // read every regular file once
 )
 
 var (
-	allMethods   = []string{mLazy, mWarm, mPull, mContainerd}
+	allMethods   = []string{mLazy, mDemand, mWarm, mPull, mContainerd}
 	allWorkloads = []string{wFirst, wStartup, wWalk, wReadAll}
 )
 
@@ -55,6 +56,11 @@ type sample struct {
 	// What ocifs stats said (lazy methods only).
 	OcifsBytes    int64 `json:"ocifs_bytes_fetched,omitempty"`
 	OcifsRequests int64 `json:"ocifs_requests,omitempty"`
+	// OcifsServed: bytes the daemon served to FUSE reads (what the kernel
+	// asked for the workload); OcifsLayerBytes: bytes of layer blobs
+	// fetched (indexes, manifests and configs not counted).
+	OcifsServed     int64 `json:"ocifs_bytes_served,omitempty"`
+	OcifsLayerBytes int64 `json:"ocifs_layer_bytes_fetched,omitempty"`
 	// PeakRSSKB: VmHWM of the ocifs daemon or containerd, or the max RSS
 	// of `ocifs pull`. CPUS: user+system seconds of the daemon (from the
 	// start), the commands run (mount, pull, ctr) and the workload itself.
@@ -211,8 +217,12 @@ var pidRE = regexp.MustCompile(`\(pid (\d+)`)
 
 // mountOcifs runs `ocifs mount` and returns the daemon pid and the CPU of
 // the mount command.
+//
+// OCIFS_BENCH_MOUNT_FLAGS in the environment adds flags to every ocifs
+// mount (for experiments: "--prefetch=none", "--no-passthrough").
 func (r *runner) mountOcifs(ctx context.Context, cache, ref, mnt string, extra ...string) (int, float64, error) {
 	args := append([]string{"--cache-dir", cache, "mount"}, extra...)
+	args = append(args, strings.Fields(os.Getenv("OCIFS_BENCH_MOUNT_FLAGS"))...)
 	out, cpu, _, err := r.run(ctx, r.ocifs, append(args, ref, mnt)...)
 	if err != nil {
 		return 0, cpu, err
@@ -228,11 +238,14 @@ func (r *runner) mountOcifs(ctx context.Context, cache, ref, mnt string, extra .
 type ocifsStats struct {
 	BytesFetched   int64 `json:"bytes_fetched"`
 	Requests       int64 `json:"requests"`
+	BytesServed    int64 `json:"bytes_served"`
 	VerifyFailures int64 `json:"verify_failures"`
 	Layers         []struct {
-		Mode     string `json:"mode"`
-		Complete bool   `json:"complete"`
-		Verified bool   `json:"verified"`
+		Mode         string `json:"mode"`
+		BytesFetched int64  `json:"bytes_fetched"`
+		Complete     bool   `json:"complete"`
+		Verified     bool   `json:"verified"`
+		Settled      bool   `json:"settled"`
 	} `json:"layers"`
 }
 
@@ -281,7 +294,11 @@ func (r *runner) lazy(ctx context.Context, s *sample, b *builtImage, spec imageS
 	}
 	c0 := r.net.proxy.counters()
 	t0 := time.Now()
-	pid, cpu, err := r.mountOcifs(ctx, cache, b.ref(r.net.Host()), mnt)
+	var extra []string
+	if s.Method == mDemand {
+		extra = append(extra, "--prefetch=none")
+	}
+	pid, cpu, err := r.mountOcifs(ctx, cache, b.ref(r.net.Host()), mnt, extra...)
 	if err != nil {
 		return err
 	}
@@ -298,7 +315,10 @@ func (r *runner) lazy(ctx context.Context, s *sample, b *builtImage, spec imageS
 	s.PeakRSSKB, s.DaemonCPU = procStats(pid)
 	s.CPUS = cpu + wcpu + s.DaemonCPU
 	if st, err := r.stats(ctx, cache, mnt); err == nil {
-		s.OcifsBytes, s.OcifsRequests = st.BytesFetched, st.Requests
+		s.OcifsBytes, s.OcifsRequests, s.OcifsServed = st.BytesFetched, st.Requests, st.BytesServed
+		for _, l := range st.Layers {
+			s.OcifsLayerBytes += l.BytesFetched
+		}
 	}
 	return werr
 }
@@ -326,7 +346,8 @@ func abortFUSE(mnt string) {
 }
 
 // warmCache mounts b on a fresh cache and waits until every layer is
-// complete and verified (the background fetch), then unmounts.
+// complete, verified and settled (the background fetch, its checks and the
+// extraction of its files), then unmounts.
 func (r *runner) warmCache(ctx context.Context, b *builtImage, cache string) error {
 	mnt := filepath.Join(r.work, "mnt")
 	os.MkdirAll(mnt, 0o755)
@@ -345,7 +366,7 @@ func (r *runner) warmCache(ctx context.Context, b *builtImage, cache string) err
 		}
 		done := len(st.Layers) > 0
 		for _, l := range st.Layers {
-			done = done && l.Complete && l.Verified
+			done = done && l.Complete && l.Verified && l.Settled // settled: extracted too
 		}
 		if done {
 			return nil

@@ -345,6 +345,14 @@ func writeGoals(b *strings.Builder, res *Result, ok map[cellKey][]sample) {
 			ctr := cellKey{p.Name, im, fmtGzip, mContainerd, ""}
 			at := func(k cellKey, w string) cellKey { k.workload = w; return k }
 			where := p.Name + ", " + im
+			demand := cellKey{p.Name, im, fmtGzipIndex, mDemand, wStartup}
+			if len(ok[demand]) > 0 {
+				layer := med(demand, func(s sample) float64 { return float64(s.OcifsLayerBytes) })
+				served := med(demand, func(s sample) float64 { return float64(s.OcifsServed) })
+				v := layer / served
+				rows = append(rows, row{"start-up bytes ≤ 1.5× what the program read, plus indexes (layer bytes fetched / bytes served, --prefetch=none)", where,
+					verdict(v, v <= 1.5, "%.2f×") + fmt.Sprintf(" (%.1f MB of layers for %.1f MB read)", layer/1e6, served/1e6)})
+			}
 			if p.Name == "cloud" {
 				v := med(at(ctr, wFirst), done) / med(at(lazy, wFirst), done)
 				rows = append(rows, row{"first file ≥ 20× faster than containerd pull (300+ MB image)", where, verdict(v, v >= 20, "%.1f×")})
