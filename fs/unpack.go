@@ -80,6 +80,9 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(ents) == 0 && l.table.TarSize > 1024 { // more than an empty tar's end blocks
+		return nil, fmt.Errorf("%w: no entries for a %d-byte tar", index.ErrFormat, l.table.TarSize)
+	}
 	start := time.Now()
 	p, err := cache.CreateTree(l.diffID)
 	if err != nil {
@@ -104,14 +107,27 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 }
 
 // entries returns the layer's entry table, reading it again from the index
-// file if it was released to save memory.
+// file (the one in use, or the one kept in the cache for a table built
+// here) if it was released to save memory.
 func (l *layer) entries() ([]index.Entry, error) {
-	if l.table.Entries != nil || l.indexSrc == nil {
+	if l.table.Entries != nil {
 		return l.table.Entries, nil
 	}
-	t, err := index.Open(l.indexSrc, l.indexSrc.Size())
+	src := l.indexSrc
+	if src == nil {
+		f, r, err := l.im.client.Cache().OpenIndex(l.desc.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("reading the layer's index again: %w", err)
+		}
+		defer f.Close()
+		src = r
+	}
+	t, err := index.Open(src, src.Size())
 	if err != nil {
 		return nil, fmt.Errorf("reading the layer's index again: %w", err)
+	}
+	if t.DiffID != l.diffID || t.TarSize != l.table.TarSize {
+		return nil, fmt.Errorf("%w: the layer's index read again is of another tar (DiffID %s, %d bytes)", index.ErrFormat, t.DiffID, t.TarSize)
 	}
 	return t.Entries, nil
 }
