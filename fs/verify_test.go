@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ocifs/ocifs/fetch"
@@ -33,6 +34,7 @@ func pushLyingIndex(t *testing.T, host, repo string, seed uint64, files int, lie
 	if err := honest.Load(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	honest.bg.Wait() // the extraction of the streamed layer reads the table too
 	lie(honest.layers[0].table)
 	if _, err := honest.PushIndex(t.Context()); err != nil {
 		t.Fatal(err)
@@ -91,14 +93,15 @@ func TestLyingIndexWithCachedBlob(t *testing.T) {
 	}
 }
 
-// failWhole answers 503 to whole-blob GETs (no Range) of one blob.
-type failWhole struct {
+// failBlob answers 503 to every GET of one blob while fail is set.
+type failBlob struct {
 	base http.RoundTripper
 	blob string
+	fail atomic.Bool
 }
 
-func (rt *failWhole) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/blobs/"+rt.blob) && req.Header.Get("Range") == "" {
+func (rt *failBlob) RoundTrip(req *http.Request) (*http.Response, error) {
+	if rt.fail.Load() && req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/blobs/"+rt.blob) {
 		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
 			Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: req}, nil
 	}
@@ -115,11 +118,14 @@ func TestTransientErrorDoesNotQuarantine(t *testing.T) {
 	blob := probe.layers[0].desc.Digest.String()
 	probe.Close()
 
-	im := loadImage(t, newClient(t, "", &failWhole{http.DefaultTransport, blob}), ref)
+	rt := &failBlob{base: http.DefaultTransport, blob: blob}
+	im := loadImage(t, newClient(t, "", rt), ref)
 	if got, err := readFile(t, im, "data/f0100.txt"); err != nil || !bytes.Equal(got, content["data/f0100.txt"]) {
 		t.Fatalf("read before the background fetch: %d bytes, %v", len(got), err)
 	}
+	rt.fail.Store(true)
 	err := im.layers[0].ensure(t.Context())
+	rt.fail.Store(false)
 	if err == nil || errors.Is(err, index.ErrFormat) {
 		t.Fatalf("background fetch through a 503: err %v, want a fetch error that is not a verification failure", err)
 	}
