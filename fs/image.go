@@ -274,7 +274,9 @@ func (im *Image) ReleaseEntries() {
 	}
 	for _, l := range im.layers {
 		if l.table != nil && l.chunked == nil && (l.built || l.indexSrc != nil) {
+			l.emu.Lock()
 			l.table.Entries = nil
+			l.emu.Unlock()
 		}
 	}
 }

@@ -72,6 +72,10 @@ type layer struct {
 	unpackOnce sync.Once
 	settled    atomic.Bool // the background is done with the layer (LayerInfo.Settled)
 
+	// emu guards table.Entries once Load has returned: ReleaseEntries
+	// drops them while the background may still read them.
+	emu sync.Mutex
+
 	// fmu guards fetching: the spans being fetched right now.
 	fmu      sync.Mutex
 	fetching map[int]*spanFetch
@@ -420,10 +424,22 @@ func (l *layer) rebuild(f *os.File) (*index.Table, error) {
 	return t, err
 }
 
+// heldEntries returns the table's entries, nil once released.
+func (l *layer) heldEntries() []index.Entry {
+	l.emu.Lock()
+	defer l.emu.Unlock()
+	return l.table.Entries
+}
+
 // check compares the table in use with t, built from the verified bytes.
 // Entries released to save memory are read again from the index file.
 func (l *layer) check(t *index.Table, f *os.File) error {
 	cur := l.table
+	if cur != t {
+		snap := *cur // ReleaseEntries may drop the entries meanwhile
+		snap.Entries = l.heldEntries()
+		cur = &snap
+	}
 	if cur != t && cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {
 		var err error
 		if cur, err = index.Open(l.indexSrc, l.indexSrc.Size()); err != nil {

@@ -110,8 +110,8 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 // file (the one in use, or the one kept in the cache for a table built
 // here) if it was released to save memory.
 func (l *layer) entries() ([]index.Entry, error) {
-	if l.table.Entries != nil {
-		return l.table.Entries, nil
+	if ents := l.heldEntries(); ents != nil {
+		return ents, nil
 	}
 	src := l.indexSrc
 	if src == nil {
