@@ -10,8 +10,8 @@ import "sync"
 // in the span where an earlier read ended, or in the next one, continues
 // that stream. A stream is sequential once it steps into a new span (reads
 // within one span, such as those of a small file, fetch nothing ahead);
-// each such step doubles its window, from readAheadStart spans up to the
-// cap below, and the spans of the window that are neither
+// its window is then half the spans it has stepped into, at least
+// readAheadStart and at most the cap below, and the spans of the window that are neither
 // decoded nor being fetched are claimed (layer.claim, so a reader that
 // reaches one waits for that fetch instead of sending its own) and fetched
 // in the background in runs of up to readAheadRunBytes, several at once, as
@@ -37,7 +37,7 @@ import "sync"
 // that reaches it fetches it again and gets the error).
 
 const (
-	readAheadStart    = 2        // spans of a new sequential stream's window
+	readAheadStart    = 1        // spans of a new sequential stream's window
 	readAheadMaxBytes = 64 << 20 // tar bytes one stream keeps fetched ahead, at most
 	readAheadRunBytes = 8 << 20  // tar bytes one read-ahead Range GET asks for, at most
 	readAheadStreams  = 8        // streams remembered per image
@@ -61,6 +61,7 @@ type stream struct {
 	span   int // span of the latest read's last byte
 	window int // spans kept fetched ahead of span; 0 until the stream is sequential
 	ahead  int // the last span read ahead (claimed, or found decoded)
+	steps  int // spans the stream has stepped into
 }
 
 // active reports whether s is reading ahead and has read recently.
@@ -103,7 +104,11 @@ func (l *layer) readAhead(off, end, fileEnd int64) {
 	s.used = ra.tick
 	if last > s.span {
 		// The stream steps into a new span: it is sequential, or more so.
-		s.window = max(readAheadStart, 2*s.window)
+		// The window grows with what the stream has read, to half of it:
+		// a reader that stops (a program reading the head of a big file)
+		// has had at most half as much again fetched for nothing.
+		s.steps += last - s.span
+		s.window = max(readAheadStart, s.steps/2)
 		s.span = last
 	} else if s.window == 0 {
 		return // still within the span it started in

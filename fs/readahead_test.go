@@ -159,7 +159,7 @@ func TestReadAheadSequential(t *testing.T) {
 		minRun     int     // fewest spans the largest request must cover
 		maxRun     int     // most spans one request may cover
 	}{
-		{name: "default span cache", perRequest: 4, minRun: 8, maxRun: readAheadRunBytes / lazySpan},
+		{name: "default span cache", perRequest: 3, minRun: 8, maxRun: readAheadRunBytes / lazySpan},
 		// Half of 1 MiB is 4 spans of 128 KiB: no request may cover more.
 		{name: "1 MiB span cache", cacheBytes: 1 << 20, perRequest: 1.5, minRun: 2, maxRun: 4},
 	} {
@@ -221,6 +221,35 @@ func TestReadAheadSequential(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReadAheadStops: a reader that reads the head of a big file and stops
+// has had at most half as much again fetched ahead (plus the first span of
+// the window): the window grows with what the stream has read.
+func TestReadAheadStops(t *testing.T) {
+	ref, img, big := raSetup(t)
+	im, rl := raImage(t, ref, img, nil, Options{})
+	l := im.layers[0]
+	n, err := im.Tree().Lookup("data/big.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s0 := l.table.SpanFor(n.Offset)
+	const read = 16
+	upTo := l.table.Spans[s0+read].U - n.Offset // the head: spans s0 .. s0+read-1
+	readSeq(t, im, n, big, 0, upTo, 128<<10)
+	settle(l)
+	beyond := 0
+	for _, r := range rl.log() {
+		for _, i := range spansOf(l, r) {
+			if i >= s0+read {
+				beyond++
+			}
+		}
+	}
+	if max := read/2 + readAheadStart; beyond == 0 || beyond > max {
+		t.Errorf("reading %d spans of the file fetched %d spans beyond them, want 1 to %d", read, beyond, max)
 	}
 }
 
