@@ -97,7 +97,8 @@ type Image struct {
 	// counters for Stats; atomics because FUSE reads run concurrently
 	bytesServed      atomic.Int64
 	passthroughFiles atomic.Int64
-	passthrough      bool // set by Mount: hand extracted files to the kernel
+	passthrough      bool         // set by Mount: hand extracted files to the kernel
+	quietUntil       atomic.Int64 // Unix ns: until then background streams wait for quiet (prefetch.go)
 	cacheHits        atomic.Int64
 	cacheMisses      atomic.Int64
 	verifyFailures   atomic.Int64
@@ -299,6 +300,7 @@ func (im *Image) WaitTree(ctx context.Context) (*Tree, error) {
 // Prefetch starts fetching, in the background, every layer whose bytes are
 // not cached yet. Close cancels it.
 func (im *Image) Prefetch() {
+	im.quietUntil.Store(time.Now().Add(startupWindow).UnixNano())
 	for _, l := range im.layers {
 		im.bg.Go(func() error {
 			l.ensure(im.ctx)

@@ -9,10 +9,11 @@ import (
 
 // TestPrefetchYields: a background stream reads in steps while no reader
 // waits; while one waits it does not read at all, and after the reader's
-// fetch ends it waits quietPeriod more; it does not pause for a layer a
+// fetch ends it waits quietPeriod more (within the start-up window); it does not pause for a layer a
 // reader needs whole (urgent), and a cancelled stream stops.
 func TestPrefetchYields(t *testing.T) {
 	im := &Image{fg: newForeground()}
+	im.quietUntil.Store(time.Now().Add(time.Hour).UnixNano()) // as Prefetch does, for its startupWindow
 	l := &layer{im: im}
 	src := bytes.NewReader(make([]byte, 4<<20))
 	p := &prefetchReader{ctx: t.Context(), r: src, l: l, start: time.Now()}
