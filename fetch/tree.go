@@ -23,7 +23,9 @@ import (
 //
 //	trees/<alg>/<hex>/<offset>   a large file's bytes
 //	trees/<alg>/<hex>/pack       the small files' bytes at their tar offsets
-//	trees/<alg>/<hex>/.sealed    the latest change time of its files when finished (Unix ns)
+//	trees/<alg>/<hex>/.sealed    "v1 <ns> <min>": the latest change time of its files when
+//	                             finished (Unix ns), and the size from which a file has its own
+//	                             file (smaller ones are in the pack)
 //
 // A tree is written only from a tar stream whose digest is checked against
 // the DiffID as it is extracted, and appears by rename once that check has
@@ -56,9 +58,27 @@ type Tree struct {
 	pack   *os.File
 }
 
-// OpenTree opens the tree of uncompressed layer d; the error wraps
-// ErrNotFound if there is none.
-func (c *Cache) OpenTree(d digest.Digest) (*Tree, error) {
+// parseSeal reads a seal: its time and the size from which files have a
+// file of their own.
+func parseSeal(b []byte) (ns, fileMin int64, err error) {
+	f := strings.Fields(string(b))
+	if len(f) != 3 || f[0] != "v1" {
+		return 0, 0, fmt.Errorf("seal %q unreadable", b)
+	}
+	if ns, err = strconv.ParseInt(f[1], 10, 64); err == nil {
+		fileMin, err = strconv.ParseInt(f[2], 10, 64)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("seal %q unreadable", b)
+	}
+	return ns, fileMin, nil
+}
+
+// OpenTree opens the tree of uncompressed layer d whose files of fileMin
+// bytes and more have files of their own; the error wraps ErrNotFound if
+// there is none, and ErrTreeChanged if the tree is not as extracted (an
+// unreadable seal, another fileMin, a pack changed since).
+func (c *Cache) OpenTree(d digest.Digest, fileMin int64) (*Tree, error) {
 	dir, err := c.path(treesDir, d)
 	if err != nil {
 		return nil, err
@@ -70,9 +90,12 @@ func (c *Cache) OpenTree(d digest.Digest) (*Tree, error) {
 		}
 		return nil, fmt.Errorf("cache: tree %s: %w", d, err)
 	}
-	ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	ns, min, err := parseSeal(b)
 	if err != nil {
-		return nil, formatError("cache: tree %s: seal %q unreadable", d, b)
+		return nil, fmt.Errorf("cache: tree %s: %v: %w", d, err, ErrTreeChanged)
+	}
+	if min != fileMin {
+		return nil, fmt.Errorf("cache: tree %s: files from %d bytes have their own, want from %d: %w", d, min, fileMin, ErrTreeChanged)
 	}
 	t := &Tree{dir: dir, sealed: ns}
 	if t.pack, err = t.open(packName, -1); err != nil {
@@ -123,14 +146,17 @@ func (t *Tree) open(name string, size int64) (*os.File, error) {
 
 // PendingTree is a tree being extracted into a temp directory.
 type PendingTree struct {
-	c    *Cache
-	d    digest.Digest
-	dir  string
-	done bool
+	c       *Cache
+	d       digest.Digest
+	fileMin int64
+	dir     string
+	done    bool
 }
 
-// CreateTree starts extracting the tree of uncompressed layer d.
-func (c *Cache) CreateTree(d digest.Digest) (*PendingTree, error) {
+// CreateTree starts extracting the tree of uncompressed layer d, whose
+// files of fileMin bytes and more get files of their own (Create) and the
+// others go to the pack (CreatePack).
+func (c *Cache) CreateTree(d digest.Digest, fileMin int64) (*PendingTree, error) {
 	if _, err := c.path(treesDir, d); err != nil {
 		return nil, err
 	}
@@ -138,7 +164,7 @@ func (c *Cache) CreateTree(d digest.Digest) (*PendingTree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: tree %s: %w", d, err)
 	}
-	return &PendingTree{c: c, d: d, dir: dir}, nil
+	return &PendingTree{c: c, d: d, fileMin: fileMin, dir: dir}, nil
 }
 
 // Create creates the file for the content at tar offset off.
@@ -176,8 +202,10 @@ func (p *PendingTree) Commit() error {
 	}
 	defer p.Abort()
 	dst, _ := p.c.path(treesDir, p.d)
-	if _, err := os.Stat(filepath.Join(dst, sealedName)); err == nil {
-		return nil
+	if b, err := os.ReadFile(filepath.Join(dst, sealedName)); err == nil {
+		if _, min, err := parseSeal(b); err == nil && min == p.fileMin {
+			return nil // another process sealed it first
+		}
 	}
 	if _, err := os.Stat(filepath.Join(p.dir, packName)); err != nil {
 		return fmt.Errorf("cache: tree %s: no pack: %w", p.d, err)
@@ -198,22 +226,39 @@ func (p *PendingTree) Commit() error {
 	if err != nil {
 		return fmt.Errorf("cache: tree %s: %w", p.d, err)
 	}
-	if err := os.WriteFile(filepath.Join(p.dir, sealedName), []byte(strconv.FormatInt(seal, 10)+"\n"), 0o600); err != nil {
+	if err := writeSynced(filepath.Join(p.dir, sealedName), fmt.Sprintf("v1 %d %d\n", seal, p.fileMin)); err != nil {
 		return fmt.Errorf("cache: tree %s: %w", p.d, err)
 	}
-	err = p.c.install(p.dir, dst)
-	if err != nil {
-		if _, serr := os.Stat(filepath.Join(dst, sealedName)); serr == nil {
-			return nil // another process sealed it first
+	// Whatever is at dst is not a tree of this kind (it would have been
+	// taken above): an unsealed leftover of an interrupted Remove, or a
+	// tree another version of ocifs made.
+	os.Remove(filepath.Join(dst, sealedName))
+	os.RemoveAll(dst)
+	if err := p.c.install(p.dir, dst); err != nil {
+		if b, serr := os.ReadFile(filepath.Join(dst, sealedName)); serr == nil {
+			if _, min, perr := parseSeal(b); perr == nil && min == p.fileMin {
+				return nil // another process sealed it first
+			}
 		}
-		// An unsealed leftover of an interrupted Remove: replace it.
-		os.RemoveAll(dst)
-		err = p.c.install(p.dir, dst)
-	}
-	if err != nil {
 		return fmt.Errorf("cache: tree %s: %w", p.d, err)
 	}
 	return nil
+}
+
+// writeSynced writes s to a new file at path and syncs it.
+func writeSynced(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(s)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // latestChange returns the latest change time, in Unix nanoseconds, of the

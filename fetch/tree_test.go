@@ -19,11 +19,11 @@ func TestTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := digest.FromString("a layer's tar")
-	if _, err := c.OpenTree(d); !errors.Is(err, ErrNotFound) {
+	if _, err := c.OpenTree(d, 1024); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("OpenTree before any: %v; want ErrNotFound", err)
 	}
 
-	p, err := c.CreateTree(d)
+	p, err := c.CreateTree(d, 1024)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,12 +31,12 @@ func TestTree(t *testing.T) {
 	f.WriteString("abandoned")
 	f.Close()
 	p.Abort()
-	if _, err := c.OpenTree(d); !errors.Is(err, ErrNotFound) {
+	if _, err := c.OpenTree(d, 1024); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("OpenTree after Abort: %v; want ErrNotFound", err)
 	}
 
 	files := map[int64]string{512: "hello", 2048: "world, longer"}
-	p, err = c.CreateTree(d)
+	p, err = c.CreateTree(d, 1024)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestTree(t *testing.T) {
 	if err := p.Commit(); err == nil {
 		t.Fatalf("Commit of a tree without a pack succeeded")
 	}
-	p, err = c.CreateTree(d)
+	p, err = c.CreateTree(d, 1024)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestTree(t *testing.T) {
 	if err := p.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := c.OpenTree(d)
+	tr, err := c.OpenTree(d, 1024)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +113,20 @@ func TestTree(t *testing.T) {
 	if err := os.Chmod(packPath, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.OpenTree(d); !errors.Is(err, ErrTreeChanged) {
+	if _, err := c.OpenTree(d, 1024); !errors.Is(err, ErrTreeChanged) {
 		t.Errorf("OpenTree with a pack changed after the seal: %v; want ErrTreeChanged", err)
+	}
+	// A tree whose large files start at another size, or whose seal is
+	// unreadable, is not this tree: its pack may lack files.
+	if _, err := c.OpenTree(d, 2048); !errors.Is(err, ErrTreeChanged) {
+		t.Errorf("OpenTree with another file size: %v; want ErrTreeChanged", err)
+	}
+	seal := filepath.Join(c.Dir(), treesDir, "sha256", d.Encoded(), sealedName)
+	if err := os.WriteFile(seal, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.OpenTree(d, 1024); !errors.Is(err, ErrTreeChanged) {
+		t.Errorf("OpenTree with an empty seal: %v; want ErrTreeChanged", err)
 	}
 
 	ents, err := c.List()
@@ -137,7 +149,7 @@ func TestTree(t *testing.T) {
 	if err := c.Remove(KindTree, d); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.OpenTree(d); !errors.Is(err, ErrNotFound) {
+	if _, err := c.OpenTree(d, 1024); !errors.Is(err, ErrNotFound) {
 		t.Errorf("OpenTree after Remove: %v; want ErrNotFound", err)
 	}
 	if err := c.Remove(KindTree, d); !errors.Is(err, ErrNotFound) {

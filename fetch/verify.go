@@ -50,10 +50,11 @@ func (c *Cache) Verify(f *os.File, d digest.Digest) error {
 // VerifyAll hashes f again against d whatever its stamp says, and records a
 // match. It is what `ocifs cache verify` runs.
 func (c *Cache) VerifyAll(f *os.File, d digest.Digest) error {
+	id := fileIdentity(f) // before hashing: a change meanwhile must not be stamped good
 	if err := c.hash(f, d); err != nil {
 		return err
 	}
-	c.stamp(d, fileIdentity(f))
+	c.stamp(d, id)
 	return nil
 }
 

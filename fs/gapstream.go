@@ -2,7 +2,7 @@ package fs
 
 import (
 	"context"
-	"crypto/sha256"
+	"errors"
 	"hash"
 	"io"
 	"sort"
@@ -38,14 +38,14 @@ type gapStream struct {
 }
 
 func newGapStream(ctx context.Context, l *layer) *gapStream {
-	return &gapStream{ctx: ctx, l: l, h: sha256.New()}
+	return &gapStream{ctx: ctx, l: l, h: l.desc.Digest.Algorithm().Hash()}
 }
 
 func (g *gapStream) Read(p []byte) (int, error) {
 	size := g.l.desc.Size
 	for len(g.buf) == 0 {
 		if g.pos >= size {
-			if got := digest.NewDigest(digest.SHA256, g.h); got != g.l.desc.Digest {
+			if got := digest.NewDigest(g.l.desc.Digest.Algorithm(), g.h); got != g.l.desc.Digest {
 				return 0, &fetch.DigestError{What: "layer " + g.l.desc.Digest.String() + " (assembled from spans and ranges)", Want: g.l.desc.Digest, Got: got}
 			}
 			return 0, io.EOF
@@ -74,14 +74,14 @@ func (g *gapStream) Close() error { return nil }
 func (g *gapStream) next() ([]byte, error) {
 	l := g.l
 	spans := l.table.Spans
-	cache := l.im.client.Cache()
 	i := sort.Search(len(spans), func(i int) bool { return spans[i].C > g.pos }) - 1
-	if i >= 0 && g.pos < spans[i].CEnd && cache.Has(spans[i].Digest) {
-		if b, err := readCached(cache, spans[i].Digest); err == nil {
+	if i >= 0 && g.pos < spans[i].CEnd {
+		if b := g.cachedSpan(i); b != nil {
 			return b[g.pos-spans[i].C:], nil
 		}
 	}
 	end := min(g.pos+gapChunk, l.desc.Size)
+	cache := l.im.client.Cache()
 	for j := i + 1; j < len(spans) && spans[j].C < end; j++ {
 		if cache.Has(spans[j].Digest) {
 			end = max(spans[j].C, g.pos+1)
@@ -89,4 +89,35 @@ func (g *gapStream) next() ([]byte, error) {
 		}
 	}
 	return l.im.img.FetchUnchecked(g.ctx, l.desc, g.pos, end-g.pos)
+}
+
+// cachedSpan returns span i's compressed bytes from the disk cache, checked
+// against its digest, or nil. A file of the wrong size is not read: a
+// registry index may name any digest for a span, even that of a config or
+// a whole layer in the cache. A cached span that fails its digest is
+// removed.
+func (g *gapStream) cachedSpan(i int) []byte {
+	sp := g.l.table.Spans[i]
+	cache := g.l.im.client.Cache()
+	f, err := cache.Open(sp.Digest)
+	if err != nil {
+		return nil
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil || fi.Size() != sp.CEnd-sp.C {
+		return nil
+	}
+	b, err := readCached(cache, sp.Digest)
+	if err != nil {
+		if !errors.Is(err, fetch.ErrNotFound) {
+			g.l.im.log.Warn("cached span unusable; fetching its bytes again", "layer", g.l.desc.Digest, "digest", sp.Digest, "err", err)
+			cache.Remove(fetch.KindBlob, sp.Digest)
+		}
+		return nil
+	}
+	if int64(len(b)) != sp.CEnd-sp.C {
+		return nil
+	}
+	return b
 }

@@ -1,8 +1,14 @@
 package fs
 
 import (
+	"bytes"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // TestGapStreamSkipsFetchedSpans: after a reader has streamed the big file
@@ -88,5 +94,55 @@ func TestGapStreamTampered(t *testing.T) {
 	}
 	if im.client.Cache().Has(img.LayerDescs[0].Digest) {
 		t.Errorf("a blob that failed its digest is in the cache")
+	}
+}
+
+// TestGapStreamCachedSpanChecks: a span digest that names a cached file of
+// another size (a registry index may name any digest) is not used, and a
+// cached span whose bytes fail its digest is removed; the stream fetches
+// those bytes instead.
+func TestGapStreamCachedSpanChecks(t *testing.T) {
+	ref, img, _ := raSetup(t)
+	im, _ := raImage(t, ref, img, nil, Options{})
+	l := im.layers[0]
+	cache := im.client.Cache()
+	tbl := *l.table
+	tbl.Spans = slices.Clone(tbl.Spans)
+	l.table = &tbl
+
+	// Span 0 named after a 10-byte blob in the cache.
+	small := []byte("not a span")
+	tbl.Spans[0].Digest = digest.FromBytes(small)
+	if err := cache.Put(tbl.Spans[0].Digest, bytes.NewReader(small)); err != nil {
+		t.Fatal(err)
+	}
+	g := newGapStream(t.Context(), l)
+	if b := g.cachedSpan(0); b != nil {
+		t.Errorf("a cached file of %d bytes was used for a %d-byte span", len(b), tbl.Spans[0].CEnd-tbl.Spans[0].C)
+	}
+
+	// Span 1 cached, then damaged in place.
+	sp := tbl.Spans[1]
+	good, err := im.img.FetchRange(t.Context(), l.desc, sp.C, sp.CEnd-sp.C, sp.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.Put(sp.Digest, bytes.NewReader(good)); err != nil {
+		t.Fatal(err)
+	}
+	if b := g.cachedSpan(1); !bytes.Equal(b, good) {
+		t.Fatalf("a sound cached span was not used")
+	}
+	p := filepath.Join(cache.Dir(), "blobs", "sha256", sp.Digest.Encoded())
+	bad := bytes.Clone(good)
+	bad[0] ^= 1
+	if err := os.WriteFile(p, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b := g.cachedSpan(1); b != nil {
+		t.Errorf("a damaged cached span was used")
+	}
+	if cache.Has(sp.Digest) {
+		t.Errorf("a damaged cached span is still cached")
 	}
 }

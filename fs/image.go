@@ -97,8 +97,9 @@ type Image struct {
 	// counters for Stats; atomics because FUSE reads run concurrently
 	bytesServed      atomic.Int64
 	passthroughFiles atomic.Int64
-	passthrough      bool         // set by Mount: hand extracted files to the kernel
-	quietUntil       atomic.Int64 // Unix ns: until then background streams wait for quiet (prefetch.go)
+	passthrough      bool          // set by Mount: hand extracted files to the kernel
+	quietUntil       atomic.Int64  // Unix ns: until then background streams wait for quiet (prefetch.go)
+	keeping          chan struct{} // runs of fetched spans waiting to be written to the disk cache (layer.keep)
 	cacheHits        atomic.Int64
 	cacheMisses      atomic.Int64
 	verifyFailures   atomic.Int64
@@ -139,7 +140,7 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	im := &Image{img: fi, client: c, opts: opts, log: log.With("image", fi.Ref), ctx: bg, cancel: cancel,
-		spans: newSpanLRU(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), fg: newForeground()}
+		spans: newSpanLRU(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), fg: newForeground(), keeping: make(chan struct{}, 8)}
 	for i, d := range descs {
 		comp, err := index.MediaTypeCompression(d.MediaType)
 		if err != nil {

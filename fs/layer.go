@@ -436,8 +436,9 @@ func (l *layer) heldEntries() []index.Entry {
 func (l *layer) check(t *index.Table, f *os.File) error {
 	cur := l.table
 	if cur != t {
-		snap := *cur // ReleaseEntries may drop the entries meanwhile
-		snap.Entries = l.heldEntries()
+		l.emu.Lock() // ReleaseEntries may drop the entries meanwhile
+		snap := *cur
+		l.emu.Unlock()
 		cur = &snap
 	}
 	if cur != t && cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {

@@ -214,11 +214,7 @@ func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uin
 	if in.node().Type != index.TypeReg {
 		return nil, 0, syscall.EINVAL
 	}
-	h, errno := in.open()
-	if errno != 0 {
-		return nil, 0, errno
-	}
-	return h, fuse.FOPEN_KEEP_CACHE, 0
+	return in.open(), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (in *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -59,20 +59,20 @@ func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 }
 
 // open returns the handle for a new open of a regular file.
-func (in *inode) open() (*fileHandle, syscall.Errno) {
+func (in *inode) open() *fileHandle {
 	n := in.node()
 	f := in.im.openFile(n)
 	in.omu.Lock()
 	defer in.omu.Unlock()
 	if in.opens == 0 {
 		in.pt = f != nil && in.im.passthrough
-	} else if in.pt && f == nil {
-		// The inode's other opens read a tree file through the kernel;
-		// this one found the tree damaged and cannot join them.
-		return nil, syscall.EIO
 	}
+	// An open joining passthrough opens of the inode without a file of its
+	// own (the layer's tree was dropped meanwhile) still goes through the
+	// kernel: go-fuse hands it the backing file the first open registered,
+	// checked when it was opened.
 	in.opens++
-	return &fileHandle{in: in, f: f, pt: in.pt}, 0
+	return &fileHandle{in: in, f: f, pt: in.pt}
 }
 
 // read serves a read of an open file from its tree file.

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -197,12 +196,25 @@ func (f *spanFetch) wait(ctx context.Context) ([]byte, error) {
 func (l *layer) fetchRun(run []int) {
 	results := l.compressedSpans(l.im.ctx, run)
 	defer func() {
-		if slices.ContainsFunc(results, func(r spanBytes) bool { return r.fetched }) {
-			l.im.bg.Go(func() error {
-				l.keep(run, results)
-				return nil
-			})
+		var fetched []keptSpan // the compressed bytes only: the decoded ones go to the LRU
+		for n, i := range run {
+			if r := results[n]; r.fetched && r.err == nil {
+				fetched = append(fetched, keptSpan{l.table.Spans[i].Digest, r.compressed})
+			}
 		}
+		if len(fetched) == 0 {
+			return
+		}
+		select {
+		case l.im.keeping <- struct{}{}:
+		default:
+			return // the disk is behind: do not pile spans up in memory
+		}
+		l.im.bg.Go(func() error {
+			defer func() { <-l.im.keeping }()
+			l.keep(fetched)
+			return nil
+		})
 	}()
 	// Decode outside the lock: other readers of the layer claim spans under it.
 	for n, i := range run {
@@ -227,14 +239,21 @@ type spanBytes struct {
 	fetched    bool   // compressed came from the registry: keep it in the disk cache
 }
 
-// keep writes the spans of run fetched from the registry to the disk cache.
-func (l *layer) keep(run []int, results []spanBytes) {
+// keptSpan is a verified span's compressed bytes, to be written to the
+// disk cache.
+type keptSpan struct {
+	digest digest.Digest
+	b      []byte
+}
+
+// keep writes spans fetched from the registry to the disk cache. At most
+// cap(Image.keeping) runs wait to be written; a run beyond that is not kept
+// (a later read fetches it again).
+func (l *layer) keep(spans []keptSpan) {
 	cache := l.im.client.Cache()
-	for n, i := range run {
-		if r := results[n]; r.fetched {
-			if err := cache.Put(l.table.Spans[i].Digest, bytes.NewReader(r.compressed)); err != nil {
-				l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", l.table.Spans[i].Digest, "err", err)
-			}
+	for _, k := range spans {
+		if err := cache.Put(k.digest, bytes.NewReader(k.b)); err != nil {
+			l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", k.digest, "err", err)
 		}
 	}
 }

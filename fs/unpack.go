@@ -49,7 +49,7 @@ func (l *layer) unpack(ctx context.Context) {
 		t, err := l.makeTree(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				l.im.log.Warn("keeping the layer's files; reads decode its spans instead", "layer", l.desc.Digest, "err", err)
+				l.im.log.Warn("not extracting the layer's files; reads decode its spans instead", "layer", l.desc.Digest, "err", err)
 			}
 		} else {
 			l.tree.Store(t)
@@ -64,7 +64,7 @@ func (l *layer) unpack(ctx context.Context) {
 // verified blob if it is not cached.
 func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	cache := l.im.client.Cache()
-	if t, err := cache.OpenTree(l.diffID); err == nil {
+	if t, err := cache.OpenTree(l.diffID, treeFileMin); err == nil {
 		return t, nil
 	} else if errors.Is(err, fetch.ErrTreeChanged) {
 		l.im.log.Error("extracted layer files damaged on disk; extracting them again", "layer", l.desc.Digest, "err", err)
@@ -84,7 +84,7 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 		return nil, fmt.Errorf("%w: no entries for a %d-byte tar", index.ErrFormat, l.table.TarSize)
 	}
 	start := time.Now()
-	p, err := cache.CreateTree(l.diffID)
+	p, err := cache.CreateTree(l.diffID, treeFileMin)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	}
 	l.im.log.Info("layer extracted into the cache", "layer", l.desc.Digest, "files", files, "tar_bytes", l.table.TarSize,
 		"duration", time.Since(start).Round(time.Millisecond))
-	return cache.OpenTree(l.diffID)
+	return cache.OpenTree(l.diffID, treeFileMin)
 }
 
 // entries returns the layer's entry table, reading it again from the index
@@ -220,12 +220,15 @@ func (im *Image) openFile(n *Node) *os.File {
 	if err == nil {
 		return f
 	}
+	if !errors.Is(err, fetch.ErrTreeChanged) {
+		// Out of descriptors, say: this read goes through the spans.
+		im.log.Warn("opening an extracted layer file; reading through the layer's spans", "layer", l.desc.Digest, "err", err)
+		return nil
+	}
 	if l.tree.CompareAndSwap(t, nil) {
 		im.log.Error("extracted layer files damaged on disk; reading through the layer's spans", "layer", l.desc.Digest, "err", err)
-		if errors.Is(err, fetch.ErrTreeChanged) {
-			if err := im.client.Cache().Remove(fetch.KindTree, l.diffID); err != nil {
-				im.log.Warn("removing damaged cache entry", "tree", l.diffID, "err", err)
-			}
+		if err := im.client.Cache().Remove(fetch.KindTree, l.diffID); err != nil && !errors.Is(err, fetch.ErrNotFound) {
+			im.log.Warn("removing damaged cache entry", "tree", l.diffID, "err", err)
 		}
 	}
 	return nil

@@ -214,7 +214,7 @@ func TestExtractChecksDiffID(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p, _ := c.CreateTree(tab.DiffID)
+	p, _ := c.CreateTree(tab.DiffID, treeFileMin)
 	if _, err := extract(bytes.NewReader(tarBytes), tab.Entries, tab.DiffID, tab.TarSize, p); err != nil {
 		t.Fatalf("extract of the right stream: %v", err)
 	}
@@ -222,7 +222,7 @@ func TestExtractChecksDiffID(t *testing.T) {
 
 	bad := bytes.Clone(tarBytes)
 	bad[len(bad)/2] ^= 1
-	p, _ = c.CreateTree(tab.DiffID)
+	p, _ = c.CreateTree(tab.DiffID, treeFileMin)
 	var de *fetch.DigestError
 	if _, err := extract(bytes.NewReader(bad), tab.Entries, tab.DiffID, tab.TarSize, p); !errors.As(err, &de) {
 		t.Fatalf("extract of a changed stream: %v; want a *fetch.DigestError", err)
@@ -237,12 +237,12 @@ func TestExtractChecksDiffID(t *testing.T) {
 		}
 	}
 	ents[regs[1]].Offset = ents[regs[0]].Offset + 1
-	p, _ = c.CreateTree(tab.DiffID)
+	p, _ = c.CreateTree(tab.DiffID, treeFileMin)
 	if _, err := extract(bytes.NewReader(tarBytes), ents, tab.DiffID, tab.TarSize, p); !errors.Is(err, index.ErrFormat) {
 		t.Fatalf("extract with overlapping entries: %v; want index.ErrFormat", err)
 	}
 	p.Abort()
-	if _, err := c.OpenTree(tab.DiffID); !errors.Is(err, fetch.ErrNotFound) {
+	if _, err := c.OpenTree(tab.DiffID, treeFileMin); !errors.Is(err, fetch.ErrNotFound) {
 		t.Errorf("a tree is cached after aborted extractions: %v", err)
 	}
 }

@@ -443,9 +443,10 @@ Every blob's digest is checked before it enters the cache. A mount hashes a
 cached blob again only if its file changed since that check (inode, size,
 mtime or ctime differ); 'cache verify' hashes every blob again whatever
 changed, to find damage below the file system, and removes the damaged ones
-so that the next mount fetches them again. A tree file changed after its
-extraction is refused when opened; the mount then reads through the layer's
-verified blob and extracts the tree again next time.
+so that the next mount fetches them again; it drops the trees, which have
+no digests of their own (the next mount extracts them again). A tree file
+changed after its extraction is refused when opened; the mount then reads
+through the layer's verified blob and extracts the tree again next time.
 
   ocifs cache ls                       kind, digest, size and mtime of each entry
   ocifs cache du                       total size and count per kind
