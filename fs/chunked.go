@@ -263,7 +263,6 @@ func (l *layer) fetchChunks(run []int, foreground bool) {
 func (l *layer) chunkBytes(ctx context.Context, run []int, foreground bool) []spanBytes {
 	lt := l.chunked.toc
 	out := make([]spanBytes, len(run))
-	cache := l.im.client.Cache()
 	blob := l.complete()
 	var missing []int // positions in run
 	for n, i := range run {
@@ -279,13 +278,10 @@ func (l *layer) chunkBytes(ctx context.Context, run []int, foreground bool) []sp
 			l.im.cacheHits.Add(1)
 			continue
 		}
-		if b, err := readCached(cache, c.Digest); err == nil {
+		if b := l.cachedPiece(c.Digest, c.Size, "chunk"); b != nil {
 			out[n].data = b
 			l.im.cacheHits.Add(1)
 			continue
-		} else if !errors.Is(err, fetch.ErrNotFound) {
-			l.im.log.Warn("cached chunk unusable; fetching it again", "layer", l.desc.Digest, "digest", c.Digest, "err", err)
-			cache.Remove(fetch.KindBlob, c.Digest)
 		}
 		missing = append(missing, n)
 	}

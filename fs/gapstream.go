@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"hash"
 	"io"
 	"sort"
@@ -92,32 +91,8 @@ func (g *gapStream) next() ([]byte, error) {
 }
 
 // cachedSpan returns span i's compressed bytes from the disk cache, checked
-// against its digest, or nil. A file of the wrong size is not read: a
-// registry index may name any digest for a span, even that of a config or
-// a whole layer in the cache. A cached span that fails its digest is
-// removed.
+// against its digest, or nil (layer.cachedPiece).
 func (g *gapStream) cachedSpan(i int) []byte {
 	sp := g.l.table.Spans[i]
-	cache := g.l.im.client.Cache()
-	f, err := cache.Open(sp.Digest)
-	if err != nil {
-		return nil
-	}
-	fi, err := f.Stat()
-	f.Close()
-	if err != nil || fi.Size() != sp.CEnd-sp.C {
-		return nil
-	}
-	b, err := readCached(cache, sp.Digest)
-	if err != nil {
-		if !errors.Is(err, fetch.ErrNotFound) {
-			g.l.im.log.Warn("cached span unusable; fetching its bytes again", "layer", g.l.desc.Digest, "digest", sp.Digest, "err", err)
-			cache.Remove(fetch.KindBlob, sp.Digest)
-		}
-		return nil
-	}
-	if int64(len(b)) != sp.CEnd-sp.C {
-		return nil
-	}
-	return b
+	return g.l.cachedPiece(sp.Digest, sp.CEnd-sp.C, "span")
 }

@@ -263,7 +263,6 @@ func (l *layer) keep(spans []keptSpan) {
 // GET for all the spans found in neither (marked fetched; keep caches them).
 func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
 	out := make([]spanBytes, len(run))
-	cache := l.im.client.Cache()
 	var missing []int // positions in run
 	blob := l.blobFile()
 	for n, i := range run {
@@ -278,13 +277,10 @@ func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
 			l.im.cacheHits.Add(1)
 			continue
 		}
-		if b, err := readCached(cache, sp.Digest); err == nil {
+		if b := l.cachedPiece(sp.Digest, sp.CEnd-sp.C, "span"); b != nil {
 			out[n].compressed = b
 			l.im.cacheHits.Add(1)
 			continue
-		} else if !errors.Is(err, fetch.ErrNotFound) {
-			l.im.log.Warn("cached span unusable; fetching it again", "layer", l.desc.Digest, "digest", sp.Digest, "err", err)
-			cache.Remove(fetch.KindBlob, sp.Digest)
 		}
 		missing = append(missing, n)
 	}
@@ -312,16 +308,45 @@ func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
 	return out
 }
 
-// readCached reads a cached span and checks it again: the cache admitted it
-// verified, but the disk may have changed since.
-func readCached(c *fetch.Cache, d digest.Digest) ([]byte, error) {
+// cachedPiece returns a span's compressed bytes or a chunk's uncompressed
+// ones, size bytes with digest d, from the disk cache, checked again (the
+// cache admitted them verified, but the disk may have changed since), or
+// nil. A file of another size is not read: an index or TOC may name any
+// digest for a piece, even that of a config or a whole layer in the cache.
+// One that fails its digest is removed, and fetched again by the caller.
+func (l *layer) cachedPiece(d digest.Digest, size int64, what string) []byte {
+	cache := l.im.client.Cache()
+	b, err := readCached(cache, d, size)
+	if err == nil {
+		return b
+	}
+	if !errors.Is(err, fetch.ErrNotFound) && !errors.Is(err, errOtherSize) {
+		l.im.log.Warn("cached "+what+" unusable; fetching it again", "layer", l.desc.Digest, "digest", d, "err", err)
+		cache.Remove(fetch.KindBlob, d)
+	}
+	return nil
+}
+
+// errOtherSize: the cached file named by a piece's digest is not its size.
+var errOtherSize = errors.New("cached file of another size")
+
+// readCached reads cached blob d, which must be size bytes, and checks it
+// against d.
+func readCached(c *fetch.Cache, d digest.Digest, size int64) ([]byte, error) {
 	f, err := c.Open(d)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 1<<30))
+	fi, err := f.Stat()
 	if err != nil {
+		return nil, err
+	}
+	if fi.Size() != size {
+		return nil, errOtherSize
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(f, b); err != nil {
 		return nil, err
 	}
 	return b, checkSpan(b, d)
