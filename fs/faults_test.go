@@ -74,17 +74,7 @@ func newFaultSetup(t *testing.T) faultSetup {
 		t.Fatal(err)
 	}
 	ref := host + "/faults/app:v1"
-	im, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{SpanSize: lazySpan, NoRemoteIndex: true, WholeThreshold: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
-	if err := im.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := im.PushIndex(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	pushIndexOf(t, ref, Options{SpanSize: lazySpan, WholeThreshold: 64 << 10})
 	return faultSetup{host: host, ref: ref, content: content}
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs/fstest"
 )
 
@@ -29,4 +30,27 @@ func layoutRef(t testing.TB, layers []fstest.Layer) string {
 		t.Fatal(err)
 	}
 	return "oci:" + layout + ":v1"
+}
+
+// pushIndexOf indexes every layer of ref on a throwaway cache (with opts;
+// never looking for an index in the registry) and pushes the indexes to
+// the registry as a referrer of the image.
+func pushIndexOf(tb testing.TB, ref string, opts Options) {
+	tb.Helper()
+	c, err := fetch.New(fetch.Options{CacheDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	opts.NoRemoteIndex = true
+	im, err := Resolve(tb.Context(), c, ref, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer im.Close()
+	if err := im.Load(tb.Context()); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := im.PushIndex(tb.Context()); err != nil {
+		tb.Fatalf("PushIndex: %v", err)
+	}
 }

@@ -70,17 +70,7 @@ func pushIndexed(t *testing.T, host string, layers []fstest.Layer) (string, *fst
 		t.Fatal(err)
 	}
 	ref := host + "/lazy/app:v1"
-	im, err := Resolve(t.Context(), newClient(t, "", nil), ref, Options{Logger: testLogger(t), SpanSize: lazySpan, NoRemoteIndex: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
-	if err := im.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := im.PushIndex(t.Context()); err != nil {
-		t.Fatalf("PushIndex: %v", err)
-	}
+	pushIndexOf(t, ref, Options{Logger: testLogger(t), SpanSize: lazySpan})
 	return ref, img
 }
 

@@ -101,22 +101,7 @@ func loadSetup(tb testing.TB) []loadMount {
 			tb.Fatal(err)
 		}
 		ref := host + "/" + im.repo + ":v1"
-		// Index every layer on a throwaway cache and push the indexes.
-		indexer, err := fetch.New(fetch.Options{CacheDir: tb.TempDir()})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		ix, err := Resolve(context.Background(), indexer, ref, Options{SpanSize: lazySpan, WholeThreshold: 64 << 10, NoRemoteIndex: true})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if err := ix.Load(context.Background()); err != nil {
-			tb.Fatal(err)
-		}
-		if _, err := ix.PushIndex(context.Background()); err != nil {
-			tb.Fatal(err)
-		}
-		ix.Close()
+		pushIndexOf(tb, ref, Options{SpanSize: lazySpan, WholeThreshold: 64 << 10})
 
 		served, err := Resolve(context.Background(), c, ref, opts)
 		if err != nil {

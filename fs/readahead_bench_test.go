@@ -146,17 +146,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 		b.Fatal(err)
 	}
 	ref := host + "/bench/seq:v1"
-	builder, err := Resolve(b.Context(), mustClient(b, b.TempDir()), ref, Options{NoRemoteIndex: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := builder.Load(b.Context()); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := builder.PushIndex(b.Context()); err != nil {
-		b.Fatal(err)
-	}
-	builder.Close()
+	pushIndexOf(b, ref, Options{})
 
 	var took time.Duration
 	var requests, fetched int64
