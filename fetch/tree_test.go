@@ -40,14 +40,7 @@ func TestTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for off, s := range files {
-		f, err := p.Create(off)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.WriteString(s)
-		f.Close()
-	}
+	createFiles(t, p, files)
 	if _, err := p.Create(512); err == nil {
 		t.Errorf("Create of an offset twice succeeded")
 	}
@@ -58,14 +51,7 @@ func TestTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for off, s := range files {
-		f, err := p.Create(off)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.WriteString(s)
-		f.Close()
-	}
+	createFiles(t, p, files)
 	pack, err := p.CreatePack()
 	if err != nil {
 		t.Fatal(err)
@@ -154,5 +140,18 @@ func TestTree(t *testing.T) {
 	}
 	if err := c.Remove(KindTree, d); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second Remove: %v; want ErrNotFound", err)
+	}
+}
+
+// createFiles writes each file of files (content by tar offset) into p.
+func createFiles(t *testing.T, p *PendingTree, files map[int64]string) {
+	t.Helper()
+	for off, s := range files {
+		f, err := p.Create(off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(s)
+		f.Close()
 	}
 }

@@ -178,16 +178,7 @@ func TestReliabilityKillMidRead(t *testing.T) {
 	dir, logPath := e2eMount(t, bin, cache, ri.ref, "--prefetch=none")
 	pid := daemonPID(t, cache, dir)
 
-	readErr := make(chan error, 1)
-	go func() {
-		_, err := os.ReadFile(filepath.Join(dir, "b.bin"))
-		readErr <- err
-	}()
-	ctx, cancel := context.WithTimeout(t.Context(), relGuard)
-	defer cancel()
-	if _, err := ri.front.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
-		t.Fatalf("the read never reached the registry: %v", err)
-	}
+	readErr := stalledRead(t, ri, filepath.Join(dir, "b.bin"))
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill daemon: %v", err)
 	}
@@ -570,16 +561,7 @@ func TestReliabilitySIGTERMMidRead(t *testing.T) {
 	dir, _ := e2eMount(t, bin, cache, ri.ref, "--prefetch=none")
 	pid := daemonPID(t, cache, dir)
 
-	readErr := make(chan error, 1)
-	go func() {
-		_, err := os.ReadFile(filepath.Join(dir, "b.bin"))
-		readErr <- err
-	}()
-	ctx, cancel := context.WithTimeout(t.Context(), relGuard)
-	defer cancel()
-	if _, err := ri.front.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
-		t.Fatalf("the read never reached the registry: %v", err)
-	}
+	readErr := stalledRead(t, ri, filepath.Join(dir, "b.bin"))
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM daemon: %v", err)
 	}
@@ -595,4 +577,22 @@ func TestReliabilitySIGTERMMidRead(t *testing.T) {
 		t.Fatalf("daemon %d did not exit after SIGTERM: %v", pid, err)
 	}
 	checkGone(t, cache, dir, pid)
+}
+
+// stalledRead reads path in the background and returns once the read's
+// request has reached a Stall rule of ri's front; the channel then gives
+// the read's outcome.
+func stalledRead(t *testing.T, ri relImage, path string) <-chan error {
+	t.Helper()
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := os.ReadFile(path)
+		readErr <- err
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), relGuard)
+	defer cancel()
+	if _, err := ri.front.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
+		t.Fatalf("the read never reached the registry: %v", err)
+	}
+	return readErr
 }
