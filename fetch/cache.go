@@ -414,9 +414,7 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache: %s %s: %w", kind, d, ErrNotFound)
 		}
-		// Unseal first: a tree half removed must not be taken for whole.
-		os.Remove(filepath.Join(p, sealedName))
-		if err := os.RemoveAll(p); err != nil {
+		if err := removeTreeDir(p); err != nil {
 			return fmt.Errorf("cache: %s %s: %w", kind, d, err)
 		}
 		return nil

@@ -58,20 +58,37 @@ type Tree struct {
 	pack   *os.File
 }
 
-// parseSeal reads a seal: its time and the size from which files have a
-// file of their own.
-func parseSeal(b []byte) (ns, fileMin int64, err error) {
-	f := strings.Fields(string(b))
-	if len(f) != 3 || f[0] != "v1" {
-		return 0, 0, fmt.Errorf("seal %q unreadable", b)
-	}
-	if ns, err = strconv.ParseInt(f[1], 10, 64); err == nil {
-		fileMin, err = strconv.ParseInt(f[2], 10, 64)
-	}
+// readSeal reads the seal of the tree in dir: its time and the size from
+// which files have a file of their own. A missing seal is an error that
+// wraps fs.ErrNotExist; an unreadable one wraps ErrTreeChanged.
+func readSeal(dir string) (ns, fileMin int64, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, sealedName))
 	if err != nil {
-		return 0, 0, fmt.Errorf("seal %q unreadable", b)
+		return 0, 0, err
 	}
-	return ns, fileMin, nil
+	f := strings.Fields(string(b))
+	if len(f) == 3 && f[0] == "v1" {
+		if ns, err = strconv.ParseInt(f[1], 10, 64); err == nil {
+			if fileMin, err = strconv.ParseInt(f[2], 10, 64); err == nil {
+				return ns, fileMin, nil
+			}
+		}
+	}
+	return 0, 0, fmt.Errorf("seal %q unreadable: %w", b, ErrTreeChanged)
+}
+
+// sealedWith reports whether dir holds a sealed tree whose files of fileMin
+// bytes and more have files of their own.
+func sealedWith(dir string, fileMin int64) bool {
+	_, min, err := readSeal(dir)
+	return err == nil && min == fileMin
+}
+
+// removeTreeDir removes the tree in dir, unsealing it first: a tree half
+// removed must not be taken for whole.
+func removeTreeDir(dir string) error {
+	os.Remove(filepath.Join(dir, sealedName))
+	return os.RemoveAll(dir)
 }
 
 // OpenTree opens the tree of uncompressed layer d whose files of fileMin
@@ -83,16 +100,11 @@ func (c *Cache) OpenTree(d digest.Digest, fileMin int64) (*Tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, sealedName))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("cache: tree %s: %w", d, ErrNotFound)
-		}
+	ns, min, err := readSeal(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("cache: tree %s: %w", d, ErrNotFound)
+	} else if err != nil {
 		return nil, fmt.Errorf("cache: tree %s: %w", d, err)
-	}
-	ns, min, err := parseSeal(b)
-	if err != nil {
-		return nil, fmt.Errorf("cache: tree %s: %v: %w", d, err, ErrTreeChanged)
 	}
 	if min != fileMin {
 		return nil, fmt.Errorf("cache: tree %s: files from %d bytes have their own, want from %d: %w", d, min, fileMin, ErrTreeChanged)
@@ -202,10 +214,8 @@ func (p *PendingTree) Commit() error {
 	}
 	defer p.Abort()
 	dst, _ := p.c.path(treesDir, p.d)
-	if b, err := os.ReadFile(filepath.Join(dst, sealedName)); err == nil {
-		if _, min, err := parseSeal(b); err == nil && min == p.fileMin {
-			return nil // another process sealed it first
-		}
+	if sealedWith(dst, p.fileMin) {
+		return nil // another process sealed it first
 	}
 	if _, err := os.Stat(filepath.Join(p.dir, packName)); err != nil {
 		return fmt.Errorf("cache: tree %s: no pack: %w", p.d, err)
@@ -232,13 +242,10 @@ func (p *PendingTree) Commit() error {
 	// Whatever is at dst is not a tree of this kind (it would have been
 	// taken above): an unsealed leftover of an interrupted Remove, or a
 	// tree another version of ocifs made.
-	os.Remove(filepath.Join(dst, sealedName))
-	os.RemoveAll(dst)
+	removeTreeDir(dst)
 	if err := p.c.install(p.dir, dst); err != nil {
-		if b, serr := os.ReadFile(filepath.Join(dst, sealedName)); serr == nil {
-			if _, min, perr := parseSeal(b); perr == nil && min == p.fileMin {
-				return nil // another process sealed it first
-			}
+		if sealedWith(dst, p.fileMin) {
+			return nil // another process sealed it first
 		}
 		return fmt.Errorf("cache: tree %s: %w", p.d, err)
 	}
