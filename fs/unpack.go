@@ -67,8 +67,7 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	if t, err := cache.OpenTree(l.diffID, treeFileMin); err == nil {
 		return t, nil
 	} else if errors.Is(err, fetch.ErrTreeChanged) {
-		l.im.log.Error("extracted layer files damaged on disk; extracting them again", "layer", l.desc.Digest, "err", err)
-		if err := cache.Remove(fetch.KindTree, l.diffID); err != nil {
+		if err := l.removeTree(err, "extracting them again"); err != nil {
 			return nil, err
 		}
 	}
@@ -226,10 +225,19 @@ func (im *Image) openFile(n *Node) *os.File {
 		return nil
 	}
 	if l.tree.CompareAndSwap(t, nil) {
-		im.log.Error("extracted layer files damaged on disk; reading through the layer's spans", "layer", l.desc.Digest, "err", err)
-		if err := im.client.Cache().Remove(fetch.KindTree, l.diffID); err != nil && !errors.Is(err, fetch.ErrNotFound) {
+		if err := l.removeTree(err, "reading through the layer's spans"); err != nil {
 			im.log.Warn("removing damaged cache entry", "tree", l.diffID, "err", err)
 		}
+	}
+	return nil
+}
+
+// removeTree logs that the layer's tree is damaged (why), saying what
+// happens next, and removes it from the cache.
+func (l *layer) removeTree(why error, next string) error {
+	l.im.log.Error("extracted layer files damaged on disk; "+next, "layer", l.desc.Digest, "err", why)
+	if err := l.im.client.Cache().Remove(fetch.KindTree, l.diffID); err != nil && !errors.Is(err, fetch.ErrNotFound) {
+		return err
 	}
 	return nil
 }
