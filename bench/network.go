@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ocifs/ocifs/fs/fstest"
 )
 
 // The network namespace the registry runs in, the veth pair that reaches
@@ -114,22 +116,7 @@ func startNetwork(ctx context.Context, dir, storage string) (*network, error) {
 		n.close()
 		return nil, err
 	}
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s:%s
-`, storage, nsAddr, regPort)
+	cfg := fstest.RegistryConfig(storage, nsAddr+":"+regPort)
 	cfgPath := filepath.Join(dir, "registry.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		n.close()

@@ -52,6 +52,29 @@ func logFile(t testing.TB, p string) {
 	}
 }
 
+// RegistryConfig is a docker-registry configuration that stores blobs
+// under storage, serves plain HTTP on addr (host:port), allows deletes and
+// logs warnings only, without an access log.
+func RegistryConfig(storage, addr string) string {
+	return fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  formatter: text
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+`, storage, addr)
+}
+
 // RunRegistry starts docker-registry with its config, storage and log
 // (registry.log) in dir, waits until GET /v2/ answers 200 and returns its
 // host:port and a stop function that kills the process and waits for it.
@@ -69,25 +92,8 @@ func RunRegistry(ctx context.Context, dir string) (host string, stop func() erro
 	if err != nil {
 		return "", nil, fmt.Errorf("start registry: %w", err)
 	}
-	config := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  formatter: text
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-`, storage, host)
 	configPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
+	if err := os.WriteFile(configPath, []byte(RegistryConfig(storage, host)), 0o644); err != nil {
 		return "", nil, fmt.Errorf("start registry: %w", err)
 	}
 	logOut, err := os.Create(filepath.Join(dir, "registry.log"))
