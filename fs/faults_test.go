@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,28 +20,6 @@ import (
 // readGuard bounds every read through a mount in these tests: a read that
 // hangs fails the test instead of the whole run.
 const readGuard = 60 * time.Second
-
-// readWithin reads path through the mount, failing the test if the read
-// does not return within readGuard (a hung daemon).
-func readWithin(t *testing.T, path string) ([]byte, error) {
-	t.Helper()
-	type result struct {
-		b   []byte
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		b, err := os.ReadFile(path)
-		done <- result{b, err}
-	}()
-	select {
-	case r := <-done:
-		return r.b, r.err
-	case <-time.After(readGuard):
-		t.Fatalf("read of %s still blocked after %v: the daemon hangs", path, readGuard)
-		return nil, nil
-	}
-}
 
 // staticKeys hands the same basic credentials to every registry.
 type staticKeys struct{ user, pass string }
@@ -119,7 +96,7 @@ func mountThrough(t *testing.T, ref string, keys authn.Keychain) (*Image, string
 // lazy layer. The outcome is written per case: "ok" means the read returns
 // exactly the reference bytes (retried past the fault), "eio" means it
 // fails with EIO. In every case no wrong byte is served, no read hangs
-// (readWithin), a file of the other layer still reads, and once the fault
+// (fstest.ReadFileWithin), a file of the other layer still reads, and once the fault
 // is gone the same file reads right (nothing bad was cached).
 //
 // Checked by breaking each protection once: without the span digest check
@@ -160,7 +137,7 @@ func TestFaults(t *testing.T) {
 			front, ref := s.front(t)
 			_, dir := mountThrough(t, ref, nil)
 			front.Add(tc.rule)
-			got, err := readWithin(t, filepath.Join(dir, file))
+			got, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, file))
 			if front.Hits(tc.rule) == 0 {
 				t.Fatalf("the fault never fired; the test proves nothing")
 			}
@@ -172,11 +149,11 @@ func TestFaults(t *testing.T) {
 			case tc.want == "eio" && !errors.Is(err, syscall.EIO):
 				t.Fatalf("read %s: %d bytes, err %v; want EIO", file, len(got), err)
 			}
-			if b, err := readWithin(t, filepath.Join(dir, other)); err != nil || !bytes.Equal(b, s.content[other]) {
+			if b, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, other)); err != nil || !bytes.Equal(b, s.content[other]) {
 				t.Errorf("other layer's %s during the fault: %q, %v", other, b, err)
 			}
 			front.Clear()
-			if b, err := readWithin(t, filepath.Join(dir, file)); err != nil || !bytes.Equal(b, s.content[file]) {
+			if b, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, file)); err != nil || !bytes.Equal(b, s.content[file]) {
 				t.Errorf("%s once the fault is gone: %d bytes, %v; want the reference", file, len(b), err)
 			}
 		})
@@ -209,7 +186,7 @@ func TestFaultRedirectOtherHost(t *testing.T) {
 		Fault: fstest.Fault{Kind: fstest.Redirect, URL: storageURL}})
 	_, dir := mountThrough(t, ref, staticKeys{"puller", "hunter2-secret"})
 	const file = "data/f0042.txt"
-	if got, err := readWithin(t, filepath.Join(dir, file)); err != nil || !bytes.Equal(got, s.content[file]) {
+	if got, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, file)); err != nil || !bytes.Equal(got, s.content[file]) {
 		t.Fatalf("read through a redirect: %d bytes, %v", len(got), err)
 	}
 	sawAuth := false
@@ -263,7 +240,7 @@ func TestFaultManifestNotPinned(t *testing.T) {
 		t.Errorf("Resolve error %q; want a digest mismatch (ErrFormat)", err)
 	}
 	const file = "data/f0007.txt"
-	if b, err := readWithin(t, filepath.Join(dir, file)); err != nil || !bytes.Equal(b, s.content[file]) {
+	if b, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, file)); err != nil || !bytes.Equal(b, s.content[file]) {
 		t.Errorf("mounted image after the refusal: %d bytes, %v", len(b), err)
 	}
 }

@@ -100,32 +100,11 @@ func (ri relImage) seedCache(t *testing.T, cache string) {
 	}
 }
 
-// readAllWithin reads path with a guard against a hang.
-func readAllWithin(t *testing.T, path string) ([]byte, error) {
-	t.Helper()
-	type result struct {
-		b   []byte
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		b, err := os.ReadFile(path)
-		done <- result{b, err}
-	}()
-	select {
-	case r := <-done:
-		return r.b, r.err
-	case <-time.After(relGuard):
-		t.Fatalf("read of %s blocked for %v: hung", path, relGuard)
-		return nil, nil
-	}
-}
-
 // checkRelFiles reads every file of the image through the mount at dir.
 func checkRelFiles(t *testing.T, dir string) {
 	t.Helper()
 	for name, want := range relFiles {
-		got, err := readAllWithin(t, filepath.Join(dir, name))
+		got, err := fstest.ReadFileWithin(t, relGuard, filepath.Join(dir, name))
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("read %s through the mount: %d bytes, %v; want the image's %d bytes", name, len(got), err, len(want))
 		}
@@ -338,11 +317,11 @@ func TestReliabilityCredentialsHidden(t *testing.T) {
 	cleanupMount(t, cache, dir)
 	outputs = append(outputs, out, errs)
 
-	if got, err := readAllWithin(t, filepath.Join(dir, "a.bin")); err != nil || !bytes.Equal(got, relFiles["a.bin"]) {
+	if got, err := fstest.ReadFileWithin(t, relGuard, filepath.Join(dir, "a.bin")); err != nil || !bytes.Equal(got, relFiles["a.bin"]) {
 		t.Fatalf("read a.bin: %d bytes, %v", len(got), err)
 	}
 	ri.front.Add(&fstest.Rule{Method: "GET", Path: "/blobs/", Fault: fstest.Fault{Kind: fstest.Status, Status: 503}})
-	if _, err := readAllWithin(t, filepath.Join(dir, "c.bin")); !errors.Is(err, syscall.EIO) {
+	if _, err := fstest.ReadFileWithin(t, relGuard, filepath.Join(dir, "c.bin")); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read through a 503 on every retry: %v, want EIO", err)
 	}
 	ri.front.Clear()
