@@ -69,7 +69,7 @@ func TestHostileDeepNesting(t *testing.T) {
 		t.Errorf("tree has %d directories, want 2001 (root and 2000 implied)", dirs)
 	}
 	dir := mountImage(t, im)
-	if got, err := readWithin(t, filepath.Join(dir, deep)); err != nil || !bytes.Equal(got, want) {
+	if got, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, deep)); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("read at depth 2000: %q, %v", got, err)
 	}
 	pulled := filepath.Join(t.TempDir(), "rootfs")
@@ -140,7 +140,7 @@ func TestHostileXattrs(t *testing.T) {
 		t.Errorf("getxattr of a 900 KiB value: %v; want E2BIG or ERANGE", err)
 	}
 	for _, name := range []string{"huge", "plain", "big"} {
-		if b, err := readWithin(t, filepath.Join(dir, name)); err != nil || string(b) != name {
+		if b, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, name)); err != nil || string(b) != name {
 			t.Errorf("read %s after the xattr reads: %q, %v", name, b, err)
 		}
 	}
@@ -171,7 +171,7 @@ func TestHostileNames(t *testing.T) {
 	}}}
 	dir := mountImage(t, loadImage(t, newClient(t, "", nil), layoutRef(t, layers)))
 	for name, want := range map[string]string{"etc/climbed": "climbed", "abs/rooted": "rooted", "b/sneaky": "sneaky"} {
-		if b, err := readWithin(t, filepath.Join(dir, name)); err != nil || string(b) != want {
+		if b, err := fstest.ReadFileWithin(t, readGuard, filepath.Join(dir, name)); err != nil || string(b) != want {
 			t.Errorf("%s in the mount: %q, %v; want %q", name, b, err, want)
 		}
 	}
