@@ -137,9 +137,16 @@ func walk(p string, n *Node, fn func(string, *Node) error) error {
 //
 //   - an entry replaces whatever was at its path, except that a directory
 //     entry over a directory only replaces the directory's own metadata;
-//   - ".wh.NAME" (TypeWhiteout) removes NAME and everything under it;
-//   - ".wh..wh..opq" (TypeOpaque) removes everything in the directory that
-//     this layer did not write;
+//   - ".wh.NAME" (TypeWhiteout) removes NAME and everything under it from
+//     the lower layers;
+//   - ".wh..wh..opq" (TypeOpaque) removes the lower layers' contents of its
+//     directory;
+//   - whiteouts and opaque markers apply to lower layers only: what the same
+//     layer wrote, wherever the marker stands in its tar, stays (the image
+//     spec: "files that are present in the same layer as a whiteout file can
+//     only be hidden by whiteout files in subsequent layers"), as umoci
+//     unpacks it: a path the layer wrote, and every directory on the way to
+//     it, survives; only the rest under the marked path goes;
 //   - missing parents are created as implied directories (0755, root);
 //   - a symlink met in a parent path is followed inside the tree, as
 //     unpackers do (securejoin rules: absolute targets start at the root, ".."
@@ -159,6 +166,7 @@ func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
 		if t == nil {
 			continue
 		}
+		m.startLayer(t.Entries)
 		for i := range t.Entries {
 			if err := m.apply(li, &t.Entries[i]); err != nil {
 				return nil, fmt.Errorf("layer %d (%s): %w", li, t.Digest, err)
@@ -171,6 +179,50 @@ func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
 type merger struct {
 	root      *Node
 	keepWrote bool
+
+	// upper holds the names the layer being applied has written, and every
+	// directory on the way to them, as (directory, name): what its own
+	// whiteouts and opaque markers must leave alone. Nil for a layer whose
+	// markers all come before its other entries (the order the image spec
+	// asks writers for), where nothing can have been written yet.
+	upper map[upperName]struct{}
+}
+
+// upperName is a child name in a directory of the tree being merged.
+type upperName struct {
+	dir  *Node
+	name string
+}
+
+// startLayer prepares upper for a layer with entries ents.
+func (m *merger) startLayer(ents []index.Entry) {
+	m.upper = nil
+	written := false
+	for i := range ents {
+		switch ents[i].Type {
+		case index.TypeWhiteout, index.TypeOpaque:
+			if written {
+				m.upper = map[upperName]struct{}{}
+				return
+			}
+		default:
+			written = true
+		}
+	}
+}
+
+// wrote records that the layer being applied wrote name in d.
+func (m *merger) wrote(d *Node, name string) {
+	if m.upper != nil {
+		m.upper[upperName{d, name}] = struct{}{}
+	}
+}
+
+// written reports whether the layer being applied wrote name in d, or
+// something below it.
+func (m *merger) written(d *Node, name string) bool {
+	_, ok := m.upper[upperName{d, name}]
+	return ok
 }
 
 // writer returns the last layer that wrote the child called name, or -1:
@@ -207,7 +259,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			m.root.Implied = false
 			return nil
 		case index.TypeOpaque:
-			prune(m.root, li)
+			m.prune(m.root)
 			return nil
 		}
 		return fmt.Errorf("%w: %s entry for the root directory", ErrFormat, e.Type)
@@ -219,20 +271,25 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		if err != nil || parent == nil {
 			return err // nothing to delete under a path that does not exist
 		}
-		removeChild(parent, base)
+		if !m.written(parent, base) {
+			removeChild(parent, base)
+		} else if c := parent.dir.byName[base]; c != nil && c.IsDir() {
+			m.prune(c) // the layer wrote inside it: only the lower contents go
+		}
 		return nil
 	case index.TypeOpaque:
 		d, err := m.resolveDir(e.Name, li, false)
 		if err != nil || d == nil {
 			return err // a marker in a directory that does not exist is a no-op
 		}
-		prune(d, li)
+		m.prune(d)
 		return nil
 	}
 	parent, err := m.resolveDir(dirPath, li, true)
 	if err != nil {
 		return err
 	}
+	m.wrote(parent, base)
 	old := parent.dir.byName[base]
 	switch e.Type {
 	case index.TypeDir:
@@ -323,6 +380,9 @@ func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
 			c = newDir(true)
 			link(d, name, c, li)
 		}
+		if create {
+			m.wrote(d, name) // a directory on the way to what the layer writes
+		}
 		cur = append(cur, name)
 		d = c
 	}
@@ -343,15 +403,16 @@ func (m *merger) resolve(p string, li int) (*Node, error) {
 	return d.dir.byName[base], nil
 }
 
-// prune removes from d everything that layer li did not write, keeping the
-// directories li wrote but pruning their contents the same way.
-func prune(d *Node, li int) {
+// prune removes from d everything that the layer being applied did not
+// write, keeping the directories it wrote in (or on the way to what it
+// wrote) but pruning their contents the same way.
+func (m *merger) prune(d *Node) {
 	for name, c := range d.dir.byName {
 		switch {
-		case d.dir.wrote[name] != li:
+		case !m.written(d, name):
 			removeChild(d, name)
 		case c.IsDir():
-			prune(c, li)
+			m.prune(c)
 		}
 	}
 }

@@ -126,9 +126,38 @@ func TestMerge(t *testing.T) {
 		name: "a symlinked parent is followed, as unpackers do (merged /usr)",
 		layers: layers(
 			[]index.Entry{dir("usr", 0o755), dir("usr/lib", 0o755), sym("lib", "usr/lib"), sym("abs", "/usr")},
-			[]index.Entry{reg("lib/x.so", 1), reg("abs/lib/y.so", 2), wh("lib/x.so")},
+			[]index.Entry{reg("lib/x.so", 1), reg("abs/lib/y.so", 2)},
+			[]index.Entry{wh("lib/x.so")},
 		),
 		want: []string{"/ dir 755 implied", "/abs ->/usr", "/lib ->usr/lib", "/usr dir 755", "/usr/lib dir 755", "/usr/lib/y.so file@1:2"},
+	}, {
+		name: "a whiteout after its own layer's entries hides the lower layers only",
+		layers: layers(
+			[]index.Entry{dir("d", 0o755), reg("d/lower", 0), reg("f", 1)},
+			[]index.Entry{dir("d", 0o700), reg("d/x", 2), wh("d"), reg("f", 3), wh("f")},
+		),
+		want: []string{"/ dir 755 implied", "/d dir 700", "/d/x file@1:2", "/f file@1:3"},
+	}, {
+		name: "a whiteout of a directory its layer only wrote inside keeps it, with the lower attributes",
+		layers: layers(
+			[]index.Entry{dir("a", 0o711), reg("a/old", 0), dir("a/sub", 0o755), reg("a/sub/old", 1)},
+			[]index.Entry{reg("a/sub/z", 2), wh("a")},
+		),
+		want: []string{"/ dir 755 implied", "/a dir 711", "/a/sub dir 755", "/a/sub/z file@1:2"},
+	}, {
+		name: "a late opaque marker keeps what its layer wrote, through a symlinked parent too",
+		layers: layers(
+			[]index.Entry{dir("usr", 0o755), dir("usr/o", 0o755), reg("usr/o/lower", 0), dir("usr/o/sub", 0o750), reg("usr/o/sub/low", 1), sym("o", "usr/o")},
+			[]index.Entry{reg("o/y", 2), reg("usr/o/sub/new", 3), opq("usr/o")},
+		),
+		want: []string{"/ dir 755 implied", "/o ->usr/o", "/usr dir 755", "/usr/o dir 755", "/usr/o/sub dir 750", "/usr/o/sub/new file@1:3", "/usr/o/y file@1:2"},
+	}, {
+		name: "a whiteout of one name of a hardlink written in the same layer removes only the lower name",
+		layers: layers(
+			[]index.Entry{reg("a", 7)},
+			[]index.Entry{hard("b", "a"), wh("a")},
+		),
+		want: []string{"/ dir 755 implied", "/b file@0:7"},
 	}, {
 		name:   "a symlink with .. cannot leave the root",
 		layers: layers([]index.Entry{sym("up", "../../.."), reg("up/etc/f", 0)}),

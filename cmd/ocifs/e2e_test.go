@@ -115,6 +115,18 @@ func TestCLIMountEqualsUmoci(t *testing.T) {
 			reportDiffs(t, "mount", fstest.CompareTrees(dir, want, opts))
 			e2eUnmount(t, bin, cache, dir)
 
+			if v.name == "gzip" {
+				// The writable view (kernel overlayfs over the merged view,
+				// an empty upper) shows the same tree.
+				wdir := t.TempDir()
+				cleanupMount(t, cache, wdir)
+				if out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--writable", ref, wdir); code != 0 {
+					t.Fatalf("ocifs mount --writable: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+				}
+				reportDiffs(t, "writable mount", fstest.CompareTrees(wdir, want, opts))
+				e2eUnmount(t, bin, cache, wdir)
+			}
+
 			// A fresh cache, so pull fetches and unpacks on its own.
 			pulled := filepath.Join(t.TempDir(), "rootfs")
 			out, errs, code := execOcifs(t, bin, "--cache-dir", isolate(t), "pull", ref, pulled)

@@ -66,8 +66,11 @@ func deepPath() string {
 // CornerUnstableMtimes are the paths of the corner image whose mtime a
 // umoci 0.4.7 unpack leaves at the time of unpack: the implied parents of
 // implied/a/b/c.txt and the root, in which umoci created "implied" (see the
-// package doc). Pass them as CompareOptions.IgnoreMtimePaths.
-var CornerUnstableMtimes = []string{".", "implied", "implied/a", "implied/a/b"}
+// package doc), and the directories from which a late whiteout or opaque
+// marker of layer 1 removed lower entries after umoci had set their
+// attributes (samewh, sameanc, sameopq/sub: their tar mtime is CornerTime).
+// Pass them as CompareOptions.IgnoreMtimePaths.
+var CornerUnstableMtimes = []string{".", "implied", "implied/a", "implied/a/b", "samewh", "sameanc", "sameopq/sub"}
 
 // CornerBigSize is the size of "big.bin", whose content is seeded random bytes.
 const CornerBigSize = 1<<20 + 12345
@@ -207,6 +210,15 @@ func cornerLayer0() Layer {
 	b.file("d2f/child", 0o644, "child of d2f\n")
 	b.symlink("s2d", "etc")
 	b.file("lower-target", 0o644, "hardlinked from layer 1\n")
+	b.dir("samewh", 0o755)
+	b.file("samewh/lower", 0o644, "whited out by layer 1\n")
+	b.dir("sameanc", 0o711)
+	b.file("sameanc/old", 0o644, "whited out by layer 1\n")
+	b.dir("sameopq", 0o755)
+	b.file("sameopq/lower", 0o644, "hidden by layer 1's late opaque marker\n")
+	b.dir("sameopq/sub", 0o750)
+	b.file("sameopq/sub/low", 0o644, "hidden too\n")
+	b.file("samefile", 0o644, "layer 0's samefile\n")
 	b.file("dup.txt", 0o644, "second\n")
 	return Layer{Files: b.files}
 }
@@ -221,11 +233,20 @@ func cornerLayer0() Layer {
 // overwrite of a lower file with another mode (etc/passwd); a PAX long name,
 // a PAX long symlink target, and a path over 255 bytes.
 //
+// Also whiteouts and an opaque marker that come after entries of their own
+// layer, which they must leave alone (a whiteout applies to lower layers
+// only): samewh/ and samewh/x before .wh.samewh; sameanc/z (no directory
+// entry) before .wh.sameanc; sameopq/y and sameopq/sub/new before
+// sameopq/.wh..wh..opq; samefile before .wh.samefile.
+//
 // Merged tree: no gone.txt, no gonedir; opaque/ holds exactly new1, new2,
 // newdir/y (lower1 and lowerdir gone) and keeps layer 0's mode 0750; f2d is
 // a directory with f2d/inside; d2f is a file; s2d is a directory with
 // s2d/file; upper-link and lower-target share one inode, nlink 2;
-// etc/passwd has mode 0600 and the new content.
+// etc/passwd has mode 0600 and the new content; samewh/ (mode 0700) holds
+// only x; sameanc/ keeps layer 0's mode 0711 and holds only z; sameopq/
+// holds y and sub/ (layer 0's mode 0750) with only new in it; samefile has
+// layer 1's content.
 func cornerLayer1() Layer {
 	b := &layerBuilder{format: tar.FormatPAX}
 	b.whiteout("", "gone.txt")
@@ -245,6 +266,16 @@ func cornerLayer1() Layer {
 	b.dir("long", 0o755)
 	b.file(CornerLongName, 0o644, "PAX long name\n")
 	b.symlink("long/symlink", CornerLongTarget)
+	b.dir("samewh", 0o700)
+	b.file("samewh/x", 0o644, "same layer as the whiteout of samewh, before it\n")
+	b.whiteout("", "samewh")
+	b.file("sameanc/z", 0o644, "same layer as the whiteout of its parent, before it\n")
+	b.whiteout("", "sameanc")
+	b.file("sameopq/y", 0o644, "same layer as a late opaque marker\n")
+	b.file("sameopq/sub/new", 0o644, "same layer as a late opaque marker, below it\n")
+	b.opaque("sameopq")
+	b.file("samefile", 0o644, "layer 1's samefile, whited out later in the same layer\n")
+	b.whiteout("", "samefile")
 	b.dir("deep", 0o755)
 	p := "deep"
 	for _, part := range strings.Split(strings.TrimPrefix(CornerDeepPath, "deep/"), "/") {
