@@ -228,18 +228,26 @@ func TestTamperedSpan(t *testing.T) {
 // TestLyingIndexRefusesItsLies: an index whose entries do not match the
 // layer (pushed by someone who can write to the repository) is caught when
 // the background fetch has the whole verified layer. Only what it lies
-// about is refused: the planted name (EIO), the listing of its directory
-// and a lookup there of the true name the served tree lacks; the other
-// files of the layer read right, from verified bytes. (This test asserted
-// whole-layer quarantine before issue 12: data/f0020.txt was EIO.)
+// about is refused: the planted name and the file it points elsewhere in
+// the tar (EIO), the listing of their directory and a lookup there of the
+// true name the served tree lacks; the other files of the layer read right,
+// from verified bytes. (This test asserted whole-layer quarantine before
+// issue 12: data/f0020.txt was EIO.)
 func TestLyingIndexRefusesItsLies(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
-	// The lie: one file's name changed, every digest left as it was.
+	// The lies: one file's name changed, another's content located at the
+	// next file's, every digest left as it was.
 	ref, content := pushLyingIndex(t, host, "lazy/lie", 3, 60, func(tbl *index.Table) {
+		var f30 *index.Entry
 		for i := range tbl.Entries {
-			if tbl.Entries[i].Name == "data/f0010.txt" {
-				tbl.Entries[i].Name = "data/planted.txt"
+			switch e := &tbl.Entries[i]; e.Name {
+			case "data/f0010.txt":
+				e.Name = "data/planted.txt"
+			case "data/f0030.txt":
+				f30 = e
+			case "data/f0031.txt":
+				f30.Offset, f30.Size = e.Offset, min(f30.Size, e.Size)
 			}
 		}
 	})
@@ -271,14 +279,16 @@ func TestLyingIndexRefusesItsLies(t *testing.T) {
 			}
 			_, err = os.ReadFile(filepath.Join(mnt, "data/planted.txt"))
 			wantEIO(t, "read of the planted name", err)
+			_, err = os.ReadFile(filepath.Join(mnt, "data/f0030.txt"))
+			wantEIO(t, "read of the file the index points at another's bytes", err)
 			_, err = os.Lstat(filepath.Join(mnt, "data/f0010.txt"))
 			wantEIO(t, "lstat of the true name the served tree lacks", err)
 			_, err = os.ReadDir(filepath.Join(mnt, "data"))
 			wantEIO(t, "listing of the directory whose names the index changed", err)
 			readWant(t, filepath.Join(mnt, "data/f0020.txt"), content["data/f0020.txt"])
 			readWant(t, filepath.Join(mnt, "etc/os-release"), content["etc/os-release"])
-			if st := im.Stats(); st.VerifyFailures != 1 || st.Layers[0].Verified || st.Layers[0].Refused != 1 {
-				t.Errorf("stats: verify_failures %d, layer 0 verified %v refused %d; want 1, false, 1",
+			if st := im.Stats(); st.VerifyFailures != 1 || st.Layers[0].Verified || st.Layers[0].Refused != 2 {
+				t.Errorf("stats: verify_failures %d, layer 0 verified %v refused %d; want 1, false, 2",
 					st.VerifyFailures, st.Layers[0].Verified, st.Layers[0].Refused)
 			}
 		})
