@@ -25,10 +25,12 @@ import (
 //
 // Trust chain: manifest digest → layer descriptor (annotations) → TOC
 // (toc.Decode checks it against the annotation digest) → chunkDigest
-// (toc.DecodeChunk checks the uncompressed chunk) → the bytes served. When
-// the whole blob has been fetched (background), its digest, its DiffID and
-// its tar entries are checked against the descriptor, the config and the
-// TOC in use; a mismatch quarantines the layer.
+// (toc.DecodeChunk checks the uncompressed chunk) → the bytes served; the
+// names come from the tar-split (bound by the TOC's tarSplitDigest) when
+// the layer has one. When the whole blob has been fetched (background), its
+// digest and its DiffID are checked against the descriptor and the config
+// (a mismatch quarantines the layer), then its tar entries against the TOC
+// in use: where they disagree, the verified bytes win (disagree.go).
 
 // Chunk fetch bounds.
 const (
@@ -119,16 +121,39 @@ func (l *layer) planChunked(ctx context.Context) error {
 	return nil
 }
 
-// loadChunked fetches the layer's TOC with one Range GET, verifies and
-// parses it, and sets the table from it. A TOC that does not match the
-// digest the manifest binds fails the load.
+// maxTarSplitGap is how far after the TOC the tar-split may start for one
+// Range GET to fetch both: containers/storage puts one skippable frame
+// header (8 bytes) between them.
+const maxTarSplitGap = 64
+
+// loadChunked fetches the layer's TOC with one Range GET (and its tar-split,
+// in the same request when it follows the TOC), verifies and parses it, and
+// sets the table from it. A TOC that does not match the digest the manifest
+// binds fails the load. A TOC that cannot give the layer's names exactly (a
+// tar-split that does not check out or match, or names with U+FFFD and no
+// tar-split to correct them) is not used: the layer is loaded as if it had
+// none (unchunk).
 func (l *layer) loadChunked(ctx context.Context) error {
 	start := time.Now()
 	c := l.chunked
-	var lt *toc.Layer
-	err := l.im.img.CheckRange(ctx, l.desc, c.loc.Offset, c.loc.Size, func(raw []byte) error {
+	opts := l.im.tocOptions()
+	off, n := c.loc.Offset, c.loc.Size
+	splitOff, splitSize := c.loc.TarSplitOffset, c.loc.TarSplitSize
+	together := splitSize > 0 && splitOff >= off+n && splitOff-(off+n) <= maxTarSplitGap && n+splitSize <= toc.DefaultMaxTOCSize
+	if together {
+		n = splitOff + splitSize - off
+	}
+	var lt, named *toc.Layer
+	var splitErr error
+	useSplit := func(lt *toc.Layer, raw []byte) {
+		named, splitErr = toc.ApplyTarSplit(lt, c.loc, raw, opts)
+	}
+	err := l.im.img.CheckRange(ctx, l.desc, off, n, func(raw []byte) error {
 		var derr error
-		lt, derr = toc.Decode(c.loc, raw, l.im.tocOptions())
+		lt, derr = toc.Decode(c.loc, raw[:c.loc.Size], opts)
+		if derr == nil && together && lt.TarSplitDigest != "" {
+			useSplit(lt, raw[splitOff-off:])
+		}
 		return derr
 	})
 	if err != nil {
@@ -141,6 +166,25 @@ func (l *layer) loadChunked(ctx context.Context) error {
 		}
 		return fmt.Errorf("fetching the %s TOC: %w", c.loc.Layout, err)
 	}
+	hasSplit := lt.TarSplitDigest != "" && splitSize > 0
+	if hasSplit && !together {
+		err := l.im.img.CheckRange(ctx, l.desc, splitOff, splitSize, func(raw []byte) error {
+			useSplit(lt, raw)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("fetching the %s tar-split: %w", c.loc.Layout, err)
+		}
+	}
+	switch name, inexact := lt.InexactName(); {
+	case hasSplit && splitErr != nil:
+		return l.unchunk(ctx, fmt.Sprintf("its tar-split does not give the TOC's names exactly (%v)", splitErr))
+	case hasSplit:
+		lt = named
+		l.why += "; names from its tar-split, which the TOC binds by digest"
+	case inexact:
+		return l.unchunk(ctx, fmt.Sprintf("the TOC has %q, whose U+FFFD stands for bytes that are not UTF-8, and no tar-split to say which", name))
+	}
 	c.toc = lt
 	l.table = &index.Table{
 		Entries:     lt.Entries,
@@ -150,8 +194,13 @@ func (l *layer) loadChunked(ctx context.Context) error {
 		TarSize:     lt.ContentSize,
 		Compression: lt.Format,
 	}
+	var splitBytes int64
+	if hasSplit {
+		splitBytes = splitSize
+	}
 	l.im.log.Info("layer TOC loaded", "layer", l.desc.Digest, "layout", c.loc.Layout, "entries", len(lt.Entries),
-		"chunks", len(lt.Chunks), "toc_bytes", c.loc.Size, "landmark", lt.Landmark, "duration", time.Since(start).Round(time.Millisecond))
+		"chunks", len(lt.Chunks), "toc_bytes", c.loc.Size, "tar_split_bytes", splitBytes,
+		"landmark", lt.Landmark, "duration", time.Since(start).Round(time.Millisecond))
 	if lt.Landmark != toc.LandmarkPrefetch || lt.PrefetchU == 0 {
 		close(c.landmarkDone)
 		return nil
@@ -162,6 +211,26 @@ func (l *layer) loadChunked(ctx context.Context) error {
 		return nil
 	})
 	return nil
+}
+
+// unchunk gives up serving the layer from its TOC, which cannot say the
+// layer's names exactly (why), and loads it as it would have been without
+// one: streamed (gzip) or fetched whole (zstd), verified against the layer
+// digest and the config's DiffID, so that what it serves is exactly its tar,
+// before the background check and after it.
+func (l *layer) unchunk(ctx context.Context, why string) error {
+	c := l.chunked
+	l.chunked = nil
+	close(c.landmarkDone)
+	how := "streamed once, verified against the layer digest and indexed (later mounts are lazy)"
+	l.mode = ModeStream
+	if l.compression == "zstd" {
+		how, l.mode = "fetched whole and verified against the layer digest", ModeWhole
+	}
+	l.im.log.Warn("lazy layer refused: its TOC cannot give its names exactly; "+how+" instead",
+		"layer", l.desc.Digest, "layout", c.loc.Layout, "mode", l.mode, "err", why)
+	l.why = fmt.Sprintf("%s TOC not used: %s; %s", c.loc.Layout, why, how)
+	return l.load(ctx)
 }
 
 // prefetchLandmark fetches the chunks of the files the layer's builder put
@@ -368,14 +437,19 @@ func chunkError(err error) error {
 
 // fillChunked gets the layer's complete blob, from the cache (its digest
 // checked again) or by fetching it whole, checks its DiffID against the
-// config and its tar entries against the TOC in use, and returns the
-// cached blob, from which chunks are then decoded.
+// config, and once both have checked out compares its tar entries with the
+// TOC in use (compareChunked); it returns the cached blob, from which
+// chunks are then decoded.
 func (l *layer) fillChunked(ctx context.Context) (*os.File, error) {
 	cache := l.im.client.Cache()
 	if f, err := cache.Open(l.desc.Digest); err == nil {
 		err := cache.Verify(f, l.desc.Digest)
 		if err == nil {
-			if err := l.checkChunked(io.NewSectionReader(f, 0, l.desc.Size)); err != nil {
+			t, err := l.checkChunked(io.NewSectionReader(f, 0, l.desc.Size))
+			if err == nil {
+				err = l.compareChunked(ctx, t)
+			}
+			if err != nil {
 				f.Close()
 				return nil, l.failed(err)
 			}
@@ -400,7 +474,8 @@ func (l *layer) fillChunked(ctx context.Context) (*os.File, error) {
 	}
 	defer p.Abort()
 	tee := io.TeeReader(rc, p)
-	if err := l.checkChunked(tee); err != nil {
+	t, err := l.checkChunked(tee)
+	if err != nil {
 		return nil, l.failed(rootCause(rc, err))
 	}
 	// The blob's digest is checked when its reader reaches the end; the TOC
@@ -413,66 +488,90 @@ func (l *layer) fillChunked(ctx context.Context) (*os.File, error) {
 	}
 	l.im.log.Info("lazy layer fetched whole and verified", "layer", l.desc.Digest, "mode", l.mode,
 		"bytes", l.desc.Size, "duration", time.Since(start).Round(time.Millisecond))
-	return cache.Open(l.desc.Digest)
+	f, err := cache.Open(l.desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.compareChunked(ctx, t); err != nil {
+		f.Close()
+		return nil, l.failed(err)
+	}
+	return f, nil
 }
 
 // checkChunked decompresses the blob r, checks the uncompressed stream
-// against the config's DiffID and its tar entries against the TOC's.
-func (l *layer) checkChunked(r io.Reader) error {
+// against the config's DiffID and returns the tar's table.
+func (l *layer) checkChunked(r io.Reader) (*index.Table, error) {
 	dr, err := index.Decompress(l.desc.MediaType, r)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer dr.Close()
 	t, err := index.Build(dr, l.im.opts.Index)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if t.DiffID != l.diffID {
-		return &fetch.DigestError{What: fmt.Sprintf("uncompressed layer %s", l.desc.Digest), Want: l.diffID, Got: t.DiffID}
+		return nil, &fetch.DigestError{What: fmt.Sprintf("uncompressed layer %s", l.desc.Digest), Want: l.diffID, Got: t.DiffID}
 	}
-	if err := sameEntries(l.chunked.toc, t.Entries); err != nil {
-		return fmt.Errorf("%w: the %s TOC in use does not match the verified layer %s: %v", index.ErrFormat, l.chunked.loc.Layout, l.desc.Digest, err)
+	return t, nil
+}
+
+// compareChunked compares the tar entries of the verified layer (blob
+// digest and DiffID checked) with the TOC in use and acts on a
+// disagreement: what the TOC got wrong is refused, the rest is served
+// (disagree).
+func (l *layer) compareChunked(ctx context.Context, t *index.Table) error {
+	differ, first, verified := diffEntries(l.chunked.toc, t.Entries)
+	if differ == 0 {
+		return nil
 	}
-	return nil
+	return l.disagree(ctx, l.chunked.loc.Layout.String()+" TOC", verified, differ, first, false)
 }
 
 // Names eStargz reserves at the layer root: not entries of the tree.
 var estargzReserved = map[string]bool{"stargz.index.json": true, ".prefetch.landmark": true, ".no.prefetch.landmark": true}
 
-// sameEntries compares a TOC's entries with the tar's: everything but
-// offsets (the TOC's are virtual), and mtimes to the second where the
-// layout keeps only seconds (eStargz).
-func sameEntries(lt *toc.Layer, tar []index.Entry) error {
+// diffEntries compares a TOC's entries with the tar's, position by
+// position: everything but offsets (the TOC's are virtual), and mtimes as
+// toc.SameModTime allows (eStargz keeps only seconds). It returns how many
+// positions differ, a description of the first, and the tar's entries in
+// the TOC's terms: eStargz's reserved names dropped, virtual offsets, and
+// the TOC's mtime where it stands for the tar's.
+func diffEntries(lt *toc.Layer, tar []index.Entry) (int, string, []index.Entry) {
 	estargz := lt.Layout == toc.LayoutEstargz || lt.Layout == toc.LayoutEstargzZstd
 	var want []index.Entry
+	var u int64 // the virtual offset of the next regular file
 	for _, e := range tar {
 		if estargz && e.Type == index.TypeReg && estargzReserved[e.Name] {
 			continue
 		}
+		if e.Type == index.TypeReg {
+			e.Offset = u
+			u += e.Size
+		}
 		want = append(want, e)
 	}
+	differ, first := 0, ""
 	if len(want) != len(lt.Entries) {
-		return fmt.Errorf("the TOC has %d entries, the tar %d", len(lt.Entries), len(want))
+		differ, first = max(len(want), len(lt.Entries))-min(len(want), len(lt.Entries)),
+			fmt.Sprintf("the TOC has %d entries, the tar %d", len(lt.Entries), len(want))
 	}
-	for i, w := range want {
-		g := lt.Entries[i]
-		g.Offset, w.Offset = 0, 0
-		// eStargz keeps whole seconds, rounded (not truncated) by its
-		// writer: 08:07:08.72 is 08:07:09 in the TOC. So does estargz's
-		// zstd writer, whose layers carry the same annotations as
-		// containers/storage's: a TOC time of whole seconds within a
-		// second of the tar's is that rounding, whatever the layout.
-		d := g.ModTime.Sub(w.ModTime).Abs()
-		if d == 0 || ((estargz || g.ModTime.Nanosecond() == 0) && d < time.Second) {
-			g.ModTime = w.ModTime
+	for i := range min(len(want), len(lt.Entries)) {
+		g, w := lt.Entries[i], want[i]
+		if toc.SameModTime(g.ModTime, w.ModTime, lt.Layout) {
+			want[i].ModTime, w.ModTime = g.ModTime, g.ModTime
 		}
-		if !reflect.DeepEqual(g, w) {
-			return fmt.Errorf("entry %d: the TOC says %s %q (mode %o, uid %d, gid %d, %d bytes, mtime %s, link %q, xattrs %d), "+
+		g.Offset, w.Offset = 0, 0
+		if reflect.DeepEqual(g, w) {
+			continue
+		}
+		if differ++; first == "" {
+			first = fmt.Sprintf("entry %d: the TOC says %s %q (mode %o, uid %d, gid %d, %d bytes, mtime %s, link %q, xattrs %d), "+
 				"the tar %s %q (mode %o, uid %d, gid %d, %d bytes, mtime %s, link %q, xattrs %d)",
 				i, g.Type, g.Name, g.Mode, g.UID, g.GID, g.Size, g.ModTime.Format(time.RFC3339Nano), g.Linkname, len(g.Xattrs),
 				w.Type, w.Name, w.Mode, w.UID, w.GID, w.Size, w.ModTime.Format(time.RFC3339Nano), w.Linkname, len(w.Xattrs))
 		}
 	}
-	return nil
+	return differ, first, want
 }

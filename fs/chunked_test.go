@@ -162,9 +162,20 @@ func bigLazyLayers(seed uint64, size int64) ([]fstest.Layer, map[string][]byte) 
 	return []fstest.Layer{{Files: files}, {Files: small}}, content
 }
 
+// tarSplitBytes returns the bytes loadChunked fetches for a lazy layer's
+// tar-split besides its TOC: from the TOC's end to the tar-split's (one
+// skippable frame header and the tar-split), or 0 without one.
+func tarSplitBytes(l *layer) int64 {
+	c := l.chunked
+	if c.toc.TarSplitDigest == "" || c.loc.TarSplitSize == 0 {
+		return 0
+	}
+	return c.loc.TarSplitOffset + c.loc.TarSplitSize - (c.loc.Offset + c.loc.Size)
+}
+
 // oneFileShare reads name from a fresh mount of ref and returns the blob
-// bytes of layer 0 fetched, the layer's size, and the bound: footer, TOC
-// and the compressed bytes of the file's chunks.
+// bytes of layer 0 fetched, the layer's size, and the bound: footer, TOC,
+// tar-split and the compressed bytes of the file's chunks.
 func oneFileShare(t *testing.T, ref, name string, want []byte) (fetched, size, bound int64) {
 	t.Helper()
 	im := resolveLoad(t, newClient(t, "", nil), ref, Options{Logger: testLogger(t)})
@@ -179,7 +190,8 @@ func oneFileShare(t *testing.T, ref, name string, want []byte) (fetched, size, b
 		t.Fatal(err)
 	}
 	lt := l.chunked.toc
-	bound = toc.TailSize() + l.chunked.loc.Size
+	bound = toc.TailSize() + l.chunked.loc.Size + tarSplitBytes(l)
+	t.Logf("layer 0: TOC %d bytes, tar-split %d bytes", l.chunked.loc.Size, tarSplitBytes(l))
 	for i := lt.ChunkFor(n.Offset); i >= 0 && i <= lt.ChunkFor(n.Offset+n.Size-1); i++ {
 		bound += lt.Chunks[i].CEnd - lt.Chunks[i].C
 	}
@@ -188,7 +200,8 @@ func oneFileShare(t *testing.T, ref, name string, want []byte) (fetched, size, b
 
 // TestChunkedReadOneFileFetchesLittle: reading one small file of a big
 // eStargz or zstd:chunked layer on a fresh cache fetches the footer, the
-// TOC and that file's chunks, and nothing more.
+// TOC (with zstd:chunked's tar-split) and that file's chunks, and nothing
+// more.
 func TestChunkedReadOneFileFetchesLittle(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
@@ -201,7 +214,7 @@ func TestChunkedReadOneFileFetchesLittle(t *testing.T) {
 			t.Logf("%s: layer %d bytes; reading %s (%d bytes) fetched %d (%.2f%%), bound %d",
 				f, size, name, len(content[name]), fetched, 100*float64(fetched)/float64(size), bound)
 			if fetched == 0 || fetched > bound {
-				t.Errorf("fetched %d bytes of layer 0, want between 1 and %d (footer + TOC + the file's chunks)", fetched, bound)
+				t.Errorf("fetched %d bytes of layer 0, want between 1 and %d (footer + TOC + tar-split + the file's chunks)", fetched, bound)
 			}
 			if fetched*100 >= 3*size {
 				t.Errorf("fetched %d of %d bytes: not under 3%%", fetched, size)
@@ -394,9 +407,9 @@ func TestChunkedSharedChunks(t *testing.T) {
 			continue
 		}
 		st := im.Stats()
-		tocBytes := im.layers[0].chunked.loc.Size + toc.TailSize()
+		tocBytes := im.layers[0].chunked.loc.Size + toc.TailSize() + tarSplitBytes(im.layers[0])
 		if got := st.Layers[0].BytesFetched; got > tocBytes {
-			t.Errorf("second image: fetched %d bytes of layer %s, want at most its TOC and footer (%d): chunks fetched again",
+			t.Errorf("second image: fetched %d bytes of layer %s, want at most its TOC, tar-split and footer (%d): chunks fetched again",
 				got, img2.LayerDescs[0].Digest, tocBytes)
 		}
 		if st.CacheHits == 0 {

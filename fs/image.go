@@ -105,6 +105,12 @@ type Image struct {
 	verifyFailures   atomic.Int64
 	refused          sync.Map // inode numbers whose EIO has been logged at Error
 
+	// refusal is what verified bytes contradict in the tree, once a
+	// layer's check has found its table in use disagreeing with them
+	// (disagree.go); nil while nothing is. rmu serialises its updates.
+	refusal atomic.Pointer[refusal]
+	rmu     sync.Mutex
+
 	ctx    context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
 	bg     errgroup.Group // background layer fetches, waited for by Close
@@ -227,7 +233,9 @@ func (im *Image) Load(ctx context.Context) error {
 	if im.opts.Progressive {
 		var streams []*layer
 		for _, l := range im.layers {
-			if l.mode == ModeStream {
+			// A layer whose TOC was given up at load (unchunk) is
+			// streamed already.
+			if l.mode == ModeStream && l.table == nil {
 				streams = append(streams, l)
 			}
 		}
@@ -332,6 +340,9 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	if n.Type != index.TypeReg {
 		return 0, fmt.Errorf("read of a %s", n.Type)
 	}
+	if err := im.refusedNode(n); err != nil {
+		return 0, err
+	}
 	if off >= n.Size {
 		return 0, io.EOF
 	}
@@ -388,6 +399,10 @@ type LayerInfo struct {
 	// a failure of one of them).
 	Extracted bool `json:"extracted"`
 	Settled   bool `json:"settled"`
+	// Refused counts the nodes of the tree whose entry in the layer's
+	// table in use (TOC or index) disagrees with the layer's verified
+	// bytes: they are EIO, the rest of the layer is served.
+	Refused int `json:"refused,omitempty"`
 }
 
 // Stats is what a mount fetched, served and verified; its JSON form is the
@@ -419,6 +434,7 @@ func (im *Image) Layers() []LayerInfo {
 		out[i].Complete, out[i].Verified = l.state()
 		out[i].Extracted = l.tree.Load() != nil
 		out[i].Settled = l.settled.Load() || l.quarantined() != nil
+		out[i].Refused = l.refusedCount()
 	}
 	return out
 }

@@ -50,8 +50,9 @@ type layer struct {
 	// cur is the latest attempt to get the layer's complete bytes; a new
 	// one is made when the last failed for a reason other than verification.
 	cur *attempt
-	// bad is why the layer is quarantined: its bytes or its index failed
-	// verification. Every read is then EIO.
+	// bad is why the layer is quarantined: its bytes failed verification
+	// (or its table in use disagreed with them in a way disagree could not
+	// narrow down). Every read is then EIO.
 	bad error
 
 	// urgent is set once a reader waits for the whole layer: its background
@@ -71,6 +72,13 @@ type layer struct {
 	tree       atomic.Pointer[fetch.Tree]
 	unpackOnce sync.Once
 	settled    atomic.Bool // the background is done with the layer (LayerInfo.Settled)
+
+	// disagreed is set once the background check found the table in use
+	// disagreeing with the layer's verified bytes (disagree.go); verified,
+	// when the index's spans or windows were wrong, then serves the
+	// layer's reads.
+	disagreed atomic.Pointer[disagreement]
+	verified  atomic.Pointer[verifiedSpans]
 
 	// emu guards table.Entries once Load has returned: ReleaseEntries
 	// drops them while the background may still read them.
@@ -370,9 +378,9 @@ func (l *layer) ensure(ctx context.Context) error {
 // fill gets the layer's complete bytes, from the cache (their digest checked
 // again) or by fetching the whole layer, and checks the table in use against
 // the one those verified bytes give: unless the table was built from them
-// here, the entries, spans and windows must be the same, or the layer is
-// quarantined. A registry index is trusted for its span digests only until
-// this check.
+// here, its entries, spans and windows must be the same, or what it got
+// wrong is refused and the rest served from the verified bytes (check). A
+// registry index is trusted for its span digests only until this check.
 func (l *layer) fill(ctx context.Context) (*os.File, error) {
 	if l.chunked != nil {
 		return l.fillChunked(ctx)
@@ -382,7 +390,7 @@ func (l *layer) fill(ctx context.Context) (*os.File, error) {
 	if f, err := cache.Open(key); err == nil {
 		t, err := l.rebuild(f)
 		if err == nil {
-			return f, l.check(t, f)
+			return f, l.check(ctx, t, f)
 		}
 		f.Close()
 		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
@@ -396,7 +404,7 @@ func (l *layer) fill(ctx context.Context) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return f, l.check(t, f)
+	return f, l.check(ctx, t, f)
 }
 
 // rebuild checks a cached file against its digest and, unless the table in
@@ -431,59 +439,122 @@ func (l *layer) heldEntries() []index.Entry {
 	return l.table.Entries
 }
 
-// check compares the table in use with t, built from the verified bytes.
-// Entries released to save memory are read again from the index file.
-func (l *layer) check(t *index.Table, f *os.File) error {
+// check compares the table in use with t, built from the verified bytes,
+// and acts on a disagreement (disagree): what the table got wrong is
+// refused, the rest served from the verified bytes, through t's spans when
+// the table's spans or windows differ. Entries released to save memory are
+// read again from the index file.
+func (l *layer) check(ctx context.Context, t *index.Table, f *os.File) error {
 	cur := l.table
-	if cur != t {
-		l.emu.Lock() // ReleaseEntries may drop the entries meanwhile
-		snap := *cur
-		l.emu.Unlock()
-		cur = &snap
+	if cur == t {
+		return nil
 	}
-	if cur != t && cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {
+	l.emu.Lock() // ReleaseEntries may drop the entries meanwhile
+	snap := *cur
+	l.emu.Unlock()
+	cur = &snap
+	if cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {
 		var err error
 		if cur, err = index.Open(l.indexSrc, l.indexSrc.Size()); err != nil {
 			f.Close()
 			return l.failed(fmt.Errorf("%w: reading the index in use again: %v", index.ErrFormat, err))
 		}
 	}
-	if err := sameTable(cur, t); err != nil {
+	spans, err := spansDiffer(cur, t)
+	if err != nil {
 		f.Close()
-		return l.failed(fmt.Errorf("%w: the index in use does not match the verified layer: %v", index.ErrFormat, err))
+		return l.failed(fmt.Errorf("%w: comparing the index in use with the verified layer: %v", index.ErrFormat, err))
+	}
+	differ, first := diffByPath(cur.Entries, t.Entries)
+	if differ == 0 && !spans {
+		return nil
+	}
+	if spans {
+		l.verified.Store(&verifiedSpans{t: t})
+	}
+	if err := l.disagree(ctx, "index", t.Entries, differ, first, spans); err != nil {
+		l.verified.Store(nil)
+		f.Close()
+		return l.failed(err)
+	}
+	// Built here from verified bytes, t may go into the local index cache
+	// (fetchWhole put it there already unless the blob was cached): the
+	// next mount serves the layer from it.
+	cache := l.im.client.Cache()
+	if !cache.HasIndex(l.desc.Digest) {
+		if b, err := t.MarshalBinary(); err != nil {
+			l.im.log.Warn("encoding layer index", "layer", l.desc.Digest, "err", err)
+		} else if err := cache.WriteIndex(l.desc.Digest, b); err != nil {
+			l.im.log.Warn("caching layer index", "layer", l.desc.Digest, "err", err)
+		}
 	}
 	return nil
 }
 
-// sameTable reports how two tables of one layer differ, if they do: the
-// uncompressed stream, the entries, and every span with its window (a span's
-// digest covers only its compressed bytes; the window it decodes with must
-// be right too).
-func sameTable(a, b *index.Table) error {
+// spansDiffer reports whether two tables of one layer differ in their
+// uncompressed stream, their spans or any span's window (a span's digest
+// covers only its compressed bytes; the window it decodes with must be
+// right too).
+func spansDiffer(a, b *index.Table) (bool, error) {
 	switch {
-	case a == b:
-		return nil
 	case a.DiffID != b.DiffID || a.TarSize != b.TarSize:
-		return fmt.Errorf("uncompressed stream differs")
-	case !reflect.DeepEqual(a.Entries, b.Entries):
-		return fmt.Errorf("entries differ")
+		return true, nil
 	case a.SpanSize != b.SpanSize || !slices.Equal(a.Spans, b.Spans):
-		return fmt.Errorf("spans differ")
+		return true, nil
 	}
 	for i := range a.Spans {
 		wa, err := a.Window(i)
 		if err != nil {
-			return err
+			return false, err
 		}
 		wb, err := b.Window(i)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if !bytes.Equal(wa, wb) {
-			return fmt.Errorf("window of span %d differs", i)
+			return true, nil
 		}
 	}
-	return nil
+	return false, nil
+}
+
+// diffByPath counts the paths whose entries (all of them, in order, offsets
+// included) differ between the table in use and the verified one, and
+// describes the first.
+func diffByPath(inUse, verified []index.Entry) (int, string) {
+	byPath := func(es []index.Entry) (map[string][]index.Entry, []string) {
+		m := map[string][]index.Entry{}
+		var order []string
+		for _, e := range es {
+			if _, ok := m[e.Name]; !ok {
+				order = append(order, e.Name)
+			}
+			m[e.Name] = append(m[e.Name], e)
+		}
+		return m, order
+	}
+	a, aOrder := byPath(inUse)
+	b, bOrder := byPath(verified)
+	n, first := 0, ""
+	note := func(p, how string) {
+		if n++; n == 1 {
+			first = fmt.Sprintf("%q %s", p, how)
+		}
+	}
+	for _, p := range aOrder {
+		switch w, ok := b[p]; {
+		case !ok:
+			note(p, "is not in the verified layer")
+		case !reflect.DeepEqual(a[p], w):
+			note(p, "differs")
+		}
+	}
+	for _, p := range bOrder {
+		if _, ok := a[p]; !ok {
+			note(p, "is missing from the index")
+		}
+	}
+	return n, first
 }
 
 // finish publishes the outcome of an attempt; a verification failure
@@ -543,6 +614,9 @@ func (l *layer) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, 
 	if l.chunked != nil {
 		return l.readChunks(ctx, p, off)
 	}
+	if v := l.verified.Load(); v != nil {
+		return l.readVerified(v, p, off)
+	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off, fileEnd)
 	}
@@ -563,11 +637,13 @@ func (l *layer) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, 
 	return f.ReadAt(p, off)
 }
 
-// state reports whether the layer's bytes are all here and verified. Both are
-// the same: complete bytes are admitted only verified.
+// state reports whether the layer's bytes are all here, and whether they
+// and everything served of the layer are verified: complete bytes are
+// admitted only verified, but a table in use that disagrees with them
+// leaves nodes refused (disagree.go).
 func (l *layer) state() (complete, verified bool) {
 	ok := l.complete() != nil && l.quarantined() == nil
-	return ok, ok
+	return ok, ok && l.refusedCount() == 0
 }
 
 func (l *layer) close() error {

@@ -130,7 +130,13 @@ func (in *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		out.SetEntryTimeout(provisionalTimeout)
 		out.SetAttrTimeout(provisionalTimeout)
 	} else if c = in.node().Child(name); c == nil {
+		if err := in.im.refusedList(in.node()); err != nil {
+			return nil, in.im.errno(ctx, in.node(), 0, err) // the name may be there in truth
+		}
 		return nil, syscall.ENOENT
+	}
+	if err := in.im.refusedNode(c); err != nil {
+		return nil, in.im.errno(ctx, c, 0, err)
 	}
 	child := &inode{im: in.im, n: c, path: p, early: early}
 	child.fill(&out.Attr)
@@ -146,6 +152,9 @@ func (in *inode) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) 
 		}
 	}
 	n := in.node()
+	if err := in.im.refusedList(n); err != nil {
+		return nil, in.im.errno(ctx, n, 0, err)
+	}
 	names := n.Names()
 	ents := make([]fuse.DirEntry, len(names))
 	for i, name := range names {
@@ -156,6 +165,9 @@ func (in *inode) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) 
 }
 
 func (in *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if err := in.im.refusedNode(in.node()); err != nil {
+		return in.im.errno(ctx, in.node(), 0, err)
+	}
 	in.fill(&out.Attr)
 	if in.provisional() {
 		out.SetTimeout(provisionalTimeout)
@@ -165,6 +177,9 @@ func (in *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.Att
 
 // Getxattr serves the xattrs the layer's tar recorded (PAX SCHILY.xattr.*).
 func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if err := in.im.refusedNode(in.node()); err != nil {
+		return 0, in.im.errno(ctx, in.node(), 0, err)
+	}
 	v, ok := in.node().Xattrs[attr]
 	if !ok {
 		return 0, unix.ENODATA
@@ -176,6 +191,9 @@ func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 }
 
 func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if err := in.im.refusedNode(in.node()); err != nil {
+		return 0, in.im.errno(ctx, in.node(), 0, err)
+	}
 	xattrs := in.node().Xattrs
 	names := make([]string, 0, len(xattrs))
 	size := 0
@@ -198,6 +216,9 @@ func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Er
 
 func (in *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	n := in.node()
+	if err := in.im.refusedNode(n); err != nil {
+		return nil, in.im.errno(ctx, n, 0, err)
+	}
 	if n.Type != index.TypeSymlink {
 		return nil, syscall.EINVAL
 	}
@@ -214,11 +235,17 @@ func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uin
 	if in.node().Type != index.TypeReg {
 		return nil, 0, syscall.EINVAL
 	}
+	if err := in.im.refusedNode(in.node()); err != nil {
+		return nil, 0, in.im.errno(ctx, in.node(), 0, err)
+	}
 	return in.open(), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (in *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	node := in.node()
+	if err := in.im.refusedNode(node); err != nil {
+		return nil, in.im.errno(ctx, node, off, err) // a file opened before the check found the lie
+	}
 	if h, ok := f.(*fileHandle); ok && h.f != nil {
 		return h.read(node, dest, off)
 	}

@@ -68,9 +68,15 @@ func (p *puller) dir(path string, d *Node) error {
 	if err := p.ctx.Err(); err != nil {
 		return err
 	}
+	if err := p.im.refusedList(d); err != nil {
+		return fmt.Errorf("pull %s: %w", path, err)
+	}
 	for _, name := range d.Names() {
 		c := d.Child(name)
 		cp := filepath.Join(path, name)
+		if err := p.im.refusedNode(c); err != nil {
+			return fmt.Errorf("pull %s: %w", cp, err)
+		}
 		if err := p.entry(cp, c); err != nil {
 			return fmt.Errorf("pull %s: %w", cp, err)
 		}

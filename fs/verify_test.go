@@ -53,11 +53,13 @@ func readFile(t *testing.T, im *Image, name string) ([]byte, error) {
 
 // TestLyingIndexWithCachedBlob: a registry index is checked against the
 // layer even when the layer's blob is already cached (another image shares
-// the layer, or the local index was pruned): a lie quarantines the layer.
-// Found in review: the cached-blob path used to skip the comparison.
+// the layer, or the local index was pruned): what it lies about is refused.
+// Found in review: the cached-blob path used to skip the comparison. (Before
+// issue 12 the lie quarantined the whole layer, and ensure returned the
+// verification error; now ensure succeeds and the refusal shows.)
 func TestLyingIndexWithCachedBlob(t *testing.T) {
 	host := fstest.StartRegistry(t)
-	ref, _ := pushLyingIndex(t, host, "verify/lie", 3, 60, func(tbl *index.Table) {
+	ref, content := pushLyingIndex(t, host, "verify/lie", 3, 60, func(tbl *index.Table) {
 		for i := range tbl.Entries {
 			if tbl.Entries[i].Name == "data/f0010.txt" {
 				tbl.Entries[i].Name = "data/planted.txt"
@@ -66,8 +68,11 @@ func TestLyingIndexWithCachedBlob(t *testing.T) {
 	})
 	cache := t.TempDir()
 	first := loadImage(t, newClient(t, cache, nil), ref)
-	if err := first.layers[0].ensure(t.Context()); err == nil {
-		t.Fatalf("first mount: the lying index was not caught")
+	if err := first.layers[0].ensure(t.Context()); err != nil {
+		t.Fatalf("first mount: background fetch: %v", err)
+	}
+	if b, err := readFile(t, first, "data/planted.txt"); err == nil {
+		t.Fatalf("first mount: the lying index was not caught: the planted name served %d bytes", len(b))
 	}
 	first.Close()
 	c := newClient(t, cache, nil)
@@ -82,14 +87,17 @@ func TestLyingIndexWithCachedBlob(t *testing.T) {
 	if _, err := im.Tree().Lookup("data/planted.txt"); err != nil {
 		t.Fatalf("second mount did not take the registry's index: %v", err)
 	}
-	if err := im.layers[0].ensure(t.Context()); err == nil {
-		t.Fatalf("second mount accepted the lying index because the blob was cached")
+	if err := im.layers[0].ensure(t.Context()); err != nil {
+		t.Fatalf("second mount: background check: %v", err)
 	}
 	if b, err := readFile(t, im, "data/planted.txt"); err == nil {
 		t.Errorf("read of a planted name served %d bytes, want an error", len(b))
 	}
-	if st := im.Stats(); st.Layers[0].Verified {
-		t.Errorf("layer reported verified after the lie was caught")
+	if b, err := readFile(t, im, "data/f0020.txt"); err != nil || !bytes.Equal(b, content["data/f0020.txt"]) {
+		t.Errorf("read of a file the index is right about: %d bytes, %v", len(b), err)
+	}
+	if st := im.Stats(); st.Layers[0].Verified || st.Layers[0].Refused != 1 {
+		t.Errorf("layer 0: verified %v, refused %d after the lie was caught; want false, 1", st.Layers[0].Verified, st.Layers[0].Refused)
 	}
 }
 

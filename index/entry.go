@@ -1,6 +1,7 @@
 package index
 
 import (
+	"archive/tar"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -107,4 +108,15 @@ type Span struct {
 	Bits   uint8         // bits of byte C that belong to the previous span (0-7)
 	CEnd   int64         // blob offset just past the last byte the span needs
 	Digest digest.Digest // sha256 of blob[C:CEnd]
+}
+
+// EntryOf converts one tar header into an Entry by the rules [Build]
+// applies, for readers of tar headers kept apart from their tar (the raw
+// headers of containers/storage's tar-split). The data offset is not known
+// here: a TypeReg entry's Offset is 0. keep is false for a header with no
+// file meaning (a PAX global header, a volume label, aufs metadata); errors
+// are Build's, wrapping [ErrFormat].
+func EntryOf(hdr *tar.Header, opts Options) (e Entry, keep bool, err error) {
+	b := &builder{opts: opts.withDefaults()}
+	return b.entry(hdr, 0)
 }

@@ -403,7 +403,8 @@ mount on any machine finds them.
 
 A mount trusts an index from the registry for the span digests it checks
 reads against, and re-checks the whole layer against it when the background
-fetch completes: a mismatch quarantines the layer (EIO, one error line).
+fetch completes: what the index got wrong is refused (EIO, one error line),
+the rest is served from the verified layer.
 
 Examples:
   ocifs index build registry.example.com/app:1.4

@@ -77,6 +77,16 @@ type LazyOptions struct {
 	Annotate func(layer int, ann map[string]string)
 	// BlobDir as in Options: layer blobs written to files instead of memory.
 	BlobDir string
+	// NoTarSplit leaves the tar-split data out of ZstdChunked layers (and
+	// tarSplitDigest out of their TOC), as containers/storage did before it
+	// stored one.
+	NoTarSplit bool
+	// EditTOC, when set, is called on each non-chunk entry of a ZstdChunked
+	// layer's TOC before the TOC is written and bound by its annotation: a
+	// TOC that lies about the tar it comes with. A renamed file's chunk
+	// entries follow its new name. The tar-split (unless NoTarSplit) still
+	// describes the tar.
+	EditTOC func(layer int, e *TOCEntry)
 }
 
 // BuildLazy encodes the layers (their Compression is ignored) in a lazy
@@ -101,7 +111,7 @@ func BuildLazy(layers []Layer, opts LazyOptions) (*Image, error) {
 		if err := tw.Close(); err != nil {
 			return nil, err
 		}
-		blob, diffID, ann, err := encodeLazy(tarBuf.Bytes(), opts)
+		blob, diffID, ann, err := encodeLazy(i, tarBuf.Bytes(), opts)
 		if err != nil {
 			return nil, fmt.Errorf("encode layer %d as %s: %w", i, opts.Format, err)
 		}
@@ -153,7 +163,7 @@ func writeBlobFile(dir string, d digest.Digest, b []byte) error {
 }
 
 // encodeLazy converts one tar stream.
-func encodeLazy(tarBlob []byte, opts LazyOptions) (blob []byte, diffID digest.Digest, ann map[string]string, err error) {
+func encodeLazy(layer int, tarBlob []byte, opts LazyOptions) (blob []byte, diffID digest.Digest, ann map[string]string, err error) {
 	switch opts.Format {
 	case Estargz, EstargzZstd:
 		return encodeEstargz(tarBlob, opts)
@@ -162,7 +172,11 @@ func encodeLazy(tarBlob []byte, opts LazyOptions) (blob []byte, diffID digest.Di
 		if chunk <= 0 {
 			chunk = 64 << 10
 		}
-		return encodeZstdChunked(tarBlob, chunk)
+		var edit func(*TOCEntry)
+		if opts.EditTOC != nil {
+			edit = func(e *TOCEntry) { opts.EditTOC(layer, e) }
+		}
+		return encodeZstdChunked(tarBlob, chunk, !opts.NoTarSplit, edit)
 	}
 	return nil, "", nil, fmt.Errorf("unknown lazy format %d", int(opts.Format))
 }
@@ -203,8 +217,11 @@ func encodeEstargz(tarBlob []byte, opts LazyOptions) ([]byte, digest.Digest, map
 	return blob, b.DiffID(), ann, nil
 }
 
-// csEntry mirrors containers/storage's zstd:chunked FileMetadata JSON.
-type csEntry struct {
+// TOCEntry mirrors containers/storage's zstd:chunked FileMetadata JSON:
+// one entry of a ZstdChunked layer's TOC (LazyOptions.EditTOC). Its
+// strings are written with encoding/json, which, as in skopeo and podman,
+// puts U+FFFD in place of every byte of a name that is not UTF-8.
+type TOCEntry struct {
 	Type        string            `json:"type"`
 	Name        string            `json:"name"`
 	Linkname    string            `json:"linkName,omitempty"`
@@ -227,7 +244,7 @@ type csEntry struct {
 
 type csTOC struct {
 	Version        int           `json:"version"`
-	Entries        []csEntry     `json:"entries"`
+	Entries        []TOCEntry    `json:"entries"`
 	TarSplitDigest digest.Digest `json:"tarSplitDigest,omitempty"`
 }
 
@@ -275,11 +292,12 @@ func skippableFrame(b []byte) []byte {
 
 // encodeZstdChunked writes tarBlob in containers/storage's layout: tar
 // headers in frames of their own, each chunkSize piece of file content in
-// its own frame, then the manifest, the tar-split data and the footer in
-// skippable frames. The blob decompresses to tarBlob exactly.
-func encodeZstdChunked(tarBlob []byte, chunkSize int) ([]byte, digest.Digest, map[string]string, error) {
+// its own frame, then the manifest, the tar-split data (withTarSplit) and
+// the footer in skippable frames. The blob decompresses to tarBlob exactly.
+// edit, when set, changes each file entry of the manifest.
+func encodeZstdChunked(tarBlob []byte, chunkSize int, withTarSplit bool, edit func(*TOCEntry)) ([]byte, digest.Digest, map[string]string, error) {
 	var blob []byte
-	var entries []csEntry
+	var entries []TOCEntry
 	cr := &countReader{r: bytes.NewReader(tarBlob)}
 	tr := tar.NewReader(cr)
 	var pos int64
@@ -297,7 +315,7 @@ func encodeZstdChunked(tarBlob []byte, chunkSize int) ([]byte, digest.Digest, ma
 			return nil, "", nil, err
 		}
 		dataOff := cr.n
-		e := csEntry{Type: csTypes[hdr.Typeflag], Name: hdr.Name, Linkname: hdr.Linkname, Mode: hdr.Mode, Size: hdr.Size,
+		e := TOCEntry{Type: csTypes[hdr.Typeflag], Name: hdr.Name, Linkname: hdr.Linkname, Mode: hdr.Mode, Size: hdr.Size,
 			UID: hdr.Uid, GID: hdr.Gid, Devmajor: hdr.Devmajor, Devminor: hdr.Devminor}
 		if e.Type == "" {
 			return nil, "", nil, fmt.Errorf("%s: tar type %q", hdr.Name, hdr.Typeflag)
@@ -323,10 +341,10 @@ func encodeZstdChunked(tarBlob []byte, chunkSize int) ([]byte, digest.Digest, ma
 			return nil, "", nil, err
 		}
 		e.Digest = digest.FromBytes(data).String()
-		var chunks []csEntry
+		var chunks []TOCEntry
 		for off := 0; off < len(data); off += chunkSize {
 			piece := data[off:min(off+chunkSize, len(data))]
-			c := csEntry{Type: "chunk", Name: hdr.Name, Offset: int64(len(blob)), ChunkOffset: int64(off),
+			c := TOCEntry{Type: "chunk", Name: hdr.Name, Offset: int64(len(blob)), ChunkOffset: int64(off),
 				ChunkSize: int64(len(piece)), ChunkDigest: digest.FromBytes(piece).String()}
 			chunks = append(chunks, c)
 			if err := appendFrame(piece); err != nil {
@@ -349,14 +367,27 @@ func encodeZstdChunked(tarBlob []byte, chunkSize int) ([]byte, digest.Digest, ma
 
 	// The tar-split data, as containers/storage stores it. tar-split
 	// refuses tars that repeat a path (the corner image does); such a layer
-	// gets none, which readers of the TOC do not need.
+	// gets none, and readers have only the TOC's names.
 	var ts bytes.Buffer
 	var tsDigest digest.Digest
 	var tsSize int64
-	if d, n, err := tarSplit(&ts, tarBlob); err == nil {
-		tsDigest, tsSize = d, n
-	} else {
-		ts.Reset()
+	if withTarSplit {
+		if d, n, err := tarSplit(&ts, tarBlob); err == nil {
+			tsDigest, tsSize = d, n
+		} else {
+			ts.Reset()
+		}
+	}
+	if edit != nil {
+		name := ""
+		for i := range entries {
+			if entries[i].Type == "chunk" {
+				entries[i].Name = name
+				continue
+			}
+			edit(&entries[i])
+			name = entries[i].Name
+		}
 	}
 	manifest, err := json.Marshal(csTOC{Version: 1, Entries: entries, TarSplitDigest: tsDigest})
 	if err != nil {

@@ -64,3 +64,21 @@ func UmociUnpack(t testing.TB, layoutDir, tag string) (rootfs string) {
 	}
 	return rootfs
 }
+
+// SkopeoBinary copies images between layouts and registries, recompressing
+// them on the way (Debian package skopeo, 1.9.3).
+const SkopeoBinary = "skopeo"
+
+// SkopeoCopy runs `skopeo copy ARGS...` (skipped without skopeo, failed
+// when CI=true), e.g. to write an image's layers as zstd:chunked the way
+// containers/storage's compressor does.
+func SkopeoCopy(t testing.TB, args ...string) {
+	t.Helper()
+	if _, err := exec.LookPath(SkopeoBinary); err != nil {
+		skipOrFail(t, "skopeo not installed (apt-get install skopeo)")
+	}
+	cmd := exec.CommandContext(t.Context(), SkopeoBinary, append([]string{"copy", "--quiet"}, args...)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy %v: %v\n%s", args, err, out)
+	}
+}

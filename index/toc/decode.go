@@ -22,6 +22,8 @@ const (
 	DefaultMaxTOCSize     = 64 << 20
 	DefaultMaxTOCJSONSize = 256 << 20
 	DefaultMaxChunkSize   = 256 << 20
+
+	DefaultMaxTarSplitSize = 1 << 30
 )
 
 // tocTarName is the name of the TOC JSON in the tar of an eStargz TOC
@@ -52,6 +54,12 @@ type Options struct {
 	// compressed range, which [DecodeChunk] holds in memory. Zero means
 	// DefaultMaxChunkSize (256 MiB).
 	MaxChunkSize int64
+	// MaxTarSplitSize caps a zstd:chunked layer's tar-split data, both
+	// the compressed bytes [ApplyTarSplit] is given and the JSON they
+	// decompress to, which is parsed as it is decompressed. Zero means
+	// DefaultMaxTarSplitSize (1 GiB; the JSON takes about 1 KiB per tar
+	// entry).
+	MaxTarSplitSize int64
 }
 
 func (o Options) withDefaults() Options {
@@ -72,6 +80,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxChunkSize <= 0 {
 		o.MaxChunkSize = DefaultMaxChunkSize
+	}
+	if o.MaxTarSplitSize <= 0 {
+		o.MaxTarSplitSize = DefaultMaxTarSplitSize
 	}
 	return o
 }

@@ -7,8 +7,10 @@
 // Finding a layer's TOC from its descriptor and the last bytes of its blob
 // ([TailSize], [Locate]); checking the TOC against the digest the manifest
 // binds, decompressing and parsing it into a [Layer] ([Decode]); and
-// decoding one verified chunk of file content ([DecodeChunk]). Three
-// layouts are understood ([Layout]):
+// decoding one verified chunk of file content ([DecodeChunk]); and reading
+// a zstd:chunked layer's tar-split, bound to its TOC by digest, for the
+// exact names a JSON TOC cannot hold ([ApplyTarSplit], [Layer.InexactName]).
+// Three layouts are understood ([Layout]):
 //
 //   - eStargz (gzip): a 51-byte footer (or the legacy 47-byte one) gives
 //     the offset of the gzip member holding a tar with stargz.index.json;
@@ -54,7 +56,12 @@
 //   - Nothing here panics on hostile input. Errors caused by layer bytes or
 //     annotations wrap [index.ErrFormat] and read "invalid input: ...";
 //     every size the outside claims is capped ([Options]) before it is
-//     allocated, and the TOC JSON is parsed as it is decompressed.
+//     allocated, and the TOC JSON and the tar-split are parsed as they are
+//     decompressed.
+//   - JSON strings are Unicode: a TOC writer puts U+FFFD for each byte of a
+//     name that is not UTF-8. [ApplyTarSplit] replaces every name, link
+//     target and xattr name with the tar-split's raw header bytes, after
+//     checking that the two describe the same entries in everything else.
 //   - Entries follow the rules of [index.Entry] exactly as [index.Build]
 //     applies them to tar headers: names cleaned so they cannot leave the
 //     root, ".wh.NAME" as [index.TypeWhiteout] and ".wh..wh..opq" as

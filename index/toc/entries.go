@@ -76,6 +76,18 @@ func (p *parser) parseJSON(r io.Reader) error {
 				return formatErrorf("TOC version %d, want 1", v)
 			}
 			sawVersion = true
+		case "tarSplitDigest":
+			var v string
+			if err := dec.Decode(&v); err != nil {
+				return jsonError(err)
+			}
+			if v != "" {
+				d, err := parseDigest(v)
+				if err != nil {
+					return formatErrorf("TOC tarSplitDigest: %v", err)
+				}
+				p.tarSplitDigest = d
+			}
 		case "entries":
 			if sawEntries {
 				return formatErrorf("TOC has two entry lists")

@@ -222,6 +222,13 @@ func skippable(b []byte) []byte {
 // frames, and the annotations c/image sets.
 func buildZstdChunked(tb testing.TB, tarBlob []byte, chunkSize int) testLayer {
 	tb.Helper()
+	return buildZstdChunkedSplit(tb, tarBlob, chunkSize, tarBlob)
+}
+
+// buildZstdChunkedSplit is buildZstdChunked with the tar-split of
+// tarSplitSource, another tar when a test wants the two to disagree.
+func buildZstdChunkedSplit(tb testing.TB, tarBlob []byte, chunkSize int, tarSplitSource []byte) testLayer {
+	tb.Helper()
 	var blob []byte
 	var entries []csEntry
 	cr := &countingReader{r: bytes.NewReader(tarBlob)}
@@ -286,6 +293,19 @@ func buildZstdChunked(tb testing.TB, tarBlob []byte, chunkSize int) testLayer {
 	blob = append(blob, zstdFrame(tb, tarBlob[pos:])...)
 
 	// tar-split data, as c/storage stores it.
+	ts, tsDigest, tsSize := tarSplitOf(tb, tarSplitSource)
+	manifest, err := json.Marshal(csTOC{Version: 1, Entries: entries, TarSplitDigest: tsDigest})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return finishZstdChunked(tb, blob, manifest, ts, tsSize)
+}
+
+// tarSplitOf returns the tar-split data of tarBlob as containers/storage
+// stores it (zstd-compressed storage JSON), its digest and its uncompressed
+// size.
+func tarSplitOf(tb testing.TB, tarBlob []byte) ([]byte, digest.Digest, int64) {
+	tb.Helper()
 	var ts bytes.Buffer
 	tsDigester := digest.Canonical.Digester()
 	zw, err := zstd.NewWriter(io.MultiWriter(&ts, tsDigester.Hash()))
@@ -303,12 +323,7 @@ func buildZstdChunked(tb testing.TB, tarBlob []byte, chunkSize int) testLayer {
 	if err := zw.Close(); err != nil {
 		tb.Fatal(err)
 	}
-
-	manifest, err := json.Marshal(csTOC{Version: 1, Entries: entries, TarSplitDigest: tsDigester.Digest()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return finishZstdChunked(tb, blob, manifest, ts.Bytes(), cw.n)
+	return ts.Bytes(), tsDigester.Digest(), cw.n
 }
 
 // finishZstdChunked appends the manifest, tar-split and footer frames to a

@@ -67,6 +67,11 @@ type Layer struct {
 
 	// TOCDigest is the sha256 of the TOC JSON as read.
 	TOCDigest digest.Digest
+	// TarSplitDigest is the digest of the layer's compressed tar-split
+	// data, when the TOC names one (containers/storage's tarSplitDigest):
+	// it binds the tar-split to the TOC, as the TOC is bound to the
+	// manifest. See [ApplyTarSplit].
+	TarSplitDigest digest.Digest
 }
 
 // Chunk is a piece of file content that can be fetched and decoded alone:
@@ -110,6 +115,8 @@ type parser struct {
 	landmark    Landmark
 	prefetchEnd int64
 	prefetchU   int64
+
+	tarSplitDigest digest.Digest
 }
 
 // fileRec is a regular file with content whose chunk entries are being
@@ -289,6 +296,8 @@ func (p *parser) finish() (*Layer, error) {
 		Landmark:    p.landmark,
 		PrefetchEnd: p.prefetchEnd,
 		PrefetchU:   p.prefetchU,
+
+		TarSplitDigest: p.tarSplitDigest,
 	}
 	for i, pc := range p.pending {
 		end := ends[i]

@@ -149,9 +149,10 @@ type Location struct {
 	JSONDigest digest.Digest
 
 	// TarSplitOffset and TarSplitSize locate containers/storage's tar-split
-	// data (zstd-compressed, after the manifest), or are 0. Decode does not
-	// read it; the TOC alone describes the tree.
-	TarSplitOffset, TarSplitSize int64
+	// data (zstd-compressed, after the manifest, without its skippable frame
+	// header), or are 0; TarSplitJSONSize is its uncompressed size when the
+	// layer states it. Decode does not read it: [ApplyTarSplit] does.
+	TarSplitOffset, TarSplitSize, TarSplitJSONSize int64
 }
 
 // Format returns FormatEstargz or FormatZstdChunked.
@@ -212,7 +213,7 @@ func Locate(desc ocispec.Descriptor, tail []byte, opts Options) (Location, error
 			if ts[0] > desc.Size || ts[1] > desc.Size-ts[0] {
 				return Location{}, formatErrorf("tar-split %d+%d lies outside the %d-byte blob", ts[0], ts[1], desc.Size)
 			}
-			loc.TarSplitOffset, loc.TarSplitSize = ts[0], ts[1]
+			loc.TarSplitOffset, loc.TarSplitSize, loc.TarSplitJSONSize = ts[0], ts[1], ts[2]
 		}
 		return loc, loc.check(opts, desc.Size)
 	}
@@ -280,6 +281,9 @@ func parseFooter(tail []byte, blobSize int64) (Location, error) {
 			return Location{}, formatErrorf("zstd:chunked footer: tar-split %d+%d lies outside the %d-byte blob", ts, tsLen, blobSize)
 		}
 		loc.TarSplitOffset, loc.TarSplitSize = int64(ts), int64(tsLen)
+		if u := binary.LittleEndian.Uint64(p[48:]); u <= 1<<62 {
+			loc.TarSplitJSONSize = int64(u)
+		}
 		return loc, nil
 	}
 	if f, ok := suffix(tail, estargzZstdFooterSize); ok && isSkippable(f, 40) && bytes.Equal(f[40:], estargzZstdMagic) {
