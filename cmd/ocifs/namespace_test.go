@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,22 +38,37 @@ func TestUnmountWithNamespaceCopy(t *testing.T) {
 			// The new namespace copies every mount there is, those of tests
 			// running in parallel too: it drops the other FUSE mounts, so
 			// it holds a copy of this test's mount only.
-			script := `grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep -vxF "$1" | xargs -r -n1 umount -l; exec sleep 600`
+			// It says "ready" once it runs: unshare has made every mount
+			// private by then. Until it has, an unmount outside would
+			// still propagate into the new namespace and take the copy
+			// with it (this test failed now and then when it waited only
+			// for the copy to show in the namespace's mountinfo).
+			script := `grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep -vxF "$1" | xargs -r -n1 umount -l; echo ready; exec sleep 600`
 			holder := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dir)
+			stdout, err := holder.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := holder.Start(); err != nil {
 				t.Fatalf("unshare: %v", err)
 			}
 			t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-			// Wait (bounded) until the new namespace holds its copy.
+			ready := make(chan string, 1)
+			go func() {
+				line, _ := bufio.NewReader(stdout).ReadString('\n')
+				ready <- line
+			}()
+			select {
+			case line := <-ready:
+				if line != "ready\n" {
+					t.Fatalf("the namespace holder said %q, want \"ready\"", line)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the namespace holder never got ready")
+			}
 			info := filepath.Join("/proc", strconv.Itoa(holder.Process.Pid), "mountinfo")
-			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-				b, _ := os.ReadFile(info)
-				if strings.Contains(string(b), " "+dir+" ") {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the unshared namespace never showed %s", dir)
-				}
+			if b, err := os.ReadFile(info); err != nil || !strings.Contains(string(b), " "+dir+" ") {
+				t.Fatalf("the unshared namespace does not hold %s (%v):\n%s", dir, err, b)
 			}
 
 			if how == "umount" {
