@@ -33,10 +33,55 @@
 //     bound to it by digest, gives them: the layer is streamed or fetched
 //     whole instead.
 //   - A read waits only for the layer that holds its file.
-//   - Inode numbers are a function of the image: the same image gives the same
-//     numbers on every mount.
+//   - A tree merged by [Merge] numbers its inodes as a function of the
+//     layers (depth-first, in name order, from 1), so every mount of an
+//     image that is not loaded progressively gives each path the same inode
+//     number and FUSE node id. A progressive load numbers paths in the order
+//     it first sees them: stable for the load and its mounts (the final
+//     tree keeps them), not across loads. Either way a hardlinked file has
+//     one number.
 //   - The tree is immutable once merged, so FUSE requests read it without
 //     locks.
+//
+// # Identity across daemons
+//
+// The kernel names a node of a FUSE mount in a file handle as (node id,
+// generation), and keeps such handles beyond the daemon that gave them:
+// overlayfs records one in every file it copies up (trusted.overlay.origin)
+// and decodes it in the next mount over the same upper directory, and a
+// takeover of the FUSE connection by a new daemon (planned) leaves the
+// kernel holding every node id the old daemon gave. So a handle must name
+// the same file in every daemon that accepts it, and no other file ever.
+//
+//   - Node ids are the inode numbers of the tree (go-fuse's ExternalNodeID),
+//     not the order of lookups in one daemon.
+//   - A tree merged by [Merge] is numbered as a function of the layers; its
+//     generation is a digest of the DiffIDs and the numbered tree (names,
+//     types and numbers: identity.go), with the top bit clear. A new daemon
+//     of the image derives the same ids and generation, so the handles of
+//     the old one name the same files; a handle of another image, or of a
+//     tree numbered or merged otherwise (another ocifs), does not decode.
+//   - A progressive load ([Options.Progressive], with a layer to stream)
+//     numbers paths in the order it first sees them, which depends on how
+//     far each stream had got: not a function of the image. Its handles are
+//     made unmistakable instead: its generation is random with the top bit
+//     set, so it matches no other load, progressive or not, and a node id
+//     it never gave decodes to nothing (ESTALE).
+//   - Generation 0 is never used (ocifs gave it to every node before these
+//     rules, in lookup order), except by the root, whose generation the
+//     kernel fixes at 0 and whose handle names the root in every mount.
+//
+// A handle of a node the kernel holds an inode for decodes in any mount. One
+// of a node it holds none for decodes only with [MountOptions.ExportHandles],
+// where the kernel asks the daemon for the node id (LOOKUP of ".", answered
+// by LookupNode in identity.go) and for a directory's parent (LOOKUP of
+// ".."). That is off by default: on kernels with the FUSE dentry epoch
+// (measured on 6.18) the dentry the kernel makes for a handle decoded so
+// fails every revalidation, and overlayfs, which revalidates its lower
+// dentries, then fails the copied-up file with ESTALE from its second use
+// on. Without it the kernel answers such a handle ESTALE, which overlayfs
+// takes as "origin unknown": the copied-up file is served from the upper
+// alone, with the upper's inode number.
 //
 // # What it must not do
 //

@@ -89,6 +89,7 @@ type Image struct {
 	layers   []*layer
 	tree     atomic.Pointer[Tree] // the merged tree, once every layer's table is known
 	prog     *progress            // a progressive load's growing tree; nil otherwise
+	gen      nodeGen              // the generation of the mounts' file handles (identity.go)
 	spans    *spanLRU             // decoded spans of every layer
 	ahead    readAhead            // sequential readers, and what is fetched ahead of them
 	fetchSem semaphore            // bounds Range requests in flight

@@ -39,6 +39,15 @@ type MountOptions struct {
 	// whose layer is extracted into the cache (which by default are handed
 	// to the kernel with FUSE passthrough where it allows that).
 	NoPassthrough bool
+
+	// ExportHandles lets the kernel decode a file handle of a node it
+	// holds no inode for (NFS export, open_by_handle_at of a handle from an
+	// earlier mount of the image) by asking the daemon for the node id;
+	// without it such a handle is ESTALE. Leave it off under overlayfs (as
+	// --writable or a container runtime mounts it): on kernels with the
+	// FUSE dentry epoch, the copied-up files whose origins it decodes fail
+	// with ESTALE. See "Identity across daemons" in the package doc.
+	ExportHandles bool
 }
 
 // Mount is a mounted image. Unmount or the kernel's unmount ends it.
@@ -79,12 +88,21 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 	if !opts.Dev {
 		flags |= syscall.MS_NODEV
 	}
+	if rootNode.Root.ID != fuse.FUSE_ROOT_ID {
+		return nil, fmt.Errorf("mount %s: the tree's root is node %d, want %d", dir, rootNode.Root.ID, fuse.FUSE_ROOT_ID)
+	}
+	gen := im.generation()
 	fo := &fusefs.Options{
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		NullPermissions: true, // mode 000 files keep their mode
-		RootStableAttr:  &fusefs.StableAttr{Ino: rootNode.Root.ID},
+		// Node ids are the tree's numbers, and a file handle (node id,
+		// generation) names the same node in every mount that numbers and
+		// generates alike (identity.go). The root's generation stays 0:
+		// the kernel resets any other.
+		ExternalNodeID: true,
+		RootStableAttr: &fusefs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 		MountOptions: fuse.MountOptions{
 			FsName:            "ocifs",
 			Name:              "ocifs",
@@ -96,6 +114,9 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 			Debug:             opts.Debug,
 		},
 	}
+	if opts.ExportHandles {
+		fo.MountOptions.ExtraCapabilities |= fuse.CAP_EXPORT_SUPPORT // the kernel asks LookupNode
+	}
 	if opts.Debug {
 		fo.MountOptions.Logger = slog.NewLogLogger(im.log.Handler(), slog.LevelDebug)
 	}
@@ -106,7 +127,7 @@ func (im *Image) Mount(ctx context.Context, dir string, opts MountOptions) (*Mou
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	im.log.Info("mounted", "path", dir)
+	im.log.Info("mounted", "path", dir, "generation", fmt.Sprintf("%08x", gen))
 	m := &Mount{Dir: dir, server: server, im: im}
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err == nil {

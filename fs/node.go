@@ -140,7 +140,7 @@ func (in *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	}
 	child := &inode{im: in.im, n: c, path: p, early: early}
 	child.fill(&out.Attr)
-	return in.NewInode(ctx, child, fusefs.StableAttr{Mode: typeBits(c.Type), Ino: c.ID}), 0
+	return in.NewInode(ctx, child, in.im.stableAttr(c)), 0
 }
 
 // Readdir lists a directory in name order, which is stable across calls.

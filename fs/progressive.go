@@ -25,8 +25,11 @@ import (
 // path not seen yet, and a directory listing, wait for every stream to end.
 // One thing is provisional: a later entry of the same path in the same
 // layer replaces what was served (a tar that names a path twice; build tools
-// do not write such layers). Inode numbers stay stable for the mount: they
-// are given by path, the first time each path is seen.
+// do not write such layers). Inode numbers stay stable for the load, and
+// so for its mounts: they are given by path, the first time each path is
+// seen, the final tree's included. That order is not a function of the
+// image, so the file handles of these numbers carry a generation of the
+// load's own (identity.go).
 type progress struct {
 	// mu guards everything below.
 	mu      sync.Mutex
@@ -37,6 +40,7 @@ type progress struct {
 	snap    *Tree          // merged from tables; rebuilt when stale
 	stale   bool
 	ids     map[string]uint64 // inode numbers by path
+	paths   []string          // paths[id-1]: the path id was first given to
 	next    uint64
 	final   *Tree // the finished tree, once no layer streams
 }
@@ -219,6 +223,7 @@ func (p *progress) number(t *Tree) {
 		if id == 0 {
 			id = p.next
 			p.next++
+			p.paths = append(p.paths, paths[n][0])
 		}
 		used[id] = true
 		n.ID = id
@@ -229,6 +234,17 @@ func (p *progress) number(t *Tree) {
 		}
 	}
 	t.Nodes = len(order)
+}
+
+// pathOf returns the path inode number id was first given to, for a file
+// handle the kernel decodes; false for a number this load never gave.
+func (p *progress) pathOf(id uint64) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if id == 0 || id > uint64(len(p.paths)) {
+		return "", false
+	}
+	return p.paths[id-1], true
 }
 
 // loadProgressive starts streaming l in the background, publishing a

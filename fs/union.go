@@ -27,7 +27,7 @@ const maxSymlinkHops = 40
 // the fields are ordered to pack into 128 bytes (a malloc size class) and a
 // directory's children live behind one pointer that files leave nil.
 type Node struct {
-	ID       uint64 // stable inode number: the same image always gives the same numbers
+	ID       uint64 // inode number and FUSE node id (see "Identity across daemons" in doc.go)
 	Size     int64  // file content size; for a symlink the target's length
 	Offset   int64  // with Layer, where a regular file's bytes are: the offset in that layer's uncompressed tar
 	ModTime  time.Time
@@ -90,6 +90,8 @@ func (n *Node) Child(name string) *Node {
 type Tree struct {
 	Root  *Node
 	Nodes int // distinct inodes, the root included
+
+	byIDs nodeIndex // nodes by ID, for file handles (identity.go)
 }
 
 // Lookup returns the node at p, a slash-separated path relative to the root
@@ -440,7 +442,12 @@ func unlink(n *Node) {
 }
 
 // finish sorts every directory, counts directory links and numbers the
-// inodes in depth-first name order, so the numbers are stable for an image.
+// inodes from 1 in depth-first name order, each directory before what it
+// holds, so the numbers are a function of the layers. They are the FUSE
+// node ids of a mount, and so part of its file handles, which name the same
+// files in every daemon of the image; the handles' generation is a digest
+// of the numbered tree (identity.go), so a handle numbered otherwise (by
+// another ocifs, another merge) does not decode.
 // It also copies every name and link target into one string, which the tree
 // keeps instead of the entry tables' strings: those hold whole paths (a base
 // name is a slice of its entry's path) and go once the tables are released.
