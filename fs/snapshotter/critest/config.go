@@ -86,9 +86,9 @@ func (in configInput) snapshotter() string {
 // labels reports whether the CRI plugin is to pass the cri.* labels.
 func (in configInput) labels() bool { return in.proxy != nil && !in.proxy.WithoutLabels }
 
-// toml is a TOML basic string: quoted, with backslash, quote and control
+// tomlString is a TOML basic string: quoted, with backslash, quote and control
 // characters escaped.
-func toml(s string) string {
+func tomlString(s string) string {
 	var b strings.Builder
 	b.WriteByte('"')
 	for _, r := range s {
@@ -130,43 +130,43 @@ func configV2(in configInput) string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	p("version = 2")
-	p("root = %s", toml(in.root))
-	p("state = %s", toml(in.state))
+	p("root = %s", tomlString(in.root))
+	p("state = %s", tomlString(in.state))
 	// Snapshotters this machine cannot use only add noise to the log.
 	p(`disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]`)
 	p("")
 	p("[grpc]")
-	p("  address = %s", toml(in.address))
+	p("  address = %s", tomlString(in.address))
 	p("[debug]")
-	p("  level = %s", toml(logLevel(in.debug)))
+	p("  level = %s", tomlString(logLevel(in.debug)))
 	p("")
 	p(`[plugins."io.containerd.internal.v1.opt"]`)
-	p("  path = %s", toml(in.optDir))
+	p("  path = %s", tomlString(in.optDir))
 	p("")
 	cri := `plugins."io.containerd.grpc.v1.cri"`
 	p("[%s]", cri)
-	p("  sandbox_image = %s", toml(in.sandboxImage))
+	p("  sandbox_image = %s", tomlString(in.sandboxImage))
 	p("  restrict_oom_score_adj = true")
 	p("  disable_tcp_service = true")
 	p(`  stream_server_address = "127.0.0.1"`)
 	p(`  stream_server_port = "0"`)
 	p("  [%s.containerd]", cri)
-	p("    snapshotter = %s", toml(in.snapshotter()))
+	p("    snapshotter = %s", tomlString(in.snapshotter()))
 	p(`    default_runtime_name = "runc"`)
 	// 1.x passes the cri.* labels on its (only, client-side) pull path
 	// when this is false; its default on Linux is true.
 	p("    disable_snapshot_annotations = %t", !in.labels())
 	p("    [%s.containerd.runtimes.runc]", cri)
 	p(`      runtime_type = "io.containerd.runc.v2"`)
-	p("      runtime_path = %s", toml(in.shim))
+	p("      runtime_path = %s", tomlString(in.shim))
 	p("      [%s.containerd.runtimes.runc.options]", cri)
-	p("        BinaryName = %s", toml(in.runc))
-	p("        Root = %s", toml(in.runcRoot))
+	p("        BinaryName = %s", tomlString(in.runc))
+	p("        Root = %s", tomlString(in.runcRoot))
 	p("  [%s.cni]", cri)
-	p("    bin_dir = %s", toml(in.cniDir))
-	p("    conf_dir = %s", toml(in.cniDir))
+	p("    bin_dir = %s", tomlString(in.cniDir))
+	p("    conf_dir = %s", tomlString(in.cniDir))
 	p("  [%s.registry]", cri)
-	p("    config_path = %s", toml(in.hostsDir))
+	p("    config_path = %s", tomlString(in.hostsDir))
 	writeProxy(p, in)
 	return b.String()
 }
@@ -179,24 +179,24 @@ func configV3(in configInput) string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	p("version = 3")
-	p("root = %s", toml(in.root))
-	p("state = %s", toml(in.state))
+	p("root = %s", tomlString(in.root))
+	p("state = %s", tomlString(in.state))
 	p(`disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]`)
 	p("")
 	p("[grpc]")
-	p("  address = %s", toml(in.address))
+	p("  address = %s", tomlString(in.address))
 	p("[debug]")
-	p("  level = %s", toml(logLevel(in.debug)))
+	p("  level = %s", tomlString(logLevel(in.debug)))
 	p("")
 	p(`[plugins."io.containerd.internal.v1.opt"]`)
-	p("  path = %s", toml(in.optDir))
+	p("  path = %s", tomlString(in.optDir))
 	// NRI would listen on the one host-wide /var/run/nri/nri.sock.
 	p(`[plugins."io.containerd.nri.v1.nri"]`)
 	p("  disable = true")
 	p("")
 	images := `plugins."io.containerd.cri.v1.images"`
 	p("[%s]", images)
-	p("  snapshotter = %s", toml(in.snapshotter()))
+	p("  snapshotter = %s", tomlString(in.snapshotter()))
 	if in.pull == PullLocal {
 		p("  use_local_image_pull = true")
 		p("  disable_snapshot_annotations = %t", !in.labels())
@@ -208,9 +208,9 @@ func configV3(in configInput) string {
 		p("  disable_snapshot_annotations = true")
 	}
 	p("  [%s.pinned_images]", images)
-	p("    sandbox = %s", toml(in.sandboxImage))
+	p("    sandbox = %s", tomlString(in.sandboxImage))
 	p("  [%s.registry]", images)
-	p("    config_path = %s", toml(in.hostsDir))
+	p("    config_path = %s", tomlString(in.hostsDir))
 	p("")
 	rt := `plugins."io.containerd.cri.v1.runtime"`
 	p("[%s]", rt)
@@ -219,13 +219,13 @@ func configV3(in configInput) string {
 	p(`    default_runtime_name = "runc"`)
 	p("    [%s.containerd.runtimes.runc]", rt)
 	p(`      runtime_type = "io.containerd.runc.v2"`)
-	p("      runtime_path = %s", toml(in.shim))
+	p("      runtime_path = %s", tomlString(in.shim))
 	p("      [%s.containerd.runtimes.runc.options]", rt)
-	p("        BinaryName = %s", toml(in.runc))
-	p("        Root = %s", toml(in.runcRoot))
+	p("        BinaryName = %s", tomlString(in.runc))
+	p("        Root = %s", tomlString(in.runcRoot))
 	p("  [%s.cni]", rt)
-	p("    bin_dirs = [%s]", toml(in.cniDir))
-	p("    conf_dir = %s", toml(in.cniDir))
+	p("    bin_dirs = [%s]", tomlString(in.cniDir))
+	p("    conf_dir = %s", tomlString(in.cniDir))
 	p("")
 	p(`[plugins."io.containerd.grpc.v1.cri"]`)
 	p("  disable_tcp_service = true")
@@ -234,15 +234,15 @@ func configV3(in configInput) string {
 	p("")
 	transfer := `plugins."io.containerd.transfer.v1.local"`
 	p("[%s]", transfer)
-	p("  config_path = %s", toml(in.hostsDir))
+	p("  config_path = %s", tomlString(in.hostsDir))
 	if in.proxy != nil {
 		// The transfer service unpacks only for the (platform,
 		// snapshotter) pairs listed here; a pull for any other
 		// snapshotter is stored but not unpacked, and CRI then unpacks
 		// it at container creation without labels.
 		p("[[%s.unpack_config]]", transfer)
-		p("  platform = %s", toml(runtime.GOOS+"/"+runtime.GOARCH))
-		p("  snapshotter = %s", toml(in.proxy.Name))
+		p("  platform = %s", tomlString(runtime.GOOS+"/"+runtime.GOARCH))
+		p("  snapshotter = %s", tomlString(in.proxy.Name))
 	}
 	writeProxy(p, in)
 	return b.String()
@@ -256,11 +256,11 @@ func writeProxy(p func(string, ...any), in configInput) {
 		return
 	}
 	p("")
-	p("[proxy_plugins.%s]", toml(in.proxy.Name))
+	p("[proxy_plugins.%s]", tomlString(in.proxy.Name))
 	p(`  type = "snapshot"`)
-	p("  address = %s", toml(in.proxy.Address))
+	p("  address = %s", tomlString(in.proxy.Address))
 	if in.labels() && in.version.Major >= 2 {
-		p("  [proxy_plugins.%s.exports]", toml(in.proxy.Name))
+		p("  [proxy_plugins.%s.exports]", tomlString(in.proxy.Name))
 		p(`    enable_remote_snapshot_annotations = "true"`)
 	}
 }
@@ -269,5 +269,5 @@ func writeProxy(p func(string, ...any), in configInput) {
 // over plain HTTP for pulls and resolves.
 func hostsTOML(host string) string {
 	u := "http://" + host
-	return fmt.Sprintf("server = %s\n\n[host.%s]\n  capabilities = [\"pull\", \"resolve\"]\n", toml(u), toml(u))
+	return fmt.Sprintf("server = %s\n\n[host.%s]\n  capabilities = [\"pull\", \"resolve\"]\n", tomlString(u), tomlString(u))
 }
