@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -107,31 +108,79 @@ func (c *Containerd) terminate() error {
 	return nil
 }
 
+// shimSocketDir is where runc v2 shims of containerd 1.6 to 2.4 put their
+// sockets, whatever containerd's --state: /run/containerd/s.
+const shimSocketDir = "/run/containerd/s"
+
 // killShims kills every runc shim serving this containerd: a shim's
 // command line carries "-address <containerd socket>". Shims daemonize, so
-// they are not our children and outlive a killed containerd.
+// they are not our children and outlive a killed containerd. The sockets
+// of the killed shims are removed too.
 func (c *Containerd) killShims() error {
-	pids, err := shimPIDs(c.Address)
+	shims, err := findShims(c.Address)
 	if err != nil {
 		return err
 	}
-	for _, pid := range pids {
-		c.Leftovers = append(c.Leftovers, fmt.Sprintf("shim pid %d killed", pid))
-		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("kill shim %d: %w", pid, err)
+	var pids []int
+	for _, sh := range shims {
+		c.Leftovers = append(c.Leftovers, fmt.Sprintf("shim pid %d killed", sh.pid))
+		if err := unix.Kill(sh.pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("kill shim %d: %w", sh.pid, err)
+		}
+		pids = append(pids, sh.pid)
+	}
+	if err := waitGone(pids, stopGoneTimeout); err != nil {
+		return err
+	}
+	var errs []error
+	for _, sh := range shims {
+		for _, p := range shimSockets(c.Address, sh.namespace, sh.id) {
+			if fi, err := os.Lstat(p); err != nil || fi.Mode()&fs.ModeSocket == 0 {
+				continue
+			}
+			c.Leftovers = append(c.Leftovers, "removed shim socket "+p)
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
 		}
 	}
-	return waitGone(pids, stopGoneTimeout)
+	return errors.Join(errs...)
 }
 
-// shimPIDs scans /proc for containerd-shim processes started with
-// -address addr.
+// shimSockets are the socket paths a shim serving address for id in
+// namespace listens on: the sha256 of address/namespace/id (and of
+// .../debug), as containerd's shim.SocketAddress names them.
+func shimSockets(address, namespace, id string) []string {
+	var out []string
+	for _, p := range []string{filepath.Join(address, namespace, id), filepath.Join(address, namespace, id, "debug")} {
+		out = append(out, filepath.Join(shimSocketDir, fmt.Sprintf("%x", sha256.Sum256([]byte(p)))))
+	}
+	return out
+}
+
+type shimProc struct {
+	pid           int
+	namespace, id string
+}
+
+// shimPIDs returns the pids of the shims serving addr.
 func shimPIDs(addr string) ([]int, error) {
+	shims, err := findShims(addr)
+	var pids []int
+	for _, sh := range shims {
+		pids = append(pids, sh.pid)
+	}
+	return pids, err
+}
+
+// findShims scans /proc for containerd-shim processes started with
+// -address addr.
+func findShims(addr string) ([]shimProc, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
 	}
-	var pids []int
+	var out []shimProc
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -145,14 +194,23 @@ func shimPIDs(addr string) ([]int, error) {
 		if !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
 			continue
 		}
+		sh := shimProc{pid: pid}
+		ours := false
 		for i := 0; i+1 < len(args); i++ {
-			if (args[i] == "-address" || args[i] == "--address") && args[i+1] == addr {
-				pids = append(pids, pid)
-				break
+			switch strings.TrimLeft(args[i], "-") {
+			case "address":
+				ours = ours || args[i+1] == addr
+			case "namespace":
+				sh.namespace = args[i+1]
+			case "id":
+				sh.id = args[i+1]
 			}
 		}
+		if ours {
+			out = append(out, sh)
+		}
 	}
-	return pids, nil
+	return out, nil
 }
 
 // waitGone polls until none of pids is alive (a zombie counts as gone: its
@@ -226,6 +284,7 @@ func (c *Containerd) killCgroups() error {
 		})
 		deadline := time.Now().Add(stopCgroupTimout)
 		delay := time.Millisecond
+		killed := map[int]bool{}
 		for {
 			pids := cgroupProcs(tree)
 			if len(pids) == 0 {
@@ -236,7 +295,10 @@ func (c *Containerd) killCgroups() error {
 				break
 			}
 			for _, pid := range pids {
-				c.Leftovers = append(c.Leftovers, fmt.Sprintf("pid %d in %s killed", pid, root))
+				if !killed[pid] {
+					killed[pid] = true
+					c.Leftovers = append(c.Leftovers, fmt.Sprintf("pid %d in %s killed", pid, root))
+				}
 				unix.Kill(pid, unix.SIGKILL)
 			}
 			time.Sleep(delay) // polling cgroup.procs: there is nothing to wait on
