@@ -3,6 +3,8 @@ package critest
 import (
 	"archive/tar"
 	"context"
+	"encoding/base64"
+	"net/http/httptest"
 	"os"
 	"path"
 	"path/filepath"
@@ -225,6 +227,80 @@ func TestCRIRunCorners(t *testing.T) {
 			}
 			if ok, err := IsMountPoint(root); err != nil || ok {
 				t.Errorf("after RemovePod: %s still mounted (%v)", root, err)
+			}
+		})
+	}
+}
+
+// TestCRIPullAuth pulls through a front that demands basic credentials:
+// CRI's PullImage must fail without them and with a wrong password, and
+// succeed with the right ones, which must reach the registry.
+func TestCRIPullAuth(t *testing.T) {
+	for _, b := range binaries() {
+		t.Run(b.name, func(t *testing.T) {
+			requireCRI(t, b)
+			f := newFixture(t)
+			front, err := fstest.NewFaults(f.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const user, pass = "critest", "s3cret"
+			front.RequireBasicAuth(user, pass)
+			srv := httptest.NewServer(front)
+			defer srv.Close()
+			host := srv.Listener.Addr().String()
+			c := startContainerd(t, b, f, Options{Registries: []string{f.host, host}})
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			cl, err := c.Dial(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			ref := host + "/critest/pause:1"
+			for _, auth := range []*Auth{nil, {Username: user, Password: "wrong"}} {
+				if _, err := cl.PullImage(ctx, ref, auth); err == nil {
+					t.Errorf("PullImage(%s, %+v) succeeded, want an authorization error", ref, auth)
+				} else {
+					t.Logf("PullImage with %+v: %v", auth, err)
+				}
+			}
+			id, err := cl.PullImage(ctx, ref, &Auth{Username: user, Password: pass})
+			if err != nil {
+				t.Fatal(err)
+			}
+			images, err := cl.ListImages(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found bool
+			for _, im := range images {
+				found = found || im.Id == id && slices.Contains(im.RepoTags, ref)
+			}
+			if !found {
+				t.Errorf("ListImages has no %s with id %s: %v", ref, id, images)
+			}
+			want := "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+			var authed int
+			for _, r := range front.Requests() {
+				if r.Auth == want {
+					authed++
+				}
+			}
+			if authed == 0 {
+				t.Errorf("no request reached the registry with the credentials; requests: %+v", front.Requests())
+			}
+			if err := cl.RemoveImage(ctx, ref); err != nil {
+				t.Fatal(err)
+			}
+			images, err = cl.ListImages(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, im := range images {
+				if im.Id == id {
+					t.Errorf("image %s still listed after RemoveImage: %v", id, im)
+				}
 			}
 		})
 	}
