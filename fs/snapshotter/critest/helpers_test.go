@@ -47,7 +47,7 @@ func binaries() []binary {
 // containerd b: root, the binaries, busybox and the registry. A 2.x
 // binary that was not asked for (Containerd2DirEnv unset) is a plain
 // skip even in CI: `make test-containerd2` is the run that sets it.
-func requireCRI(t *testing.T, b binary) {
+func requireCRI(t testing.TB, b binary) {
 	t.Helper()
 	if b.path == "" {
 		t.Skipf("%s not set: `make test-containerd2` runs the containerd 2.x tests", Containerd2DirEnv)
@@ -67,7 +67,7 @@ type fixture struct {
 }
 
 // newFixture starts a registry and pushes the pause image.
-func newFixture(t *testing.T) fixture {
+func newFixture(t testing.TB) fixture {
 	t.Helper()
 	host := fstest.StartRegistry(t)
 	im, err := PauseImage()
@@ -83,7 +83,7 @@ func newFixture(t *testing.T) fixture {
 // startContainerd starts b with opts (Dir, Registries and SandboxImage
 // filled in from f when empty), stops it in t.Cleanup (printing the log
 // tail when the test failed) and checks Stop left nothing behind.
-func startContainerd(t *testing.T, b binary, f fixture, opts Options) *Containerd {
+func startContainerd(t testing.TB, b binary, f fixture, opts Options) *Containerd {
 	t.Helper()
 	opts.Binary = b.path
 	if opts.Dir == "" {
@@ -119,7 +119,7 @@ func startContainerd(t *testing.T, b binary, f fixture, opts Options) *Container
 
 // shortTempDir is a t.TempDir() short enough for unix socket paths (test
 // names can be long).
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "critest-")
 	if err != nil {
@@ -135,7 +135,7 @@ func shortTempDir(t *testing.T) string {
 
 // checkNothingLeft fails the test if a shim of c, a mount under its
 // directory or its pods' cgroup is still there.
-func checkNothingLeft(t *testing.T, c *Containerd) {
+func checkNothingLeft(t testing.TB, c *Containerd) {
 	t.Helper()
 	if c.Running() {
 		t.Errorf("containerd pid %d still running after Stop", c.cmd.Process.Pid)
