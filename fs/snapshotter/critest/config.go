@@ -197,10 +197,14 @@ func configV3(in configInput) string {
 	images := `plugins."io.containerd.cri.v1.images"`
 	p("[%s]", images)
 	p("  snapshotter = %s", tomlString(in.snapshotter()))
-	if in.pull == PullLocal {
+	switch {
+	case in.pull == PullLocal && !in.version.AtLeast(2, 1):
+		// 2.0 has no transfer-service pull in CRI, nor the switch.
+		p("  disable_snapshot_annotations = %t", !in.labels())
+	case in.pull == PullLocal:
 		p("  use_local_image_pull = true")
 		p("  disable_snapshot_annotations = %t", !in.labels())
-	} else {
+	default:
 		// On the transfer path the labels come from the snapshotter's
 		// exports; disable_snapshot_annotations = false here would
 		// silently switch CRI back to the local pull.

@@ -130,7 +130,7 @@ func TestConfigContent(t *testing.T) {
 				want["annotations"] = !labels || cc.pull == PullTransfer
 				want["restrict"], want["sandbox"], want["snapshotter"] = true, in.sandboxImage, snap
 				want["config_path"], want["runc"] = in.hostsDir, in.runc
-				if v.Major >= 2 {
+				if v.AtLeast(2, 1) {
 					want["local"] = cc.pull == PullLocal
 				}
 				for name, w := range want {

@@ -129,15 +129,18 @@ type Containerd struct {
 	// CgroupParent is the cgroup every pod of a [Client] runs under, so
 	// that Stop can find every process containerd started.
 	CgroupParent string
+	// Binary is the containerd executable, an absolute path.
+	Binary string
 	// Leftovers lists what Stop had to clean up by force (processes
 	// killed, mounts unmounted); empty when containerd left nothing.
 	Leftovers []string
 
-	dir     string
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error // set before exited is closed
-	stopped bool
+	dir      string
+	criReady bool // CRI answered once: Stop can remove pods through it
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	waitErr  error // set before exited is closed
+	stopped  bool
 }
 
 // Start writes a configuration for the binary's version, starts containerd
@@ -158,18 +161,14 @@ func Start(ctx context.Context, opts Options) (*Containerd, error) {
 	}
 	defer logf.Close() // the child has its own descriptor
 
-	binary := opts.Binary
-	if binary == "" {
-		binary = DebianContainerd
-	}
-	cmd := exec.Command(binary, "--config", c.ConfigPath, "--root", c.Root, "--state", c.State, "--address", c.Address)
+	cmd := exec.Command(c.Binary, "--config", c.ConfigPath, "--root", c.Root, "--state", c.State, "--address", c.Address)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(in.shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	// Its own process group: a ^C meant for the test reaches containerd
 	// only through Stop, which cleans up after it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start containerd %s: %w", binary, err)
+		return nil, fmt.Errorf("start containerd %s: %w", c.Binary, err)
 	}
 	c.cmd = cmd
 	c.exited = make(chan struct{})
@@ -186,6 +185,7 @@ func Start(ctx context.Context, opts Options) (*Containerd, error) {
 		stopErr := c.Stop()
 		return nil, errors.Join(fmt.Errorf("start containerd %s (config %s): %w\n%s", c.Version, c.ConfigPath, err, c.LogTail(30)), stopErr)
 	}
+	c.criReady = true
 	return c, nil
 }
 
@@ -257,6 +257,7 @@ func prepare(ctx context.Context, opts Options) (configInput, *Containerd, error
 		ConfigPath:   filepath.Join(dir, "config.toml"),
 		LogPath:      filepath.Join(dir, "containerd.log"),
 		CgroupParent: "/ocifs-critest-" + hex.EncodeToString(suffix[:]),
+		Binary:       binary,
 		dir:          dir,
 	}
 	if len(c.Address) > maxSocketPath {

@@ -41,9 +41,12 @@ func (c *Containerd) Stop() error {
 	c.stopped = true
 	var errs []error
 	if c.Running() {
-		if err := c.removePods(); err != nil {
-			// Not fatal: the forced cleanup below still runs.
-			c.Leftovers = append(c.Leftovers, "pods not removed through CRI: "+err.Error())
+		// When Start failed, CRI may never answer and has no pods.
+		if c.criReady {
+			if err := c.removePods(); err != nil {
+				// Not fatal: the forced cleanup below still runs.
+				c.Leftovers = append(c.Leftovers, "pods not removed through CRI: "+err.Error())
+			}
 		}
 		if err := c.terminate(); err != nil {
 			errs = append(errs, err)

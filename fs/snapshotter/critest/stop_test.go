@@ -103,3 +103,24 @@ func TestStop(t *testing.T) {
 		})
 	}
 }
+
+// TestStartTimeout: when CRI does not answer in time, Start stops
+// containerd again and says so, quoting its log; no process is left.
+func TestStartTimeout(t *testing.T) {
+	b := binaries()[0]
+	requireCRI(t, b)
+	dir := shortTempDir(t)
+	_, err := Start(t.Context(), Options{Binary: b.path, Dir: dir, StartTimeout: time.Nanosecond})
+	if err == nil || !strings.Contains(err.Error(), "wait for CRI") || !strings.Contains(err.Error(), "containerd.log") {
+		t.Fatalf("Start with a 1ns timeout: err = %v, want a CRI wait error quoting the log", err)
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), dir) {
+			t.Errorf("process %s still running after the failed Start: %q", e.Name(), b)
+		}
+	}
+}
