@@ -306,6 +306,19 @@ func (cl *Client) ContainerRoot(ctx context.Context, id string) (string, error) 
 	return p, nil
 }
 
+// ContainerView returns /proc/<pid>/root of the running container id's
+// init process: its root as the container sees it, with the runtime's
+// mounts on it. Read single files through it; do not walk it whole (its
+// proc/ and sys/ are the kernel's). [Client.ContainerRoot] is the tree to
+// compare.
+func (cl *Client) ContainerView(ctx context.Context, id string) (string, error) {
+	pid, err := cl.ContainerPID(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("/proc/%d/root", pid), nil
+}
+
 // Timings are the moments of one [Client.Run], for the benchmark.
 type Timings struct {
 	// PullStart is when PullImage was sent; Pulled when it returned.

@@ -202,6 +202,22 @@ func TestCRIRunCorners(t *testing.T) {
 			if !strings.HasPrefix(root, c.State+"/") {
 				t.Errorf("container root %s is not under the state dir %s", root, c.State)
 			}
+			// The container sees the pod's /etc/hostname (the host's
+			// name: host network); the root holds only its mount point.
+			view, err := cl.ContainerView(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			host, err := os.Hostname()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile(filepath.Join(view, "etc/hostname")); err != nil || strings.TrimSpace(string(b)) != host {
+				t.Errorf("container's /etc/hostname = %q (%v), want %q", b, err, host)
+			}
+			if b, err := os.ReadFile(filepath.Join(root, "etc/hostname")); err != nil || len(b) != 0 {
+				t.Errorf("etc/hostname in the container root = %q (%v), want the runtime's empty mount point", b, err)
+			}
 			// What the comparison ignores must be there: the runtime's
 			// mount points, in the container root but not in the image.
 			for _, p := range runtimeAdded {
