@@ -23,9 +23,11 @@ const BusyboxPath = "/bin/busybox"
 // PauseCommand is the pause image's entrypoint: a shell that sleeps in the
 // background and waits, so SIGTERM (or SIGINT) runs its trap and it exits
 // 0 at once, taking the sleep with it; SIGKILL ends it too. Without the
-// trap a shell that is PID 1 of its namespace would ignore SIGTERM.
+// trap a shell that is PID 1 of its namespace would ignore SIGTERM. The
+// trap names the sleep by $!, which the shell sets as it forks, before any
+// trap can run (a variable assigned after the & could still be empty).
 var PauseCommand = []string{BusyboxPath, "sh", "-c",
-	`trap 'kill $p; exit 0' TERM INT; ` + BusyboxPath + ` sleep 2147483647 & p=$!; wait $p`}
+	`trap 'kill $!; exit 0' TERM INT; ` + BusyboxPath + ` sleep 2147483647 & wait`}
 
 // imageTime is the mtime of the entries made here, so the same input
 // gives the same image bytes.

@@ -32,12 +32,16 @@ func TestPauseCommand(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-			// The sleep exists once the trap is set (it comes first in
-			// the script): only then is the signal's effect defined.
-			child, err := waitChild(cmd.Process.Pid, 10*time.Second)
+			// Once the sleep runs, the trap is set (it comes first in the
+			// script): only then is the signal's effect defined. Until the
+			// forked shell has exec'd busybox sleep, a signal to it would
+			// be caught by the handler it inherited and lost at the exec
+			// (in a container, the shell's exit as PID 1 ends it anyway).
+			child, err := waitChild(cmd.Process.Pid, "sleep", 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatalf("signal: %v (did the entrypoint exit on its own?)", err)
 			}
@@ -59,20 +63,25 @@ func TestPauseCommand(t *testing.T) {
 	}
 }
 
-// waitChild polls until pid has a child and returns it.
-func waitChild(pid int, timeout time.Duration) (int, error) {
+// waitChild polls until pid has a child whose command line holds word
+// and returns it.
+func waitChild(pid int, word string, timeout time.Duration) (int, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 		if err != nil {
 			return 0, err
 		}
-		var child int
-		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &child); err == nil {
-			return child, nil
+		for _, f := range strings.Fields(string(b)) {
+			cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
+			if slices.Contains(strings.Split(string(cmdline), "\x00"), word) {
+				var child int
+				fmt.Sscan(f, &child)
+				return child, nil
+			}
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("pid %d has no child after %v", pid, timeout)
+			return 0, fmt.Errorf("pid %d has no child running %q after %v", pid, word, timeout)
 		}
 		time.Sleep(time.Millisecond) // polling /proc: nothing to wait on
 	}
