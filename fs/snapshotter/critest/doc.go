@@ -53,7 +53,8 @@
 // # Images
 //
 // [PauseImage] builds a tiny sandbox image from Debian's busybox-static
-// whose entrypoint sleeps until SIGTERM or SIGKILL; [BusyboxLayer] adds
+// whose entrypoint sleeps until SIGTERM or SIGKILL ([PushPauseImage] pushes
+// it); [BusyboxLayer] adds
 // busybox to any fs/fstest image so a container can run a program in it;
 // [SetConfig] gives a built image an entrypoint.
 //

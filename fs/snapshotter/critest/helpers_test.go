@@ -70,14 +70,11 @@ type fixture struct {
 func newFixture(t testing.TB) fixture {
 	t.Helper()
 	host := fstest.StartRegistry(t)
-	im, err := PauseImage()
+	pause, err := PushPauseImage(t.Context(), host, "critest/pause", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := im.Push(t.Context(), host, "critest/pause", "1"); err != nil {
-		t.Fatal(err)
-	}
-	return fixture{host: host, pause: host + "/critest/pause:1"}
+	return fixture{host: host, pause: pause}
 }
 
 // startContainerd starts b with opts (Dir, Registries and SandboxImage

@@ -2,6 +2,7 @@ package critest
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -68,6 +69,20 @@ func PauseImage() (*fstest.Image, error) {
 		c.Cmd = nil
 	})
 	return im, err
+}
+
+// PushPauseImage builds [PauseImage], pushes it to the plain-HTTP
+// registry at host as repo:tag and returns its reference, for
+// [Options.SandboxImage].
+func PushPauseImage(ctx context.Context, host, repo, tag string) (string, error) {
+	im, err := PauseImage()
+	if err != nil {
+		return "", err
+	}
+	if err := im.Push(ctx, host, repo, tag); err != nil {
+		return "", fmt.Errorf("push pause image: %w", err)
+	}
+	return host + "/" + repo + ":" + tag, nil
 }
 
 // SetConfig edits the runtime configuration (entrypoint, command,
