@@ -46,13 +46,13 @@ type Options struct {
 	// Dir holds everything of this instance: root, state, socket,
 	// configuration, hosts.toml files and log. It must exist and be short
 	// enough for a unix socket path (Dir/containerd.sock.ttrpc under 108
-	// bytes); a test passes t.TempDir().
+	// bytes): the t.TempDir() of a long test name may not be.
 	Dir string
 	// Registries are plain-HTTP registries (host:port) containerd is to
 	// pull from; each gets a hosts.toml under the registry config_path.
 	Registries []string
 	// SandboxImage is the pod sandbox image reference, pinned in the
-	// configuration (push one with [PauseImage]); it must live in one of
+	// configuration (push one with [PushPauseImage]); it must live in one of
 	// Registries. Empty leaves containerd's default, which is not
 	// reachable from here: every RunPod would fail.
 	SandboxImage string
@@ -72,7 +72,8 @@ type Options struct {
 
 // ProxySnapshotter is a snapshotter plugin containerd reaches over gRPC
 // (containerd.services.snapshots.v1.Snapshots) on a unix socket. It need
-// not listen yet when containerd starts: containerd dials it on first use.
+// not listen yet when containerd starts (1.6.20 and 2.4.2 start, CRI
+// ready, without it): containerd dials it on first use.
 type ProxySnapshotter struct {
 	// Name is the snapshotter's name in containerd and in CRI's
 	// snapshotter setting, e.g. "ocifs".

@@ -23,10 +23,10 @@ import (
 // Bounds of Stop's steps. Stop takes no context: it runs in cleanups, after
 // a test's context has ended, and must finish its work regardless.
 const (
-	stopPodsTimeout  = 60 * time.Second // removing every pod through CRI
-	stopTermTimeout  = 15 * time.Second // containerd's own shutdown after SIGTERM
-	stopGoneTimeout  = 15 * time.Second // killed processes disappearing
-	stopCgroupTimout = 15 * time.Second // cgroups emptying after SIGKILL
+	stopPodsTimeout   = 60 * time.Second // removing every pod through CRI
+	stopTermTimeout   = 15 * time.Second // containerd's own shutdown after SIGTERM
+	stopGoneTimeout   = 15 * time.Second // killed processes disappearing
+	stopCgroupTimeout = 15 * time.Second // cgroups emptying after SIGKILL
 )
 
 // Stop removes every pod through CRI, stops containerd (SIGTERM, then
@@ -285,7 +285,7 @@ func (c *Containerd) killCgroups() error {
 			}
 			return nil
 		})
-		deadline := time.Now().Add(stopCgroupTimout)
+		deadline := time.Now().Add(stopCgroupTimeout)
 		delay := time.Millisecond
 		killed := map[int]bool{}
 		for {
