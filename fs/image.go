@@ -363,6 +363,14 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	} else {
 		got, err = im.layers[n.Layer].readAt(ctx, p, n.Offset+off, n.Offset+n.Size)
 	}
+	if got < len(p) && (err == nil || errors.Is(err, io.EOF)) {
+		// p ends inside the file: a source that ends before it (a cached
+		// or temp file cut short) lost bytes. Its io.EOF must not reach
+		// the reader, who would take it for the end of the file and get
+		// a short file without an error.
+		err = fmt.Errorf("layer %s: %d of the %d bytes at file offset %d: %w (%v)",
+			im.layers[n.Layer].desc.Digest, got, len(p), off, io.ErrUnexpectedEOF, err)
+	}
 	im.bytesServed.Add(int64(got))
 	if err == nil && got < want {
 		err = io.EOF

@@ -63,8 +63,9 @@ type layer struct {
 	// are served from snap, the latest snapshot of the streaming table.
 	ready      atomic.Bool
 	snap       atomic.Pointer[index.Table]
-	streaming  func(*index.Table)      // set by loadProgressive: publishes snapshots
-	streamFile atomic.Pointer[os.File] // the blob temp file a progressive stream writes
+	streaming  func(*index.Table)       // set by loadProgressive: publishes snapshots
+	streamFile atomic.Pointer[os.File]  // the blob temp file a progressive stream writes
+	streamSink atomic.Pointer[blobSink] // what of it the stream has written (streamedSpan)
 
 	// tree is the layer's regular files, extracted from a stream checked
 	// against its DiffID, once unpack has made it (gzip layers whose blob
@@ -257,14 +258,22 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 	if pace != nil {
 		rc = pace(blob)
 	}
-	p, err := cache.Create(l.cacheKey())
-	if err != nil {
-		return nil, nil, err
+	// A layer without spans is served from its cached tar alone: without
+	// room for it, there is nothing to serve it from.
+	sink := &blobSink{strict: l.compression == "zstd"}
+	if p, err := cache.Create(l.cacheKey()); err != nil {
+		sink.drop(err)
+	} else {
+		sink.p = p
+		defer p.Abort()
 	}
-	defer p.Abort()
+	if sink.strict && sink.err != nil {
+		return nil, nil, l.uncacheable(sink.err)
+	}
 	var t *index.Table
+	var err error
 	if l.compression == "zstd" {
-		t, err = l.buildDiff(rc, p)
+		t, err = l.buildDiff(rc, sink)
 	} else {
 		opts := l.im.opts.Index
 		opts.SpanSize = l.im.opts.SpanSize
@@ -272,12 +281,18 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 			opts.SpanSize = l.table.SpanSize // to compare with the index in use
 		}
 		if l.streaming != nil {
-			l.openStream(p.Name())
+			if sink.p != nil {
+				l.openStream(sink.p.Name())
+			}
+			l.streamSink.Store(sink)
 			opts.Progress = l.streaming
 		}
-		t, err = index.BuildLayer(io.TeeReader(rc, p), l.desc.MediaType, opts)
+		t, err = index.BuildLayer(io.TeeReader(rc, sink), l.desc.MediaType, opts)
 	}
 	if err != nil {
+		if sink.strict && sink.err != nil {
+			return nil, nil, l.uncacheable(sink.err)
+		}
 		return nil, nil, l.failed(rootCause(rc, err))
 	}
 	// The blob's digest is checked when its reader reaches the end; bytes
@@ -289,8 +304,15 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 	if t.DiffID != l.diffID {
 		return nil, nil, l.failed(&fetch.DigestError{What: fmt.Sprintf("uncompressed layer %s", l.desc.Digest), Want: l.diffID, Got: t.DiffID})
 	}
-	if err := p.Commit(); err != nil {
-		return nil, nil, l.failed(err)
+	f, err := sink.admit(cache, l.cacheKey())
+	if err != nil {
+		if isVerification(err) {
+			return nil, nil, l.failed(err)
+		}
+		if sink.strict {
+			return nil, nil, l.uncacheable(err)
+		}
+		l.im.log.Warn("layer verified but not cached; its reads fetch and verify its spans instead", "layer", l.desc.Digest, "err", err)
 	}
 	if b, err := t.MarshalBinary(); err != nil {
 		l.im.log.Warn("encoding layer index", "layer", l.desc.Digest, "err", err)
@@ -298,9 +320,87 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 		l.im.log.Warn("caching layer index", "layer", l.desc.Digest, "err", err)
 	}
 	l.im.log.Info("layer fetched and indexed", "layer", l.desc.Digest, "entries", len(t.Entries),
-		"bytes", t.Size, "tar_bytes", t.TarSize, "spans", len(t.Spans), "duration", time.Since(start).Round(time.Millisecond))
-	f, err := cache.Open(l.cacheKey())
-	return t, f, err
+		"bytes", t.Size, "tar_bytes", t.TarSize, "spans", len(t.Spans), "cached", f != nil, "duration", time.Since(start).Round(time.Millisecond))
+	return t, f, nil
+}
+
+// uncacheable is the error of a layer without spans whose uncompressed tar
+// the cache could not take (err): it cannot be served.
+func (l *layer) uncacheable(err error) error {
+	return fmt.Errorf("layer %s has no random access and is served only from its cached tar, which the cache could not take: %w", l.desc.Digest, err)
+}
+
+// blobSink writes a layer's bytes into their pending cache entry as the
+// stream passes them. A write the cache refuses (a full disk) must not fail
+// the stream: its bytes are verified as they pass and the table built from
+// them, which is what serving needs; so the sink drops the entry, freeing
+// its space, and takes the rest of the stream without keeping it. The
+// layer's reads then fetch and verify its spans, as if it had not been
+// fetched whole. Only a strict sink (a layer without spans, whose reads
+// have nothing else to come from) fails the stream instead.
+type blobSink struct {
+	strict bool
+	p      *fetch.Pending // nil once dropped
+
+	// kept counts the blob bytes the pending entry holds; err, why the
+	// blob is not cached, is set once, before dropped. A progressive
+	// reader reads kept and dropped while the stream runs (streamedSpan).
+	err     error
+	kept    atomic.Int64
+	dropped atomic.Bool
+}
+
+func (s *blobSink) Write(b []byte) (int, error) {
+	if s.p == nil {
+		if s.strict {
+			return 0, s.err
+		}
+		return len(b), nil
+	}
+	n, err := s.p.Write(b)
+	if err != nil {
+		s.kept.Add(int64(n))
+		s.drop(err)
+		if s.strict {
+			return n, err
+		}
+		return len(b), nil
+	}
+	s.kept.Add(int64(n))
+	return n, nil
+}
+
+// drop gives up caching the blob because of err, and frees what the
+// pending entry held.
+func (s *blobSink) drop(err error) {
+	s.err = err
+	if s.p != nil {
+		s.p.Abort()
+		s.p = nil
+	}
+	s.dropped.Store(true)
+}
+
+// holds reports whether the pending entry holds the blob's bytes up to end:
+// always, unless it was dropped before them.
+func (s *blobSink) holds(end int64) bool {
+	return !s.dropped.Load() || end <= s.kept.Load()
+}
+
+// admit commits the blob the sink wrote, its digest checked again, and
+// opens it. It returns nil and why when the blob is not cached: a
+// verification error (a *DigestError) if what was written is not the
+// blob, which no stream that checked out can give.
+func (s *blobSink) admit(c *fetch.Cache, key digest.Digest) (*os.File, error) {
+	if s.p == nil {
+		return nil, s.err
+	}
+	if err := s.p.Commit(); err != nil {
+		s.p = nil
+		return nil, err
+	}
+	s.p = nil
+	return c.Open(key)
 }
 
 // buildDiff decompresses a layer with no random access and writes the
@@ -567,7 +667,8 @@ func (l *layer) finish(a *attempt, f *os.File, err error) {
 	a.data, a.err = f, err
 	close(a.done)
 	l.mu.Unlock()
-	if err == nil && !l.startUnpack() {
+	// Without the blob in the cache there is nothing to extract files from.
+	if err == nil && (f == nil || !l.startUnpack()) {
 		l.settled.Store(true)
 	}
 }
@@ -579,19 +680,28 @@ func (l *layer) quarantined() error {
 	return l.bad
 }
 
-// complete returns the layer's verified file once an attempt has
-// succeeded, else nil.
-func (l *layer) complete() *os.File {
+// fetched reports whether an attempt to get the layer's complete bytes has
+// succeeded, and returns its file: the verified blob (or tar), or nil when
+// the cache had no room for it. Such a layer's bytes were verified as they
+// streamed, its table is built, and its reads go through its spans.
+func (l *layer) fetched() (*os.File, bool) {
 	l.mu.Lock()
 	a := l.cur
 	l.mu.Unlock()
 	if a == nil {
-		return nil
+		return nil, false
 	}
 	if f, err, ok := a.result(); ok && err == nil {
-		return f
+		return f, true
 	}
-	return nil
+	return nil, false
+}
+
+// complete returns the layer's verified file once an attempt has
+// succeeded and the cache holds it, else nil.
+func (l *layer) complete() *os.File {
+	f, _ := l.fetched()
+	return f
 }
 
 // blobFile returns the layer's verified blob once it is complete, else nil.
@@ -615,24 +725,30 @@ func (l *layer) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, 
 		return l.readChunks(ctx, p, off)
 	}
 	if v := l.verified.Load(); v != nil {
-		return l.readVerified(v, p, off)
+		return l.readVerified(ctx, v, p, off)
 	}
 	if !l.whole() && l.mode != ModeWhole {
 		return l.readSpans(ctx, p, off, fileEnd)
 	}
-	f := l.complete()
-	if f == nil {
+	f, ok := l.fetched()
+	if !ok {
 		l.im.cacheMisses.Add(1)
 		l.urgent.Store(true)
 		if err := l.ensure(ctx); err != nil {
 			return 0, err
 		}
-		if f = l.complete(); f == nil {
+		if f, ok = l.fetched(); !ok {
 			return 0, fmt.Errorf("layer %s: not fetched", l.desc.Digest)
 		}
 	}
 	if !l.whole() {
+		// From the cached blob, or, when the disk had no room for it,
+		// span by span as a layer that was never fetched whole.
 		return l.readSpans(ctx, p, off, fileEnd)
+	}
+	if f == nil {
+		// fetchWhole fails a layer without spans that it cannot cache.
+		return 0, fmt.Errorf("layer %s: uncompressed tar not cached", l.desc.Digest)
 	}
 	return f.ReadAt(p, off)
 }

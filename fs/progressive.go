@@ -309,7 +309,7 @@ func (l *layer) readStreaming(ctx context.Context, p []byte, off, fileEnd int64)
 	end := off + int64(len(p))
 	n := 0
 	for i := t.SpanFor(off); i >= 0 && i < len(t.Spans) && t.Spans[i].U < end; i++ {
-		data, err := l.streamedSpan(t, i)
+		data, err := l.streamedSpan(ctx, t, i)
 		if err != nil {
 			if l.ready.Load() {
 				return l.readAt(ctx, p, off, fileEnd) // the stream ended meanwhile
@@ -323,21 +323,33 @@ func (l *layer) readStreaming(ctx context.Context, p []byte, off, fileEnd int64)
 	return n, nil
 }
 
-// streamedSpan decodes span i of a streaming layer's snapshot t.
-func (l *layer) streamedSpan(t *index.Table, i int) ([]byte, error) {
+// streamedSpan decodes span i of a streaming layer's snapshot t. Its
+// compressed bytes are read back from the blob's temp file or, when the
+// cache stopped taking the stream before them (a full disk), fetched again
+// by range; either way they are checked against the digest the stream
+// computed for them, so they are the bytes the stream passed.
+func (l *layer) streamedSpan(ctx context.Context, t *index.Table, i int) ([]byte, error) {
 	k := spanKey{l.idx, i}
 	if data := l.im.spans.get(k); data != nil {
 		l.im.cacheHits.Add(1)
 		return data, nil
 	}
-	f := l.streamFile.Load()
-	if f == nil {
-		return nil, errors.New("layer stream not started")
-	}
 	sp := t.Spans[i]
-	b := make([]byte, sp.CEnd-sp.C)
-	if _, err := f.ReadAt(b, sp.C); err != nil {
-		return nil, fmt.Errorf("span %d of the streaming layer: %w", i, err)
+	var b []byte
+	var err error
+	f, s := l.streamFile.Load(), l.streamSink.Load()
+	switch {
+	case s != nil && !s.holds(sp.CEnd):
+		if b, err = (fetchedSpans{ctx, l}).compressed(sp); err != nil {
+			return nil, fmt.Errorf("span %d of the streaming layer, which the cache had no room for: %w", i, err)
+		}
+	case f == nil:
+		return nil, errors.New("layer stream not started")
+	default:
+		b = make([]byte, sp.CEnd-sp.C)
+		if _, err := f.ReadAt(b, sp.C); err != nil {
+			return nil, fmt.Errorf("span %d of the streaming layer: %w", i, err)
+		}
 	}
 	if err := checkSpan(b, sp.Digest); err != nil {
 		return nil, l.failed(fmt.Errorf("span %d of the streaming layer, read back from disk: %w", i, err))

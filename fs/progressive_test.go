@@ -234,3 +234,36 @@ func TestProgressiveTamperQuarantines(t *testing.T) {
 		t.Errorf("layer 0 quarantined for %v; want a digest mismatch", err)
 	}
 }
+
+// TestProgressiveTruncatedTempFile: while a progressive stream is held
+// back, its blob temp file is cut to nothing on disk. A file the stream
+// has passed then cannot be read back: the read is EIO, not a short file.
+// Before the fix the layer read's io.EOF (the temp file's end) reached the
+// FUSE read as the file's end, and the file read as 0 bytes with no error.
+func TestProgressiveTruncatedTempFile(t *testing.T) {
+	fstest.RequireFUSE(t)
+	host := fstest.StartRegistry(t)
+	layers, content := lazyLayers(7, 200)
+	ref, img := pushPlain(t, host, "progressive/truncated", layers)
+	blob := img.LayerDescs[0]
+	cache := t.TempDir()
+	gate := newGate(blob.Digest.String(), blob.Size/2, 0)
+	im := resolveLoad(t, newClient(t, cache, gate), ref, progressiveOpts(t, true))
+	mnt := mountImage(t, im)
+	waitClosed(t, gate.reached, "the stream reaching the gate")
+	temps, err := filepath.Glob(filepath.Join(cache, "tmp", blob.Digest.Encoded()+".*"))
+	if err != nil || len(temps) != 1 {
+		t.Fatalf("temp files of the streaming blob: %v, %v; want one", temps, err)
+	}
+	if err := os.Truncate(temps[0], 0); err != nil {
+		t.Fatal(err)
+	}
+	first := "data/f0000.txt"
+	if b, err := os.ReadFile(filepath.Join(mnt, first)); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read %s from a truncated temp file: %d bytes (want %d), err %v; want EIO", first, len(b), len(content[first]), err)
+	}
+	close(gate.open)
+	if _, err := im.WaitTree(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}

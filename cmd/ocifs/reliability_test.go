@@ -193,7 +193,13 @@ func TestReliabilityKillMidRead(t *testing.T) {
 // read. Every read is still served right (the bytes are verified in memory
 // before the cache is tried), and the cache keeps nothing half-written:
 // tmp/ is empty and every blob hashes to its name. A cache that renamed
-// unverified or partial temp files into place fails checkCacheSound.
+// unverified or partial temp files into place fails checkCacheSound. The
+// small layer (etc/motd) is fetched whole at its first read: when a
+// background span write had just taken the last free blocks, its blob did
+// not fit and the read failed with EIO, now and then; fs's
+// TestFullDiskServesVerifiedBytes shows that case on a disk full from the
+// start. A failure prints the daemon's log, which lives on the full tmpfs
+// too and may lack lines.
 func TestReliabilityFullDisk(t *testing.T) {
 	requireFUSE(t)
 	bin := ocifsBinary(t)
@@ -219,9 +225,13 @@ func TestReliabilityFullDisk(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(cache, unix.MNT_DETACH) })
 	ri.seedCache(t, cache)
 
-	dir, _ := e2eMount(t, bin, cache, ri.ref, "--prefetch=none")
+	dir, logPath := e2eMount(t, bin, cache, ri.ref, "--prefetch=none")
 	checkRelFiles(t, dir)
 	checkRelFiles(t, dir) // again: served from what the cache kept, or fetched again
+	if t.Failed() {
+		b, err := os.ReadFile(logPath)
+		t.Logf("daemon log %s (err %v):\n%s", logPath, err, b)
+	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(cache, &st); err != nil {
 		t.Fatal(err)
