@@ -719,3 +719,101 @@ func testLazy(t *testing.T, b containerdBinary, f *criFixture, mode critest.Pull
 		t.Errorf("Layers served %d layers, want %d (A's and B's but B's layer 2)", n, len(f.a.LayerDescs)+len(f.b.LayerDescs)-1)
 	}
 }
+
+// TestCRILongChain runs an image of 121 layers, every other one remote,
+// so that the container's overlay has 121 lower directories: over a page
+// of mount options, which the shim of containerd 1.6 and 2.4 mounts only
+// because every lower directory is snapshots/<id>/fs under our root (see
+// Snapshotter.Mounts), although the remote layers' trees are elsewhere.
+func TestCRILongChain(t *testing.T) {
+	for _, b := range containerdBinaries() {
+		t.Run(b.name, func(t *testing.T) {
+			requireCRI(t, b)
+			f := newCRIFixture(t)
+			bb, err := critest.BusyboxLayer(fstest.Gzip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 121
+			layers := []fstest.Layer{bb}
+			for i := 1; i < n; i++ {
+				layers = append(layers, fstest.Layer{Compression: fstest.Gzip, Files: []fstest.File{{
+					Header: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("l%d.txt", i), Mode: 0o644, ModTime: fstest.CornerTime},
+					Data:   []byte(fmt.Sprintf("layer %d\n", i)),
+				}}})
+			}
+			im, err := fstest.Build(layers, fstest.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := im.Push(t.Context(), f.host, "snap/long", "1"); err != nil {
+				t.Fatal(err)
+			}
+			var al *applyLayers
+			d, c := start(t, b, f, critest.PullDefault, func(root string) Layers {
+				// In another tree than the snapshotter's root, as
+				// a FUSE mount may be.
+				ld, err := os.MkdirTemp("/run", "ocifs-layers-")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { os.RemoveAll(ld) })
+				al = newApplyLayers(ld, func(id string) string { return filepath.Join(root, "snapshots", id, "fs") }, im)
+				for i := 1; i < n; i += 2 {
+					al.refuse[im.ManifestDesc.Digest] = append(al.refuse[im.ManifestDesc.Digest], i)
+				}
+				return al
+			})
+			ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+			defer cancel()
+			cl, err := c.Dial(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			pod, err := cl.RunPod(ctx, "long")
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "cat", Image: f.front + "/snap/long:1",
+				Command: []string{critest.BusyboxPath, "cat", "/l1.txt", "/l2.txt", fmt.Sprintf("/l%d.txt", n-1)}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := fmt.Sprintf("layer 1\nlayer 2\nlayer %d\n", n-1); res.ExitCode != 0 || string(res.Output.Stdout) != want {
+				t.Errorf("run: exit %d, stdout %q, stderr %q; want 0, %q", res.ExitCode, res.Output.Stdout, res.Output.Stderr, want)
+			}
+			if got, want := d.sn.Stats().Remote, int64(n/2+1); got != want {
+				t.Errorf("%d remote layers, want %d", got, want)
+			}
+			m, err := d.sn.Mounts(ctx, lastActive(t, d.sn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := 0
+			for _, o := range m[0].Options {
+				size += len(o) + 1
+			}
+			t.Logf("the container's overlay: %d lower directories, %d bytes of options", len(lowerdirs(t, m)), size)
+			if size <= os.Getpagesize() {
+				t.Errorf("options of %d bytes: the test needs more than a page", size)
+			}
+		})
+	}
+}
+
+// lastActive returns the key of the active snapshot created last.
+func lastActive(t *testing.T, sn *Snapshotter) string {
+	t.Helper()
+	var key string
+	var created time.Time
+	if err := sn.Walk(t.Context(), func(_ context.Context, i snapshots.Info) error {
+		if i.Created.After(created) {
+			key, created = i.Name, i.Created
+		}
+		return nil
+	}, "kind==active"); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
