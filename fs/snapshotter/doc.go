@@ -57,4 +57,34 @@
 //     Update keeps them.
 //
 // It must not know how layers are fetched or served: that is [Layers]'s.
+//
+// # What containerd does with it (measured with 1.6.20 and 2.4.2)
+//
+// TestCRI and TestCRILongChain pin these down, on 1.6's client-side pull
+// and on both of 2.4's (client-side and transfer service):
+//
+//   - Each layer's unpack is a Prepare(key "k8s.io/<n>/extract-<random>
+//     <chain ID>", parent = the backend name of the layer below) with
+//     containerd.io/snapshot.ref and the four cri.* labels (2.4 adds
+//     containerd.io/snapshot/diff-id). After our AlreadyExists containerd
+//     Walks with the filter labels."containerd.io/snapshot.ref"==<chain
+//     ID>,parent==<parent> and Stats what it found; a layer it applied
+//     itself it Commits as "k8s.io/<n>/<chain ID>" with the same labels.
+//   - Once containerd has to apply one layer of an image, it downloads
+//     every layer above it as well, also those we then serve remotely
+//     (it applies none of them): a fallback in the middle of an image costs
+//     the download of the rest of it.
+//   - A container's snapshot is a Prepare without labels, then Mounts
+//     twice. After a restart of the snapshotter containerd reconnects on
+//     its next call: the next container start worked at once.
+//   - RemovePod and RemoveImage make its garbage collector Walk (no
+//     filter), Remove children before parents, then call Cleanup.
+//   - Neither version called View, Update or Usage in these runs. The
+//     metadata store's Update, though, sends only the labels containerd
+//     passes on, and with no field paths replaces all of them: hence
+//     Update keeps ours.
+//   - With over a page of overlay options, a mount fails ("mount options is
+//     too long") in 1.6's own temporary mount at CreateContainer and in
+//     2.4's shim at StartContainer unless every lower directory shares one
+//     parent directory, which both then mount from with relative paths.
 package snapshotter

@@ -53,6 +53,8 @@ const DefaultRoot = "/var/lib/ocifs/snapshotter"
 // written into an empty upper directory; see /work/notes/runtime-design.md).
 // Snapshots are named by id, containerd's storage id of the snapshot: a
 // decimal number, stable for the snapshot's life and across restarts.
+// Its methods are called concurrently, never while the metadata store is
+// locked: they may take as long as fetching a manifest takes.
 type Layers interface {
 	// Prepare makes the layer the labels describe (containerd's Prepare
 	// labels: snapshot.ref and the cri.* ones) available as snapshot id.
@@ -90,8 +92,8 @@ type Options struct {
 	// Layers serves layers lazily. Nil means none is: each layer's
 	// Prepare falls back (logged and counted) and containerd applies it.
 	Layers Layers
-	// Logger receives a Warn line per fallback and Info/Debug lines of
-	// remote snapshots; nil discards them.
+	// Logger receives a Warn line per fallback and a Debug line per
+	// remote snapshot committed; nil discards them.
 	Logger *slog.Logger
 }
 
@@ -446,7 +448,16 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	if err != nil {
 		return nil, err
 	}
-	return s.Mounts(ctx, key)
+	m, err := s.Mounts(ctx, key)
+	if err != nil {
+		// A remote parent's layer cannot be had: containerd gets no
+		// snapshot, so none is left behind.
+		if rerr := s.Remove(ctx, key); rerr != nil {
+			s.log.Warn("remove a snapshot whose mounts failed", "snapshot", key, "err", rerr)
+		}
+		return nil, err
+	}
+	return m, nil
 }
 
 // idOf returns the storage id and info of key.

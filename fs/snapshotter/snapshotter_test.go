@@ -25,7 +25,7 @@ import (
 // the layer digest; it refuses what refuse says no to.
 type fakeLayers struct {
 	dir    string
-	refuse func(labels map[string]string) error // nil serves everything
+	refuse func(labels map[string]string) error // nil serves everything; called unlocked
 
 	mu       sync.Mutex // guards what follows
 	prepared []string
@@ -35,8 +35,8 @@ type fakeLayers struct {
 
 func (f *fakeLayers) Prepare(_ context.Context, id string, labels map[string]string) (Layer, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.prepared = append(f.prepared, id)
+	f.mu.Unlock()
 	if f.refuse != nil {
 		if err := f.refuse(labels); err != nil {
 			return Layer{}, err
@@ -652,5 +652,87 @@ func TestMountLongChain(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join(target, "written"), []byte("x"), 0o644); err != nil {
 		t.Errorf("write through the overlay: %v", err)
+	}
+}
+
+// TestLayerGone: when Layers cannot give a remote parent's directory, the
+// Prepare over it fails with Layers' reason and leaves no snapshot.
+func TestLayerGone(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	name := f.pullRemote(t, 1)[0]
+	id := idOf(t, f.sn, name)
+	if err := os.RemoveAll(filepath.Join(f.layers.dir, id)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadDir(filepath.Join(f.root, "snapshots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.sn.Prepare(ctx, "container", name)
+	if err == nil || !strings.Contains(err.Error(), "no such file") || !strings.Contains(err.Error(), layerDigest(0)) {
+		t.Errorf("Prepare over a layer Layers lost: err = %v, want the layer and Layers' reason", err)
+	}
+	if _, err := f.sn.Stat(ctx, "container"); !errdefs.IsNotFound(err) {
+		t.Errorf("Stat of the failed Prepare's key: err = %v, want NotFound", err)
+	}
+	after, err := os.ReadDir(filepath.Join(f.root, "snapshots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Errorf("snapshots/ holds %d entries after the failed Prepare, %d before", len(after), len(before))
+	}
+}
+
+// TestPrepareRace: two Prepares of one layer at once (pulls in two
+// namespaces) both answer AlreadyExists; the one that commits second
+// removes its snapshot and releases its layer.
+func TestPrepareRace(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	first, release := make(chan struct{}), make(chan struct{})
+	var calls int
+	var mu sync.Mutex
+	f.layers.refuse = func(map[string]string) error {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n == 1 {
+			close(first)
+			<-release // until the other Prepare has committed
+		}
+		return nil
+	}
+	errs := make(chan error, 1)
+	go func() {
+		_, err := f.sn.Prepare(ctx, "ns1/extract", "", snapshots.WithLabels(imageLabels(0)))
+		errs <- err
+	}()
+	<-first
+	_, err := f.sn.Prepare(ctx, "ns2/extract", "", snapshots.WithLabels(imageLabels(0)))
+	close(release)
+	if !errdefs.IsAlreadyExists(err) {
+		t.Errorf("Prepare that commits first: err = %v, want AlreadyExists", err)
+	}
+	if err := <-errs; !errdefs.IsAlreadyExists(err) {
+		t.Errorf("Prepare that commits second: err = %v, want AlreadyExists", err)
+	}
+	var names []string
+	if err := f.sn.Walk(ctx, func(_ context.Context, i snapshots.Info) error {
+		names = append(names, i.Name)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{chainID(0)}) {
+		t.Errorf("snapshots after the race: %v, want only %s", names, chainID(0))
+	}
+	if len(f.layers.prepared) != 2 || !slices.Equal(f.layers.released, f.layers.prepared[:1]) {
+		t.Errorf("prepared %v, released %v; want the first prepared released", f.layers.prepared, f.layers.released)
+	}
+	if got := f.sn.Stats(); got != (Stats{Remote: 1}) {
+		t.Errorf("Stats() = %+v, want one remote", got)
 	}
 }
