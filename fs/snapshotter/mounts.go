@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -123,6 +124,9 @@ func (s *Snapshotter) layerDir(ctx context.Context, c chained) (string, error) {
 	dir, err := s.layers.Dir(ctx, c.id, c.labels)
 	if err != nil {
 		return "", fmt.Errorf("layer %s of %s (snapshot %s, id %s): %w", c.labels[LabelLayer], c.labels[LabelRemote], c.name, c.id, err)
+	}
+	if !filepath.IsAbs(dir) {
+		return "", fmt.Errorf("layer %s of %s (snapshot %s, id %s): layer source gave directory %q, not an absolute path", c.labels[LabelLayer], c.labels[LabelRemote], c.name, c.id, dir)
 	}
 	if err := s.link(c.id, dir); err != nil {
 		return "", err

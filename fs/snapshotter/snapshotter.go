@@ -337,6 +337,9 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 	var l Layer
 	if err == nil {
 		l, err = s.layers.Prepare(ctx, id, labels)
+		if err == nil && !filepath.IsAbs(l.Dir) {
+			err = fmt.Errorf("layer source gave directory %q, not an absolute path", l.Dir)
+		}
 	}
 	if err == nil {
 		err = s.link(id, l.Dir)
