@@ -17,22 +17,23 @@ import (
 )
 
 // cornerBusybox is the corner image of fs/fstest with busybox on top, so a
-// container can run in it. With sameLayerLinks, hardlinks whose target is
-// in a lower layer are left out (and logged): containerd cannot unpack
-// them (see TestCRIRunCorners).
-func cornerBusybox(t *testing.T, sameLayerLinks bool) *fstest.Image {
+// container can run in it. With applicable, what containerd cannot unpack
+// (see TestCRIRunCorners) is left out and logged: hardlinks whose target
+// is in a lower layer, and whiteouts of a path their own layer wrote
+// before them.
+func cornerBusybox(t *testing.T, applicable bool) *fstest.Image {
 	t.Helper()
 	bb, err := BusyboxLayer(fstest.Gzip)
 	if err != nil {
 		t.Fatal(err)
 	}
 	layers := fstest.Corners()
-	if sameLayerLinks {
+	if applicable {
 		for i := range layers {
 			var dropped []string
-			layers[i].Files, dropped = dropCrossLayerLinks(layers[i].Files)
+			layers[i].Files, dropped = dropUnapplicable(layers[i].Files)
 			for _, d := range dropped {
-				t.Logf("corner layer %d: left out %s (a hardlink to a lower layer)", i, d)
+				t.Logf("corner layer %d: left out %s", i, d)
 			}
 		}
 	}
@@ -43,31 +44,49 @@ func cornerBusybox(t *testing.T, sameLayerLinks bool) *fstest.Image {
 	return im
 }
 
-// dropCrossLayerLinks removes the hardlinks whose target no earlier entry
-// of the same layer names.
-func dropCrossLayerLinks(files []fstest.File) (kept []fstest.File, dropped []string) {
+// dropUnapplicable removes the hardlinks whose target no earlier entry of
+// the same layer names (containerd's applier writes into the new upper
+// directory only: link(2) fails with ENOENT) and the whiteouts of a path
+// an earlier entry of the same layer wrote, or wrote below (the applier
+// makes the whiteout's device node where that entry is: EEXIST).
+func dropUnapplicable(files []fstest.File) (kept []fstest.File, dropped []string) {
 	clean := func(p string) string { return path.Clean("/" + p) }
 	seen := map[string]bool{}
+	written := func(p string) bool {
+		for w := range seen {
+			if w == p || strings.HasPrefix(w, p+"/") {
+				return true
+			}
+		}
+		return false
+	}
 	for _, f := range files {
-		if f.Header.Typeflag == tar.TypeLink && !seen[clean(f.Header.Linkname)] {
-			dropped = append(dropped, f.Header.Name+" -> "+f.Header.Linkname)
+		name := clean(f.Header.Name)
+		dir, base := path.Split(name)
+		if target, ok := strings.CutPrefix(base, ".wh."); ok && target != ".wh..opq" && written(path.Join(dir, target)) {
+			dropped = append(dropped, f.Header.Name+" (whites out its own layer's "+path.Join(dir, target)+")")
 			continue
 		}
-		seen[clean(f.Header.Name)] = true
+		if f.Header.Typeflag == tar.TypeLink && !seen[clean(f.Header.Linkname)] {
+			dropped = append(dropped, f.Header.Name+" -> "+f.Header.Linkname+" (a hardlink to a lower layer)")
+			continue
+		}
+		seen[name] = true
 		kept = append(kept, f)
 	}
 	return kept, dropped
 }
 
 // overlayfsDiffers lists, by path, what differs between containerd's
-// overlayfs unpack of the corner image (without its cross-layer hardlink)
-// and umoci's, as measured with containerd 1.6.20 and 2.4.2. None of it
+// overlayfs unpack of the corner image (without what containerd cannot
+// apply, see dropUnapplicable) and umoci's, as measured with containerd 1.6.20 and 2.4.2. None of it
 // comes from the runtime; each is how containerd's applier or overlayfs
 // work:
 //
-//   - mtime of bin, gnu, hl, opaque: a later layer writes into the
-//     directory without an entry for it (busybox into bin/, whiteouts
-//     into gnu/ and hl/, opaque/new1 before opaque's marker), so the
+//   - mtime of bin, gnu, hl, opaque, sameopq: a later layer writes into
+//     the directory without an entry for it (busybox into bin/, whiteouts
+//     into gnu/ and hl/, opaque/new1 before opaque's marker, sameopq/y
+//     before sameopq's), so the
 //     applier creates it in the new upper and its mtime becomes the time
 //     of unpack; umoci restores a parent's metadata after each entry.
 //   - mode of both hardlink groups: the applier applies a hardlink
@@ -80,6 +99,7 @@ var overlayfsDiffers = map[string][]string{
 	"gnu":                    {"mtime"},
 	"hl":                     {"mtime"},
 	"opaque":                 {"mtime"},
+	"sameopq":                {"mtime"},
 	"hl/orig":                {"mode", "nlink"},
 	"hl/link1":               {"mode", "nlink"},
 	fstest.CornerGNUName:     {"mode"},
@@ -130,8 +150,10 @@ var runtimeAdded = []string{"proc", "sys", "dev", "etc/resolv.conf", "etc/hostna
 // hardlink to a file of a lower layer (layer 1's upper-link) fails with
 // ENOENT, in 1.6.20 and 2.4.2 alike (the image spec allows that: "extracting
 // a layer with hardlink references to files outside of the layer may
-// fail"). The test checks that failure, then runs on the corner image
-// without that one entry.
+// fail"). Nor can it apply a whiteout of a path the same layer wrote
+// before it (layer 1's .wh.samewh after samewh/x: the whiteout's device
+// node fails with EEXIST). The test checks the first failure, then runs
+// on the corner image without those entries.
 func TestCRIRunCorners(t *testing.T) {
 	for _, b := range binaries() {
 		t.Run(b.name, func(t *testing.T) {

@@ -87,6 +87,8 @@
 //   - containerd cannot unpack a layer holding a hardlink to a file of a
 //     lower layer into overlayfs (TestCRIRunCorners): its applier writes
 //     into the new upper directory only, and link(2) fails with ENOENT.
+//     Nor a whiteout of a path its own layer wrote before it: the
+//     whiteout's device node fails with EEXIST.
 //   - Against umoci's unpack, containerd's overlayfs tree differs in the
 //     mtime of directories a later layer writes into without an entry for
 //     them (the time of unpack), in the mode of hardlinked files (the link
