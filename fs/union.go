@@ -90,6 +90,11 @@ func (n *Node) Child(name string) *Node {
 type Tree struct {
 	Root  *Node
 	Nodes int // distinct inodes, the root included
+
+	// sparse holds the maps of the tree's sparse files (index.SparseMap).
+	// They are rare, and a Node stays at 128 bytes without a field for
+	// them, so they live here, by node.
+	sparse map[*Node]*index.SparseMap
 }
 
 // Lookup returns the node at p, a slash-separated path relative to the root
@@ -171,6 +176,7 @@ func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
 type merger struct {
 	root      *Node
 	keepWrote bool
+	sparse    map[*Node]*index.SparseMap // every sparse file made, kept or not
 }
 
 // writer returns the last layer that wrote the child called name, or -1:
@@ -275,6 +281,12 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			n.Size = int64(len(e.Linkname))
 		}
 		n.Devmajor, n.Devminor = e.Devmajor, e.Devminor
+		if e.Sparse != nil {
+			if m.sparse == nil {
+				m.sparse = map[*Node]*index.SparseMap{}
+			}
+			m.sparse[n] = e.Sparse
+		}
 		removeChild(parent, base)
 		link(parent, base, n, li)
 		return nil
@@ -431,6 +443,14 @@ func (m *merger) finish() *Tree {
 	}
 	visit(m.root)
 	t.Nodes = int(next - 1)
+	for n, sp := range m.sparse {
+		if n.ID != 0 { // still in the tree: finish numbered it
+			if t.sparse == nil {
+				t.sparse = map[*Node]*index.SparseMap{}
+			}
+			t.sparse[n] = sp
+		}
+	}
 	var b strings.Builder
 	b.Grow(size)
 	for _, s := range strs {
