@@ -17,7 +17,9 @@ import (
 
 // A tree is a layer's regular files extracted from its uncompressed tar,
 // under the layer's DiffID: each large file in a file of its own, named by
-// the offset of its content in the tar (16 hex digits), and the small ones
+// the offset of its content in the tar (16 hex digits) (so is each sparse
+// file, whatever its size, expanded with its holes: its bytes in the tar
+// are packed, not at its own offsets), and the small ones
 // in place in a sparse copy of the tar, the pack, which holds nothing else
 // (headers and large files are holes):
 //

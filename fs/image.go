@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -353,13 +354,16 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	}
 	var got int
 	var err error
-	if t := im.layers[n.Layer].tree.Load(); t != nil && n.Size < treeFileMin {
+	sparse := im.sparseMap(n)
+	if t := im.layers[n.Layer].tree.Load(); t != nil && !hasTreeFile(n.Size, sparse != nil) {
 		im.cacheHits.Add(1)
 		got, err = t.ReadPack(p, n.Offset+off)
 	} else if f := im.openFile(n); f != nil {
 		im.cacheHits.Add(1)
 		got, err = f.ReadAt(p, off)
 		f.Close()
+	} else if sparse != nil {
+		got, err = im.readSparse(ctx, n, sparse, p, off)
 	} else {
 		got, err = im.layers[n.Layer].readAt(ctx, p, n.Offset+off, n.Offset+n.Size)
 	}
@@ -376,6 +380,54 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 		err = io.EOF
 	}
 	return got, err
+}
+
+// sparseMap returns the sparse map of regular file n, or nil when n is
+// stored whole. A node of a progressive load's growing tree is looked up
+// among the maps of every tree the load has made.
+func (im *Image) sparseMap(n *Node) *index.SparseMap {
+	if t := im.tree.Load(); t != nil {
+		if sp := t.sparse[n]; sp != nil {
+			return sp
+		}
+	}
+	if im.prog != nil {
+		return im.prog.sparseMap(n)
+	}
+	return nil
+}
+
+// readSparse reads bytes [off, off+len(p)) of sparse file n through its
+// layer: zeros for the holes, and for the data segments the bytes of the
+// layer's tar at which the map puts them, packed from n.Offset. Only the
+// segments the read touches are read, so a read of a hole fetches nothing.
+func (im *Image) readSparse(ctx context.Context, n *Node, sp *index.SparseMap, p []byte, off int64) (int, error) {
+	l := im.layers[n.Layer]
+	end := off + int64(len(p))
+	dataEnd := n.Offset + sp.DataSize() // read-ahead stops there
+	segs := sp.Segments
+	i := sort.Search(len(segs), func(i int) bool { return segs[i].Off+segs[i].Len > off })
+	for pos := off; pos < end; i++ {
+		if i == len(segs) || segs[i].Off >= end {
+			clear(p[pos-off:])
+			break
+		}
+		s := segs[i]
+		if pos < s.Off {
+			clear(p[pos-off : s.Off-off])
+			pos = s.Off
+		}
+		hi := min(end, s.Off+s.Len)
+		got, err := l.readAt(ctx, p[pos-off:hi-off], n.Offset+s.Data+pos-s.Off, dataEnd)
+		if err == nil && int64(got) < hi-pos {
+			err = fmt.Errorf("layer %s: %d bytes of tar at %d, want %d: %w", l.desc.Digest, got, n.Offset+s.Data+pos-s.Off, hi-pos, io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return int(pos-off) + got, err
+		}
+		pos = hi
+	}
+	return len(p), nil
 }
 
 // Open returns a reader of a regular file's content, for `ocifs cat`.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ocifs/ocifs/index"
 )
@@ -43,6 +44,10 @@ type progress struct {
 	paths   []string          // paths[id-1]: the path id was first given to
 	next    uint64
 	final   *Tree // the finished tree, once no layer streams
+	// sparse holds the sparse maps of every tree merged so far: an inode
+	// made early keeps its snapshot's node until the final tree exists.
+	sparse    map[*Node]*index.SparseMap
+	anySparse atomic.Bool // sparse is not empty: reads of other files skip mu
 }
 
 func newProgress(n int) *progress {
@@ -92,8 +97,36 @@ func (p *progress) finish(li int, t *index.Table, err error) (*Tree, error) {
 		return nil, merr
 	}
 	p.number(tree)
+	p.keepSparse(tree)
 	p.final = tree
 	return tree, nil
+}
+
+// keepSparse adds the sparse maps of t to those of the trees before; mu
+// held. Sparse files are rare, so keeping the maps of every snapshot costs
+// little.
+func (p *progress) keepSparse(t *Tree) {
+	if len(t.sparse) == 0 {
+		return
+	}
+	if p.sparse == nil {
+		p.sparse = map[*Node]*index.SparseMap{}
+	}
+	for n, sp := range t.sparse {
+		p.sparse[n] = sp
+	}
+	p.anySparse.Store(true)
+}
+
+// sparseMap returns the sparse map of n, a node of one of the trees merged
+// so far, or nil.
+func (p *progress) sparseMap(n *Node) *index.SparseMap {
+	if !p.anySparse.Load() {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sparse[n]
 }
 
 // topRunning returns the highest layer still streaming, or -1; mu held.
@@ -146,6 +179,7 @@ func (p *progress) settled(name string) *Node {
 		}
 		p.number(t)
 		p.snap, p.stale = t, false
+		p.keepSparse(t)
 	}
 	top := p.topRunning()
 	n := p.snap.Root

@@ -127,7 +127,19 @@ func (p *puller) file(path string, n *Node) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := io.Copy(f, p.im.Open(p.ctx, n)); err != nil {
+	if sp := p.im.sparseMap(n); sp != nil {
+		// Only the data segments are written, each at its offset, and the
+		// size set after: the holes stay holes, as GNU tar extracts them.
+		r := readerAt{p.ctx, p.im, n}
+		for _, s := range sp.Segments {
+			if _, err := io.Copy(io.NewOffsetWriter(f, s.Off), io.NewSectionReader(r, s.Off, s.Len)); err != nil {
+				return err
+			}
+		}
+		if err := f.Truncate(n.Size); err != nil {
+			return err
+		}
+	} else if _, err := io.Copy(f, p.im.Open(p.ctx, n)); err != nil {
 		return err
 	}
 	return f.Close()

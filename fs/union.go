@@ -92,6 +92,11 @@ type Tree struct {
 	Nodes int // distinct inodes, the root included
 
 	byIDs nodeIndex // nodes by ID, for file handles (identity.go)
+
+	// sparse holds the maps of the tree's sparse files (index.SparseMap).
+	// They are rare, and a Node stays at 128 bytes without a field for
+	// them, so they live here, by node.
+	sparse map[*Node]*index.SparseMap
 }
 
 // Lookup returns the node at p, a slash-separated path relative to the root
@@ -181,6 +186,7 @@ func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
 type merger struct {
 	root      *Node
 	keepWrote bool
+	sparse    map[*Node]*index.SparseMap // every sparse file made, kept or not
 
 	// upper holds the names the layer being applied has written, and every
 	// directory on the way to them, as (directory, name): what its own
@@ -334,6 +340,12 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			n.Size = int64(len(e.Linkname))
 		}
 		n.Devmajor, n.Devminor = e.Devmajor, e.Devminor
+		if e.Sparse != nil {
+			if m.sparse == nil {
+				m.sparse = map[*Node]*index.SparseMap{}
+			}
+			m.sparse[n] = e.Sparse
+		}
 		removeChild(parent, base)
 		link(parent, base, n, li)
 		return nil
@@ -499,6 +511,14 @@ func (m *merger) finish() *Tree {
 	}
 	visit(m.root)
 	t.Nodes = int(next - 1)
+	for n, sp := range m.sparse {
+		if n.ID != 0 { // still in the tree: finish numbered it
+			if t.sparse == nil {
+				t.sparse = map[*Node]*index.SparseMap{}
+			}
+			t.sparse[n] = sp
+		}
+	}
 	var b strings.Builder
 	b.Grow(size)
 	for _, s := range strs {

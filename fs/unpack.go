@@ -136,9 +136,22 @@ func (l *layer) entries() ([]index.Entry, error) {
 // tree's pack, read by the daemon (fetch.Tree says why).
 const treeFileMin = 512 << 10
 
+// hasTreeFile reports whether a regular file of size bytes has a file of
+// its own in its layer's tree, rather than its bytes at its tar offsets in
+// the pack: a large file, and a sparse one of any size but 0. A sparse
+// file's bytes in the tar are its data segments packed together, which the
+// pack cannot serve at the file's own offsets; expanded into a file of its
+// own, written with its holes (seeking past them), it reads like any
+// other, takes no more disk than its data, and goes to the kernel with
+// passthrough, which suits what sparse files usually are (disk images,
+// databases, lastlog: large).
+func hasTreeFile(size int64, sparse bool) bool {
+	return size >= treeFileMin || sparse && size > 0
+}
+
 // extract copies the content of every non-empty regular entry of tar stream
-// r into p: a file of its own for a large one, the pack at its tar offset
-// for a small one. It reads the stream to its end and returns an error
+// r into p: a file of its own for a large or sparse one (hasTreeFile), the
+// pack at its tar offset for a small one. It reads the stream to its end and returns an error
 // unless the whole stream's sha256 is diffID. Entries are in tar order, so
 // their content offsets only grow.
 func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, tarSize int64, p *fetch.PendingTree) (files int, err error) {
@@ -159,7 +172,7 @@ func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, tarSize int6
 		if _, err := io.CopyN(io.Discard, cr, e.Offset-cr.n); err != nil {
 			return files, fmt.Errorf("extracting %q: %w", e.Name, err)
 		}
-		if e.Size < treeFileMin {
+		if !hasTreeFile(e.Size, e.Sparse != nil) {
 			if _, err := io.CopyN(io.NewOffsetWriter(pack, e.Offset), cr, e.Size); err != nil {
 				return files, fmt.Errorf("extracting %q: %w", e.Name, err)
 			}
@@ -169,7 +182,11 @@ func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, tarSize int6
 		if err != nil {
 			return files, err
 		}
-		_, err = io.CopyN(f, cr, e.Size)
+		if e.Sparse != nil {
+			err = writeSparse(f, cr, e)
+		} else {
+			_, err = io.CopyN(f, cr, e.Size)
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -193,6 +210,17 @@ func extract(r io.Reader, ents []index.Entry, diffID digest.Digest, tarSize int6
 	return files, pack.Close()
 }
 
+// writeSparse writes the data segments of sparse entry e, read from r, at
+// their offsets in f, and sets f's size: the holes stay holes.
+func writeSparse(f *os.File, r io.Reader, e index.Entry) error {
+	for _, s := range e.Sparse.Segments {
+		if _, err := io.CopyN(io.NewOffsetWriter(f, s.Off), r, s.Len); err != nil {
+			return err
+		}
+	}
+	return f.Truncate(e.Size)
+}
+
 // countingReader counts the bytes read through it.
 type countingReader struct {
 	r io.Reader
@@ -206,13 +234,13 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // openFile opens the tree file holding n's bytes, or returns nil when the
-// layer has no tree or n is small (packed). A tree file that is not as
+// layer has no tree or n has no file of its own (packed). A tree file that is not as
 // extracted drops the tree for the rest of the mount and from the cache
 // (the next mount extracts it again); reads then decode spans.
 func (im *Image) openFile(n *Node) *os.File {
 	l := im.layers[n.Layer]
 	t := l.tree.Load()
-	if t == nil || n.Size < treeFileMin {
+	if t == nil || !hasTreeFile(n.Size, im.sparseMap(n) != nil) {
 		return nil
 	}
 	f, err := t.Open(n.Offset, n.Size)

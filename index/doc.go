@@ -72,7 +72,11 @@
 // ".wh..wh.aufs"), skipped with anything under them; hard links into the aufs
 // ".wh..wh.plnk" directory are therefore left unresolved. PAX global headers
 // and GNU volume labels are skipped; a contiguous file ('7') is read as a
-// regular file, as POSIX allows. Sparse files, multi-volume continuations,
+// regular file, as POSIX allows. A sparse file in one of GNU tar's PAX
+// formats (0.0, 0.1, 1.0) gets its [SparseMap]: Size is its logical size
+// and Offset where its data segments start, packed (sparse.go says how each
+// format stores the map, and how Build finds it without archive/tar's
+// help). Old-GNU sparse entries ('S'), multi-volume continuations,
 // unknown type flags, and owner ids or device numbers that do not fit Linux's
 // 32 bits are refused with an error naming the entry. Xattrs come from PAX
 // "SCHILY.xattr.NAME" records (raw values) and libarchive's
@@ -82,12 +86,14 @@
 // # Table encoding
 //
 // [Table.MarshalBinary] writes, and [Unmarshal] and [Open] read, version 1
-// (tables without Compression, SpanSize or Spans, as [Build] makes) or
-// version 2 (everything else):
+// (tables without Compression, SpanSize or Spans, as [Build] makes),
+// version 2 (everything else) or version 3 (a table with a sparse file,
+// with or without spans; only such tables need it, so the others stay
+// readable by builds that know versions 1 and 2):
 //
 //	magic      "OCIFSIDX"
-//	version    uint16, big-endian: 1 or 2
-//	headLen    uint64, big-endian, version 2 only: bytes of the head below
+//	version    uint16, big-endian: 1, 2 or 3
+//	headLen    uint64, big-endian, versions 2 and 3: bytes of the head below
 //	digest     string: the layer blob digest, "" when not yet set
 //	diffID     string
 //	size       uvarint: compressed blob size
@@ -102,16 +108,21 @@
 //	  mtime    varint: unix seconds minus the previous entry's (0 for the first),
 //	           then uvarint nanoseconds (< 10^9)
 //	  TypeReg:             uvarint size, then varint offset minus the previous
-//	                       regular file's end (offset + size)
+//	                       regular file's end (offset + the bytes it stores),
+//	                       then, version 3 only, uvarint 0 for a file stored
+//	                       whole or 1 + the count of its sparse segments,
+//	                       each a uvarint offset minus the end of the one
+//	                       before (0 for the first) and a uvarint length
 //	  TypeSymlink, TypeHardlink: string link target
 //	  TypeChar, TypeBlock: uvarint major, uvarint minor
 //	  xattrs   uvarint count, then count pairs of string name, string value,
 //	           names in strictly increasing byte order
 //	sections   until the checksum: uvarint tag, string body
 //	checksum   32 bytes: sha256 of everything before it
-//	windows    version 2 only: the stored windows, back to back
+//	windows    versions 2 and 3: the stored windows, back to back
 //
-// Version 2 has exactly one section with tag 1, the spans:
+// Version 2 has exactly one section with tag 1, the spans; version 3 has it
+// when the table has Compression, SpanSize or Spans:
 //
 //	compression string: "gzip", "none" or "zstd"
 //	spanSize    uvarint

@@ -18,12 +18,12 @@ import (
 // The table encoding; the package documentation describes the layout.
 const (
 	indexMagic    = "OCIFSIDX"
-	formatVersion = 2 // the newest version; version 1 is still read and written
+	formatVersion = 3 // the newest version; versions 1 and 2 are still read and written
 	checksumLen   = sha256.Size
 	headerLen     = len(indexMagic) + 2 // magic and version
-	headLenLen    = 8                   // version 2: the head length after the version
+	headLenLen    = 8                   // versions 2 and 3: the head length after the version
 
-	// sectionSpans is the tag of the spans section (version 2 only); odd,
+	// sectionSpans is the tag of the spans section (versions 2 and 3); odd,
 	// because a reader that skipped it would misread the table.
 	sectionSpans = 1
 
@@ -44,14 +44,26 @@ const (
 )
 
 // MarshalBinary encodes t for the local index cache, in the format the
-// package documentation describes: version 1 for a table with no
-// Compression, SpanSize or Spans (what [Build] makes), version 2 otherwise.
-// The encoding is canonical: equal tables encode to equal bytes. An empty,
+// package documentation describes: version 3 for a table with a sparse
+// file, else version 1 for a table with no Compression, SpanSize or Spans
+// (what [Build] makes) and version 2 for the others, so that tables
+// without sparse files stay readable by builds that know only versions 1
+// and 2. The encoding is canonical: equal tables encode to equal bytes. An empty,
 // non-nil Xattrs map encodes like a nil one, so it decodes as nil. Entries
 // that break the [Entry] invariants and spans that break the [Span] ones are
 // refused. A table from [Open] reads its windows from its file to encode.
 func (t *Table) MarshalBinary() ([]byte, error) {
-	v2 := t.Compression != "" || t.SpanSize != 0 || t.Spans != nil
+	hasSpans := t.Compression != "" || t.SpanSize != 0 || t.Spans != nil
+	version := uint16(1)
+	if hasSpans {
+		version = 2
+	}
+	for i := range t.Entries {
+		if t.Entries[i].Sparse != nil {
+			version = 3
+			break
+		}
+	}
 	if err := checkDigest(t.Digest); err != nil {
 		return nil, fmt.Errorf("encoding table: digest: %w", err)
 	}
@@ -63,11 +75,9 @@ func (t *Table) MarshalBinary() ([]byte, error) {
 	}
 	buf := make([]byte, 0, 64+len(t.Entries)*32)
 	buf = append(buf, indexMagic...)
-	if v2 {
-		buf = binary.BigEndian.AppendUint16(buf, 2)
+	buf = binary.BigEndian.AppendUint16(buf, version)
+	if version >= 2 {
 		buf = binary.BigEndian.AppendUint64(buf, 0) // the head length, set below
-	} else {
-		buf = binary.BigEndian.AppendUint16(buf, 1)
 	}
 	buf = appendString(buf, string(t.Digest))
 	buf = appendString(buf, string(t.DiffID))
@@ -102,7 +112,10 @@ func (t *Table) MarshalBinary() ([]byte, error) {
 		case TypeReg:
 			buf = binary.AppendUvarint(buf, uint64(e.Size))
 			buf = binary.AppendVarint(buf, e.Offset-prevEnd)
-			prevEnd = e.Offset + e.Size
+			if version == 3 {
+				buf = appendSparse(buf, e.Sparse)
+			}
+			prevEnd = e.Offset + e.DataSize()
 		case TypeSymlink, TypeHardlink:
 			buf = appendString(buf, e.Linkname)
 		case TypeChar, TypeBlock:
@@ -120,25 +133,29 @@ func (t *Table) MarshalBinary() ([]byte, error) {
 			buf = appendString(buf, e.Xattrs[k])
 		}
 	}
-	if !v2 {
+	if version == 1 {
 		// Version 1 writes no optional sections.
 		sum := sha256.Sum256(buf)
 		return append(buf, sum[:]...), nil
 	}
-	spans, windows, err := t.appendSpans(nil)
-	if err != nil {
-		return nil, fmt.Errorf("encoding table: spans: %w", err)
+	var windows []byte
+	if hasSpans {
+		var spans []byte
+		var err error
+		if spans, windows, err = t.appendSpans(nil); err != nil {
+			return nil, fmt.Errorf("encoding table: spans: %w", err)
+		}
+		buf = binary.AppendUvarint(buf, sectionSpans)
+		buf = appendString(buf, string(spans))
 	}
-	buf = binary.AppendUvarint(buf, sectionSpans)
-	buf = appendString(buf, string(spans))
 	binary.BigEndian.PutUint64(buf[headerLen:], uint64(len(buf)-headerLen-headLenLen))
 	sum := sha256.Sum256(buf)
 	buf = append(buf, sum[:]...)
 	return append(buf, windows...), nil
 }
 
-// Unmarshal decodes a table encoded by [Table.MarshalBinary], version 1 or
-// 2, with its windows loaded into memory (kept flate-compressed as stored,
+// Unmarshal decodes a table encoded by [Table.MarshalBinary], version 1, 2
+// or 3, with its windows loaded into memory (kept flate-compressed as stored,
 // inflated by each [Table.Window] call).
 //
 // The bytes are not trusted: the checksums are verified first, every
@@ -153,8 +170,8 @@ func Unmarshal(b []byte) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v == 2 {
-		t, err := open(bytes.NewReader(b), int64(len(b)), b)
+	if v >= 2 {
+		t, err := open(bytes.NewReader(b), int64(len(b)), b, v)
 		if err != nil {
 			return nil, err
 		}
@@ -192,8 +209,8 @@ func checkHeader(b []byte) (uint16, error) {
 		return 0, formatErrorf("not an ocifs index (no %q magic)", indexMagic)
 	}
 	v := binary.BigEndian.Uint16(b[len(indexMagic):])
-	if v != 1 && v != 2 {
-		return 0, formatErrorf("ocifs index format version %d is not supported (this build reads versions 1 and 2); rebuild the index", v)
+	if v < 1 || v > formatVersion {
+		return 0, formatErrorf("ocifs index format version %d is not supported (this build reads versions 1 to %d); rebuild the index", v, formatVersion)
 	}
 	return v, nil
 }
@@ -231,11 +248,12 @@ func Open(r io.ReaderAt, size int64) (*Table, error) {
 		}
 		return Unmarshal(b)
 	}
-	return open(r, size, nil)
+	return open(r, size, nil, v)
 }
 
-// open decodes a version 2 index from r; whole, when not nil, is all of r.
-func open(r io.ReaderAt, size int64, whole []byte) (*Table, error) {
+// open decodes a version 2 or 3 index from r; whole, when not nil, is all
+// of r.
+func open(r io.ReaderAt, size int64, whole []byte, version uint16) (*Table, error) {
 	fixed := int64(headerLen + headLenLen)
 	if size < fixed+checksumLen {
 		return nil, formatErrorf("ocifs index truncated: %d bytes", size)
@@ -263,13 +281,16 @@ func open(r io.ReaderAt, size int64, whole []byte) (*Table, error) {
 		return nil, formatErrorf("ocifs index checksum mismatch: the index is damaged; rebuild it")
 	}
 	base := end + checksumLen
-	t, spans, err := decodeTable(&decoder{b: body, off: int(fixed)}, 2)
-	if err == nil && spans == nil {
+	t, spans, err := decodeTable(&decoder{b: body, off: int(fixed)}, int(version))
+	if err == nil && spans == nil && version == 2 {
 		err = fmt.Errorf("version 2 index without a spans section")
 	}
 	var dir []windowRef
-	if err == nil {
+	switch {
+	case err == nil && spans != nil:
 		dir, err = decodeSpans(t, spans, size-base)
+	case err == nil && size != base:
+		err = fmt.Errorf("%d bytes of windows without a spans section", size-base)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: ocifs index: %w", ErrFormat, err)
@@ -293,7 +314,8 @@ func readAt(r io.ReaderAt, b []byte, off int64) error {
 }
 
 // decodeTable decodes the head of an index after the magic, version (and
-// head length) and returns the spans section body of a version 2 index.
+// head length) and returns the spans section body of a version 2 or 3
+// index, nil when it has none.
 func decodeTable(d *decoder, version int) (*Table, []byte, error) {
 	t := &Table{
 		Digest: digest.Digest(d.string(maxDigestLen, "digest")),
@@ -360,7 +382,13 @@ func decodeTable(d *decoder, version int) (*Table, []byte, error) {
 		case TypeReg:
 			e.Size = d.int64("size")
 			e.Offset = prevContentEnd + d.varint("offset")
-			prevContentEnd = e.Offset + e.Size
+			if version == 3 {
+				var err error
+				if e.Sparse, err = d.sparse(); err != nil {
+					return nil, nil, fmt.Errorf("entry %d: %w", i, err)
+				}
+			}
+			prevContentEnd = e.Offset + e.DataSize()
 		case TypeSymlink, TypeHardlink:
 			link := d.bytes(maxEncodedNameLen, "link target")
 			if len(arena)+len(link) > maxTotalNameBytes {
@@ -426,8 +454,53 @@ func (d *decoder) xattrs(e *Entry) error {
 	return nil
 }
 
+// appendSparse appends the sparse map field of a version 3 regular file:
+// 0 for a file stored whole, else the segment count plus one and, for each
+// segment, its offset past the end of the one before and its length.
+func appendSparse(buf []byte, m *SparseMap) []byte {
+	if m == nil {
+		return append(buf, 0)
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(m.Segments))+1)
+	var end int64
+	for _, sg := range m.Segments {
+		buf = binary.AppendUvarint(buf, uint64(sg.Off-end))
+		buf = binary.AppendUvarint(buf, uint64(sg.Len))
+		end = sg.Off + sg.Len
+	}
+	return buf
+}
+
+// sparse decodes what appendSparse wrote. The segments are checked with
+// the entry (checkEntry).
+func (d *decoder) sparse() (*SparseMap, error) {
+	n := d.uvarint("sparse segment count")
+	if d.err != nil || n == 0 {
+		return nil, d.err
+	}
+	n--
+	if n > uint64(d.left()/2) {
+		return nil, fmt.Errorf("sparse segment count %d exceeds what %d bytes can hold", n, d.left())
+	}
+	m := &SparseMap{Segments: make([]Segment, n)}
+	var end, data int64
+	for j := range m.Segments {
+		gap := d.int64("sparse segment offset")
+		length := d.int64("sparse segment length")
+		if d.err != nil {
+			return nil, d.err
+		}
+		if gap > math.MaxInt64-end || length > math.MaxInt64-end-gap || length > math.MaxInt64-data {
+			return nil, fmt.Errorf("sparse segment %d: offsets overflow", j)
+		}
+		m.Segments[j] = Segment{Off: end + gap, Len: length, Data: data}
+		end, data = end+gap+length, data+length
+	}
+	return m, nil
+}
+
 // sections reads the tagged sections after the entries and returns the
-// body of the spans section (version 2 only, at most once). A section with
+// body of the spans section (versions 2 and 3, at most once). A section with
 // an odd tag carries something a reader must understand, so an unknown odd
 // tag is an error; an unknown even tag is skipped.
 func (d *decoder) sections(version int) ([]byte, error) {
@@ -438,7 +511,7 @@ func (d *decoder) sections(version int) ([]byte, error) {
 		if d.err != nil {
 			return nil, d.err
 		}
-		if tag == sectionSpans && version == 2 && spans == nil {
+		if tag == sectionSpans && version >= 2 && spans == nil {
 			spans = body
 			continue
 		}

@@ -58,7 +58,14 @@ func TestEncodeRoundTrip(t *testing.T) {
 			{Name: "c", Type: TypeReg, Size: 1024, Offset: 0},
 			{Name: "ab", Type: TypeOpaque},
 		}},
-		"sha512": {Digest: digest.SHA512.FromString("x"), DiffID: digest.FromString("y")},
+		"sha512":                        {Digest: digest.SHA512.FromString("x"), DiffID: digest.FromString("y")},
+		"sparse (GNU tar, version 3)":   sparseFixture(t),
+		"sparse with spans (version 3)": buildLayerT(t, gnuTarSparse(t, "gnutar-1.0.tar"), mtTar, 2<<10),
+		"sparse all hole and whole (version 3)": {TarSize: 4096, Entries: []Entry{
+			{Name: "h", Type: TypeReg, Size: 1 << 40, Offset: 512, Sparse: &SparseMap{Segments: []Segment{}}},
+			{Name: "w", Type: TypeReg, Size: 3, Offset: 1024},
+			{Name: "s", Type: TypeReg, Size: 100, Offset: 2048, Sparse: &SparseMap{Segments: []Segment{{0, 1, 0}, {1, 2, 1}, {99, 1, 3}}}},
+		}},
 	}
 	for name, want := range tables {
 		t.Run(name, func(t *testing.T) {
@@ -81,6 +88,44 @@ func TestEncodeRoundTrip(t *testing.T) {
 				t.Errorf("encoding is not canonical: re-encoding gave different bytes")
 			}
 		})
+	}
+}
+
+// sparseFixture returns the table Build makes of GNU tar's 1.0 archive of
+// sparse files, with a blob digest and size.
+func sparseFixture(tb testing.TB) *Table {
+	tb.Helper()
+	tab, err := Build(bytes.NewReader(gnuTarSparse(tb, "gnutar-1.0.tar")), Options{})
+	if err != nil {
+		tb.Fatalf("Build: %v", err)
+	}
+	tab.Digest = digest.FromString("compressed sparse blob")
+	tab.Size = 4321
+	return tab
+}
+
+// TestEncodeVersions: only a table with a sparse file needs version 3, so
+// every other table stays readable by builds that know versions 1 and 2.
+func TestEncodeVersions(t *testing.T) {
+	raw, _, _ := fixtureTar(t)
+	tests := []struct {
+		name string
+		tab  *Table
+		want uint16
+	}{
+		{"Build, no sparse file", builtFixture(t), 1},
+		{"spans, no sparse file", buildLayerT(t, raw, mtTar, 2<<10), 2},
+		{"Build, sparse files", sparseFixture(t), 3},
+		{"spans, sparse files", buildLayerT(t, gnuTarSparse(t, "gnutar-0.1.tar"), mtTar, 2<<10), 3},
+	}
+	for _, tt := range tests {
+		enc, err := tt.tab.MarshalBinary()
+		if err != nil {
+			t.Fatalf("%s: MarshalBinary: %v", tt.name, err)
+		}
+		if v := binary.BigEndian.Uint16(enc[len(indexMagic):]); v != tt.want {
+			t.Errorf("%s: encoded as version %d, want %d", tt.name, v, tt.want)
+		}
 	}
 }
 
@@ -140,6 +185,12 @@ func TestMarshalRejects(t *testing.T) {
 		{"device on a fifo", Table{Entries: []Entry{{Name: "x", Type: TypeFifo, Devmajor: 1}}}, "device numbers"},
 		{"uid", Table{Entries: []Entry{{Name: "x", Type: TypeFifo, UID: -1}}}, "out of range"},
 		{"xattr name", Table{Entries: []Entry{{Name: "x", Type: TypeFifo, Xattrs: map[string]string{"": "v"}}}}, "xattr name"},
+		{"sparse dir", Table{Entries: []Entry{{Name: "x", Type: TypeDir, Sparse: &SparseMap{}}}}, "sparse map"},
+		{"sparse segments out of order", Table{TarSize: 100, Entries: []Entry{{Name: "x", Type: TypeReg, Size: 50, Sparse: &SparseMap{Segments: []Segment{{10, 5, 0}, {12, 1, 5}}}}}}, "out of order"},
+		{"sparse segment empty", Table{TarSize: 100, Entries: []Entry{{Name: "x", Type: TypeReg, Size: 50, Sparse: &SparseMap{Segments: []Segment{{10, 0, 0}}}}}}, "is empty"},
+		{"sparse segment past the size", Table{TarSize: 100, Entries: []Entry{{Name: "x", Type: TypeReg, Size: 50, Sparse: &SparseMap{Segments: []Segment{{45, 6, 0}}}}}}, "outside the 50-byte file"},
+		{"sparse data misplaced", Table{TarSize: 100, Entries: []Entry{{Name: "x", Type: TypeReg, Size: 50, Sparse: &SparseMap{Segments: []Segment{{0, 5, 0}, {10, 5, 4}}}}}}, "data at 4, want 5"},
+		{"sparse data past the stream", Table{TarSize: 100, Entries: []Entry{{Name: "x", Type: TypeReg, Size: 1 << 40, Offset: 90, Sparse: &SparseMap{Segments: []Segment{{0, 11, 0}}}}}}, "content 90+11 lies outside the 100-byte stream"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -175,6 +226,44 @@ func TestUnmarshalCorrupt(t *testing.T) {
 	}
 }
 
+// TestUnmarshalCorruptSparse: every flipped byte and every truncation of a
+// version 3 encoding is refused, never decoded into another table.
+func TestUnmarshalCorruptSparse(t *testing.T) {
+	tab := &Table{TarSize: 4096, Digest: digest.FromString("b"), Entries: []Entry{
+		{Name: "a", Type: TypeReg, Size: 1 << 33, Offset: 512, Sparse: &SparseMap{Segments: []Segment{{1000, 7, 0}, {1 << 32, 9, 7}}}},
+		{Name: "b", Type: TypeReg, Size: 3, Offset: 1536},
+		{Name: "c", Type: TypeReg, Size: 9, Offset: 2560, Sparse: &SparseMap{Segments: []Segment{}}},
+	}}
+	enc, err := tab.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range enc {
+		for _, mask := range []byte{0x01, 0x80, 0xff} {
+			b := bytes.Clone(enc)
+			b[i] ^= mask
+			if got, err := Unmarshal(b); err == nil || !errors.Is(err, ErrFormat) {
+				t.Fatalf("Unmarshal with byte %d ^ %#x = %v, %v; want an ErrFormat error", i, mask, got != nil, err)
+			}
+			// Past the checksum, to reach the decoder: what decodes is
+			// canonical (the version field left alone).
+			if i >= len(indexMagic) && i < headerLen {
+				continue
+			}
+			if got, err := Unmarshal(resealV2(b)); err == nil && !reflect.DeepEqual(got, tab) {
+				if again, merr := got.MarshalBinary(); merr != nil || !bytes.Equal(again, resealV2(b)) {
+					t.Fatalf("byte %d ^ %#x decodes to another table that does not encode back to its bytes", i, mask)
+				}
+			}
+		}
+	}
+	for n := range len(enc) {
+		if _, err := Unmarshal(enc[:n]); !errors.Is(err, ErrFormat) {
+			t.Fatalf("Unmarshal of the first %d bytes = %v, want an ErrFormat error", n, err)
+		}
+	}
+}
+
 func TestUnmarshalRejects(t *testing.T) {
 	enc, err := (&Table{TarSize: 10, Entries: []Entry{{Name: "abc", Type: TypeReg, Size: 1}}}).MarshalBinary()
 	if err != nil {
@@ -201,7 +290,8 @@ func TestUnmarshalRejects(t *testing.T) {
 	}{
 		{"no magic", []byte("OCIFSIDY\x00\x01"), `invalid input: not an ocifs index (no "OCIFSIDX" magic)`},
 		{"short", []byte("OCIF"), "not an ocifs index"},
-		{"version 3", version(3), "invalid input: ocifs index format version 3 is not supported (this build reads versions 1 and 2); rebuild the index"},
+		{"version 4", version(4), "invalid input: ocifs index format version 4 is not supported (this build reads versions 1 to 3); rebuild the index"},
+		{"version 3 without its head length", version(3), "ocifs index head of"},
 		{"version 2 without its head length", version(2), "ocifs index head of"},
 		{"version 0", version(0), "version 0 is not supported"},
 		{"checksum", append(append([]byte(nil), body...), make([]byte, checksumLen)...), "invalid input: ocifs index checksum mismatch"},

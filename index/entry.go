@@ -58,19 +58,63 @@ func (t Type) String() string {
 // from the base name); for TypeOpaque it is the directory whose lower contents
 // are hidden. Linkname of a hardlink is cleaned the same way; a symlink's
 // Linkname is kept byte for byte.
+//
+// A sparse file (GNU tar's PAX sparse formats 0.0, 0.1 and 1.0) has a
+// Sparse map: Size is then its logical size, holes included, and the tar
+// stores only the bytes of its data segments, packed one after another from
+// Offset on ([Entry.DataSize] of them). Everything else reads as zeros.
 type Entry struct {
 	Name     string
 	Type     Type
 	Mode     uint32 // permission bits plus setuid, setgid and sticky (07777); no type bits
 	UID      int64
 	GID      int64
-	Size     int64 // bytes of file content (TypeReg only)
-	Offset   int64 // offset of the content in the uncompressed tar stream (TypeReg only)
+	Size     int64 // bytes of file content, holes of a sparse file included (TypeReg only)
+	Offset   int64 // offset of the content (a sparse file's packed data) in the uncompressed tar stream (TypeReg only)
 	ModTime  time.Time
 	Linkname string
 	Devmajor int64
 	Devminor int64
 	Xattrs   map[string]string // from PAX SCHILY.xattr.* records; nil when none
+	// Sparse is where a sparse file's data lies; nil for a file stored
+	// whole. A pointer, not a slice, because tables hold millions of
+	// entries and sparse files are rare.
+	Sparse *SparseMap
+}
+
+// SparseMap is the layout of a sparse file: its data segments, sorted by
+// Off, not overlapping, each within the file's Size and of at least one
+// byte. An all-hole file has none (Segments is empty, the map is not nil).
+// Segment i's bytes are at tar offset Entry.Offset + Segments[i].Data.
+type SparseMap struct {
+	Segments []Segment
+}
+
+// Segment is one run of data of a sparse file: logical bytes [Off, Off+Len)
+// are stored at Data bytes past the entry's Offset. Data is the sum of the
+// lengths of the segments before, since the tar packs them back to back.
+type Segment struct {
+	Off  int64
+	Len  int64
+	Data int64
+}
+
+// DataSize returns how many bytes of the tar stream hold e's content: Size,
+// or for a sparse file the bytes of its data segments.
+func (e *Entry) DataSize() int64 {
+	if e.Sparse == nil {
+		return e.Size
+	}
+	return e.Sparse.DataSize()
+}
+
+// DataSize returns the bytes of all the map's data segments together.
+func (m *SparseMap) DataSize() int64 {
+	if len(m.Segments) == 0 {
+		return 0
+	}
+	last := m.Segments[len(m.Segments)-1]
+	return last.Data + last.Len
 }
 
 // Table is the entry table of one layer: every entry in tar order, plus the

@@ -40,8 +40,14 @@ const (
 // entry converts one tar header into an Entry. keep is false for headers with
 // no file meaning (PAX global headers, volume labels, aufs metadata).
 func (b *builder) entry(hdr *tar.Header, off int64) (e Entry, keep bool, err error) {
-	if hdr.Typeflag == tar.TypeGNUSparse || hasSparseRecords(hdr.PAXRecords) {
-		return Entry{}, false, entryErrorf(hdr.Name, "sparse files are not supported yet")
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return Entry{}, false, entryErrorf(hdr.Name, "old GNU sparse entries (type S) are not supported")
+	}
+	// The map is read for every sparse header, kept or not: it says where
+	// the entry's data ends (sparse.go).
+	sparse, err := b.sparse(hdr, off)
+	if err != nil {
+		return Entry{}, false, err
 	}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA, tar.TypeCont:
@@ -113,9 +119,12 @@ func (b *builder) entry(hdr *tar.Header, off int64) (e Entry, keep bool, err err
 	if e.Name == "" && e.Type != TypeDir {
 		return Entry{}, false, entryErrorf(hdr.Name, "a %s cannot be the layer root", e.Type)
 	}
+	if sparse != nil && e.Type != TypeReg {
+		return Entry{}, false, entryErrorf(hdr.Name, "GNU sparse records on a %s", e.Type)
+	}
 	switch e.Type {
 	case TypeReg:
-		e.Size, e.Offset = hdr.Size, off
+		e.Size, e.Offset, e.Sparse = hdr.Size, off, sparse
 	case TypeSymlink:
 		if strings.IndexByte(hdr.Linkname, 0) >= 0 {
 			return Entry{}, false, entryErrorf(hdr.Name, "link target contains a NUL byte")
@@ -183,8 +192,7 @@ func IsAufsMeta(name string) bool {
 	return strings.HasPrefix(base, whiteoutMetaPrefix) && base != whiteoutOpaque
 }
 
-// hasSparseRecords reports whether PAX records describe a GNU sparse file
-// (any of the 0.0, 0.1 or 1.0 formats).
+// hasSparseRecords reports whether PAX records include any GNU.sparse one.
 func hasSparseRecords(recs map[string]string) bool {
 	for k := range recs {
 		if strings.HasPrefix(k, paxGNUSparse) {
@@ -277,11 +285,19 @@ func checkEntry(e *Entry, tarSize int64) error {
 		return fmt.Errorf("uid %d or gid %d out of range", e.UID, e.GID)
 	}
 	if e.Type == TypeReg {
-		if e.Size < 0 || e.Offset < 0 || e.Size > tarSize || e.Offset > tarSize-e.Size {
-			return fmt.Errorf("content %d+%d lies outside the %d-byte stream", e.Offset, e.Size, tarSize)
+		if e.Size < 0 {
+			return fmt.Errorf("negative size %d", e.Size)
 		}
-	} else if e.Size != 0 || e.Offset != 0 {
-		return fmt.Errorf("a %s has size %d and offset %d", e.Type, e.Size, e.Offset)
+		if e.Sparse != nil {
+			if err := checkSparse(e.Sparse, e.Size); err != nil {
+				return err
+			}
+		}
+		if data := e.DataSize(); e.Offset < 0 || data > tarSize || e.Offset > tarSize-data {
+			return fmt.Errorf("content %d+%d lies outside the %d-byte stream", e.Offset, data, tarSize)
+		}
+	} else if e.Size != 0 || e.Offset != 0 || e.Sparse != nil {
+		return fmt.Errorf("a %s has size %d, offset %d or a sparse map", e.Type, e.Size, e.Offset)
 	}
 	switch e.Type {
 	case TypeHardlink:
@@ -308,6 +324,22 @@ func checkEntry(e *Entry, tarSize int64) error {
 		if name == "" || strings.IndexByte(name, 0) >= 0 {
 			return fmt.Errorf("xattr name %q is empty or contains a NUL byte", name)
 		}
+	}
+	return nil
+}
+
+// checkSparse reports the first way m breaks the [SparseMap] invariants
+// for a file of size bytes.
+func checkSparse(m *SparseMap, size int64) error {
+	var end, data int64
+	for i, sg := range m.Segments {
+		switch {
+		case sg.Len <= 0 || sg.Off < end || sg.Len > size || sg.Off > size-sg.Len:
+			return fmt.Errorf("sparse segment %d (%d+%d) is empty, out of order or outside the %d-byte file", i, sg.Off, sg.Len, size)
+		case sg.Data != data:
+			return fmt.Errorf("sparse segment %d: data at %d, want %d", i, sg.Data, data)
+		}
+		end, data = sg.Off+sg.Len, data+sg.Len
 	}
 	return nil
 }

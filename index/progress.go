@@ -85,7 +85,7 @@ func (p *progress) digest(d digest.Digest) {
 	n := 0
 	for n < len(p.entries) {
 		e := &p.entries[n]
-		if e.Type == TypeReg && e.Offset+e.Size > t.TarSize {
+		if e.Type == TypeReg && e.Offset+e.DataSize() > t.TarSize {
 			break
 		}
 		n++

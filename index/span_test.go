@@ -261,7 +261,7 @@ func TestMarshalRejectsSpans(t *testing.T) {
 // input is returned as it is.
 func resealV2(b []byte) []byte {
 	fixed := headerLen + headLenLen
-	if len(b) < fixed+checksumLen || binary.BigEndian.Uint16(b[len(indexMagic):]) != 2 {
+	if len(b) < fixed+checksumLen || binary.BigEndian.Uint16(b[len(indexMagic):]) < 2 {
 		return b
 	}
 	headLen := binary.BigEndian.Uint64(b[headerLen:])

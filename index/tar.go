@@ -38,6 +38,11 @@ type Options struct {
 	// values of one entry. Zero means DefaultMaxXattrBytes (1 MiB).
 	MaxXattrBytes int
 
+	// MaxSparseSegments caps the data segments of all the layer's sparse
+	// files together (16 bytes each in memory). Zero means
+	// DefaultMaxSparseSegments (1,000,000).
+	MaxSparseSegments int
+
 	// MaxTarSize caps the bytes of the uncompressed stream, trailing bytes
 	// after the end-of-archive marker included; it is what stops a
 	// decompression bomb. Zero means DefaultMaxTarSize (64 GiB).
@@ -78,6 +83,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxXattrBytes <= 0 {
 		o.MaxXattrBytes = DefaultMaxXattrBytes
 	}
+	if o.MaxSparseSegments <= 0 {
+		o.MaxSparseSegments = DefaultMaxSparseSegments
+	}
 	if o.MaxTarSize <= 0 {
 		o.MaxTarSize = DefaultMaxTarSize
 	}
@@ -107,8 +115,8 @@ func (o Options) withDefaults() Options {
 // in. Several entries may share a path; they are kept in tar order and the
 // union lets the later one win.
 //
-// Errors caused by the bytes of r (malformed or truncated tar, sparse files,
-// unknown entry types, a cap exceeded) wrap [ErrFormat]; an error returned by
+// Errors caused by the bytes of r (malformed or truncated tar, old-GNU
+// sparse files, unknown entry types, a cap exceeded) wrap [ErrFormat]; an error returned by
 // r itself is passed on wrapped with the offset it happened at. Build never
 // panics, whatever r holds.
 func Build(r io.Reader, opts Options) (*Table, error) {
@@ -117,7 +125,11 @@ func Build(r io.Reader, opts Options) (*Table, error) {
 	b := &builder{opts: opts, src: src}
 	tr := tar.NewReader(src)
 	for {
+		// Keep the header bytes archive/tar is about to read, from where the
+		// entry before ends: a 1.0 sparse map is among them (sparse.go).
+		src.record(b.dataEnd)
 		hdr, err := tr.Next()
+		src.recording = false
 		if errors.Is(err, tar.ErrInsecurePath) && hdr != nil {
 			// Only reported with GODEBUG=tarinsecurepath=0; names are
 			// cleaned below, so such paths are harmless here.
@@ -130,9 +142,21 @@ func Build(r io.Reader, opts Options) (*Table, error) {
 			return nil, b.readError(err)
 		}
 		// archive/tar reads headers in whole 512-byte blocks and never
-		// reads ahead into the data, so the count is the data offset.
+		// reads ahead into the data (beyond a 1.0 sparse map), so the count
+		// is the data offset.
+		b.dataEnd = -1
 		if err := b.add(hdr, src.n); err != nil {
 			return nil, err
+		}
+		if b.dataEnd < 0 {
+			// Not sparse: read the data through archive/tar, which
+			// would skip it in the next Next anyway, to learn where it
+			// ends. (A sparse entry's end is known from its map; reading
+			// it would expand the holes.)
+			if _, err := io.Copy(io.Discard, tr); err != nil {
+				return nil, b.readError(err)
+			}
+			b.dataEnd = src.n
 		}
 	}
 	// Read what follows the end-of-archive marker (usually zero padding to
@@ -152,6 +176,9 @@ type builder struct {
 	opts    Options
 	src     *tarSource
 	entries []Entry
+
+	dataEnd    int64 // stream offset where the current entry's data ends; -1 until known
+	sparseSegs int   // data segments of the sparse files so far
 }
 
 // add converts hdr, whose data starts at off, and appends the entry unless
@@ -204,6 +231,19 @@ type tarSource struct {
 	n    int64 // bytes read so far
 	max  int64 // the size cap
 	err  error // first error other than io.EOF: from r, or the size cap
+
+	// While recording, rec holds the bytes of the stream from offset
+	// recFrom on, up to maxHeaderBytes (recLost once more went by).
+	recording bool
+	recFrom   int64
+	rec       []byte
+	recLost   bool
+}
+
+// record starts keeping the bytes from stream offset from on, dropping
+// those kept before.
+func (s *tarSource) record(from int64) {
+	s.recording, s.recFrom, s.rec, s.recLost = true, from, s.rec[:0], false
 }
 
 func (s *tarSource) Read(p []byte) (int, error) {
@@ -222,6 +262,14 @@ func (s *tarSource) Read(p []byte) (int, error) {
 		return 0, s.err
 	}
 	s.hash.Write(p[:n])
+	if s.recording && !s.recLost && s.n+int64(n) > s.recFrom {
+		keep := p[max(s.recFrom-s.n, 0):n]
+		if len(s.rec)+len(keep) > maxHeaderBytes {
+			s.recLost = true
+		} else {
+			s.rec = append(s.rec, keep...)
+		}
+	}
 	s.n += int64(n)
 	if s.n > s.max {
 		s.err = formatErrorf("decompressed size exceeds %d bytes; set Options.MaxTarSize to raise the cap", s.max)

@@ -233,8 +233,7 @@ func TestBuildRejects(t *testing.T) {
 		opts    Options
 		wantErr string
 	}{
-		{"gnu sparse", sparseGNUTar(), Options{}, `invalid input: tar entry "holes.bin": sparse files are not supported yet`},
-		{"pax sparse", sparsePAXTar(), Options{}, `invalid input: tar entry "pax-holes.bin": sparse files are not supported yet`},
+		{"gnu sparse", sparseGNUTar(), Options{}, `invalid input: tar entry "holes.bin": old GNU sparse entries (type S) are not supported`},
 		{"unknown type flag", rawTar(rawHeader("odd", 'Z', 0, false, nil)), Options{}, `invalid input: tar entry "odd": unknown type flag 'Z'`},
 		{"multi-volume", rawTar(rawHeader("part", 'M', 0, true, nil)), Options{}, `tar entry "part": multi-volume archives are not supported`},
 		{"garbage", bytes.Repeat([]byte("garbage!"), 200), Options{}, "invalid input: tar stream at offset 512"},

@@ -69,6 +69,9 @@ type File struct {
 	// the entry at Build time instead of Data, so large trees are never held
 	// in memory.
 	Path string
+	// Sparse, when set, writes the regular file as a GNU sparse file
+	// (see SparseMap); Data then holds only its segments' bytes.
+	Sparse *SparseMap
 }
 
 // Layer is one image layer: its entries in tar order and its compression.
@@ -274,9 +277,10 @@ func encodeLayer(l Layer, opts Options) (ocispec.Descriptor, digest.Digest, []by
 		comp = zw
 	}
 	diffHash := newCountingHash()
-	tw := tar.NewWriter(io.MultiWriter(comp, diffHash))
+	stream := io.MultiWriter(comp, diffHash)
+	tw := tar.NewWriter(stream)
 	for i := range l.Files {
-		if err := writeEntry(tw, &l.Files[i]); err != nil {
+		if err := writeEntry(tw, stream, &l.Files[i]); err != nil {
 			return ocispec.Descriptor{}, "", nil, fmt.Errorf("entry %d %q: %w", i, l.Files[i].Header.Name, err)
 		}
 	}
@@ -303,11 +307,19 @@ type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
 
-func writeEntry(tw *tar.Writer, f *File) error {
+// writeEntry writes f with tw, or, for a sparse file archive/tar cannot
+// write, directly to stream, the tar stream below tw.
+func writeEntry(tw *tar.Writer, stream io.Writer, f *File) error {
 	hdr := f.Header
 	isReg := hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA //nolint:staticcheck // TypeRegA is what old tars carry
-	if !isReg && (f.Data != nil || f.Path != "") {
+	if !isReg && (f.Data != nil || f.Path != "" || f.Sparse != nil) {
 		return errors.New("content given for a non-regular entry")
+	}
+	if f.Sparse != nil {
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		return writeSparse(stream, f)
 	}
 	if !isReg {
 		return tw.WriteHeader(&hdr)

@@ -104,7 +104,7 @@ func BuildLazy(layers []Layer, opts LazyOptions) (*Image, error) {
 		var tarBuf bytes.Buffer
 		tw := tar.NewWriter(&tarBuf)
 		for j := range l.Files {
-			if err := writeEntry(tw, &l.Files[j]); err != nil {
+			if err := writeEntry(tw, &tarBuf, &l.Files[j]); err != nil {
 				return nil, fmt.Errorf("layer %d entry %d %q: %w", i, j, l.Files[j].Header.Name, err)
 			}
 		}
