@@ -164,7 +164,7 @@ func LayerViews(tables []*index.Table) ([]*Tree, error) {
 	for i, t := range tables {
 		v, err := layerView(t, i, views)
 		if err != nil {
-			return nil, fmt.Errorf("layer %d (%s) view: %w", i, t.Digest, err)
+			return nil, fmt.Errorf("view of layer %d (%s): %w", i, t.Digest, err)
 		}
 		views = append(views, v)
 	}
@@ -287,6 +287,9 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 	var target *Node // a hardlink's, found before its path is cleared, as Merge finds it
 	if e.Type == index.TypeHardlink {
 		target = b.linkTarget(e)
+		if target != nil && target.IsDir() {
+			return fmt.Errorf("%w: hardlink %q to directory %q", ErrFormat, e.Name, e.Linkname)
+		}
 		if old != nil && old == target {
 			// A link to itself or to another name of its own inode:
 			// containerd removes the name first, then links to what
@@ -308,6 +311,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 			link(p, base, d, b.li)
 		}
 		d.Implied = false
+		delete(b.markerOnly, d) // the layer writes it
 		setEntryAttrs(d, e)
 		b.dirTimes = append(b.dirTimes, e)
 	case index.TypeHardlink:
@@ -355,9 +359,6 @@ func (b *viewBuilder) linkTarget(e *index.Entry) *Node {
 // clears it first: a link to a path below its own fails there with ENOENT).
 func (b *viewBuilder) hardlinkTarget(e *index.Entry, target *Node) (*Node, error) {
 	if target != nil {
-		if target.IsDir() {
-			return nil, fmt.Errorf("%w: hardlink %q to directory %q", ErrFormat, e.Name, e.Linkname)
-		}
 		target.Nlink++
 		b.linkAttrs(target, e)
 		return target, nil

@@ -56,6 +56,13 @@ func FuzzLayerViews(f *testing.F) {
 	// b/a; then a whiteout of b/a (containerd makes b for it) and one of
 	// b, which finds that b (EEXIST): the view whites b out, as Merge.
 	f.Add([]byte{0, 5, 0, 0xff, 0, 0, 4, 5, 0, 4, 1, 0})
+	// a/b, then a hardlink a to a/b: containerd clears a first (ENOENT);
+	// Merge, and the view, link what a/b was.
+	f.Add([]byte{0, 3, 0, 3, 0, 3})
+	// a/b; then an opaque marker on a (containerd makes a for it), a
+	// directory entry a, and a whiteout of a, which finds a (EEXIST): the
+	// layer wrote a, so the view keeps it (opaque), as Merge.
+	f.Add([]byte{0, 3, 0, 0xff, 0, 0, 5, 0, 0, 1, 0, 0, 4, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 3*64 {
 			data = data[:3*64] // 64 entries: agreeable merges once per entry

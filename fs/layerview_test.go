@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -228,5 +229,30 @@ func TestLayerViewNumbering(t *testing.T) {
 	}
 	if views[0].Nodes != 4 || views[1].Nodes != 3 {
 		t.Errorf("Nodes = %d, %d; want 4, 3", views[0].Nodes, views[1].Nodes)
+	}
+}
+
+// TestLayerViewErrors checks that a view fails where Merge does: a hardlink
+// to a directory (itself included) or to nothing, a symlink loop.
+func TestLayerViewErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		layers []*index.Table
+	}{
+		{"hardlink to a directory", layers([]index.Entry{dir("d", 0o755), hard("l", "d")})},
+		{"hardlink of a directory to itself", layers([]index.Entry{dir("d", 0o755), hard("d", "d")})},
+		{"hardlink to a lower directory", layers([]index.Entry{dir("d", 0o755)}, []index.Entry{hard("l", "d")})},
+		{"hardlink to nothing", layers([]index.Entry{reg("f", 1)}, []index.Entry{hard("l", "g")})},
+		{"symlink loop", layers([]index.Entry{sym("a", "b"), sym("b", "a"), reg("a/x", 1)})},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Merge(tt.layers); err == nil {
+				t.Fatalf("Merge: no error; the case is wrong")
+			}
+			_, err := LayerViews(tt.layers)
+			if !errors.Is(err, ErrFormat) {
+				t.Errorf("LayerViews: err = %v, want ErrFormat", err)
+			}
+		})
 	}
 }
