@@ -161,19 +161,14 @@ func overlayOfViews(t *testing.T, layers []fstest.Layer) (mnt, layout string, vi
 // hardlink to a file of a lower layer is an inode of its own.
 func TestLayerViewsOverlayEqualsUmoci(t *testing.T) {
 	fstest.RequireRoot(t) // mknod, trusted.* xattrs, mount
-	images := []struct {
+	type image struct {
 		name     string
 		layers   []fstest.Layer
 		unstable []string // umoci's mtimes of the time of unpack
-	}{
-		{"corners", linkAttrsOfTargets(fstest.Corners()), fstest.CornerUnstableMtimes},
 	}
+	images := []image{{"corners", linkAttrsOfTargets(fstest.Corners()), fstest.CornerUnstableMtimes}}
 	for seed := int64(1); seed <= 12; seed++ {
-		images = append(images, struct {
-			name     string
-			layers   []fstest.Layer
-			unstable []string
-		}{fmt.Sprintf("random-%d", seed), linkAttrsOfTargets(fstest.Random(seed, 30+int(seed)*10)), nil})
+		images = append(images, image{fmt.Sprintf("random-%d", seed), linkAttrsOfTargets(fstest.Random(seed, 30+int(seed)*10)), nil})
 	}
 	for _, img := range images {
 		t.Run(img.name, func(t *testing.T) {
