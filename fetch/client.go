@@ -46,7 +46,9 @@ type Options struct {
 	// helpers).
 	Keychain authn.Keychain
 	// Transport is the base HTTP transport; nil means a clone of
-	// http.DefaultTransport. Tests inject faults here.
+	// http.DefaultTransport. Tests inject faults here. The TLS and dial
+	// settings of a mirror configuration apply only when it is an
+	// *http.Transport.
 	Transport http.RoundTripper
 	// MaxAttempts bounds the attempts per request, and the opens per blob
 	// read; 0 means 5.
@@ -54,6 +56,23 @@ type Options struct {
 	// AttemptTimeout limits the wait for response headers and any stall
 	// inside a body read; 0 means 30s.
 	AttemptTimeout time.Duration
+
+	// HostsDir is a containerd hosts directory (`ctr --hosts-dir`, CRI's
+	// config_path; usually [DefaultHostsDir]): per registry host, a
+	// directory with a hosts.toml naming mirrors and their TLS settings.
+	// "" reads none. It is read once, by New: a file it cannot parse, an
+	// unknown key or a bad value fails New with an error naming the file
+	// and key.
+	HostsDir string
+	// RegistriesConf is a containers-registries.conf(5) file (podman's
+	// [DefaultRegistriesConf]); its drop-in directory PATH.d
+	// (registries.conf.d) is read too when it exists. "" reads none: the
+	// system file is not read unless named, because a node's
+	// registries.conf is written for podman and may redirect or block
+	// pulls ocifs is asked for on containerd's behalf. A registry matched
+	// by one of its [[registry]] prefixes uses it; others use HostsDir.
+	// Read once, by New, and checked like HostsDir.
+	RegistriesConf string
 }
 
 // DefaultCacheDir is /var/cache/ocifs for root, else $XDG_CACHE_HOME/ocifs
@@ -81,7 +100,13 @@ type Client struct {
 	keychain    authn.Keychain
 	rt          *retryTransport
 	maxAttempts int
-	stats       *counters
+	// hosts and regconf are the mirror configuration (nil: none);
+	// insecureBase is the base transport for registries.conf's insecure
+	// hosts.
+	hosts        *hostsDir
+	regconf      *registriesConf
+	insecureBase http.RoundTripper
+	stats        *counters
 	// sleep waits between attempts; tests replace it before first use.
 	sleep func(ctx context.Context, d time.Duration) error
 }
@@ -137,6 +162,9 @@ func New(opts Options) (*Client, error) {
 			base = t
 		}
 	}
+	if err := c.loadMirrors(opts, base); err != nil {
+		return nil, err
+	}
 	c.rt = &retryTransport{
 		base:           base,
 		maxAttempts:    c.maxAttempts,
@@ -146,6 +174,39 @@ func New(opts Options) (*Client, error) {
 		sleep:          func(ctx context.Context, d time.Duration) error { return c.sleep(ctx, d) },
 	}
 	return c, nil
+}
+
+// loadMirrors reads opts' mirror configuration and builds the transports
+// its hosts need.
+func (c *Client) loadMirrors(opts Options, base http.RoundTripper) error {
+	if opts.HostsDir != "" {
+		h, err := loadHostsDir(opts.HostsDir)
+		if err != nil {
+			return err
+		}
+		for _, cfg := range h.configs {
+			for _, s := range cfg.hosts {
+				if s.hasTransportSettings() {
+					if s.rt, err = specTransport(base, s); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		c.hosts = h
+	}
+	if opts.RegistriesConf != "" {
+		rc, err := loadRegistriesConf(opts.RegistriesConf)
+		if err != nil {
+			return err
+		}
+		c.regconf = rc
+		c.insecureBase, err = specTransport(base, &endpointSpec{insecure: true})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Cache returns the client's digest-addressed cache.
@@ -198,7 +259,7 @@ func (c *Client) Resolve(ctx context.Context, refStr string) (*Image, error) {
 		}
 		src, mt, dgst = ls, desc.MediaType, desc.Digest
 	} else {
-		rs, err := c.newRegistrySource(ctx, ref)
+		rs, err := c.chainFor(ref)
 		if err != nil {
 			return nil, err
 		}
@@ -308,14 +369,21 @@ func (c *Client) finish(ctx context.Context, src source, raw []byte, mt string, 
 	if m.Config.Size > maxManifestSize {
 		return nil, formatError("config %s is larger than 4 MiB (%d bytes)", m.Config.Digest, m.Config.Size)
 	}
-	rc, err := im.OpenBlob(ctx, m.Config)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	cfgBytes, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+	var cfgBytes []byte
+	for {
+		rc, err := im.OpenBlob(ctx, m.Config)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		cfgBytes, err = io.ReadAll(rc)
+		rc.Close()
+		if err == nil {
+			break
+		}
+		// Bytes from a mirror that do not match: read it from the next host.
+		if br, ok := rc.(*blobReader); !ok || !br.elsewhere {
+			return nil, fmt.Errorf("config: %w", err)
+		}
 	}
 	cfg, err := ParseConfig(cfgBytes)
 	if err != nil {

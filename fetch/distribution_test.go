@@ -33,6 +33,18 @@ func buildImage(t *testing.T, name string, n int) *fstest.Image {
 	return img
 }
 
+// upstreamSource returns the authenticated source of im's registry, the
+// last host of its chain.
+func upstreamSource(t *testing.T, im *Image) *registrySource {
+	t.Helper()
+	cs := im.src.(*chainSource)
+	rs, err := cs.dial(t.Context(), cs.eps[len(cs.eps)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
 // TestDistributionReferrers runs the referrers round trip against the
 // Debian docker-registry (distribution 2.8), which has no referrers API, so
 // the tag schema carries everything.
@@ -87,7 +99,7 @@ func TestDistributionReferrers(t *testing.T) {
 	}
 	checkReferrers(t, b2, ArtifactTypeIndex, forB)
 	// Both are in the index under the fallback tag, nothing else is.
-	ix, err := fetchFallbackIndex(ctx, fresh, a2.src.(*registrySource), fallbackTag(a.ManifestDigest))
+	ix, err := fetchFallbackIndex(ctx, fresh, upstreamSource(t, a2), fallbackTag(a.ManifestDigest))
 	if err != nil || len(ix.Manifests) != 2 || ix.MediaType != ocispec.MediaTypeImageIndex {
 		t.Fatalf("fallback index = %+v, %v; want an OCI index of 2 entries", ix, err)
 	}

@@ -22,6 +22,41 @@
 //     [Image.FetchBlob]) and storing them ([Image.PushReferrer]), in a
 //     registry or an OCI layout.
 //   - The digest-addressed on-disk cache ([Cache]).
+//   - Registry mirrors as node engineers already configure them for
+//     containerd (a hosts.toml tree, [Options.HostsDir]) and podman
+//     (registries.conf, [Options.RegistriesConf]); see Mirrors below.
+//
+// # Mirrors
+//
+// With a mirror configuration, each manifest and blob request goes to the
+// configured hosts in order and then to the registry (unless the
+// configuration replaces it: hosts.toml's server, registries.conf's
+// location). A host that cannot be reached, answers 5xx, 404 or a 401 the
+// keychain cannot satisfy hands the request to the next one at once (no
+// retries but on the last host), logged once per image at Warn with the
+// host and why. Range reads go the same way. Each host gets the keychain's
+// credentials for its own name: a registry's never reach its mirror.
+//
+// Digests make any mirror safe for content. Bytes a mirror sends that do
+// not match are never returned: where fetch still holds them (manifests,
+// the config, FetchRange, FetchParts, CheckRange) it asks the next host
+// at once; a blob stream (OpenBlob) has handed its bytes out before the
+// digest can be checked, so it fails with a [*DigestError] naming the
+// mirror, and the next open of that blob skips it. Tags are another
+// matter: a tag resolved through a mirror is only as trustworthy as the
+// mirror, so tags go only to hosts the configuration trusts with them
+// (hosts.toml's "resolve" capability; for registries.conf, mirrors are
+// used for tag pulls unless pull-from-mirror = "digest-only" or the
+// registry's mirror-by-digest-only says otherwise). The manifest digest a
+// tag resolves to then pins everything else.
+//
+// Both files are read once, by [New], and checked strictly: an unknown key
+// or a bad value is an error naming the file and key. Neither is read
+// unless named: a node's registries.conf is written for podman and may
+// redirect or block pulls ocifs makes for containerd. For a --hosts-dir or
+// --registries-conf flag, the usual paths are [DefaultHostsDir] and
+// [DefaultRegistriesConf] (whose drop-ins in registries.conf.d are read
+// with it).
 //
 // # Invariants
 //

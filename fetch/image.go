@@ -115,6 +115,9 @@ func (im *Image) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.Read
 		r.open = func(off int64) (io.ReadCloser, int64, error) {
 			return im.src.blob(ctx, desc, off, -1)
 		}
+		r.blame = func(from []*endpoint, err error) bool {
+			return im.elsewhere(ctx, desc.Digest, from, err)
+		}
 		r.count = true
 		r.maxOpens = im.attempts()
 	}
@@ -158,6 +161,12 @@ type blobReader struct {
 	count    bool // count bytes in Stats (false for the cache)
 	maxOpens int
 	drop     func() // removes a bad cached copy; nil when reading the source
+	// blame is told, when the bytes fail their digest or size, which hosts
+	// sent them; it reports whether opening the blob again would ask other
+	// hosts (then elsewhere is set). nil for the cache.
+	blame     func(from []*endpoint, err error) bool
+	from      []*endpoint
+	elsewhere bool
 
 	body  io.ReadCloser
 	skip  int64 // bytes to discard from body before pos (the source ignored Range)
@@ -181,6 +190,7 @@ func (r *blobReader) reopen() error {
 	if err != nil {
 		return err
 	}
+	servedBy(&r.from, body)
 	r.body, r.skip = body, r.pos-start
 	return nil
 }
@@ -191,6 +201,10 @@ func (r *blobReader) fail(err error) error {
 	if r.drop != nil && errors.Is(err, ErrFormat) {
 		r.drop()
 		r.drop = nil
+	}
+	if r.blame != nil && errors.Is(err, ErrFormat) {
+		r.elsewhere = r.blame(r.from, err)
+		r.blame = nil
 	}
 	if r.body != nil {
 		r.body.Close()
@@ -323,7 +337,7 @@ func (im *Image) FetchUnchecked(ctx context.Context, desc ocispec.Descriptor, of
 		return nil, fmt.Errorf("%s: outside the blob's %d bytes (or over %d)", what, desc.Size, maxRangeSize)
 	}
 	buf := make([]byte, n)
-	if _, _, err := im.readRange(ctx, desc, off, buf, what); err != nil {
+	if _, _, err := im.readRange(ctx, desc, off, buf, what, nil); err != nil {
 		return nil, err
 	}
 	return buf, nil
@@ -347,19 +361,27 @@ func (im *Image) FetchRange(ctx context.Context, desc ocispec.Descriptor, off, n
 		return nil, fmt.Errorf("%s: outside the blob's %d bytes (or over %d)", what, desc.Size, maxRangeSize)
 	}
 	buf := make([]byte, n)
-	_, cached, err := im.readRange(ctx, desc, off, buf, what)
-	if err != nil {
-		return nil, err
-	}
-	if cached {
-		what += " (cached)"
-	}
-	if err := verifyBytes(what, want, buf); err != nil {
+	for {
+		var from []*endpoint
+		_, cached, err := im.readRange(ctx, desc, off, buf, what, &from)
+		if err != nil {
+			return nil, err
+		}
+		w := what
+		if cached {
+			w += " (cached)"
+		}
+		err = verifyBytes(w, want, buf)
+		if err == nil {
+			return buf, nil
+		}
 		var de *DigestError
 		if errors.As(err, &de) {
 			de.Offset = off
 		}
-		return nil, err
+		// Bytes from a mirror that do not match: ask the next host.
+		if cached || !im.elsewhere(ctx, desc.Digest, from, err) {
+			return nil, err
+		}
 	}
-	return buf, nil
 }

@@ -36,17 +36,49 @@ type Part struct {
 // The returned slices share one buffer (overlapping parts share bytes) and
 // must not be modified.
 func (im *Image) FetchParts(ctx context.Context, desc ocispec.Descriptor, parts []Part) (data [][]byte, errs []error) {
+	for {
+		var (
+			from    []*endpoint
+			cached  bool
+			blamed  error
+			retried bool
+		)
+		data, errs, cached = im.fetchParts(ctx, desc, parts, &from)
+		for _, err := range errs {
+			var de *DigestError
+			if errors.As(err, &de) {
+				if s, ok := im.src.(*chainSource); ok && !cached {
+					nameHosts(de, from, s.name)
+				}
+				if blamed == nil {
+					blamed = err
+				}
+			}
+		}
+		// A part from a mirror that does not match: ask the next host.
+		if blamed != nil && !cached {
+			retried = im.elsewhere(ctx, desc.Digest, from, blamed)
+		}
+		if !retried {
+			return data, errs
+		}
+	}
+}
+
+// fetchParts is one try of FetchParts; from collects the hosts that sent
+// bytes and cached says the cache did.
+func (im *Image) fetchParts(ctx context.Context, desc ocispec.Descriptor, parts []Part, from *[]*endpoint) (data [][]byte, errs []error, cached bool) {
 	data, errs = make([][]byte, len(parts)), make([]error, len(parts))
 	if len(parts) == 0 {
-		return data, errs
+		return data, errs, false
 	}
-	failAll := func(err error) ([][]byte, []error) {
+	failAll := func(err error) ([][]byte, []error, bool) {
 		for i := range errs {
 			if errs[i] == nil {
 				errs[i] = err
 			}
 		}
-		return data, errs
+		return data, errs, false
 	}
 	lo, hi := parts[0].Off, int64(0)
 	what := fmt.Sprintf("%s parts %d+", im.blobWhat(desc.Digest), lo)
@@ -70,7 +102,7 @@ func (im *Image) FetchParts(ctx context.Context, desc ocispec.Descriptor, parts 
 	}
 	what = fmt.Sprintf("%s range %d+%d", im.blobWhat(desc.Digest), lo, hi-lo)
 	buf := make([]byte, hi-lo)
-	filled, cached, err := im.readRange(ctx, desc, lo, buf, what)
+	filled, cached, err := im.readRange(ctx, desc, lo, buf, what, from)
 	if cached {
 		what += " (cached)"
 	}
@@ -94,13 +126,14 @@ func (im *Image) FetchParts(ctx context.Context, desc ocispec.Descriptor, parts 
 		}
 		data[i] = part
 	}
-	return data, errs
+	return data, errs, cached
 }
 
 // readRange fills buf with the blob's bytes from off, from the cache when
 // the blob is there (cached is then true), else from the source with
-// fillRange. It returns how many leading bytes of buf are filled.
-func (im *Image) readRange(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte, what string) (filled int, cached bool, err error) {
+// fillRange. It returns how many leading bytes of buf are filled; from
+// (when not nil) collects the hosts that sent them.
+func (im *Image) readRange(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte, what string, from *[]*endpoint) (filled int, cached bool, err error) {
 	f, err := im.c.cache.Open(desc.Digest)
 	if err == nil {
 		n, err := f.ReadAt(buf, off)
@@ -112,7 +145,7 @@ func (im *Image) readRange(ctx context.Context, desc ocispec.Descriptor, off int
 	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound) {
 		im.c.log.Warn("cache read failed", "digest", desc.Digest, "err", err)
 	}
-	filled, err = im.fillRange(ctx, desc, off, buf, what)
+	filled, err = im.fillRange(ctx, desc, off, buf, what, from)
 	return filled, false, err
 }
 
@@ -120,10 +153,10 @@ func (im *Image) readRange(ctx context.Context, desc ocispec.Descriptor, off int
 // error or a body cut short it asks again for the bytes not yet received,
 // up to im.attempts() requests. It returns how many leading bytes of buf
 // are filled, and nil only when all are.
-func (im *Image) fillRange(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte, what string) (int, error) {
+func (im *Image) fillRange(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte, what string, from *[]*endpoint) (int, error) {
 	filled := 0
 	for attempt := 1; ; attempt++ {
-		n, err := im.readRangeOnce(ctx, desc, off+int64(filled), buf[filled:])
+		n, err := im.readRangeOnce(ctx, desc, off+int64(filled), buf[filled:], from)
 		filled += n
 		if err == nil {
 			return filled, nil
@@ -146,7 +179,7 @@ func (im *Image) fillRange(ctx context.Context, desc ocispec.Descriptor, off int
 
 // readRangeOnce reads the blob's bytes from off into buf with one request,
 // and returns how many it got.
-func (im *Image) readRangeOnce(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte) (int, error) {
+func (im *Image) readRangeOnce(ctx context.Context, desc ocispec.Descriptor, off int64, buf []byte, from *[]*endpoint) (int, error) {
 	if len(buf) == 0 {
 		return 0, nil
 	}
@@ -154,6 +187,7 @@ func (im *Image) readRangeOnce(ctx context.Context, desc ocispec.Descriptor, off
 	if err != nil {
 		return 0, err
 	}
+	servedBy(from, body)
 	defer body.Close()
 	if skip := off - start; skip > 0 {
 		im.c.log.Debug("source ignored Range; discarding prefix", "digest", desc.Digest, "off", off)

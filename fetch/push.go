@@ -99,7 +99,7 @@ func (im *Image) PushReferrer(ctx context.Context, artifactType string, annotati
 	}
 	all := append([]Blob{{Desc: emptyJSONDesc, Data: emptyJSON}}, blobs...)
 	switch s := im.src.(type) {
-	case *registrySource:
+	case *chainSource:
 		err = im.pushRegistry(ctx, s, all, desc, raw)
 	case *layoutSource:
 		err = pushLayout(s, all, desc, raw)
@@ -115,8 +115,11 @@ func (im *Image) PushReferrer(ctx context.Context, artifactType string, annotati
 
 // pushRegistry uploads blobs and the manifest raw (described by desc), and
 // updates the fallback tag when the registry did not take the subject.
-func (im *Image) pushRegistry(ctx context.Context, s *registrySource, blobs []Blob, desc ocispec.Descriptor, raw []byte) error {
-	ps, err := im.c.newRegistrySourceScope(ctx, s.ref, transport.PushScope)
+func (im *Image) pushRegistry(ctx context.Context, s *chainSource, blobs []Blob, desc ocispec.Descriptor, raw []byte) error {
+	if s.push == nil {
+		return fmt.Errorf("no host in %s has the push capability", s.noPush)
+	}
+	ps, err := im.c.dialEndpoint(ctx, s.push, transport.PushScope)
 	if err != nil {
 		return err
 	}
@@ -163,7 +166,7 @@ func (im *Image) pushRegistry(ctx context.Context, s *registrySource, blobs []Bl
 func (s *registrySource) do(req *http.Request, what string, want ...int) (*http.Response, error) {
 	resp, err := s.http.Do(req)
 	if err != nil {
-		return nil, registryError(err, what, s.ref.Registry, s.ref.repoName(), false)
+		return nil, registryError(err, what, s.host, s.String(), false)
 	}
 	if slices.Contains(want, resp.StatusCode) {
 		return resp, nil
@@ -173,14 +176,14 @@ func (s *registrySource) do(req *http.Request, what string, want ...int) (*http.
 	if err == nil {
 		err = fmt.Errorf("unexpected status %s", resp.Status)
 	}
-	return nil, registryError(err, what, s.ref.Registry, s.ref.repoName(), false)
+	return nil, registryError(err, what, s.host, s.String(), false)
 }
 
 // uploadBlob uploads b unless the repository has it: HEAD, then a
 // monolithic upload (POST, then PUT to the returned location with
 // ?digest=).
 func (s *registrySource) uploadBlob(ctx context.Context, b Blob) error {
-	what := fmt.Sprintf("upload blob %s to %s", b.Desc.Digest, s.ref.repoName())
+	what := fmt.Sprintf("upload blob %s to %s", b.Desc.Digest, s.String())
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, s.url("blobs", b.Desc.Digest.String()), nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -227,7 +230,7 @@ func (s *registrySource) uploadBlob(ctx context.Context, b Blob) error {
 // digest) and returns the OCI-Subject the registry answered with ("" if
 // none).
 func (s *registrySource) putManifest(ctx context.Context, ref, mt string, b []byte) (digest.Digest, error) {
-	what := fmt.Sprintf("put manifest %s:%s", s.ref.repoName(), ref)
+	what := fmt.Sprintf("put manifest %s:%s", s.String(), ref)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, s.url("manifests", url.PathEscape(ref)), bytes.NewReader(b))
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -78,8 +79,8 @@ func (im *Image) Referrers(ctx context.Context, artifactType string) ([]ocispec.
 		err   error
 	)
 	switch s := im.src.(type) {
-	case *registrySource:
-		descs, err = im.registryReferrers(ctx, s, artifactType)
+	case *chainSource:
+		descs, err = im.chainReferrers(ctx, s, artifactType)
 	case *layoutSource:
 		descs, err = im.layoutReferrers(ctx, s, artifactType)
 	default:
@@ -95,6 +96,44 @@ func (im *Image) Referrers(ctx context.Context, artifactType string) ([]ocispec.
 		}
 	}
 	return out, nil
+}
+
+// chainReferrers asks each host with the referrers capability in turn
+// (with none, those that may resolve tags: the fallback is a tag), and
+// takes the first list that has an entry of artifactType ("" any). A host
+// whose list is empty hands the question on, since a mirror may lack what
+// the registry has; when every host answers, some empty, the list is empty.
+func (im *Image) chainReferrers(ctx context.Context, s *chainSource, artifactType string) ([]ocispec.Descriptor, error) {
+	want := capReferrers
+	if len(s.candidates(want)) == 0 {
+		want = capResolve
+	}
+	var (
+		found    []ocispec.Descriptor
+		answered bool
+	)
+	err := s.try(ctx, want, "", "referrers of "+im.ManifestDigest.String()+" in", func(ctx context.Context, e *endpoint, rs *registrySource, final bool) error {
+		descs, err := im.registryReferrers(ctx, rs, artifactType)
+		if err != nil {
+			if final && answered {
+				im.c.log.Debug("referrers: the last host failed after a mirror answered with none", "image", im.Ref, "host", e.String(), "err", err)
+				return nil
+			}
+			return err
+		}
+		if !final && !slices.ContainsFunc(descs, func(d ocispec.Descriptor) bool {
+			return artifactType == "" || d.ArtifactType == artifactType
+		}) {
+			answered = true
+			return fmt.Errorf("%s: %w", e, errNoReferrers)
+		}
+		found = descs
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return found, nil
 }
 
 // registryReferrers asks the referrers API, else reads the fallback tag.
@@ -131,11 +170,12 @@ func (im *Image) registryReferrers(ctx context.Context, s *registrySource, artif
 // referrersAPI reads GET /v2/<repo>/referrers/<digest>. ok is false when the
 // registry does not implement it.
 func (im *Image) referrersAPI(ctx context.Context, s *registrySource, artifactType string) (descs []ocispec.Descriptor, ok bool, err error) {
-	what := fmt.Sprintf("referrers of %s@%s", s.ref.repoName(), im.ManifestDigest)
-	next := s.url("referrers", im.ManifestDigest.String())
+	what := fmt.Sprintf("referrers of %s@%s", s.String(), im.ManifestDigest)
+	var q url.Values
 	if artifactType != "" {
-		next += "?" + url.Values{"artifactType": {artifactType}}.Encode()
+		q = url.Values{"artifactType": {artifactType}}
 	}
+	next := s.url("referrers", im.ManifestDigest.String(), q)
 	seen := map[digest.Digest]bool{}
 	for page := 0; next != ""; page++ {
 		if page >= maxReferrerPages {
@@ -148,7 +188,7 @@ func (im *Image) referrersAPI(ctx context.Context, s *registrySource, artifactTy
 		req.Header.Set("Accept", ocispec.MediaTypeImageIndex)
 		resp, err := s.http.Do(req)
 		if err != nil {
-			return nil, false, registryError(err, what, s.ref.Registry, s.ref.repoName(), false)
+			return nil, false, registryError(err, what, s.host, s.String(), false)
 		}
 		b, ctype, err := readReferrersPage(resp, what, s)
 		if err != nil {
@@ -194,7 +234,7 @@ func readReferrersPage(resp *http.Response, what string, s *registrySource) ([]b
 		if err == nil {
 			err = fmt.Errorf("unexpected status %s", resp.Status)
 		}
-		return nil, "", registryError(err, what, s.ref.Registry, s.ref.repoName(), false)
+		return nil, "", registryError(err, what, s.host, s.String(), false)
 	}
 	ctype := resp.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ctype); err != nil || mt != ocispec.MediaTypeImageIndex {
@@ -267,7 +307,7 @@ func (im *Image) fallbackReferrers(ctx context.Context, s *registrySource) ([]oc
 // fetchFallbackIndex fetches and checks the referrers index tagged tag. The
 // error wraps ErrNotFound when the tag does not exist.
 func fetchFallbackIndex(ctx context.Context, c *Client, s *registrySource, tag string) (ocispec.Index, error) {
-	what := fmt.Sprintf("referrers index %s:%s", s.ref.repoName(), tag)
+	what := fmt.Sprintf("referrers index %s:%s", s.String(), tag)
 	b, ctype, claimed, err := s.manifest(ctx, tag)
 	if err != nil {
 		return ocispec.Index{}, err

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -42,62 +42,43 @@ type source interface {
 	String() string
 }
 
-// registrySource reads from one repository of a registry through an
-// authenticated, retrying transport.
+// registrySource reads from one repository at one host (a registry or one
+// of its mirrors) through an authenticated, retrying transport.
 type registrySource struct {
-	ref  Reference
+	host string // host[:port], for messages and login hints
+	base string // "scheme://host/v2": the API root
+	repo string // the repository path at host
+	ns   string // ?ns= for every request ("" for none): the registry a mirror serves
 	http *http.Client
 }
 
 var _ source = (*registrySource)(nil)
 
-// newRegistrySource resolves credentials for ref's registry, runs the
-// authentication handshake for pulling, and returns a source whose requests
-// carry them.
-func (c *Client) newRegistrySource(ctx context.Context, ref Reference) (*registrySource, error) {
-	return c.newRegistrySourceScope(ctx, ref, transport.PullScope)
-}
+func (s *registrySource) String() string { return s.host + "/" + s.repo }
 
-// newRegistrySourceScope is newRegistrySource for the given action
-// (transport.PullScope or transport.PushScope).
-func (c *Client) newRegistrySourceScope(ctx context.Context, ref Reference, action string) (*registrySource, error) {
-	reg := ref.repo.Registry
-	auth, err := authn.Resolve(ctx, c.keychain, ref.repo)
-	if err != nil {
-		return nil, fmt.Errorf("credentials for %s: %w", reg.RegistryStr(), err)
+// url is the API URL of kind ("manifests", "blobs", "referrers") ref,
+// with query q (and ns).
+func (s *registrySource) url(kind, ref string, q ...url.Values) string {
+	u := s.base + "/" + s.repo + "/" + kind + "/" + ref
+	v := url.Values{}
+	for _, qv := range q {
+		for k, vs := range qv {
+			v[k] = append(v[k], vs...)
+		}
 	}
-	rt, err := transport.NewWithContext(ctx, reg, auth, c.rt, []string{ref.repo.Scope(action)})
-	if err != nil {
-		return nil, registryError(err, "authenticate to "+ref.repoName(), reg.RegistryStr(), ref.repoName(), false)
+	if s.ns != "" {
+		v.Set("ns", s.ns)
 	}
-	hc := &http.Client{
-		Transport: rt,
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= maxRedirects {
-				return fmt.Errorf("%s: stopped after %d redirects", redactURL(req), maxRedirects)
-			}
-			// Credentials are for the registry only: never send them to
-			// the storage host a blob is redirected to.
-			if req.URL.Host != via[0].URL.Host {
-				req.Header.Del("Authorization")
-			}
-			return nil
-		},
+	if len(v) > 0 {
+		u += "?" + v.Encode()
 	}
-	return &registrySource{ref: ref, http: hc}, nil
-}
-
-func (s *registrySource) String() string { return s.ref.repoName() }
-
-func (s *registrySource) url(kind, ref string) string {
-	reg := s.ref.repo.Registry
-	return fmt.Sprintf("%s://%s/v2/%s/%s/%s", reg.Scheme(), reg.RegistryStr(), s.ref.Repository, kind, ref)
+	return u
 }
 
 func (s *registrySource) manifest(ctx context.Context, ref string) ([]byte, string, digest.Digest, error) {
-	what := s.ref.repoName() + ":" + ref
+	what := s.String() + ":" + ref
 	if strings.Contains(ref, ":") {
-		what = s.ref.repoName() + "@" + ref
+		what = s.String() + "@" + ref
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url("manifests", ref), nil)
 	if err != nil {
@@ -106,11 +87,11 @@ func (s *registrySource) manifest(ctx context.Context, ref string) ([]byte, stri
 	req.Header.Set("Accept", manifestAccept)
 	resp, err := s.http.Do(req)
 	if err != nil {
-		return nil, "", "", registryError(err, what, s.ref.Registry, s.ref.repoName(), true)
+		return nil, "", "", registryError(err, what, s.host, s.String(), true)
 	}
 	defer resp.Body.Close()
 	if err := transport.CheckError(resp, http.StatusOK); err != nil {
-		return nil, "", "", registryError(err, what, s.ref.Registry, s.ref.repoName(), true)
+		return nil, "", "", registryError(err, what, s.host, s.String(), true)
 	}
 	if resp.ContentLength > maxManifestSize {
 		return nil, "", "", formatError("%s: manifest is larger than 4 MiB (%d bytes)", what, resp.ContentLength)
@@ -133,7 +114,7 @@ func (s *registrySource) manifest(ctx context.Context, ref string) ([]byte, stri
 }
 
 func (s *registrySource) blob(ctx context.Context, desc ocispec.Descriptor, off, n int64) (io.ReadCloser, int64, error) {
-	what := fmt.Sprintf("blob %s from %s", desc.Digest, s.ref.repoName())
+	what := fmt.Sprintf("blob %s from %s", desc.Digest, s.String())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url("blobs", desc.Digest.String()), nil)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s: %w", what, err)
@@ -148,7 +129,7 @@ func (s *registrySource) blob(ctx context.Context, desc ocispec.Descriptor, off,
 	}
 	resp, err := s.http.Do(req)
 	if err != nil {
-		return nil, 0, registryError(err, what, s.ref.Registry, s.ref.repoName(), false)
+		return nil, 0, registryError(err, what, s.host, s.String(), false)
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
@@ -165,7 +146,7 @@ func (s *registrySource) blob(ctx context.Context, desc ocispec.Descriptor, off,
 	if err == nil {
 		err = fmt.Errorf("unexpected status %s", resp.Status)
 	}
-	return nil, 0, registryError(err, what, s.ref.Registry, s.ref.repoName(), false)
+	return nil, 0, registryError(err, what, s.host, s.String(), false)
 }
 
 // checkContentRange checks a 206 answer's "bytes first-last/total" against

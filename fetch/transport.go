@@ -101,9 +101,13 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	retriable := (req.Method == http.MethodGet || req.Method == http.MethodHead) &&
 		(req.Body == nil || req.Body == http.NoBody)
+	maxAttempts := t.maxAttempts
+	if n, ok := ctx.Value(attemptsKey{}).(int); ok && n > 0 && n < maxAttempts {
+		maxAttempts = n // a mirror: the next host is asked instead
+	}
 	for attempt := 1; ; attempt++ {
 		resp, err := t.once(req)
-		if !retriable || attempt >= t.maxAttempts || ctx.Err() != nil {
+		if !retriable || attempt >= maxAttempts || ctx.Err() != nil {
 			return resp, err
 		}
 		var delay time.Duration
