@@ -1,10 +1,13 @@
 package fs
 
 import (
+	"errors"
 	"io"
 	"log"
 	"log/slog"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs/fstest"
@@ -53,4 +56,22 @@ func pushIndexOf(tb testing.TB, ref string, opts Options) {
 	if _, err := im.PushIndex(tb.Context()); err != nil {
 		tb.Fatalf("PushIndex: %v", err)
 	}
+}
+
+// unmountAtCleanup unmounts m when tb ends. A copy of the mount held by a
+// mount namespace another process made meanwhile (a container runtime or a
+// podman started by a test of another package running at the same time)
+// keeps the kernel's connection alive after the mount is gone from ours:
+// Unmount says so with ErrMountLingers, which is not this test's failure.
+func unmountAtCleanup(tb testing.TB, m *Mount, dir string) {
+	tb.Cleanup(func() {
+		err := m.Unmount()
+		switch {
+		case errors.Is(err, ErrMountLingers):
+			tb.Logf("Unmount %s: %v (a namespace made by another process holds a copy)", dir, err)
+		case err != nil:
+			tb.Errorf("Unmount: %v", err)
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
 }

@@ -121,11 +121,7 @@ func loadSetup(tb testing.TB) []loadMount {
 		if err != nil {
 			tb.Fatalf("Mount: %v", err)
 		}
-		tb.Cleanup(func() {
-			if err := m.Unmount(); err != nil {
-				tb.Errorf("Unmount: %v", err)
-			}
-		})
+		unmountAtCleanup(tb, m, dir)
 		lm := loadMount{dir: dir, files: im.want}
 		for name := range im.want {
 			lm.names = append(lm.names, name)

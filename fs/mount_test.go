@@ -61,12 +61,7 @@ func mountImage(t *testing.T, im *Image) string {
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Errorf("Unmount: %v", err)
-			unix.Unmount(dir, unix.MNT_DETACH)
-		}
-	})
+	unmountAtCleanup(t, m, dir)
 	return dir
 }
 

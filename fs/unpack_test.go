@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs/fstest"
@@ -29,12 +28,7 @@ func mountWith(t testing.TB, im *Image, opts MountOptions) *Mount {
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Errorf("Unmount: %v", err)
-			unix.Unmount(dir, unix.MNT_DETACH)
-		}
-	})
+	unmountAtCleanup(t, m, dir)
 	return m
 }
 
