@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,15 +49,18 @@ type Image struct {
 
 // InspectImage inspects the image ref.
 func (p *Podman) InspectImage(ctx context.Context, ref string) (*Image, error) {
-	out, err := p.Output(ctx, "image", "inspect", "--format", "{{json .}}", ref)
+	out, err := p.Output(ctx, "image", "inspect", ref)
 	if err != nil {
 		return nil, err
 	}
-	var im Image
-	if err := json.Unmarshal([]byte(out), &im); err != nil {
+	var ims []Image
+	if err := json.Unmarshal([]byte(out), &ims); err != nil {
 		return nil, fmt.Errorf("podman image inspect %s: %w", ref, err)
 	}
-	return &im, nil
+	if len(ims) != 1 {
+		return nil, fmt.Errorf("podman image inspect %s: %d images", ref, len(ims))
+	}
+	return &ims[0], nil
 }
 
 // RunSpec is a container to run.
@@ -219,4 +224,27 @@ func (p *Podman) ContainerRoot(ctx context.Context, id string) (string, error) {
 		return "", fmt.Errorf("container %s: merged directory %q is not under the graph root %s", id, merged, p.Root)
 	}
 	return p.HostPath(merged), nil
+}
+
+// StoredLayer is containers/storage's record of one layer, as its
+// layers.json keeps it.
+type StoredLayer struct {
+	ID                 string        `json:"id"`
+	Parent             string        `json:"parent"`
+	CompressedDigest   digest.Digest `json:"compressed-diff-digest"`
+	UncompressedDigest digest.Digest `json:"diff-digest"`
+}
+
+// StoredLayers reads the overlay driver's layer records
+// (<Root>/overlay-layers/layers.json). Read it while no podman runs.
+func (p *Podman) StoredLayers() ([]StoredLayer, error) {
+	b, err := os.ReadFile(filepath.Join(p.Root, "overlay-layers", "layers.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read podman's layer records: %w", err)
+	}
+	var out []StoredLayer
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("read podman's layer records: %w", err)
+	}
+	return out, nil
 }

@@ -38,10 +38,17 @@ var RunFlags = []string{"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:
 // none of it may reach the host.
 var shadowed = []string{"/var", "/run"}
 
+// maxRunRoot is the longest --runroot podman 4.3.1 accepts
+// (pkg/domain/infra: "the specified runroot is longer than 50
+// characters").
+const maxRunRoot = 50
+
 // Options configures [Start]. Only Dir is required.
 type Options struct {
 	// Dir holds everything of this instance: graph root, run root, tmp,
-	// configuration files, the overlays' upper directories. It must exist.
+	// configuration files, the overlays' upper directories. It must exist
+	// and be at most 42 bytes long (Dir/runroot at most 50: see
+	// maxRunRoot); the t.TempDir() of a test is often longer.
 	Dir string
 	// Registries are plain-HTTP registries (host:port) podman may pull
 	// from; registries.conf marks each insecure.
@@ -187,6 +194,12 @@ func prepare(opts Options) (*Podman, configInput, error) {
 		registries: opts.Registries,
 		netDir:     filepath.Join(dir, "networks"),
 		env:        append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, p.env()...),
+	}
+	// podman 4.3.1 refuses a --runroot over 50 bytes, and conmon's
+	// cleanup command passes one: every attached run would then wait
+	// podman's 20 s conmon timeout for the exit code.
+	if len(p.RunRoot) > maxRunRoot {
+		return nil, configInput{}, fmt.Errorf("start podman: run root %s is %d bytes, over the %d podman's cleanup command accepts: use a Dir of at most %d bytes", p.RunRoot, len(p.RunRoot), maxRunRoot, maxRunRoot-len("/runroot"))
 	}
 	for _, d := range []string{p.Root, p.RunRoot, p.Tmp, in.netDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"github.com/containers/storage/pkg/archive"
+	"github.com/containers/storage/pkg/chrootarchive"
+	"github.com/containers/storage/pkg/reexec"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -63,11 +65,14 @@ type Layer struct {
 // 4.3.1 (containers/storage 1.43, containers/image 5.23): for each layer,
 // keyed by its compressed digest,
 //
-//   - diff/: the layer applied into an empty directory by containers/storage's
-//     own applier (pkg/archive Unpack with the overlay whiteout format,
-//     the call its overlay driver makes for a pull): whiteouts as 0/0
-//     character devices, opaque directories with trusted.overlay.opaque=y,
-//     implied parents 0777 less the umask, owned by root;
+//   - diff/: the layer applied into an empty directory of mode 0555 by
+//     containers/storage's own applier (pkg/chrootarchive
+//     UntarUncompressed with the overlay whiteout format, the call its
+//     overlay driver makes for a pull; the process must have called
+//     [Init]): whiteouts as 0/0 character devices, opaque directories with
+//     trusted.overlay.opaque=y, implied parents 0777 less the umask, owned
+//     by root, with the time of unpack as mtime, and the root entry
+//     ignored;
 //   - info: [Info] from the manifest's descriptor and the layer's DiffID
 //     and uncompressed size, both computed here and checked against the
 //     config;
@@ -89,9 +94,33 @@ func WriteImage(store, ref string, im *fstest.Image) ([]Layer, error) {
 	return out, nil
 }
 
+// diffMode is the mode of every layer's diff directory in
+// containers/storage 1.43: its overlay driver creates the bottom layer's
+// with 0555 and every other with its parent's mode, and its applier never
+// applies a tar's root entry ("./") to it. A container's root is this
+// directory's mode.
+const diffMode = 0o555
+
+// Init runs containers/storage's applier when the process was started as
+// its re-executed child ("storage-untar", which chroots into the layer's
+// directory before it applies), and then reports true: call it first in
+// TestMain of any test binary that uses [WriteImage], and return when it
+// reports true.
+//
+//	func TestMain(m *testing.M) {
+//		if podmantest.Init() {
+//			return
+//		}
+//		os.Exit(m.Run())
+//	}
+func Init() bool { return reexec.Init() }
+
 func writeLayer(dir string, im *fstest.Image, desc ocispec.Descriptor) (Layer, error) {
 	diff := filepath.Join(dir, "diff")
 	if err := os.MkdirAll(diff, 0o755); err != nil {
+		return Layer{}, err
+	}
+	if err := os.Chmod(diff, diffMode); err != nil {
 		return Layer{}, err
 	}
 	// blob: the compressed bytes as the registry serves them.
@@ -133,7 +162,11 @@ func writeLayer(dir string, im *fstest.Image, desc ocispec.Descriptor) (Layer, e
 	defer tarStream.Close()
 	h := sha256.New()
 	counted := &countingReader{r: io.TeeReader(tarStream, h)}
-	if err := archive.Unpack(counted, diff, &archive.TarOptions{WhiteoutFormat: archive.OverlayWhiteoutFormat}); err != nil {
+	// chrootarchive, as the overlay driver's ApplyDiff: inside the chroot
+	// the applier's os.Lstat(hdr.Linkname) finds a hardlink's target, so
+	// the link entry's mode and times are applied to the shared inode
+	// (outside, that relative path would miss and they would not be).
+	if err := chrootarchive.UntarUncompressed(counted, diff, &archive.TarOptions{WhiteoutFormat: archive.OverlayWhiteoutFormat}); err != nil {
 		return Layer{}, fmt.Errorf("apply to %s: %w", diff, err)
 	}
 	// The applier stops at the end-of-archive marker; the DiffID covers
