@@ -47,6 +47,14 @@ func (e storeEvent) String() string { return e.Op + " " + e.Path }
 // it: the mount must exist in the podman's namespace.
 func mountFakeStore(t testing.TB, dir string) *fakeStore {
 	t.Helper()
+	return mountFakeStoreRO(t, dir, false)
+}
+
+// mountFakeStoreRO is mountFakeStore, with readOnly a read-only mount (the
+// kernel then answers EROFS to the use file's create and to the release's
+// rmdir without asking the store).
+func mountFakeStoreRO(t testing.TB, dir string, readOnly bool) *fakeStore {
+	t.Helper()
 	fs := &fakeStore{dir: dir, mnt: t.TempDir(), hidden: map[string]bool{}}
 	root := &fusefs.LoopbackRoot{Path: dir}
 	root.NewNode = func(r *fusefs.LoopbackRoot, parent *fusefs.Inode, name string, st *syscall.Stat_t) fusefs.InodeEmbedder {
@@ -60,7 +68,7 @@ func mountFakeStore(t testing.TB, dir string) *fakeStore {
 	}
 	root.Dev = uint64(st.Dev)
 	zero := time.Duration(0)
-	server, err := fusefs.Mount(fs.mnt, rootNode, &fusefs.Options{
+	opts := &fusefs.Options{
 		EntryTimeout:    &zero,
 		AttrTimeout:     &zero,
 		NegativeTimeout: &zero,
@@ -70,10 +78,12 @@ func mountFakeStore(t testing.TB, dir string) *fakeStore {
 			Name:              "podmantest",
 			AllowOther:        true,
 			DirectMountStrict: true,
-			// Not read-only: the kernel would answer EROFS to the use
-			// file's create and the release's rmdir before asking us.
 		},
-	})
+	}
+	if readOnly {
+		opts.MountOptions.Options = []string{"ro"}
+	}
+	server, err := fusefs.Mount(fs.mnt, rootNode, opts)
 	if err != nil {
 		t.Fatalf("mount fake store: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,9 +50,12 @@ func (p *Podman) Stop() error {
 		cancel()
 	}
 	// conmon runs `podman container cleanup` when a container exits:
-	// give those a moment to finish on their own.
-	// (killAll lists and kills whatever is still there after that.)
-	waitFor(stopSettleTimeout, func() bool { pids, _ := p.processes(); return len(pids) == 0 })
+	// give those a moment to finish on their own (conmon and the
+	// containers would not; killAll lists and kills whatever is left).
+	waitFor(stopSettleTimeout, func() bool {
+		pids, _ := p.processes()
+		return !slices.ContainsFunc(pids, func(pid int) bool { return comm(pid) == "podman" })
+	})
 	if err := p.killAll(); err != nil {
 		errs = append(errs, err)
 	}

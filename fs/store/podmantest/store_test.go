@@ -187,6 +187,77 @@ func TestRunFromStore(t *testing.T) {
 	}
 }
 
+// TestStoreUseWarnings runs from two stores that do not answer the use
+// and release notifications with ENOENT: a plain directory (the use file
+// is created, and removed again by podman; the rmdir fails with
+// ENOTEMPTY) and a read-only mount (the kernel answers EROFS to both).
+// podman runs from either, but warns on stderr for every notification:
+// a store must be mounted read-write and answer ENOENT.
+func TestStoreUseWarnings(t *testing.T) {
+	requirePodman(t)
+	im := smallImage(t)
+	reg := newRegistry(t)
+	if err := im.Push(t.Context(), reg.host, "podmantest/warn", "1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.host + "/podmantest/warn:1"
+	for _, c := range []struct {
+		name string
+		// wants are substrings of podman's warnings.
+		wants []string
+		store func(t *testing.T, backing string) string
+	}{
+		{"plain directory", []string{
+			"Unexpected error by Additional Layer Store <nil> during use; GC doesn't seem to be supported",
+			"Unexpected error by Additional Layer Store directory not empty during release",
+		}, func(t *testing.T, backing string) string { return backing }},
+		{"read-only mount", []string{
+			"Unexpected error by Additional Layer Store open " + "%s/use: read-only file system during use",
+			"Unexpected error by Additional Layer Store read-only file system during release",
+		}, func(t *testing.T, backing string) string { return mountFakeStoreRO(t, backing, true).mnt }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			backing := t.TempDir()
+			layers, err := WriteImage(backing, ref, im)
+			if err != nil {
+				t.Fatal(err)
+			}
+			store := c.store(t, backing)
+			p := startPodman(t, Options{Registries: []string{reg.host}, AdditionalLayerStore: store})
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			before := len(reg.front.Requests())
+			res, err := p.Run(ctx, RunSpec{Image: ref, Command: smallCommand})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ExitCode != 0 || string(res.Stdout) != smallOutput {
+				t.Fatalf("podman run = exit %d, stdout %q, stderr %q; want 0, %q", res.ExitCode, res.Stdout, res.Stderr, smallOutput)
+			}
+			for _, g := range reg.blobGETs(before) {
+				if !strings.HasSuffix(g, im.ConfigDesc.Digest.String()) {
+					t.Errorf("layer blob GET %s, want none", g)
+				}
+			}
+			stderr := string(res.Stderr)
+			t.Logf("podman's stderr:\n%s", stderr)
+			for _, w := range c.wants {
+				if strings.Contains(w, "%s") {
+					w = fmt.Sprintf(w, filepath.Join(store, relTo(backing, layers[0].Dir)))
+				}
+				if !strings.Contains(stderr, w) {
+					t.Errorf("podman's stderr has no %q", w)
+				}
+			}
+			for _, l := range layers {
+				if _, err := os.Lstat(filepath.Join(l.Dir, "use")); err == nil {
+					t.Errorf("%s/use left behind", l.Dir)
+				}
+			}
+		})
+	}
+}
+
 // TestStoreRefNames pins down the reference string whose base64 names a
 // store's image directory. The image is laid out under every candidate
 // name; the layer lookups that reach a layer's diff say which one podman
@@ -546,7 +617,7 @@ func TestInfoFields(t *testing.T) {
 				}
 			}
 			stderr, _, _ := strings.Cut(strings.TrimSpace(string(res.Stderr)), "\n")
-			t.Logf("exit %d, stdout %q, stderr %q..., %d layer blobs fetched", res.ExitCode, res.Stdout, stderr, got.fetched)
+			t.Logf("exit %d after %v, stdout %q, stderr %q..., %d layer blobs fetched", res.ExitCode, res.Timings.Done.Sub(res.Timings.Start).Round(time.Millisecond), res.Stdout, stderr, got.fetched)
 			if got.ok {
 				stored, err := p.StoredLayers()
 				if err != nil {
