@@ -26,9 +26,11 @@ const (
 	nsenterBin   = "/usr/bin/nsenter"
 )
 
-// RunFlags are the flags every container here runs with: this machine's
-// podman fails to start a container with the default rlimits (it asks for
-// more open files and processes than the VM allows) and with crun.
+// RunFlags are the flags every container here runs with. Without both
+// ulimits runc fails to start a container on this machine ("error
+// setting rlimits": podman asks for more open files and processes than
+// the VM allows); --runtime runc repeats containers.conf's choice (Debian's
+// podman prefers crun, which is not installed without recommends).
 var RunFlags = []string{"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--runtime", "runc"}
 
 // shadowed are the host directories the instance's mount namespace lays a
