@@ -103,7 +103,11 @@
 //     (TestStoreRootEqualsPull). Both ignore the image's root entry: a
 //     container's root directory is mode 0555, the mode the overlay
 //     driver gives a layer's diff directory (the parent's, down to 0555
-//     at the bottom). podman's pull refuses a layer with a name twice
+//     at the bottom). A directory a layer writes into without an entry
+//     for it is 0755 and root's in the container whatever a lower layer
+//     made it: the applier creates it so in that layer's diff, which is
+//     topmost (TestImpliedParent; containerd copies the lower's
+//     attributes instead). podman's pull refuses a layer with a name twice
 //     ("duplicates of file paths not supported", from tar-split) and,
 //     like containerd, cannot apply a hardlink to a lower layer or a
 //     whiteout of a path its own layer wrote.

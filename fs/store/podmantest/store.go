@@ -14,6 +14,7 @@ import (
 	"github.com/containers/storage/pkg/reexec"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs/fstest"
 )
@@ -70,9 +71,10 @@ type Layer struct {
 //     UntarUncompressed with the overlay whiteout format, the call its
 //     overlay driver makes for a pull; the process must have called
 //     [Init]): whiteouts as 0/0 character devices, opaque directories with
-//     trusted.overlay.opaque=y, implied parents 0777 less the umask, owned
-//     by root, with the time of unpack as mtime, and the root entry
-//     ignored;
+//     trusted.overlay.opaque=y, implied parents (directories the layer
+//     writes into without an entry) 0755 and root's whatever a lower
+//     layer made them, with the time of unpack as mtime, and the root
+//     entry ignored;
 //   - info: [Info] from the manifest's descriptor and the layer's DiffID
 //     and uncompressed size, both computed here and checked against the
 //     config;
@@ -80,6 +82,12 @@ type Layer struct {
 //
 // Applying needs root (devices, trusted.* xattrs, ownership).
 func WriteImage(store, ref string, im *fstest.Image) ([]Layer, error) {
+	// podman sets umask 022 before anything else (cmd/podman's
+	// early_init): its applier's implied parents are 0755 whatever the
+	// caller's umask. The umask is the process's: WriteImage changes it
+	// while it runs.
+	old := unix.Umask(0o022)
+	defer unix.Umask(old)
 	var out []Layer
 	for i, desc := range im.LayerDescs {
 		l, err := writeLayer(LayerDir(store, ref, desc.Digest), im, desc)
