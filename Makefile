@@ -13,6 +13,11 @@ FUZZTIME_TEST ?= 2000x
 FUZZTIME ?= 10m
 BIN := bin/ocifs
 DEBS := docker-registry umoci skopeo attr busybox-static containerd runc
+# Installed without their recommends: podman recommends buildah,
+# fuse-overlayfs, slirp4netns, uidmap, catatonit and dbus-user-session, none
+# of which root podman with the kernel's overlayfs and no network uses
+# (fs/store/podmantest); it depends on conmon, runc and containers-common.
+DEBS_NORECOMMENDS := podman
 
 .PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2
 
@@ -20,12 +25,18 @@ all: build
 
 # Debian packages the tests and the demo use: a real registry, the reference
 # unpacker, image copies, getfattr, and containerd 1.6 with runc for the CRI
-# tests of fs/snapshotter. Installed only when missing.
+# tests of fs/snapshotter, podman 4.3 for those of fs/store. Installed only
+# when missing.
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(DEBS_NORECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing without recommends:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v $(GO) >/dev/null || { echo "Go 1.26+ is required (https://go.dev/doc/install)"; exit 1; }
 	$(GO) mod download
