@@ -218,9 +218,9 @@ func TestFullDiskLyingIndexSpans(t *testing.T) {
 	if err := l.ensure(t.Context()); err != nil {
 		t.Fatalf("background check on a full disk: %v", err)
 	}
-	if l.verified.Load() == nil || l.complete() != nil {
+	if _, verified := l.reader().(*verifiedReader); !verified || l.complete() != nil {
 		t.Fatalf("after the check: verified spans %v, cached blob %v; want the verified spans and no blob (the disk is full)",
-			l.verified.Load() != nil, l.complete() != nil)
+			verified, l.complete() != nil)
 	}
 	im.Tree().Walk(func(p string, n *Node) error {
 		if n.Type != index.TypeReg || n.Layer != 0 {

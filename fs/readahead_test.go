@@ -99,13 +99,16 @@ func raImage(t *testing.T, ref string, img *fstest.Image, base http.RoundTripper
 // settle waits for every fetch of layer l in flight (read-ahead included)
 // to end.
 func settle(l *layer) {
+	c := l.im.spans
 	for {
-		l.fmu.Lock()
-		var pending []*spanFetch
-		for _, f := range l.fetching {
-			pending = append(pending, f)
+		c.mu.Lock()
+		var pending []*pieceFetch
+		for k, f := range c.fetching {
+			if k.blob == l.desc.Digest {
+				pending = append(pending, f)
+			}
 		}
-		l.fmu.Unlock()
+		c.mu.Unlock()
 		if len(pending) == 0 {
 			return
 		}
@@ -180,7 +183,7 @@ func TestReadAheadSequential(t *testing.T) {
 			settle(l)
 			var ahead []int
 			for i := s0 + 3; i <= s1; i++ {
-				if im.spans.has(spanKey{0, i}) {
+				if im.spans.has(pieceKey{blob: l.desc.Digest, i: i}) {
 					ahead = append(ahead, i)
 				}
 			}
@@ -333,7 +336,7 @@ func TestReadAheadTamperedSpan(t *testing.T) {
 	if !reached {
 		t.Fatalf("read-ahead never fetched span %d ahead of the reader: the fixture tests nothing", bad)
 	}
-	if im.spans.has(spanKey{0, bad}) {
+	if im.spans.has(pieceKey{blob: l.desc.Digest, i: bad}) {
 		t.Errorf("the tampered span %d was decoded into the span cache", bad)
 	}
 	if im.client.Cache().Has(sp.Digest) {
