@@ -386,7 +386,7 @@ type blobSink struct {
 
 	// kept counts the blob bytes the pending entry holds; err, why the
 	// blob is not cached, is set once, before dropped. A progressive
-	// reader reads kept and dropped while the stream runs (streamedSpan).
+	// reader reads kept and dropped while the stream runs (streamReader).
 	err     error
 	kept    atomic.Int64
 	dropped atomic.Bool

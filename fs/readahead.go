@@ -26,7 +26,7 @@ import "sync"
 // spans it reads.
 //
 // Bounds: one stream's window is at most readAheadMaxBytes of tar, and all
-// streams' windows together at most half the span cache, so spans fetched
+// streams' windows together at most half the piece cache, so spans fetched
 // ahead never push out the spans their readers are about to reach; a span
 // evicted anyway is read again from the disk cache, not the network. At most
 // FetchParallel-1 read-ahead runs are in flight per image, so a read that
@@ -118,7 +118,7 @@ func (r *spanReader) readAhead(off, end, fileEnd int64) {
 	s.ahead = max(s.ahead, s.span)
 
 	// The window's cap: readAheadMaxBytes, and an equal share of half the
-	// span cache among the streams reading ahead.
+	// piece cache among the streams reading ahead.
 	n := int64(0)
 	for k := range ra.streams {
 		if ra.streams[k].active(ra.tick) {
