@@ -3,6 +3,7 @@ package criauth
 import (
 	"archive/tar"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -359,4 +360,58 @@ func newFetch(t *testing.T, kc authn.Keychain) *fetch.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// After a restart (a new Server, so a new Store) the credentials of pulls
+// before it are gone: a read of the private image with the file-less
+// fallback fails with fetch's ErrUnauthorized and the keychain logs what to
+// do; with root's docker auth file as the fallback (authn.DefaultKeychain)
+// the read works again.
+func TestRestartForgetsCredentials(t *testing.T) {
+	if _, err := os.Stat(fstest.RegistryBinary); err != nil {
+		skipOrFail(t, "docker-registry not installed (apt-get install docker-registry)")
+	}
+	reg := startPrivateRegistry(t, socketDir(t))
+	ctx := t.Context()
+	const repo = "/private/app"
+
+	before := NewStore(nil)
+	finish, recorded, why := before.Begin(reg.ref, basic(privateUser, privatePassword))
+	if !recorded {
+		t.Fatalf("not recorded: %s", why)
+	}
+	finish(true)
+	if _, err := newFetch(t, before.Keychain(anonymous{})).Resolve(ctx, reg.ref); err != nil {
+		t.Fatalf("before the restart: %v", err)
+	}
+
+	log, logs := newLog()
+	after := NewStore(log)
+	_, err := newFetch(t, after.Keychain(anonymous{})).Resolve(ctx, reg.ref)
+	if !errors.Is(err, fetch.ErrUnauthorized) {
+		t.Fatalf("after the restart, without an auth file: %v, want fetch.ErrUnauthorized", err)
+	}
+	t.Logf("after the restart: %v", err)
+	if l := logs.String(); !strings.Contains(l, reg.host+repo) || !strings.Contains(l, "pull the image again") || !strings.Contains(l, "auth file") {
+		t.Errorf("no log line saying what to do for %s:\n%s", reg.host+repo, l)
+	}
+
+	// Root's docker auth file, as a node would configure it.
+	dockerDir := t.TempDir()
+	cfg := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.host,
+		base64.StdEncoding.EncodeToString([]byte(privateUser+":"+privatePassword)))
+	if err := os.WriteFile(filepath.Join(dockerDir, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dockerDir)
+	im, err := newFetch(t, after.Keychain(authn.DefaultKeychain)).Resolve(ctx, reg.ref)
+	if err != nil {
+		t.Fatalf("after the restart, with an auth file: %v", err)
+	}
+	if im.ManifestDigest != reg.image.ManifestDesc.Digest {
+		t.Errorf("manifest %s, want %s", im.ManifestDigest, reg.image.ManifestDesc.Digest)
+	}
+	if strings.Contains(logs.String(), privatePassword) {
+		t.Error("the log holds the password")
+	}
 }

@@ -28,7 +28,10 @@
 // RuntimeService stays on containerd's socket and is not served here. An
 // ImageService RPC added to CRI later answers Unimplemented until it is
 // forwarded here too. crictl pulls go through the proxy only when pointed
-// at it (crictl --image-endpoint).
+// at it (crictl --image-endpoint). Pulls containerd makes on its own (the
+// sandbox image, inside RunPodSandbox) never reach the image service:
+// their credentials are containerd's configuration, which ocifs does not
+// read, so a private sandbox image needs them in the fallback keychain.
 //
 // # Which credentials answer
 //
@@ -77,10 +80,12 @@
 // So after ocifs restarts they are gone. Layers already fetched are served
 // from the digest cache without the registry; a lazy read of bytes not yet
 // fetched from a private registry then goes to the fallback keychain, and
-// without credentials there the registry answers 401, the read fails with
-// EIO and the keychain's Info line for that repository says to pull the
-// image again through the CRI image service or to give root an auth file
-// or credential helper for the registry. Kubelet does not pull an image it
+// without credentials there the registry answers 401: fetch returns its
+// ErrUnauthorized (whose message names the auth files it reads), fs turns
+// it into EIO for that read, and the keychain's Info line for that
+// repository says to pull the image again through the CRI image service or
+// to give root an auth file or credential helper for the registry
+// (TestRestartForgetsCredentials). Kubelet does not pull an image it
 // has (imagePullPolicy IfNotPresent) after a restart, so nodes that use
 // private registries with ocifs should configure one of those, or pull
 // again (crictl --image-endpoint unix:///run/ocifs/cri-image.sock pull
