@@ -161,7 +161,11 @@ func containerd2Binary() string {
 	return ""
 }
 
-func testPrivateRegistry(t *testing.T, binary string) {
+// requireContainerd skips (fails with CI=true) unless the test can run
+// the containerd binary: root, its shim, runc and the registry. An unset
+// 2.x binary is a plain skip even in CI: `make test-containerd2` sets it.
+func requireContainerd(t *testing.T, binary string) {
+	t.Helper()
 	if binary == "" {
 		t.Skipf("%s not set: `make test-containerd2` runs the containerd 2.x tests", containerd2DirEnv)
 	}
@@ -171,6 +175,10 @@ func testPrivateRegistry(t *testing.T, binary string) {
 			skipOrFail(t, "needs "+p+" (make deps; make containerd2 for 2.x): "+err.Error())
 		}
 	}
+}
+
+func testPrivateRegistry(t *testing.T, binary string) {
+	requireContainerd(t, binary)
 	dir := socketDir(t)
 	reg := startPrivateRegistry(t, filepath.Join(dir, "registry"))
 
