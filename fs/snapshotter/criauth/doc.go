@@ -51,7 +51,8 @@
 //  1. the credentials of the newest pull of that repository through the
 //     proxy: a pull still in flight first (containerd asks the snapshotter
 //     for the pull's layers during PullImage, and they must be fetched with
-//     the pull's credentials), else the latest pull that succeeded. Latest
+//     the pull's credentials: TestCRISnapshotterReadsWithPullCredentials),
+//     else the latest pull that succeeded. Latest
 //     pull wins: a later successful pull with other credentials replaces
 //     the earlier ones; a failed pull's credentials are forgotten when it
 //     fails (kubelet tries each of its candidate credentials in turn) and
