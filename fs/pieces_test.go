@@ -82,7 +82,7 @@ func spanLayer(t *testing.T, fake *fakeParts) (*layer, []byte) {
 		t.Fatal(err)
 	}
 	var blob bytes.Buffer
-	zw := gzip.NewWriter(&blob)
+	zw, _ := gzip.NewWriterLevel(&blob, gzip.BestSpeed)
 	if _, err := zw.Write(tarBuf.Bytes()); err != nil {
 		t.Fatal(err)
 	}
