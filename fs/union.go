@@ -11,10 +11,6 @@ import (
 	"github.com/ocifs/ocifs/index"
 )
 
-// ErrFormat marks union errors caused by the image's bytes (a hardlink to a
-// missing file, a path through a file), as opposed to our own failures.
-var ErrFormat = errors.New("invalid input")
-
 // maxSymlinkHops bounds how many symlinks one parent path may pass through,
 // as the kernel's MAXSYMLINKS does, so a loop in an image ends with an error.
 const maxSymlinkHops = 40
