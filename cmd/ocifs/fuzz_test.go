@@ -2,63 +2,11 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/index"
 )
-
-// escapeMountinfo escapes a path as the kernel writes it in mountinfo.
-func escapeMountinfo(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case ' ', '\t', '\n', '\\':
-			fmt.Fprintf(&b, "\\%03o", c)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
-
-func TestParseMountinfo(t *testing.T) {
-	table := "22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw\n" +
-		"98 22 0:50 / /mnt/a\\040b rw,nosuid,nodev,relatime shared:60 - fuse.ocifs ocifs rw,user_id=0,group_id=0\n" +
-		"garbage line\n" +
-		"99 98 0:51 / /mnt/a\\040b rw - fuse.ocifs ocifs rw\n"
-	got := parseMountinfo([]byte(table))
-	want := []mountInfo{
-		{"/proc", "proc", "proc", []string{"rw"}},
-		{"/mnt/a b", "fuse.ocifs", "ocifs", []string{"rw", "user_id=0", "group_id=0"}},
-		{"/mnt/a b", "fuse.ocifs", "ocifs", []string{"rw"}},
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("parseMountinfo = %v, want %v", got, want)
-	}
-}
-
-// FuzzParseMountinfo checks that any mount table parses without panic, and
-// that any mountpoint the kernel escapes comes back as it was.
-func FuzzParseMountinfo(f *testing.F) {
-	f.Add([]byte("98 22 0:50 / /mnt/x rw - fuse.ocifs ocifs rw\n"), "/mnt/a b")
-	f.Add([]byte("1 2 3 4 5 6 - \n- - -\n"), "/x\\y\tz\n")
-	f.Add([]byte("\\\\\\0 \\777 \\"), "\\777")
-	f.Add([]byte("1 2 3 4 /a\r 6 - t s\r\n"), "/a\r\f\v\u0085")
-	f.Fuzz(func(t *testing.T, table []byte, mp string) {
-		parseMountinfo(table)
-		if mp == "" || strings.ContainsRune(mp, 0) {
-			return
-		}
-		line := "98 22 0:50 / " + escapeMountinfo(mp) + " rw shared:1 - fuse.ocifs " + escapeMountinfo(mp) + "\n"
-		got := parseMountinfo([]byte(line))
-		if len(got) != 1 || got[0].mountpoint != mp || got[0].fsType != "fuse.ocifs" || got[0].source != mp {
-			t.Errorf("parseMountinfo(%q) = %+v, want mountpoint %q", line, got, mp)
-		}
-	})
-}
 
 // fuzzTree is a small tree with two symlinks whose targets come from the
 // fuzzer, as an image's would.
