@@ -1,18 +1,17 @@
-package main
+package fs
 
 import (
 	"errors"
 	"testing"
 
-	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/index"
 )
 
 // fuzzTree is a small tree with two symlinks whose targets come from the
 // fuzzer, as an image's would.
-func fuzzTree(t *testing.T, target1, target2 string) *fs.Tree {
+func fuzzTree(t *testing.T, target1, target2 string) *Tree {
 	t.Helper()
-	tree, err := fs.Merge([]*index.Table{{Entries: []index.Entry{
+	tree, err := Merge([]*index.Table{{Entries: []index.Entry{
 		{Name: "a", Type: index.TypeDir, Mode: 0o755},
 		{Name: "a/b", Type: index.TypeDir, Mode: 0o755},
 		{Name: "a/b/f", Type: index.TypeReg, Mode: 0o644, Size: 3},
@@ -25,7 +24,7 @@ func fuzzTree(t *testing.T, target1, target2 string) *fs.Tree {
 	return tree
 }
 
-func TestResolvePath(t *testing.T) {
+func TestResolve(t *testing.T) {
 	tree := fuzzTree(t, "a/l2", "../a/./b/f")
 	tests := []struct {
 		path   string
@@ -44,9 +43,9 @@ func TestResolvePath(t *testing.T) {
 		{"/l1/x", true, "", errNotDir},
 	}
 	for _, tt := range tests {
-		got, err := resolvePath(tree, tt.path, tt.follow)
+		got, err := tree.Resolve(tt.path, tt.follow)
 		if !errors.Is(err, tt.err) {
-			t.Errorf("resolvePath(%q) err = %v, want %v", tt.path, err, tt.err)
+			t.Errorf("Resolve(%q) err = %v, want %v", tt.path, err, tt.err)
 			continue
 		}
 		if tt.err != nil {
@@ -57,12 +56,12 @@ func TestResolvePath(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got != want {
-			t.Errorf("resolvePath(%q, %v) = inode %d, want %d (%s)", tt.path, tt.follow, got.ID, want.ID, tt.want)
+			t.Errorf("Resolve(%q, %v) = inode %d, want %d (%s)", tt.path, tt.follow, got.ID, want.ID, tt.want)
 		}
 	}
 	loop := fuzzTree(t, "a/l2", "/l1")
-	if _, err := resolvePath(loop, "/l1", true); !errors.Is(err, errSymlinks) {
-		t.Errorf("resolvePath of a symlink loop: err = %v, want %v", err, errSymlinks)
+	if _, err := loop.Resolve("/l1", true); !errors.Is(err, errSymlinks) {
+		t.Errorf("Resolve of a symlink loop: err = %v, want %v", err, errSymlinks)
 	}
 }
 
@@ -78,26 +77,26 @@ func FuzzResolvePath(f *testing.F) {
 			return
 		}
 		tree := fuzzTree(t, target1, target2)
-		n, err := resolvePath(tree, p, follow)
+		n, err := tree.Resolve(p, follow)
 		if err != nil {
 			if n != nil {
-				t.Errorf("resolvePath(%q) returned a node with error %v", p, err)
+				t.Errorf("Resolve(%q) returned a node with error %v", p, err)
 			}
 			if !errors.Is(err, errNoEntry) && !errors.Is(err, errNotDir) && !errors.Is(err, errSymlinks) {
-				t.Errorf("resolvePath(%q): unexpected error %v", p, err)
+				t.Errorf("Resolve(%q): unexpected error %v", p, err)
 			}
 			return
 		}
 		found := false
-		_ = tree.Walk(func(_ string, m *fs.Node) error {
+		_ = tree.Walk(func(_ string, m *Node) error {
 			found = found || m == n
 			return nil
 		})
 		if !found {
-			t.Errorf("resolvePath(%q) returned a node not in the tree", p)
+			t.Errorf("Resolve(%q) returned a node not in the tree", p)
 		}
 		if follow && n.Type == index.TypeSymlink {
-			t.Errorf("resolvePath(%q, follow) ended on a symlink", p)
+			t.Errorf("Resolve(%q, follow) ended on a symlink", p)
 		}
 	})
 }
