@@ -242,7 +242,7 @@ func readUpperRecord(work string) (*upperRecord, error) {
 	}
 	var rec upperRecord
 	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, withHint(fmt.Errorf("upper record %s: invalid input: %w", p, err), "remove it to use the upper with any image")
+		return nil, withHint(fmt.Errorf("upper record %s: %w: %w", p, ErrFormat, err), "remove it to use the upper with any image")
 	}
 	return &rec, nil
 }

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -92,5 +93,23 @@ func TestWritableDirs(t *testing.T) {
 		if got := imageName(in); got != want {
 			t.Errorf("imageName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestWritableUpperRecordInvalid: a damaged upper record is bad input, not
+// our failure, and says how to go on.
+func TestWritableUpperRecordInvalid(t *testing.T) {
+	work := t.TempDir()
+	if err := os.WriteFile(work+"/"+upperRecordName, []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := readUpperRecord(work)
+	var h interface{ Hint() string }
+	if rec != nil || !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "upper record "+work) ||
+		!errors.As(err, &h) || !strings.Contains(h.Hint(), "remove it") {
+		t.Fatalf("readUpperRecord(damaged) = %+v, %v; want an ErrFormat error naming the file, with a hint", rec, err)
+	}
+	if rec, err := readUpperRecord(t.TempDir()); rec != nil || err != nil {
+		t.Errorf("readUpperRecord(none) = %+v, %v; want nothing and no error", rec, err)
 	}
 }
