@@ -21,4 +21,14 @@
 // into the overlayfs snapshotter, `ctr images mount`). Workloads:
 // first-file (/etc/os-release), start-up (chroot and run the image's
 // program), walk (lstat every entry), read-all (read every file once).
+//
+// # Who imports it
+//
+// Nothing imports bench but its own commands (bench/run, which `make bench`
+// runs) and cmd/ocifs/bench.go, the `ocifs bench` command: a thin flag
+// wrapper that measures the very binary it is part of. That one edge is
+// intended; so bench and what it imports (fs/fstest, fs/mountinfo) are
+// linked into ocifs, and must link no test code: fs/fstest takes its own TB
+// interface, not package testing. cmd/ocifs's TestImportDirection fails on
+// any other importer and on any package of ours linking testing.
 package bench

@@ -152,13 +152,16 @@ func helpCommand(e *env, args []string) error {
 const mainHelp = `ocifs mounts an OCI container image as a directory without pulling it first.
 
 Lazy means: a mount answers as soon as the image's file tables are known, and
-a read waits only for the layer that holds its file. Every byte is checked
-against the digests in the image's manifest and config before it is served,
-and kept in the cache so nothing is fetched twice. Today a layer is fetched
-whole, in one streaming pass; the first mount of an image with no index
-streams each layer once to build its file table, every later mount of any
-image sharing those layers is immediate. After mounting, layers not yet
-cached are fetched in the background (--prefetch=none stops it).
+a read fetches only what it needs with Range requests: the spans of a gzip or
+plain tar layer that has an ocifs index (in the cache, or in the registry
+beside the image after 'ocifs index build --push'), or the chunks of an
+eStargz or zstd:chunked layer, whose TOC needs no index. Every byte is checked
+before it is served (a span or chunk against its digest, a whole layer against
+the manifest and config) and kept in the cache, so nothing is fetched twice.
+A layer with no index anywhere is streamed once on the first mount, verified,
+and indexed into the cache; later mounts of any image sharing it are lazy.
+After mounting, the rest of each layer is fetched in the background, slowing
+down while reads wait (--prefetch=none stops it).
 
 Usage:
   ocifs [global flags] COMMAND [flags] [args]

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -24,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/mountinfo"
 )
 
 // mountPaths are the files of one mount under <cache-dir>/mounts.
@@ -108,89 +108,10 @@ func removeState(p mountPaths) {
 	os.Remove(p.state)
 }
 
-// mountInfo is one line of /proc/self/mountinfo, the fields ocifs needs.
-type mountInfo struct {
-	mountpoint string
-	fsType     string
-	source     string
-	superOpts  []string // the super block options, nil when the line has none
-}
-
 // findMount reports the topmost mount at dir (absolute, not resolved through
 // a dead FUSE mount), from /proc/self/mountinfo.
-func findMount(dir string) (mountInfo, bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return mountInfo{}, false, fmt.Errorf("read mount table: %w", err)
-	}
-	// Compare with the real path of dir's parent: the mount table holds
-	// resolved paths, and dir itself may be a dead mount that cannot be
-	// stat'ed.
-	want := dir
-	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
-		want = filepath.Join(parent, filepath.Base(dir))
-	}
-	var found mountInfo
-	ok := false
-	for _, mi := range parseMountinfo(b) {
-		if mi.mountpoint == want {
-			found, ok = mi, true
-		}
-	}
-	return found, ok, nil
-}
-
-// parseMountinfo parses the mount table format of proc(5); lines it cannot
-// read are skipped.
-func parseMountinfo(b []byte) []mountInfo {
-	var out []mountInfo
-	// Split on '\n' only: bufio.ScanLines would also drop a '\r' that ends
-	// a line, and with it part of a path.
-	for _, line := range strings.Split(string(b), "\n") {
-		// Fields are separated by single spaces; the kernel escapes only
-		// space, tab, newline and backslash in paths, so other white space
-		// (\f, \v, \r, U+0085) belongs to the path.
-		fields := strings.Split(line, " ")
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
-			continue
-		}
-		mi := mountInfo{
-			mountpoint: unescapeMountinfo(fields[4]),
-			fsType:     fields[sep+1],
-			source:     unescapeMountinfo(fields[sep+2]),
-		}
-		if sep+3 < len(fields) {
-			mi.superOpts = strings.Split(fields[sep+3], ",")
-		}
-		out = append(out, mi)
-	}
-	return out
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+func findMount(dir string) (mountinfo.Mount, bool, error) {
+	return mountinfo.At(dir)
 }
 
 func unmountFlags(set *pflag.FlagSet) runFunc {
@@ -234,8 +155,8 @@ func runUnmount(ctx context.Context, e *env, dir string, lazy bool) error {
 		removeState(p)
 		return fmt.Errorf("unmount %s: not mounted", abs)
 	}
-	if !strings.HasPrefix(mi.fsType, "fuse") && !isOcifsOverlay(mi) {
-		return withHint(fmt.Errorf("unmount %s: it is a %s mount, not an ocifs one", abs, mi.fsType), "use umount "+abs)
+	if !strings.HasPrefix(mi.FSType, "fuse") && !fs.IsOverlay(mi) {
+		return withHint(fmt.Errorf("unmount %s: it is a %s mount, not an ocifs one", abs, mi.FSType), "use umount "+abs)
 	}
 	flags := 0
 	if lazy {

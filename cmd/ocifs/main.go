@@ -135,11 +135,13 @@ func (e *printedError) Unwrap() error { return e.err }
 // hint says what to do next about err, or "".
 func hint(err error) string {
 	var he *hintError
-	var de *fetch.DigestError
+	var fh interface{ Hint() string } // fs's errors with a hint (the writable layer's)
 	switch {
 	case errors.As(err, &he):
 		return he.hint
-	case errors.As(err, &de):
+	case errors.As(err, &fh):
+		return fh.Hint()
+	case errors.Is(err, fetch.ErrDigest): // a shared kind: matches index/toc's and fs's mismatches too
 		return "the source served bytes that do not match their digest; nothing bad was cached, retry or report it to the image's publisher"
 	case errors.Is(err, context.Canceled):
 		return "interrupted"

@@ -96,12 +96,12 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 		if err != nil {
 			return err
 		}
-		if err := checkUpper(d); err != nil {
+		if err := d.Check(); err != nil {
 			return err
 		}
 		o.upper = ""
-		if !d.ephemeral {
-			o.upper = d.upper // absolute, for the daemon
+		if !d.Ephemeral {
+			o.upper = d.Upper // absolute, for the daemon
 		}
 	}
 	if err := checkFUSE(); err != nil {
@@ -112,14 +112,14 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 		switch {
 		case err != nil:
 			return err
-		case ok && strings.HasPrefix(mi.fsType, "fuse") && deadFUSE(abs):
+		case ok && strings.HasPrefix(mi.FSType, "fuse") && deadFUSE(abs):
 			stale = true
-		case ok && isOcifsOverlay(mi) && !daemonServes(e.g.cacheDir, abs):
+		case ok && fs.IsOverlay(mi) && !daemonServes(e.g.cacheDir, abs):
 			// The overlay outlives a daemon that died; its image files
 			// answer ENOTCONN.
 			stale = true
 		case ok:
-			return withHint(fmt.Errorf("mountpoint %s is already a mount point (%s)", abs, mi.fsType),
+			return withHint(fmt.Errorf("mountpoint %s is already a mount point (%s)", abs, mi.FSType),
 				"unmount it first: ocifs unmount "+abs)
 		}
 	}
@@ -358,23 +358,24 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	// A writable mount serves the image at a private lower directory and
 	// the overlay at dir; claim the upper before the layers load.
 	fuseDir := dir
-	var ul *upperLock
+	var ul *fs.Upper
 	if o.writable {
 		d, err := writableDirs(e.g.cacheDir, dir, o.upper)
 		if err == nil {
-			ul, err = claimUpper(log, d, dir, im.Ref(), im.Fetched().ManifestDigest, o.forceUpper)
+			ul, err = fs.ClaimUpper(d, fs.Claim{Image: im.Ref(), ManifestDigest: im.Fetched().ManifestDigest,
+				Mountpoint: dir, Force: o.forceUpper, Logger: log})
 		}
 		if err == nil {
-			err = os.MkdirAll(d.lower, 0o700)
+			err = os.MkdirAll(d.Lower, 0o700)
 		}
 		if err != nil {
 			if ul != nil {
-				ul.release(log)
+				ul.Release()
 			}
 			im.Close()
 			return err
 		}
-		fuseDir = d.lower
+		fuseDir = d.Lower
 	}
 	// fail undoes what was started when serving cannot begin.
 	fail := func(m *fs.Mount, err error) error {
@@ -382,7 +383,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 			unmountServed(log, m, m.Dir)
 		}
 		if ul != nil {
-			ul.release(log)
+			ul.Release()
 		}
 		im.Close()
 		return err
@@ -408,8 +409,8 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		return fail(nil, withHint(err, needFUSE))
 	}
 	if ul != nil {
-		if err := ul.mountOverlay(log, dir, im.Ref(), im.Fetched().ManifestDigest, o); err != nil {
-			ul.undo(log, m, dir)
+		if err := ul.Mount(fs.OverlayOptions{Suid: o.suid, Dev: o.dev}); err != nil {
+			undo(log, ul, m, dir)
 			return fail(nil, err)
 		}
 	}
@@ -427,7 +428,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	if err != nil {
 		if ul != nil {
-			ul.undo(log, m, dir)
+			undo(log, ul, m, dir)
 			return fail(nil, err)
 		}
 		return fail(m, err)
@@ -453,7 +454,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		if ul != nil {
 			// The overlay holds the only reference to the FUSE view:
 			// unmounting it ends both, in that order.
-			unmountOverlay(log, dir)
+			fs.UnmountOverlay(log, dir)
 			waitGone(log, m, gone, dir)
 		} else if unmountServed(log, m, dir) {
 			// Detached lazily: open files are served until they close,
@@ -479,7 +480,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	srv.close()
 	removeState(p)
 	if ul != nil {
-		ul.release(log)
+		ul.Release()
 	}
 	err = im.Close()
 	log.Info("mount ended", "path", dir)
