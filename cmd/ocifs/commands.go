@@ -327,6 +327,11 @@ open under MOUNTPOINT the kernel answers "busy": close them and leave the
 directory, or use --lazy to detach now (the daemon exits when the last file
 closes). A mount whose daemon died is unmounted too.
 
+The mount is found from MOUNTPOINT alone: its daemon records itself in
+/run/ocifs/mounts (for root; $XDG_RUNTIME_DIR/ocifs otherwise), naming the
+--cache-dir it uses, so --cache-dir need not be repeated (it is still
+accepted, and looked in first).
+
 Examples:
   ocifs unmount /mnt/app
   ocifs unmount --lazy /mnt/app
@@ -336,7 +341,9 @@ const statsHelp = `
 Show what the mount at MOUNTPOINT fetched (blob, TOC and index bytes, HTTP
 requests), served (bytes read through the mount), how the cache answered and
 whether any verification failed, then one row per layer: its lazy mode, size,
-bytes fetched, and whether its blob is complete and verified.
+bytes fetched, and whether its blob is complete and verified. The mount is
+found from MOUNTPOINT alone, whatever --cache-dir it was made with (see
+'ocifs unmount --help').
 
 Examples:
   ocifs stats /mnt/app

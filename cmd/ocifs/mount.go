@@ -197,6 +197,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	defer r.Close()
 
 	cmd := exec.Command("/proc/self/exe", daemonArgs(e.g, image, dir, o)...)
+	cmd.Args[0] = daemonName // ps shows argv[0]; main names the process after it
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 in the child
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -418,8 +419,9 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	srv, err := serveStats(p.sock, im)
 	if err == nil {
-		err = writeState(p.state, mountState{
+		err = publishState(p, mountState{
 			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ready != nil),
+			CacheDir: e.g.cacheDir,
 		})
 		if err != nil {
 			srv.close()
