@@ -75,7 +75,11 @@ type globals struct {
 	// digest annotation binds their TOC to the manifest (fs.Options.InsecureLazy).
 	insecureLazy bool
 	logLevel     string
-	help         bool
+	// hostsDir and registriesConf configure registry mirrors
+	// (fetch.Options.HostsDir, RegistriesConf); "" reads none.
+	hostsDir       string
+	registriesConf string
+	help           bool
 }
 
 func (g *globals) register(fs *pflag.FlagSet) {
@@ -83,6 +87,8 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.platform, "platform", "", "the `os/arch[/variant]` to pick from a multi-platform image (default: this machine)")
 	fs.BoolVar(&g.insecure, "insecure", false, "allow plain HTTP or unverified TLS for a non-loopback registry")
 	fs.BoolVar(&g.insecureLazy, "insecure-lazy", false, "serve eStargz and zstd:chunked layers lazily even when no digest annotation\nbinds their TOC to the manifest (by default such layers are fetched and verified whole)")
+	fs.StringVar(&g.hostsDir, "hosts-dir", "", "registry mirrors from a containerd hosts `DIR` (one directory per registry with a hosts.toml:\nmirrors in order, server, capabilities, ca, skip_verify, header), usually "+fetch.DefaultHostsDir+";\na mirror that fails hands the request to the next host, and digests make any mirror safe (default: none)")
+	fs.StringVar(&g.registriesConf, "registries-conf", "", "registry mirrors, rewrites and blocks from a containers-registries.conf(5) `FILE` and its FILE.d,\nusually "+fetch.DefaultRegistriesConf+" (default: none; names it matches do not use --hosts-dir)")
 	fs.StringVar(&g.logLevel, "log-level", "", "log lines on stderr at `LEVEL` and above: debug, info, warn or error\n(default info for mount, warn for the other commands)")
 	fs.BoolVarP(&g.help, "help", "h", false, "show help")
 }
@@ -229,8 +235,13 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	if g.cacheDir == "" {
 		return &usageError{cmd: cmd, msg: "--cache-dir: empty directory name"}
 	}
-	if abs, err := filepath.Abs(g.cacheDir); err == nil {
-		g.cacheDir = abs
+	for _, p := range []*string{&g.cacheDir, &g.hostsDir, &g.registriesConf} {
+		if *p == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(*p); err == nil {
+			*p = abs
+		}
 	}
 	e.log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 	if runner == nil {
@@ -294,10 +305,16 @@ func parseLevel(s string, daemon bool) (slog.Level, error) {
 
 // newClient opens the cache and returns a fetch client for the global flags.
 func newClient(e *env) (*fetch.Client, error) {
-	return fetch.New(fetch.Options{
-		CacheDir: e.g.cacheDir,
-		Platform: e.g.platform,
-		Insecure: e.g.insecure,
-		Logger:   e.log,
+	c, err := fetch.New(fetch.Options{
+		CacheDir:       e.g.cacheDir,
+		Platform:       e.g.platform,
+		Insecure:       e.g.insecure,
+		Logger:         e.log,
+		HostsDir:       e.g.hostsDir,
+		RegistriesConf: e.g.registriesConf,
 	})
+	if err != nil && (e.g.hostsDir != "" || e.g.registriesConf != "") && !errors.Is(err, fetch.ErrNotFound) {
+		return nil, withHint(err, "fix the mirror configuration (--hosts-dir, --registries-conf) or leave it out")
+	}
+	return c, err
 }

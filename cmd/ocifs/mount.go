@@ -266,6 +266,12 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if g.logLevel != "" {
 		args = append(args, "--log-level="+g.logLevel)
 	}
+	if g.hostsDir != "" {
+		args = append(args, "--hosts-dir="+g.hostsDir)
+	}
+	if g.registriesConf != "" {
+		args = append(args, "--registries-conf="+g.registriesConf)
+	}
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
 	if o.rate != "" {
 		args = append(args, "--prefetch-rate="+o.rate)
