@@ -106,6 +106,8 @@ type mountState struct {
 	// CacheDir is the mount's --cache-dir, for a command that finds the
 	// mount through its run record.
 	CacheDir string `json:"cache_dir,omitempty"`
+	// Metrics is the address of its Prometheus metrics, if it serves them.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // publishState records st where commands look for it: in the cache's
@@ -457,7 +459,13 @@ func runStats(ctx context.Context, e *env, dir string, asJSON bool) error {
 	if err := json.Unmarshal(body, &s); err != nil {
 		return fmt.Errorf("stats %s: daemon answer: %w", abs, err)
 	}
-	return printStats(e.stdout, &s)
+	if err := printStats(e.stdout, &s); err != nil {
+		return err
+	}
+	if st.Metrics != "" {
+		_, err = fmt.Fprintf(e.stdout, "\nmetrics: http://%s/metrics\n", st.Metrics)
+	}
+	return err
 }
 
 // getStats asks a mount daemon for its stats over its unix socket.

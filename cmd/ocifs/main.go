@@ -98,6 +98,8 @@ type env struct {
 	stdout, stderr io.Writer
 	g              *globals
 	log            *slog.Logger
+	// onRange, when set, observes the fetch clients' range reads (metrics).
+	onRange func(fetch.RangeRead)
 }
 
 // run executes one ocifs command line (without the program name), printing
@@ -312,6 +314,7 @@ func newClient(e *env) (*fetch.Client, error) {
 		Logger:         e.log,
 		HostsDir:       e.g.hostsDir,
 		RegistriesConf: e.g.registriesConf,
+		ObserveRange:   e.onRange,
 	})
 	if err != nil && (e.g.hostsDir != "" || e.g.registriesConf != "") && !errors.Is(err, fetch.ErrNotFound) {
 		return nil, withHint(err, "fix the mirror configuration (--hosts-dir, --registries-conf) or leave it out")

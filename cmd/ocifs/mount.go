@@ -42,8 +42,9 @@ type mountOpts struct {
 	upper       string
 	forceUpper  bool // --force-upper: reuse an upper made over another image
 	progressive bool
-	noPassthru  bool // --no-passthrough
-	readyFD     int  // set by the parent for its daemon: where to say "ok\n"
+	noPassthru  bool   // --no-passthrough
+	metricsAddr string // --metrics-address: serve Prometheus metrics there
+	readyFD     int    // set by the parent for its daemon: where to say "ok\n"
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -60,6 +61,7 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.BoolVar(&o.writable, "writable", false, "copy-on-write: changes go to an upper directory, the image stays read-only under it\n(the kernel's overlayfs over the read-only view; see Writable mounts below)")
 	set.StringVar(&o.upper, "upper", "", "with --writable, keep the changes in `DIR` (created if missing) for a later mount of the same image;\noverlayfs's work directory is DIR.work beside it (default: a fresh directory in the cache, removed at unmount)")
 	set.BoolVar(&o.forceUpper, "force-upper", false, "reuse an --upper DIR whose changes were made over a different image")
+	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; :0 picks a port,\nwhich 'ocifs stats' prints; default: none)")
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -279,6 +281,9 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if o.upper != "" {
 		args = append(args, "--upper="+o.upper)
 	}
+	if o.metricsAddr != "" {
+		args = append(args, "--metrics-address="+o.metricsAddr)
+	}
 	for _, f := range []struct {
 		on   bool
 		name string
@@ -352,6 +357,12 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		removeState(p)
 		cleanWritable(log, e.g.cacheDir, dir)
 	}
+	start := time.Now()
+	mx, err := startMetrics(e, o.metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer mx.close()
 	client, err := newClient(e)
 	if err != nil {
 		return err
@@ -362,6 +373,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if err != nil {
 		return err
 	}
+	mx.add(client, im)
 	// A writable mount serves the image at a private lower directory and
 	// the overlay at dir; claim the upper before the layers load.
 	fuseDir := dir
@@ -427,7 +439,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if err == nil {
 		err = publishState(p, mountState{
 			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ready != nil),
-			CacheDir: e.g.cacheDir,
+			CacheDir: e.g.cacheDir, Metrics: mx.address(),
 		})
 		if err != nil {
 			srv.close()
@@ -440,6 +452,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		}
 		return fail(m, err)
 	}
+	mx.ready(time.Since(start))
 	if ready != nil {
 		_, _ = io.WriteString(ready, "ok\n")
 		ready.Close()
