@@ -114,6 +114,7 @@ func (c *Cache) Open(d digest.Digest) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("cache: blob %s: %w", d, err)
 	}
+	c.touch(KindBlob, d)
 	return f, nil
 }
 
@@ -317,6 +318,7 @@ func (c *Cache) OpenIndex(layer digest.Digest) (f *os.File, r *io.SectionReader,
 		}
 		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
 	}
+	c.touch(KindIndex, layer)
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -417,6 +419,7 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 		if err := removeTreeDir(p); err != nil {
 			return fmt.Errorf("cache: %s %s: %w", kind, d, err)
 		}
+		c.unuse(kind, d)
 		return nil
 	default:
 		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q or %q)", kind, KindBlob, KindIndex, KindTree)
@@ -428,6 +431,7 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 	if kind == KindBlob {
 		c.unstamp(d)
 	}
+	c.unuse(kind, d)
 	if err := os.Remove(p); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache: %s %s: %w", kind, d, ErrNotFound)

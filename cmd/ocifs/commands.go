@@ -458,12 +458,24 @@ through the layer's verified blob and extracts the tree again next time.
 
   ocifs cache ls                       kind, digest, size and mtime of each entry
   ocifs cache du                       total size and count per kind
-  ocifs cache prune                    remove entries older than 30 days
-  ocifs cache prune --older-than 7d    remove entries older than 7 days
+  ocifs cache prune                    remove entries not used for 30 days
+  ocifs cache prune --older-than 7d    remove entries not used for 7 days
+  ocifs cache prune --max-size 10G     remove the least recently used until 10 GiB are left
   ocifs cache prune --all              remove every entry
   ocifs cache verify                   hash every blob; exit status 1 if any was damaged
 
+Pruning by age or size never removes what a live mount uses (its manifest,
+config, layer indexes, and the layers it serves whole: each daemon pins them
+for as long as it lives), nor an entry still being written; what a mount can
+fetch again and check (spans, chunks, blobs of layers read by span, extracted
+trees) may go, and is fetched again when read. An entry's age counts from its
+last use. A daemon started with --cache-max SIZE trims the cache so every
+10 seconds. Pruning also removes the logs of mounts that are gone (not
+written for --older-than; all of them with --all); a live daemon's log is
+rotated to <name>.log.1 past 8 MiB.
+
 Examples:
   ocifs cache du
+  ocifs cache prune --max-size 20G --older-than 14d
   ocifs --cache-dir /tmp/ocifs cache prune --all
 `

@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -42,9 +43,11 @@ type mountOpts struct {
 	upper       string
 	forceUpper  bool // --force-upper: reuse an upper made over another image
 	progressive bool
-	noPassthru  bool   // --no-passthrough
-	metricsAddr string // --metrics-address: serve Prometheus metrics there
-	readyFD     int    // set by the parent for its daemon: where to say "ok\n"
+	noPassthru  bool      // --no-passthrough
+	metricsAddr string    // --metrics-address: serve Prometheus metrics there
+	cacheMax    sizeValue // --cache-max: keep the cache under this many bytes
+	trimEvery   time.Duration
+	readyFD     int // set by the parent for its daemon: where to say "ok\n"
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -62,6 +65,9 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.StringVar(&o.upper, "upper", "", "with --writable, keep the changes in `DIR` (created if missing) for a later mount of the same image;\noverlayfs's work directory is DIR.work beside it (default: a fresh directory in the cache, removed at unmount)")
 	set.BoolVar(&o.forceUpper, "force-upper", false, "reuse an --upper DIR whose changes were made over a different image")
 	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; :0 picks a port,\nwhich 'ocifs stats' prints; default: none)")
+	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G) while mounted: least recently used entries first,\nnever what a live mount uses nor one being written (default: no bound)")
+	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
+	_ = set.MarkHidden("cache-trim-interval")
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -178,6 +184,9 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	if err != nil {
 		return err
 	}
+	if _, err := rotateLog(p.log, logMax); err != nil {
+		e.log.Warn("rotate log", "path", p.log, "err", err)
+	}
 	logf, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("mount: open log: %w", err)
@@ -284,6 +293,9 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if o.metricsAddr != "" {
 		args = append(args, "--metrics-address="+o.metricsAddr)
 	}
+	if o.cacheMax > 0 {
+		args = append(args, "--cache-max="+strconv.FormatInt(int64(o.cacheMax), 10), "--cache-trim-interval="+o.trimEvery.String())
+	}
 	for _, f := range []struct {
 		on   bool
 		name string
@@ -374,6 +386,26 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		return err
 	}
 	mx.add(client, im)
+	// What this mount uses stays in the cache while it lives, whatever
+	// trims it (this daemon's --cache-max, another's, cache prune).
+	pin, err := client.Cache().Pin(mountName(dir), mountPins(im))
+	if err != nil {
+		im.Close()
+		return err
+	}
+	defer pin.Release()
+	bg, stopBg := context.WithCancel(context.Background())
+	var bgWait sync.WaitGroup
+	defer func() {
+		stopBg()
+		bgWait.Wait()
+	}()
+	if o.cacheMax > 0 {
+		bgWait.Go(func() { boundCache(bg, log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
+	}
+	if ready != nil {
+		bgWait.Go(func() { keepLogRotated(bg, log, p.log) })
+	}
 	// A writable mount serves the image at a private lower directory and
 	// the overlay at dir; claim the upper before the layers load.
 	fuseDir := dir
