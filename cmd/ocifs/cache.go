@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -229,6 +230,24 @@ func runVerify(ctx context.Context, e *env) error {
 	var n, bad, trees int
 	var size int64
 	var errs []error
+	var total int64
+	nblobs := 0
+	for _, en := range ents {
+		if en.Kind == fetch.KindBlob {
+			total += en.Size
+			nblobs++
+		}
+	}
+	var hashed, blobs atomic.Int64
+	r := newReporter(e)
+	stop := r.track("cache verify", true, func() (int64, int64, string) {
+		return hashed.Load(), total, fmt.Sprintf("%d/%d blobs", blobs.Load(), nblobs)
+	})
+	done := func() {
+		stop(ctx.Err() == nil)
+		r.wait()
+	}
+	defer done() // for an early return; once done, again does nothing
 	for _, en := range ents {
 		if en.Kind == fetch.KindTree {
 			// A tree's files have no digests of their own to check: drop it,
@@ -255,6 +274,8 @@ func runVerify(ctx context.Context, e *env) error {
 		}
 		err = c.VerifyAll(f, en.Digest)
 		f.Close()
+		hashed.Add(en.Size)
+		blobs.Add(1)
 		var de *fetch.DigestError
 		if err == nil || errors.As(err, &de) {
 			n++
@@ -271,6 +292,7 @@ func runVerify(ctx context.Context, e *env) error {
 			errs = append(errs, err)
 		}
 	}
+	done()
 	fmt.Fprintf(e.stdout, "verified %d blobs, %s (%d bytes): %d damaged\n", n, humanBytes(size), size, bad)
 	if trees > 0 {
 		fmt.Fprintf(e.stdout, "dropped %d extracted layer trees: the next mount extracts them again from their verified blobs\n", trees)

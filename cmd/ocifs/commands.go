@@ -284,7 +284,8 @@ With --prefetch=none an index taken from the registry is trusted for its
 span digests alone until a layer is fetched whole: every span served is
 still checked against its digest, but the index itself is not re-checked.
 
-Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
+While the daemon streams layers before the mount can answer, 'ocifs mount'
+shows how far they are (--progress). Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
 is cleaned up first. The mount is nosuid and nodev unless --suid / --dev.
 
 Writable mounts: --writable mounts the kernel's overlayfs at MOUNTPOINT, with
@@ -391,7 +392,8 @@ const pullHelp = `
 Fetch every layer and unpack the merged root file system into DIR (which must
 be empty or absent): the same tree a full pull and unpack gives, with owners,
 modes, xattrs, devices and hardlinks. Needs root to set owners and create
-devices. Prints a one-line summary on stderr.
+devices. Shows its progress on stderr (bars on a terminal, a line every 5s
+otherwise, nothing with --progress=none), then prints a one-line summary.
 
 Examples:
   ocifs pull alpine:3.20 /srv/rootfs

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -79,7 +80,11 @@ type globals struct {
 	// (fetch.Options.HostsDir, RegistriesConf); "" reads none.
 	hostsDir       string
 	registriesConf string
-	help           bool
+	// progress is --progress (auto, plain, none); progressEvery is how
+	// often plain progress prints a line.
+	progress      string
+	progressEvery time.Duration
+	help          bool
 }
 
 func (g *globals) register(fs *pflag.FlagSet) {
@@ -89,6 +94,9 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&g.insecureLazy, "insecure-lazy", false, "serve eStargz and zstd:chunked layers lazily even when no digest annotation\nbinds their TOC to the manifest (by default such layers are fetched and verified whole)")
 	fs.StringVar(&g.hostsDir, "hosts-dir", "", "registry mirrors from a containerd hosts `DIR` (one directory per registry with a hosts.toml:\nmirrors in order, server, capabilities, ca, skip_verify, header), usually "+fetch.DefaultHostsDir+";\na mirror that fails hands the request to the next host, and digests make any mirror safe (default: none)")
 	fs.StringVar(&g.registriesConf, "registries-conf", "", "registry mirrors, rewrites and blocks from a containers-registries.conf(5) `FILE` and its FILE.d,\nusually "+fetch.DefaultRegistriesConf+" (default: none; names it matches do not use --hosts-dir)")
+	fs.StringVar(&g.progress, "progress", progressAuto, "progress of long work (pull, index build, cache verify, a mount streaming its layers) on stderr:\n`auto` (bars on a terminal, else plain), plain (a line every 5s) or none")
+	fs.DurationVar(&g.progressEvery, "progress-interval", defaultProgressEvery, "how often plain progress prints a line")
+	_ = fs.MarkHidden("progress-interval")
 	fs.StringVar(&g.logLevel, "log-level", "", "log lines on stderr at `LEVEL` and above: debug, info, warn or error\n(default info for mount, warn for the other commands)")
 	fs.BoolVarP(&g.help, "help", "h", false, "show help")
 }
@@ -229,6 +237,9 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	}
 	if _, err := fetch.ParsePlatform(g.platform); err != nil {
 		return &usageError{cmd: cmd, msg: "--platform: " + err.Error()}
+	}
+	if err := checkProgress(g.progress); err != nil {
+		return &usageError{cmd: cmd, msg: err.Error()}
 	}
 	level, err := parseLevel(g.logLevel, cmd.daemon)
 	if err != nil {

@@ -219,12 +219,11 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	}
 	e.log.Debug("mount daemon started", "pid", cmd.Process.Pid, "log", p.log)
 
+	lp := newLoadProgress(e, image)
 	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
-		got <- b
-	}()
+	go func() { got <- lp.read(r) }()
 	var msg []byte
+	defer lp.stop(false)
 	select {
 	case <-ctx.Done():
 		// The daemon runs in its own session, so the terminal's Ctrl-C did
@@ -235,6 +234,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 		return fmt.Errorf("mount %s: interrupted; stopped the mount daemon (pid %d): %w", dir, cmd.Process.Pid, ctx.Err())
 	case msg = <-got:
 	}
+	lp.stop(string(msg) == "ok\n")
 	if string(msg) == "ok\n" {
 		extra := ""
 		if o.writable {
@@ -446,7 +446,10 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		}
 	}
 	logPlan(log, im)
-	if err := im.Load(ctx); err != nil {
+	stopLoadProgress := sendLoadProgress(ready, im)
+	err = im.Load(ctx)
+	stopLoadProgress()
+	if err != nil {
 		return fail(nil, fmt.Errorf("load %s: %w", im.Ref(), err))
 	}
 	// The merged tree holds what serving needs: a long-lived mount need not
