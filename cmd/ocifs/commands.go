@@ -181,6 +181,14 @@ may use plain HTTP. Credentials come from docker/podman login.
 
 Global flags (before or after the command):
 %s
+Every flag can be set in /etc/ocifs/config.toml (--config FILE): global
+flags at the top, a command's under [mount], [cache.prune] and so on, spelled
+as on the command line without dashes; the command line wins:
+
+  cache-dir = "/var/cache/ocifs"
+  [mount]
+  cache-max = "20G"
+
 Logs go to stderr. A mount's daemon writes its log to
 <cache-dir>/mounts/<name>.log; 'ocifs mount' prints the path.
 

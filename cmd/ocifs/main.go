@@ -84,7 +84,11 @@ type globals struct {
 	// often plain progress prints a line.
 	progress      string
 	progressEvery time.Duration
-	help          bool
+	// config is --config; configRead the file whose settings were applied
+	// ("" for none), which a mount's daemon is told to read too.
+	config     string
+	configRead string
+	help       bool
 }
 
 func (g *globals) register(fs *pflag.FlagSet) {
@@ -98,6 +102,7 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&g.progressEvery, "progress-interval", defaultProgressEvery, "how often plain progress prints a line")
 	_ = fs.MarkHidden("progress-interval")
 	fs.StringVar(&g.logLevel, "log-level", "", "log lines on stderr at `LEVEL` and above: debug, info, warn or error\n(default info for mount, warn for the other commands)")
+	fs.StringVar(&g.config, "config", "", "read flag settings from the TOML `FILE` (default "+defaultConfig+" if it exists):\nglobal flags at the top, a command's under [COMMAND]; the command line wins")
 	fs.BoolVarP(&g.help, "help", "h", false, "show help")
 }
 
@@ -230,6 +235,9 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	}
 	if g.help {
 		return printCommandHelp(e.stdout, cmd)
+	}
+	if err := loadConfig(g, cmd, fs); err != nil {
+		return err
 	}
 	pos := fs.Args()
 	if len(pos) < cmd.minArgs || (cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs) {

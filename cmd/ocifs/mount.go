@@ -265,6 +265,11 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 // with absolute paths, so nothing depends on how the user wrote them.
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	args := []string{"--cache-dir=" + g.cacheDir}
+	if g.configRead != "" {
+		// The daemon reads the same file; what the command line set is
+		// spelled out below and wins, as it did here.
+		args = append(args, "--config="+g.configRead)
+	}
 	if g.platform != "" {
 		args = append(args, "--platform="+g.platform)
 	}
