@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/internal/sdnotify"
 )
 
 // needFUSE is the hint for a mount that cannot reach the kernel.
@@ -212,6 +214,9 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 in the child
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The daemon answers to this command, not to a service manager that
+	// may have started it: only a unit's main process says READY.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, sdnotify.Env+"=") })
 	err = cmd.Start()
 	w.Close() // the child holds the only write end now: EOF means it is gone
 	if err != nil {
@@ -499,6 +504,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		ready = nil
 	}
 	fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d)\n", im.Ref(), dir, os.Getpid())
+	notify(log, func() (bool, error) { return sdnotify.Ready("serving " + im.Ref() + " at " + dir) })
 
 	gone := make(chan struct{})
 	go func() {
@@ -511,6 +517,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	select {
 	case <-ctx.Done():
 		log.Info("signal received; unmounting", "path", dir)
+		notify(log, sdnotify.Stopping)
 		if ul != nil {
 			// The overlay holds the only reference to the FUSE view:
 			// unmounting it ends both, in that order.
@@ -701,4 +708,12 @@ func daemonServes(cacheDir, dir string) bool {
 	}
 	st, err := readState(p)
 	return err == nil && isDaemon(st.PID)
+}
+
+// notify tells the service manager (systemd's NOTIFY_SOCKET, when a unit of
+// Type=notify runs this mount in the foreground) how the mount is doing.
+func notify(log *slog.Logger, send func() (bool, error)) {
+	if _, err := send(); err != nil {
+		log.Warn("tell the service manager", "err", err)
+	}
 }
