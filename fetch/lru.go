@@ -41,9 +41,16 @@ const (
 	touchEvery = time.Minute
 )
 
-// touched remembers, per cache directory, when this process last renewed
-// each use stamp, so that a read loop does not write one per read.
-var touched sync.Map // string (stamp path) -> time.Time
+// touched remembers when this process last renewed each use stamp, so that
+// a read loop does not write one per read. It is bounded: past
+// maxTouched stamps it starts again (each then costs one more utimes), so an
+// image of a hundred thousand chunks does not grow it without end.
+var touched struct {
+	mu sync.Mutex
+	at map[string]time.Time // stamp path -> last renewal
+}
+
+const maxTouched = 4096
 
 // touch records that the entry of kind with digest d was just used.
 func (c *Cache) touch(kind string, d digest.Digest) {
@@ -52,10 +59,16 @@ func (c *Cache) touch(kind string, d digest.Digest) {
 		return
 	}
 	now := time.Now()
-	if last, ok := touched.Load(p); ok && now.Sub(last.(time.Time)) < touchEvery {
+	touched.mu.Lock()
+	if last, ok := touched.at[p]; ok && now.Sub(last) < touchEvery {
+		touched.mu.Unlock()
 		return
 	}
-	touched.Store(p, now)
+	if touched.at == nil || len(touched.at) >= maxTouched {
+		touched.at = make(map[string]time.Time)
+	}
+	touched.at[p] = now
+	touched.mu.Unlock()
 	if err := os.Chtimes(p, now, now); err == nil {
 		return
 	}
@@ -86,7 +99,9 @@ func (c *Cache) lastUse(e CacheEntry) time.Time {
 func (c *Cache) unuse(kind string, d digest.Digest) {
 	if p, err := c.path(filepath.Join(usedDir, kind), d); err == nil {
 		os.Remove(p)
-		touched.Delete(p)
+		touched.mu.Lock()
+		delete(touched.at, p)
+		touched.mu.Unlock()
 	}
 }
 
