@@ -46,6 +46,8 @@ const (
 // goroutines and processes.
 type Cache struct {
 	dir string
+	// added is signalled (never blocking) after an entry is installed.
+	added chan struct{}
 
 	hashed atomic.Int64 // bytes read by Verify's hashing, for tests
 }
@@ -61,7 +63,7 @@ func OpenCache(dir string) (*Cache, error) {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
 	}
-	c := &Cache{dir: dir}
+	c := &Cache{dir: dir, added: make(chan struct{}, 1)}
 	c.removeStale(time.Now().Add(-staleAfter))
 	return c, nil
 }
@@ -224,6 +226,7 @@ func (c *Cache) install(tmp, dst string) error {
 		d.Sync()
 		d.Close()
 	}
+	c.signalAdded()
 	return nil
 }
 

@@ -81,6 +81,21 @@ func (c *Cache) touch(kind string, d digest.Digest) {
 	}
 }
 
+// Added returns a channel that receives after entries were added to the
+// cache through c (one signal for any number of them), so that a daemon
+// keeping the cache bounded can trim soon after it grew.
+func (c *Cache) Added() <-chan struct{} { return c.added }
+
+func (c *Cache) signalAdded() {
+	if c.added == nil {
+		return
+	}
+	select {
+	case c.added <- struct{}{}:
+	default:
+	}
+}
+
 // lastUse is when the entry was last used: its use stamp's time, or the
 // entry's own mtime (when it was written) if that is later or no stamp
 // exists.

@@ -96,8 +96,9 @@ func mountPins(im *fs.Image) []fetch.PinEntry {
 const defaultTrimEvery = 10 * time.Second
 
 // boundCache keeps the cache under max bytes while ctx lives: it trims at
-// once and then every interval, least recently used first, never what a
-// live mount pins. It returns when ctx ends.
+// once, then every interval and soon after entries were added, least
+// recently used first, never what a live mount pins. It returns when ctx
+// ends.
 func boundCache(ctx context.Context, log *slog.Logger, cache *fetch.Cache, max int64, every time.Duration) {
 	warned := false
 	for {
@@ -114,10 +115,20 @@ func boundCache(ctx context.Context, log *slog.Logger, cache *fetch.Cache, max i
 		} else if !over {
 			warned = false
 		}
+		// Trim again after every, or soon after the cache grew, but
+		// not more often than soonest: a trim lists the whole cache.
+		soonest := time.After(min(every, time.Second))
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(every):
+			continue
+		case <-cache.Added():
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-soonest:
 		}
 	}
 }
