@@ -224,6 +224,7 @@ type Stats struct {
 	Requests     int64                   // HTTP requests sent (each attempt counts)
 	BytesFetched int64                   // body bytes received for manifests, configs, blobs and referrers lists (layout files included)
 	Blobs        map[digest.Digest]int64 // body bytes received per blob digest (and per manifest digest for FetchManifest)
+	BlobRequests map[digest.Digest]int64 // HTTP requests sent per blob digest (each attempt counts)
 }
 
 // Stats returns a snapshot of the client's counters.
@@ -234,6 +235,7 @@ func (c *Client) Stats() Stats {
 		Requests:     c.stats.requests.Load(),
 		BytesFetched: c.stats.bytes.Load(),
 		Blobs:        maps.Clone(c.stats.blobs),
+		BlobRequests: maps.Clone(c.stats.blobRequests),
 	}
 }
 

@@ -37,6 +37,9 @@ func TestObserveRange(t *testing.T) {
 	if _, err := im.FetchRange(ctx, desc, 100, 1000, digest.FromBytes(want)); err != nil {
 		t.Fatal(err)
 	}
+	if n := c.Stats().BlobRequests[desc.Digest]; n != 1 {
+		t.Errorf("Stats().BlobRequests[layer] = %d, want 1 (the range from the registry)", n)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != 2 {

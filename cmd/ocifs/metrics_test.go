@@ -121,8 +121,11 @@ func TestMountMetrics(t *testing.T) {
 	if d := delta("ocifs_fetch_bytes_total", "mode", "index"); d <= 0 {
 		t.Errorf("ocifs_fetch_bytes_total{mode=index} grew by %v", d)
 	}
-	if d := delta("ocifs_fetch_requests_total"); d < 1 {
-		t.Errorf("ocifs_fetch_requests_total grew by %v", d)
+	if d := delta("ocifs_fetch_requests_total", "mode", "index"); d < 1 {
+		t.Errorf("ocifs_fetch_requests_total{mode=index} grew by %v over reads of an index-mode layer", d)
+	}
+	if v, ok := metricValue(after, "ocifs_fetch_requests_total", "mode", "metadata"); !ok || v < 2 {
+		t.Errorf("ocifs_fetch_requests_total{mode=metadata} = %v (present %v), want the manifest and config requests", v, ok)
 	}
 	if d := delta("ocifs_cache_misses_total"); d < 1 {
 		t.Errorf("ocifs_cache_misses_total grew by %v over first reads", d)

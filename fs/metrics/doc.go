@@ -16,7 +16,7 @@
 //
 // # Metrics
 //
-//	ocifs_fetch_requests_total                HTTP requests sent to registries (each attempt)
+//	ocifs_fetch_requests_total{mode}          HTTP requests sent to registries (each attempt): per layer mode, "metadata" for the rest
 //	ocifs_fetch_bytes_total{mode}             body bytes received: per layer mode, "metadata" for manifests, configs, referrers
 //	ocifs_fetch_range_reads_total{source}     blob range reads: source="registry" or "cache"
 //	ocifs_fetch_range_errors_total            range reads that failed after their retries

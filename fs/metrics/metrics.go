@@ -55,8 +55,8 @@ type Metrics struct {
 
 // totals are the counters summed over every source since New.
 type totals struct {
-	requests, metaBytes          int64
-	modeBytes                    map[string]int64
+	modeRequests                 map[string]int64 // by layer mode, and metadata
+	modeBytes                    map[string]int64 // by layer mode, and metadata
 	served, passthrough          int64
 	hits, misses, verifyFailures int64
 }
@@ -64,6 +64,7 @@ type totals struct {
 type clientSeen struct {
 	requests, bytes int64
 	blobs           map[digest.Digest]int64
+	blobRequests    map[digest.Digest]int64
 	modes           map[digest.Digest]string // layer digest -> mode, from the images using the client
 }
 
@@ -85,7 +86,7 @@ func New(opts Options) *Metrics {
 		scanEach: opts.CacheScanInterval,
 		clients:  map[*fetch.Client]*clientSeen{},
 		images:   map[*fs.Image]*imageSeen{},
-		tot:      totals{modeBytes: map[string]int64{metadata: 0}},
+		tot:      totals{modeBytes: map[string]int64{metadata: 0}, modeRequests: map[string]int64{metadata: 0}},
 	}
 	if m.scanEach <= 0 {
 		m.scanEach = DefaultCacheScanInterval
@@ -146,7 +147,7 @@ func (m *Metrics) ObserveReady(d time.Duration) { m.ready.Observe(d.Seconds()) }
 func (m *Metrics) AddClient(c *fetch.Client) (remove func()) {
 	m.mu.Lock()
 	if m.clients[c] == nil {
-		m.clients[c] = &clientSeen{blobs: map[digest.Digest]int64{}, modes: map[digest.Digest]string{}}
+		m.clients[c] = &clientSeen{blobs: map[digest.Digest]int64{}, blobRequests: map[digest.Digest]int64{}, modes: map[digest.Digest]string{}}
 	}
 	m.mu.Unlock()
 	return func() {
@@ -203,7 +204,18 @@ func (m *Metrics) readClient(c *fetch.Client) {
 		return
 	}
 	s := c.Stats()
-	m.tot.requests += s.Requests - cs.requests
+	var reqDelta int64
+	for d, n := range s.BlobRequests {
+		mode, ok := cs.modes[d]
+		if !ok {
+			mode = metadata
+		}
+		delta := n - cs.blobRequests[d]
+		m.tot.modeRequests[mode] += delta
+		reqDelta += delta
+		cs.blobRequests[d] = n
+	}
+	m.tot.modeRequests[metadata] += s.Requests - cs.requests - reqDelta
 	var blobDelta int64
 	for d, n := range s.Blobs {
 		mode, ok := cs.modes[d]
@@ -256,7 +268,7 @@ func (m *Metrics) scanCache(now time.Time) {
 type collector Metrics
 
 var (
-	descRequests    = prometheus.NewDesc("ocifs_fetch_requests_total", "HTTP requests sent to registries (each attempt counts).", nil, nil)
+	descRequests    = prometheus.NewDesc("ocifs_fetch_requests_total", "HTTP requests sent to registries (each attempt counts), by the lazy mode of the layer asked for (metadata: manifests, configs, referrers, tokens).", []string{"mode"}, nil)
 	descFetchBytes  = prometheus.NewDesc("ocifs_fetch_bytes_total", "Body bytes received from registries and layouts, by the lazy mode of the layer they belong to (metadata: manifests, configs, referrers).", []string{"mode"}, nil)
 	descServed      = prometheus.NewDesc("ocifs_served_bytes_total", "Bytes read through the mount daemon (reads the kernel serves by passthrough bypass it).", nil, nil)
 	descPassthrough = prometheus.NewDesc("ocifs_passthrough_files_total", "Files handed to the kernel to read itself (FUSE passthrough).", nil, nil)
@@ -289,7 +301,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	counter(descRequests, m.tot.requests)
+	for mode, n := range m.tot.modeRequests {
+		counter(descRequests, n, mode)
+	}
 	for mode, n := range m.tot.modeBytes {
 		counter(descFetchBytes, n, mode)
 	}
