@@ -139,6 +139,7 @@ func TestMountMetrics(t *testing.T) {
 		{"ocifs_images", nil, 1},
 		{"ocifs_layers", []string{"mode", "index", "state", "partial"}, 1},
 		{"ocifs_layers", []string{"mode", "whole"}, 1},
+		{"ocifs_background_layers", []string{"mode", "index"}, 1}, // --prefetch=none: never fetched whole
 		{"ocifs_cache_entries", []string{"kind", "blob"}, 1},
 		{"ocifs_cache_bytes", []string{"kind", "blob"}, 1},
 		{"ocifs_fetch_bytes_total", []string{"mode", "metadata"}, 1},

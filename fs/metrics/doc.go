@@ -27,7 +27,8 @@
 //	ocifs_cache_misses_total                  span and chunk reads that had to fetch
 //	ocifs_verify_failures_total               bytes refused because their digest did not match (EIO)
 //	ocifs_images                              images being served
-//	ocifs_layers{mode,state}                  their layers: state complete (verified whole), partial, pending (background work left)
+//	ocifs_layers{mode,state}                  their layers: state complete (verified whole) or partial
+//	ocifs_background_layers{mode}             of those, the layers with background work left
 //	ocifs_background_pending_bytes            compressed bytes of layers the background has not fetched yet
 //	ocifs_mount_ready_seconds                 histogram: from start to a mount answering
 //	ocifs_cache_bytes{kind}, ocifs_cache_entries{kind}  the cache's size, scanned at most every CacheScanInterval

@@ -276,7 +276,8 @@ var (
 	descMisses      = prometheus.NewDesc("ocifs_cache_misses_total", "Span and chunk reads that had to be fetched.", nil, nil)
 	descVerify      = prometheus.NewDesc("ocifs_verify_failures_total", "Reads refused because bytes did not match their digest (EIO to the reader).", nil, nil)
 	descImages      = prometheus.NewDesc("ocifs_images", "Images being served.", nil, nil)
-	descLayers      = prometheus.NewDesc("ocifs_layers", "Layers of the images being served, by lazy mode and state (complete: whole and verified; partial: not yet; pending: background work left).", []string{"mode", "state"}, nil)
+	descLayers      = prometheus.NewDesc("ocifs_layers", "Layers of the images being served, by lazy mode and state (complete: whole and verified; partial: not yet).", []string{"mode", "state"}, nil)
+	descBgLayers    = prometheus.NewDesc("ocifs_background_layers", "Layers of the images being served with background work left (fetch, checks, extraction), by lazy mode.", []string{"mode"}, nil)
 	descPending     = prometheus.NewDesc("ocifs_background_pending_bytes", "Compressed bytes of layers with background work left that are not fetched yet.", nil, nil)
 	descCacheBytes  = prometheus.NewDesc("ocifs_cache_bytes", "Bytes in the cache by kind (blob, index, tree), as of its last scan.", []string{"kind"}, nil)
 	descCacheEnts   = prometheus.NewDesc("ocifs_cache_entries", "Entries in the cache by kind, as of its last scan.", []string{"kind"}, nil)
@@ -285,7 +286,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descFetchBytes, descServed, descPassthrough, descHits, descMisses,
-		descVerify, descImages, descLayers, descPending, descCacheBytes, descCacheEnts, descCacheErr} {
+		descVerify, descImages, descLayers, descBgLayers, descPending, descCacheBytes, descCacheEnts, descCacheErr} {
 		ch <- d
 	}
 }
@@ -316,6 +317,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descImages, float64(len(m.images)))
 	type key struct{ mode, state string }
 	layers := map[key]int{}
+	background := map[string]int{}
 	var pending int64
 	for _, seen := range m.images {
 		for _, l := range seen.stats.Layers {
@@ -325,7 +327,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			layers[key{l.Mode, state}]++
 			if !l.Settled {
-				layers[key{l.Mode, "pending"}]++
+				background[l.Mode]++
 				if !l.Complete {
 					pending += max(l.Size-l.BytesFetched, 0)
 				}
@@ -334,6 +336,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range layers {
 		gauge(descLayers, float64(n), k.mode, k.state)
+	}
+	for mode, n := range background {
+		gauge(descBgLayers, float64(n), mode)
 	}
 	gauge(descPending, float64(pending))
 
