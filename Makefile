@@ -19,7 +19,7 @@ DEBS := docker-registry umoci skopeo attr busybox-static containerd runc
 # (fs/store/podmantest); it depends on conmon, runc and containers-common.
 DEBS_NORECOMMENDS := podman
 
-.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2
+.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2 install uninstall
 
 all: build
 
@@ -122,3 +122,31 @@ bench-go: deps
 
 clean:
 	rm -rf bin
+
+# make install: the binary into $(DESTDIR)$(BINDIR) and every unit under
+# cmd/ocifs/systemd into $(DESTDIR)$(UNITDIR), with @BINDIR@ in them replaced
+# by BINDIR; then, when systemd runs this machine and DESTDIR is empty,
+# systemctl daemon-reload. Enable a unit with systemctl enable --now
+# (see the README's "Operating ocifs").
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITS := $(wildcard cmd/ocifs/systemd/*.service cmd/ocifs/systemd/*.socket)
+
+install:
+	@command -v $(GO) >/dev/null || { echo "Go 1.26+ is required (https://go.dev/doc/install)"; exit 1; }
+	$(GO) build -o $(BIN) ./cmd/ocifs
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/ocifs
+	@for u in $(UNITS); do \
+		echo "install $$u -> $(DESTDIR)$(UNITDIR)/$$(basename $$u)"; \
+		install -d $(DESTDIR)$(UNITDIR) && \
+		sed 's|@BINDIR@|$(BINDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp && \
+		mv $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/ocifs
+	@for u in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -303,12 +303,12 @@ func catFlags(set *pflag.FlagSet) runFunc {
 func pullFlags(set *pflag.FlagSet) runFunc {
 	return func(ctx context.Context, e *env, args []string) error {
 		start := time.Now()
-		im, err := loadImage(ctx, e, args[0])
+		im, err := resolveImage(ctx, e, args[0])
 		if err != nil {
 			return err
 		}
 		defer im.Close()
-		if err := im.Pull(ctx, args[1]); err != nil {
+		if err := pullWithProgress(ctx, e, im, args[1]); err != nil {
 			return err
 		}
 		c := countTree(im.Tree())
