@@ -1,0 +1,176 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ocifs/ocifs/fs/fstest"
+)
+
+// mountLayerFS mounts a LayerFS under t.TempDir(), unmounted at cleanup.
+func mountLayerFS(t *testing.T) *LayerFS {
+	t.Helper()
+	fstest.RequireFUSE(t)
+	l, err := MountLayerFS(filepath.Join(t.TempDir(), "layers"), LayerFSOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("MountLayerFS: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	})
+	return l
+}
+
+// TestLayerFSOverlayEqualsUmoci serves every layer's view of an image in
+// one LayerFS, mounts the kernel's overlayfs over those directories and
+// compares it with umoci's unpack, as TestLayerViewsOverlayEqualsUmoci
+// does with the views written to disk: the FUSE directories are lower
+// directories overlayfs takes as they are (whiteout devices, the opaque
+// xattr, hardlinks), and their bytes come through the image's read path.
+func TestLayerFSOverlayEqualsUmoci(t *testing.T) {
+	fstest.RequireRoot(t)
+	l := mountLayerFS(t)
+	type image struct {
+		name     string
+		layers   []fstest.Layer
+		unstable []string
+	}
+	images := []image{{"corners", linkAttrsOfTargets(fstest.Corners()), fstest.CornerUnstableMtimes}}
+	for seed := int64(1); seed <= 4; seed++ {
+		images = append(images, image{fmt.Sprintf("random-%d", seed), linkAttrsOfTargets(fstest.Random(seed, 40+int(seed)*10)), nil})
+	}
+	inos := map[uint64]string{} // inode number → the name of the tree giving it, across the mount
+	for ii, img := range images {
+		t.Run(img.name, func(t *testing.T) {
+			b := buildLayers(t, img.layers)
+			layout := t.TempDir()
+			if err := b.img.WriteLayout(layout, "v1"); err != nil {
+				t.Fatal(err)
+			}
+			im := loadImage(t, newClient(t, "", nil), "oci:"+layout+":v1")
+			views, err := im.LayerViews()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lowers []string
+			for i := range views {
+				name := strconv.Itoa(ii) + "-" + strconv.Itoa(i)
+				dir, err := l.Add(name, im, i)
+				if err != nil {
+					t.Fatalf("Add(%s): %v", name, err)
+				}
+				t.Cleanup(func() {
+					if err := l.Remove(name); err != nil {
+						t.Errorf("Remove(%s): %v", name, err)
+					}
+				})
+				lowers = append(lowers, dir)
+				if err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+					if err != nil {
+						return err
+					}
+					ino := fi.Sys().(*syscall.Stat_t).Ino
+					if other, ok := inos[ino]; ok && other != name {
+						t.Errorf("inode %d in trees %s and %s (%s)", ino, other, name, p)
+					}
+					inos[ino] = name
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mnt := mountOverlay(t, lowers)
+			merged := im.Tree()
+			want := fstest.UmociUnpack(t, layout, "v1")
+			diffs := fstest.CompareTrees(mnt, want, fstest.CompareOptions{IgnoreMtimePaths: img.unstable})
+			got, err := fstest.Manifest(mnt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			facts := newOverlayFacts(views, merged, got)
+			explained := 0
+			for _, d := range diffs {
+				if why := facts.explain(d); why != "" {
+					explained++
+					continue
+				}
+				t.Errorf("overlay of the LayerFS directories vs umoci: %s", d)
+			}
+			if len(got) < 10 {
+				t.Errorf("the overlay shows %d paths: not the image", len(got))
+			}
+			t.Logf("%d paths, %d differences that are overlayfs facts", len(got), explained)
+		})
+	}
+}
+
+// TestLayerFSNames: Add refuses a name twice and a path, Remove makes the
+// name vanish (the kernel is told), and a name added after others lists
+// with them.
+func TestLayerFSNames(t *testing.T) {
+	fstest.RequireRoot(t)
+	l := mountLayerFS(t)
+	im := loadImage(t, newClient(t, "", nil), layoutRef(t, fstest.Corners()))
+	dir, err := l.Add("7", im, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc/passwd")); err != nil {
+		t.Fatalf("a file of layer 0: %v", err)
+	}
+	if _, err := l.Add("7", im, 1); !errors.Is(err, os.ErrExist) {
+		t.Errorf("Add of a name served: %v, want ErrExist", err)
+	}
+	for _, bad := range []string{"", "..", "a/b"} {
+		if _, err := l.Add(bad, im, 0); err == nil {
+			t.Errorf("Add(%q) succeeded", bad)
+		}
+	}
+	if _, err := l.Add("8", im, 99); err == nil {
+		t.Errorf("Add of layer 99 succeeded")
+	}
+	if _, err := l.Add("9", im, 1); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"7", "9"}) {
+		t.Errorf("ReadDir = %v, want [7 9]", names)
+	}
+	if err := l.Remove("7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Stat of a removed name: %v, want not exist", err)
+	}
+	if err := l.Remove("7"); err != nil {
+		t.Errorf("second Remove: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(l.Dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	var mst unix.Stat_t
+	if err := unix.Stat(filepath.Join(l.Dir, "9"), &mst); err != nil {
+		t.Fatal(err)
+	}
+	if mst.Ino>>32 == 0 {
+		t.Errorf("root of a tree has inode %d: not in a slot of its own", mst.Ino)
+	}
+}
