@@ -186,9 +186,11 @@ func (l *LayerFS) Names() []string {
 }
 
 // Unmount unmounts the file system and waits for its FUSE connection to
-// end. While overlay mounts of containers still use it (EBUSY), it is
-// detached instead and Unmount returns at once: those containers' reads of
-// their lower layers fail once this process exits.
+// end. Overlay mounts of running containers keep the connection (they
+// hold private copies of their lower directories' mount), however the
+// mount itself goes: then Unmount waits at most endWait, logs that and
+// returns; those containers' reads of their lower layers fail once this
+// process exits.
 func (l *LayerFS) Unmount() error {
 	var err error
 	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
@@ -198,19 +200,27 @@ func (l *LayerFS) Unmount() error {
 		time.Sleep(delay)
 	}
 	if err == syscall.EBUSY {
-		if err := syscall.Unmount(l.Dir, syscall.MNT_DETACH); err != nil {
-			return fmt.Errorf("unmount layers at %s: %w", l.Dir, err)
-		}
-		l.log.Warn("layers still in use by mounts (running containers): detached", "path", l.Dir)
-		return nil
+		err = syscall.Unmount(l.Dir, syscall.MNT_DETACH)
 	}
 	if err != nil {
 		return fmt.Errorf("unmount layers at %s: %w", l.Dir, err)
 	}
-	l.server.Wait()
-	l.log.Info("layers unmounted", "path", l.Dir)
+	ended := make(chan struct{})
+	go func() {
+		l.server.Wait()
+		close(ended)
+	}()
+	select {
+	case <-ended:
+		l.log.Info("layers unmounted", "path", l.Dir)
+	case <-time.After(endWait):
+		l.log.Warn("layers unmounted, still in use by the overlay mounts of running containers: their reads fail once this process exits", "path", l.Dir)
+	}
 	return nil
 }
+
+// endWait is how long Unmount waits for the kernel to end the connection.
+const endWait = time.Second
 
 // layersRoot is the mount's root: one directory per name.
 type layersRoot struct {
