@@ -54,6 +54,26 @@ func remoteTestImage(t *testing.T) *fstest.Image {
 	return im
 }
 
+// streamTestImage is busybox and a layer of 8 MiB of random bytes beside
+// small.txt, pushed without any ocifs index: stream mode.
+func streamTestImage(t *testing.T) *fstest.Image {
+	t.Helper()
+	bb, err := critest.BusyboxLayer(fstest.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 8<<20)
+	rand.Read(big)
+	im, err := fstest.Build([]fstest.Layer{bb, {Compression: fstest.Gzip, Files: []fstest.File{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "small.txt", Mode: 0o644, Size: 7, ModTime: fstest.CornerTime}, Data: []byte("stream\n")},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "big.bin", Mode: 0o644, Size: int64(len(big)), ModTime: fstest.CornerTime}, Data: big},
+	}}}, fstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im
+}
+
 // pushIndex indexes every layer of ref on a throwaway cache and pushes
 // the indexes to the registry, as `ocifs index` publishes them.
 func pushIndex(t *testing.T, ref string) {
@@ -195,6 +215,8 @@ func runOut(t *testing.T, ctx context.Context, cl *critest.Client, pod *critest.
 //   - fault: with every registry request failing, a container reading
 //     big.bin (never fetched) gets EIO, while another one reading the
 //     small file, and the snapshotter, carry on;
+//   - an image with no ocifs index anywhere runs too, every layer remote
+//     (stream mode: fetched once, in order, not unpacked);
 //   - the container root (read whole, registry back) equals the one
 //     containerd's own overlayfs snapshotter gives for the same image,
 //     with zero differences;
@@ -215,113 +237,141 @@ func TestCRIRemote(t *testing.T) {
 			pushIndex(t, f.host+"/snap/r:1")
 			ref := f.front + "/snap/r:1"
 			bigDesc := im.LayerDescs[len(im.LayerDescs)-1]
-			printCmd := []string{critest.BusyboxPath, "cat", "/small.txt", "/etc/passwd"}
-			const printed = "small\nroot:x:0:0:root:/root:/bin/bash\n"
+			for _, mode := range pullModes(t, b) {
+				t.Run(mode.String()+"-pull", func(t *testing.T) {
+					printCmd := []string{critest.BusyboxPath, "cat", "/small.txt", "/etc/passwd"}
+					const printed = "small\nroot:x:0:0:root:/root:/bin/bash\n"
 
-			// containerd's own overlayfs: the reference root and start time.
-			var want map[string]fstest.EntryInfo
-			var overlayStart time.Duration
-			{
-				c := startCRI(t, b, f, critest.PullDefault, nil)
-				ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-				cl, err := c.Dial(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				pod, err := cl.RunPod(ctx, "reference")
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "print", Image: ref, Command: printCmd}, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if res.ExitCode != 0 || string(res.Output.Stdout) != printed {
-					t.Fatalf("overlayfs run: exit %d, stdout %q; want 0, %q", res.ExitCode, res.Output.Stdout, printed)
-				}
-				overlayStart = res.Timings.Total()
-				want = runRoot(t, ctx, cl, pod, "sleep", ref)
-				cl.Close()
-				cancel()
-				if err := c.Stop(); err != nil {
-					t.Fatal(err)
-				}
-			}
+					// containerd's own overlayfs: the reference root and start time.
+					var want map[string]fstest.EntryInfo
+					var overlayStart time.Duration
+					{
+						c := startCRI(t, b, f, mode, nil)
+						ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+						cl, err := c.Dial(ctx)
+						if err != nil {
+							t.Fatal(err)
+						}
+						pod, err := cl.RunPod(ctx, "reference")
+						if err != nil {
+							t.Fatal(err)
+						}
+						res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "print", Image: ref, Command: printCmd}, nil)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if res.ExitCode != 0 || string(res.Output.Stdout) != printed {
+							t.Fatalf("overlayfs run: exit %d, stdout %q; want 0, %q", res.ExitCode, res.Output.Stdout, printed)
+						}
+						overlayStart = res.Timings.Total()
+						want = runRoot(t, ctx, cl, pod, "sleep", ref)
+						cl.Close()
+						cancel()
+						if err := c.Stop(); err != nil {
+							t.Fatal(err)
+						}
+					}
 
-			dir := tmpDir(t, "snapr-")
-			root, sock, cache := filepath.Join(dir, "root"), filepath.Join(dir, "snapshotter.sock"), filepath.Join(dir, "cache")
-			od := startOcifs(t, root, sock, cache)
-			c := startCRI(t, b, f, critest.PullDefault, &critest.ProxySnapshotter{Name: "ocifs", Address: sock})
-			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-			defer cancel()
-			cl, err := c.Dial(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cl.Close()
-			bigBefore := rangeBytes(f, bigDesc.Digest, bigDesc.Size)
-			pod, err := cl.RunPod(ctx, "remote")
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "print", Image: ref, Command: printCmd}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.ExitCode != 0 || string(res.Output.Stdout) != printed {
-				t.Errorf("run: exit %d, stdout %q, stderr %q; want 0, %q", res.ExitCode, res.Output.Stdout, res.Output.Stderr, printed)
-			}
-			t.Logf("first container start (PullImage to output): ocifs %v (pull %v), containerd's overlayfs %v",
-				res.Timings.Total().Round(time.Millisecond), res.Timings.Pull().Round(time.Millisecond), overlayStart.Round(time.Millisecond))
-			if got, want := od.sn.Stats(), (Stats{Remote: int64(len(im.LayerDescs)) + 1}); got != want {
-				t.Errorf("Stats() = %+v, want %+v (every layer and the pause image's remote)", got, want)
-			}
-			fetched := rangeBytes(f, bigDesc.Digest, bigDesc.Size) - bigBefore
-			received := od.client.Stats().Blobs[bigDesc.Digest]
-			t.Logf("big layer %s: %d bytes, %d asked for through the front, %d received by the snapshotter", bigDesc.Digest, bigDesc.Size, fetched, received)
-			if fetched == 0 || fetched > bigDesc.Size/4 || received > bigDesc.Size/4 {
-				t.Errorf("big layer: %d bytes asked for, %d received, of %d: want some, and under a quarter", fetched, received, bigDesc.Size)
-			}
+					dir := tmpDir(t, "snapr-")
+					root, sock, cache := filepath.Join(dir, "root"), filepath.Join(dir, "snapshotter.sock"), filepath.Join(dir, "cache")
+					od := startOcifs(t, root, sock, cache)
+					c := startCRI(t, b, f, mode, &critest.ProxySnapshotter{Name: "ocifs", Address: sock})
+					ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+					defer cancel()
+					cl, err := c.Dial(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer cl.Close()
+					bigBefore := rangeBytes(f, bigDesc.Digest, bigDesc.Size)
+					pod, err := cl.RunPod(ctx, "remote")
+					if err != nil {
+						t.Fatal(err)
+					}
+					res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "print", Image: ref, Command: printCmd}, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if res.ExitCode != 0 || string(res.Output.Stdout) != printed {
+						t.Errorf("run: exit %d, stdout %q, stderr %q; want 0, %q", res.ExitCode, res.Output.Stdout, res.Output.Stderr, printed)
+					}
+					t.Logf("first container start (PullImage to output): ocifs %v (pull %v), containerd's overlayfs %v",
+						res.Timings.Total().Round(time.Millisecond), res.Timings.Pull().Round(time.Millisecond), overlayStart.Round(time.Millisecond))
+					if got, want := od.sn.Stats(), (Stats{Remote: int64(len(im.LayerDescs)) + 1}); got != want {
+						t.Errorf("Stats() = %+v, want %+v (every layer and the pause image's remote)", got, want)
+					}
+					fetched := rangeBytes(f, bigDesc.Digest, bigDesc.Size) - bigBefore
+					received := od.client.Stats().Blobs[bigDesc.Digest]
+					t.Logf("big layer %s: %d bytes, %d asked for through the front, %d received by the snapshotter", bigDesc.Digest, bigDesc.Size, fetched, received)
+					if fetched == 0 || fetched > bigDesc.Size/4 || received > bigDesc.Size/4 {
+						t.Errorf("big layer: %d bytes asked for, %d received, of %d: want some, and under a quarter", fetched, received, bigDesc.Size)
+					}
 
-			// Restart between two container starts of the image.
-			od.stop(t)
-			od = startOcifs(t, root, sock, cache)
-			if code, out := runOut(t, ctx, cl, pod, "after-restart", ref, printCmd...); code != 0 || string(out.Stdout) != printed {
-				t.Errorf("run after restart: exit %d, stdout %q, stderr %q; want 0, %q", code, out.Stdout, out.Stderr, printed)
-			}
-			// On demand: the image's layers, not the running pod's pause
-			// layer, which nothing asked for again.
-			if n := len(od.lfs.Names()); n != len(im.LayerDescs) {
-				t.Errorf("after the restart the LayerFS serves %v, want the image's %d layers", od.lfs.Names(), len(im.LayerDescs))
-			}
+					// Restart between two container starts of the image.
+					od.stop(t)
+					od = startOcifs(t, root, sock, cache)
+					if code, out := runOut(t, ctx, cl, pod, "after-restart", ref, printCmd...); code != 0 || string(out.Stdout) != printed {
+						t.Errorf("run after restart: exit %d, stdout %q, stderr %q; want 0, %q", code, out.Stdout, out.Stderr, printed)
+					}
+					// On demand: the image's layers, not the running pod's pause
+					// layer, which nothing asked for again.
+					if n := len(od.lfs.Names()); n != len(im.LayerDescs) {
+						t.Errorf("after the restart the LayerFS serves %v, want the image's %d layers", od.lfs.Names(), len(im.LayerDescs))
+					}
 
-			// Fault: the registry goes away.
-			f.faults.Add(&fstest.Rule{Fault: fstest.Fault{Kind: fstest.Status, Status: 503}})
-			code, out := runOut(t, ctx, cl, pod, "read-big", ref, critest.BusyboxPath, "sh", "-c", "cat /big.bin >/dev/null")
-			if code == 0 || !strings.Contains(string(out.Stderr), "Input/output error") {
-				t.Errorf("reading big.bin with the registry gone: exit %d, stderr %q; want a failure with EIO", code, out.Stderr)
-			}
-			if code, out := runOut(t, ctx, cl, pod, "unaffected", ref, printCmd...); code != 0 || string(out.Stdout) != printed {
-				t.Errorf("another container with the registry gone: exit %d, stdout %q, stderr %q; want 0, %q", code, out.Stdout, out.Stderr, printed)
-			}
-			select {
-			case <-od.srv.Done():
-				t.Errorf("the snapshotter stopped serving after the fault")
-			default:
-			}
-			f.faults.Clear()
+					// Fault: the registry goes away.
+					f.faults.Add(&fstest.Rule{Fault: fstest.Fault{Kind: fstest.Status, Status: 503}})
+					code, out := runOut(t, ctx, cl, pod, "read-big", ref, critest.BusyboxPath, "sh", "-c", "cat /big.bin >/dev/null")
+					if code == 0 || !strings.Contains(string(out.Stderr), "Input/output error") {
+						t.Errorf("reading big.bin with the registry gone: exit %d, stderr %q; want a failure with EIO", code, out.Stderr)
+					}
+					if code, out := runOut(t, ctx, cl, pod, "unaffected", ref, printCmd...); code != 0 || string(out.Stdout) != printed {
+						t.Errorf("another container with the registry gone: exit %d, stdout %q, stderr %q; want 0, %q", code, out.Stdout, out.Stderr, printed)
+					}
+					select {
+					case <-od.srv.Done():
+						t.Errorf("the snapshotter stopped serving after the fault")
+					default:
+					}
+					f.faults.Clear()
 
-			// The root, read whole, equals containerd's overlayfs's.
-			compareRoots(t, "container root on ocifs", runRoot(t, ctx, cl, pod, "sleep", ref), want)
+					// An image with no index anywhere: stream mode, each layer
+					// fetched once, in order, without unpacking.
+					st := streamTestImage(t)
+					if err := st.Push(ctx, f.host, "snap/s", "1"); err != nil {
+						t.Fatal(err)
+					}
+					sref := f.front + "/snap/s:1"
+					remoteBefore := od.sn.Stats().Remote
+					sres, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "stream", Image: sref, Command: []string{critest.BusyboxPath, "cat", "/small.txt"}}, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if sres.ExitCode != 0 || string(sres.Output.Stdout) != "stream\n" {
+						t.Errorf("run of the unindexed image: exit %d, stdout %q, stderr %q; want 0, %q", sres.ExitCode, sres.Output.Stdout, sres.Output.Stderr, "stream\n")
+					}
+					sBig := st.LayerDescs[1]
+					t.Logf("unindexed image: first container start %v (pull %v); its %d-byte layer: %d bytes asked for",
+						sres.Timings.Total().Round(time.Millisecond), sres.Timings.Pull().Round(time.Millisecond), sBig.Size, rangeBytes(f, sBig.Digest, sBig.Size))
+					if got := od.sn.Stats(); got.Remote-remoteBefore != int64(len(st.LayerDescs)) || got.Fallback != 0 {
+						t.Errorf("Stats() after the unindexed image = %+v (%d remote before), want its %d layers remote, no fallback", got, remoteBefore, len(st.LayerDescs))
+					}
 
-			if err := cl.RemovePod(ctx, pod.ID); err != nil {
-				t.Fatal(err)
-			}
-			if err := cl.RemoveImage(ctx, ref); err != nil {
-				t.Fatal(err)
-			}
-			if names := od.lfs.Names(); len(names) != 0 {
-				t.Errorf("after RemoveImage the LayerFS serves %v, want nothing (the pause layer was not asked for since the restart)", names)
+					// The root, read whole, equals containerd's overlayfs's.
+					compareRoots(t, "container root on ocifs", runRoot(t, ctx, cl, pod, "sleep", ref), want)
+
+					if err := cl.RemovePod(ctx, pod.ID); err != nil {
+						t.Fatal(err)
+					}
+					for _, r := range []string{ref, sref} {
+						if err := cl.RemoveImage(ctx, r); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if names := od.lfs.Names(); len(names) != 0 {
+						t.Errorf("after RemoveImage the LayerFS serves %v, want nothing (the pause layer was not asked for since the restart)", names)
+					}
+				})
 			}
 		})
 	}
