@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -173,4 +175,88 @@ func TestLayerFSNames(t *testing.T) {
 	if mst.Ino>>32 == 0 {
 		t.Errorf("root of a tree has inode %d: not in a slot of its own", mst.Ino)
 	}
+}
+
+// TestLayerFSSparse: the sparse files of a layer's view read as their
+// logical content (holes as zeros) through the LayerFS, whichever layer
+// they are in; one that a later layer replaces, which the merged tree
+// (and so its sparse map) no longer holds, is EIO, never its packed bytes.
+func TestLayerFSSparse(t *testing.T) {
+	fstest.RequireRoot(t)
+	l := mountLayerFS(t)
+	layers := fstest.SparseLayers()
+	_, content := sparseFiles(layers)
+	var replaced string
+	for _, f := range layers[0].Files {
+		if f.Sparse != nil && f.Sparse.Size > 0 {
+			replaced = f.Header.Name
+			break
+		}
+	}
+	layers = append(layers, fstest.Layer{Compression: fstest.Gzip, Files: []fstest.File{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: replaced, Mode: 0o644, Size: 9, ModTime: fstest.CornerTime}, Data: []byte("replaced\n")},
+	}})
+	im := loadImage(t, newClient(t, "", nil), layoutRef(t, layers))
+	checked := 0
+	for i, layer := range layers {
+		dir, err := l.Add("s"+strconv.Itoa(i), im, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range layer.Files {
+			name := f.Header.Name
+			got, err := os.ReadFile(filepath.Join(dir, name))
+			switch {
+			case f.Sparse == nil:
+			case name == replaced && i == 0:
+				if !errors.Is(err, syscall.EIO) {
+					t.Errorf("layer %d: read of %s, which layer %d replaces: %d bytes, %v; want EIO", i, name, len(layers)-1, len(got), err)
+				}
+			case err != nil:
+				t.Errorf("layer %d: read %s: %v", i, name, err)
+			case !bytes.Equal(got, content[name]):
+				t.Errorf("layer %d: %s: %d bytes that differ from its %d bytes of logical content", i, name, len(got), len(content[name]))
+			default:
+				checked++
+			}
+		}
+	}
+	if checked < 10 {
+		t.Errorf("%d sparse files checked, want the fixture's", checked)
+	}
+	got, err := os.ReadFile(filepath.Join(l.Dir, "s"+strconv.Itoa(len(layers)-1), replaced))
+	if err != nil || string(got) != "replaced\n" {
+		t.Errorf("the replacing file = %q, %v", got, err)
+	}
+}
+
+// TestLayerFSLyingTOC: once the background check finds that a layer's
+// table in use (here a zstd:chunked TOC) disagrees with its verified
+// bytes, that layer's view refuses everything (EIO), the files the TOC was
+// right about included: the refusals of the merged tree name its own
+// nodes, not the view's. The other layer's view is served as before.
+func TestLayerFSLyingTOC(t *testing.T) {
+	fstest.RequireRoot(t)
+	host := fstest.StartRegistry(t)
+	l := mountLayerFS(t)
+	layers, content := lyingTOCLayers()
+	ref, _ := pushLazy(t, host, "layerfs/toc", layers, fstest.LazyOptions{Format: fstest.ZstdChunked, NoTarSplit: true, EditTOC: lyingTOC})
+	im := resolveLoad(t, newClient(t, "", nil), ref, Options{Logger: testLogger(t), WholeThreshold: 1})
+	if m := im.Layers()[0].Mode; m != ModeZstdChunked {
+		t.Fatalf("layer 0: mode %s, want %s", m, ModeZstdChunked)
+	}
+	d0, err := l.Add("lies", im, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, err := l.Add("plain", im, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settleAll(t, im)
+	_, err = os.ReadFile(filepath.Join(d0, "good/f00.txt"))
+	wantEIO(t, "read of a file the lying TOC got right, in its layer's view", err)
+	_, err = os.Lstat(filepath.Join(d0, "modes/fine.txt"))
+	wantEIO(t, "lstat in the view of the layer that disagreed", err)
+	readWant(t, filepath.Join(d1, "etc/os-release"), content["etc/os-release"])
 }
