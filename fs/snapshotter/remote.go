@@ -335,6 +335,11 @@ func (r *Remote) closeImage(im *fs.Image) {
 // which may be cut short) and its DiffID (2.x's diff-id label).
 func layerIndex(im *fs.Image, layer digest.Digest, labels map[string]string) (int, error) {
 	digests, diffIDs := im.LayerDigests()
+	return checkLayer(digests, diffIDs, layer, labels)
+}
+
+// checkLayer is layerIndex over the image's layer digests and DiffIDs.
+func checkLayer(digests, diffIDs []digest.Digest, layer digest.Digest, labels map[string]string) (int, error) {
 	i := -1
 	for j, d := range digests {
 		if d == layer {
