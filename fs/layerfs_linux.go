@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -39,8 +40,9 @@ type LayerFSOptions struct {
 // with the credentials of the container's processes too), and serves each
 // tree's files from its image's verified read path, handing extracted
 // files to the kernel with passthrough. Node ids are unique across the
-// mount and stable for as long as a name is held (see [ServedTree]). It is
-// safe for concurrent use.
+// mount; a numeric name (a snapshot id) is its own slot, so its nodes keep
+// their ids across daemons (see [ServedTree] and LayerFS.slot). It is safe
+// for concurrent use.
 type LayerFS struct {
 	// Dir is the mountpoint.
 	Dir string
@@ -51,11 +53,19 @@ type LayerFS struct {
 	noPassthrough bool
 	timeout       time.Duration
 
-	// mu guards names and nextSlot.
-	mu       sync.RWMutex
-	names    map[string]*ServedTree
-	nextSlot uint64
+	// mu guards names, used and nextSlot.
+	mu    sync.RWMutex
+	names map[string]*ServedTree
+	// used holds every slot given in this mount's life: the kernel may
+	// still hold nodes of a removed tree, so no slot serves two.
+	used     map[uint64]bool
+	nextSlot uint64 // the next slot for a name that is not a number, counting down
 }
+
+// numberedSlots bounds the slots named by their number (a containerd
+// snapshot id): names that are no number, or one past it, get slots
+// counting down from MaxSlot.
+const numberedSlots = 1 << 31
 
 // rootEntryTimeout is how long the kernel may cache a name of the mount's
 // root: names come and go with snapshots (Remove also tells the kernel).
@@ -84,7 +94,7 @@ func MountLayerFS(dir string, opts LayerFSOptions) (*LayerFS, error) {
 		timeout = time.Hour
 	}
 	l := &LayerFS{Dir: dir, log: lg, noPassthrough: opts.NoPassthrough, timeout: timeout,
-		names: map[string]*ServedTree{}, nextSlot: 1}
+		names: map[string]*ServedTree{}, used: map[uint64]bool{}, nextSlot: MaxSlot}
 	l.root = &layersRoot{fs: l}
 	fo := &fusefs.Options{
 		EntryTimeout:    &timeout,
@@ -139,21 +149,57 @@ func (l *LayerFS) Add(name string, im *Image, layer int) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("add layer %q: %w", name, err)
 	}
+	if err := l.add(name, im, view, layer); err != nil {
+		return "", fmt.Errorf("add layer %q: %w", name, err)
+	}
+	// The kernel may keep a negative entry of the name from a lookup
+	// before (NegativeTimeout): drop it.
+	if errno := l.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
+		l.log.Warn("telling the kernel of a new layer", "name", name, "err", errno)
+	}
+	return filepath.Join(l.Dir, name), nil
+}
+
+// add serves view as name.
+func (l *LayerFS) add(name string, im *Image, view *Tree, layer int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, ok := l.names[name]; ok {
-		return "", fmt.Errorf("add layer %q: %w", name, os.ErrExist)
+		return os.ErrExist
 	}
-	st, err := NewServedTree(im, view, layer, l.nextSlot)
+	slot := l.slot(name)
+	if slot == 0 {
+		return errors.New("no free slot")
+	}
+	st, err := NewServedTree(im, view, layer, slot)
 	if err != nil {
-		return "", fmt.Errorf("add layer %q: %w", name, err)
+		return err
 	}
-	l.nextSlot++ // never reused: the kernel may hold nodes of a removed tree
+	l.used[slot] = true
 	if want := !l.noPassthrough; im.passthrough != want {
 		im.passthrough = want // before any node of im is served here
 	}
 	l.names[name] = st
-	return filepath.Join(l.Dir, name), nil
+	return nil
+}
+
+// slot chooses the slot of name, under l.mu: a decimal name below
+// numberedSlots (a containerd snapshot id, which no snapshot reuses) is
+// its own slot, so its tree has the same node ids, and with the same view
+// the same handles, in every daemon; other names, and a number whose slot
+// this mount has given before, count down from MaxSlot. 0: none is free.
+func (l *LayerFS) slot(name string) uint64 {
+	if n, err := strconv.ParseUint(name, 10, 64); err == nil && n >= 1 && n < numberedSlots && !l.used[n] {
+		return n
+	}
+	for ; l.nextSlot >= numberedSlots; l.nextSlot-- {
+		if !l.used[l.nextSlot] {
+			s := l.nextSlot
+			l.nextSlot--
+			return s
+		}
+	}
+	return 0
 }
 
 // Remove stops serving name; the kernel is told to forget it. Removing a

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -172,8 +173,22 @@ func TestLayerFSNames(t *testing.T) {
 	if err := unix.Stat(filepath.Join(l.Dir, "9"), &mst); err != nil {
 		t.Fatal(err)
 	}
-	if mst.Ino>>32 == 0 {
-		t.Errorf("root of a tree has inode %d: not in a slot of its own", mst.Ino)
+	if mst.Ino != 9<<32|1 {
+		t.Errorf("root of tree 9 has inode %#x, want %#x: slot 9, node 1", mst.Ino, uint64(9<<32|1))
+	}
+	// A number given before, and a name that is none, get slots from the
+	// top.
+	for _, name := range []string{"7", "x"} {
+		dir, err := l.Add(name, im, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Stat(dir, &mst); err != nil {
+			t.Fatal(err)
+		}
+		if slot := mst.Ino >> 32; slot < numberedSlots || slot == 7 {
+			t.Errorf("tree %s: slot %d, want one counted down from MaxSlot", name, slot)
+		}
 	}
 }
 
@@ -259,4 +274,59 @@ func TestLayerFSLyingTOC(t *testing.T) {
 	_, err = os.Lstat(filepath.Join(d0, "modes/fine.txt"))
 	wantEIO(t, "lstat in the view of the layer that disagreed", err)
 	readWant(t, filepath.Join(d1, "etc/os-release"), content["etc/os-release"])
+}
+
+// TestLayerFSHandlesAcrossMounts: a tree served under the same snapshot id
+// by a new mount (a restarted daemon, a new load of the image) gives its
+// files the same file handles (node id and generation) as before, so the
+// handles the kernel keeps (overlayfs's origin records) name the same
+// files; another layer's tree under that id gives other ones.
+func TestLayerFSHandlesAcrossMounts(t *testing.T) {
+	fstest.RequireRoot(t)
+	ref := layoutRef(t, fstest.Corners())
+	handle := func(layer int, file string) []byte {
+		t.Helper()
+		l, err := MountLayerFS(filepath.Join(t.TempDir(), "layers"), LayerFSOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := l.Unmount(); err != nil {
+				t.Errorf("Unmount: %v", err)
+			}
+		}()
+		im := loadImage(t, newClient(t, "", nil), ref)
+		dir, err := l.Add("5", im, layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Remove("5")
+		h, _, err := unix.NameToHandleAt(unix.AT_FDCWD, filepath.Join(dir, file), 0)
+		if err != nil {
+			t.Fatalf("name_to_handle_at %s: %v", file, err)
+		}
+		return append([]byte{byte(h.Type())}, h.Bytes()...)
+	}
+	a, b := handle(0, "etc/passwd"), handle(0, "etc/passwd")
+	if !bytes.Equal(a, b) {
+		t.Errorf("handles of layer 0's etc/passwd in two mounts: %x and %x, want equal", a, b)
+	}
+	var other []byte
+	for i, l := range fstest.Corners() {
+		if i == 0 {
+			continue
+		}
+		for _, f := range l.Files {
+			if f.Header.Typeflag == tar.TypeReg && !strings.HasPrefix(filepath.Base(f.Header.Name), ".wh.") {
+				other = handle(i, f.Header.Name)
+				break
+			}
+		}
+		if other != nil {
+			break
+		}
+	}
+	if other == nil || bytes.Equal(other, a) {
+		t.Errorf("a file of another layer under the same id has handle %x, layer 0's %x: want another", other, a)
+	}
 }
