@@ -125,10 +125,11 @@ func MountLayerFS(dir string, opts LayerFSOptions) (*LayerFS, error) {
 	return l, nil
 }
 
-// detachStale detaches a mount at dir whose daemon is gone.
+// detachStale detaches a mount at dir whose daemon is gone. statfs(2)
+// asks the daemon every time (stat may answer from the kernel's cache).
 func detachStale(dir string, lg *slog.Logger) error {
-	_, err := os.Stat(dir)
-	if !errors.Is(err, syscall.ENOTCONN) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); !errors.Is(err, syscall.ENOTCONN) {
 		return nil
 	}
 	if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -329,4 +331,88 @@ func TestLayerFSHandlesAcrossMounts(t *testing.T) {
 	if other == nil || bytes.Equal(other, a) {
 		t.Errorf("a file of another layer under the same id has handle %x, layer 0's %x: want another", other, a)
 	}
+}
+
+// TestLayerFSAfterCrash: a daemon killed with SIGKILL leaves its mount
+// behind, answering ENOTCONN; the next MountLayerFS on that directory
+// detaches it and serves (the snapshotter's restart after a crash).
+func TestLayerFSAfterCrash(t *testing.T) {
+	fstest.RequireRoot(t)
+	fstest.RequireFUSE(t)
+	dir := filepath.Join(t.TempDir(), "layers")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "OCIFS_LAYERFS_HELPER="+dir)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); !isMounted(t, dir); time.Sleep(20 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatal("the helper did not mount in 20s")
+		}
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(dir, &sfs); !errors.Is(err, syscall.ENOTCONN) {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		t.Fatalf("statfs of a dead daemon's mount: %v, want ENOTCONN", err)
+	}
+	l, err := MountLayerFS(dir, LayerFSOptions{Logger: testLogger(t)})
+	if err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		t.Fatalf("MountLayerFS over a dead mount: %v", err)
+	}
+	defer func() {
+		if err := l.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+		if isMounted(t, dir) {
+			t.Errorf("%s still mounted (the dead mount was not detached)", dir)
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	}()
+	im := loadImage(t, newClient(t, "", nil), layoutRef(t, fstest.Corners()))
+	d, err := l.Add("1", im, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Remove("1")
+	if b, err := os.ReadFile(filepath.Join(d, "etc/passwd")); err != nil || !strings.HasPrefix(string(b), "root:") {
+		t.Errorf("etc/passwd after the restart = %q, %v", b, err)
+	}
+}
+
+// init is the daemon TestLayerFSAfterCrash kills, when the test binary is
+// run with OCIFS_LAYERFS_HELPER set: it mounts a LayerFS there and waits.
+func init() {
+	dir := os.Getenv("OCIFS_LAYERFS_HELPER")
+	if dir == "" {
+		return
+	}
+	if _, err := MountLayerFS(dir, LayerFSOptions{}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	time.Sleep(time.Minute)
+	os.Exit(0)
+}
+
+// isMounted reports whether dir is a mountpoint in this mount namespace.
+func isMounted(t *testing.T, dir string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
 }
