@@ -41,7 +41,6 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	}
 }
 
-
 // runSnapshotter serves until ctx ends (SIGTERM, SIGINT), then stops
 // serving, releases the layers and unmounts the layer mount.
 func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error) {
