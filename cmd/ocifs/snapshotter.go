@@ -104,7 +104,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, uerr)
 		}
 	}()
-	remote, err := snapshotter.NewRemote(snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
+	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
 		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
 	if err != nil {
 		return err

@@ -120,7 +120,7 @@ func startOcifs(t *testing.T, root, sock, cache string) *ocifsDaemon {
 	}
 	od := &ocifsDaemon{lfs: lfs, client: c}
 	t.Cleanup(func() { od.stop(t) })
-	if od.remote, err = NewRemote(RemoteOptions{Client: c, FS: lfs, Logger: log}); err != nil {
+	if od.remote, err = NewRemote(t.Context(), RemoteOptions{Client: c, FS: lfs, Logger: log}); err != nil {
 		t.Fatal(err)
 	}
 	od.daemon = startDaemon(t, root, sock, od.remote)
