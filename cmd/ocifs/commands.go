@@ -80,6 +80,11 @@ var commands = []group{
 		help:  statsHelp, flags: statsFlags,
 	}},
 	{cmd: &command{
+		name: "snapshotter", minArgs: 0, maxArgs: 0, daemon: true,
+		short: "serve containerd (CRI) as a remote snapshotter: containers start lazily",
+		help:  snapshotterHelp, flags: snapshotterFlags,
+	}},
+	{cmd: &command{
 		name: "inspect", argNames: "IMAGE", minArgs: 1, maxArgs: 1,
 		short: "manifest, config, layers, and the lazy mode of each layer and why",
 		help:  inspectHelp, flags: inspectFlags,
