@@ -26,7 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
-	"github.com/ocifs/ocifs/internal/sdnotify"
+	"github.com/ocifs/ocifs/fs/sdnotify"
 )
 
 // needFUSE is the hint for a mount that cannot reach the kernel.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/ocifs/ocifs/fs/sdnotify"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,7 +24,6 @@ const DefaultSnapshotterAddress = "/run/ocifs/snapshotter.sock"
 type snapshotterOpts struct {
 	address         string
 	root            string
-	hostsDir        string
 	criImageService string // --cri-image-service: the socket kubelet's image service endpoint names
 	containerd      string // --containerd-address: where that service forwards
 }
@@ -33,7 +33,6 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	o := &snapshotterOpts{}
 	set.StringVar(&o.address, "address", DefaultSnapshotterAddress, "the unix `SOCKET` containerd's proxy_plugins.ocifs address names")
 	set.StringVar(&o.root, "root", snapshotter.DefaultRoot, "the snapshotter's `DIR`: metadata.db, snapshots/ (container uppers) and\nlayers/ (the FUSE mount of the lazy layers)")
-	set.StringVar(&o.hostsDir, "hosts-dir", fetch.DefaultHostsDir, "containerd's registry config_path `DIR` of hosts.toml files (mirrors, TLS),\nread as containerd reads it; empty reads none")
 	set.StringVar(&o.criImageService, "cri-image-service", "", "also serve CRI's image service on `SOCKET` in front of containerd's\n(kubelet --image-service-endpoint=unix://SOCKET), keeping each pull's\ncredentials in memory for the lazy reads of its layers")
 	set.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's CRI `SOCKET`, where --cri-image-service forwards")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -50,10 +49,13 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	if err := checkFUSE(); err != nil {
 		return err
 	}
-	hostsDir := o.hostsDir
-	if hostsDir == fetch.DefaultHostsDir {
-		if _, err := os.Stat(hostsDir); errors.Is(err, os.ErrNotExist) {
-			hostsDir = "" // the default, absent: no mirrors
+	// Mirrors: the global --hosts-dir, else containerd's own config_path
+	// where it exists, so the snapshotter reads the registries as
+	// containerd does.
+	hostsDir := e.g.hostsDir
+	if hostsDir == "" {
+		if _, err := os.Stat(fetch.DefaultHostsDir); err == nil {
+			hostsDir = fetch.DefaultHostsDir
 		}
 	}
 	// The credentials of the fetch client: those of 'ocifs mount' (docker
@@ -73,12 +75,14 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		keychain = cri.Keychain(authn.DefaultKeychain)
 	}
 	client, err := fetch.New(fetch.Options{
-		CacheDir: e.g.cacheDir,
-		Platform: e.g.platform,
-		Insecure: e.g.insecure,
-		Logger:   e.log,
-		Keychain: keychain,
-		HostsDir: hostsDir,
+		CacheDir:       e.g.cacheDir,
+		Platform:       e.g.platform,
+		Insecure:       e.g.insecure,
+		Logger:         e.log,
+		Keychain:       keychain,
+		HostsDir:       hostsDir,
+		RegistriesConf: e.g.registriesConf,
+		ObserveRange:   e.onRange,
 	})
 	if err != nil {
 		return err
@@ -120,11 +124,13 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		return err
 	}
 	e.log.Info("snapshotter serving", "address", o.address, "root", o.root, "cache", e.g.cacheDir)
+	notify(e.log, func() (bool, error) { return sdnotify.Ready("serving snapshots at " + o.address) })
 	select {
 	case <-ctx.Done():
 		e.log.Info("snapshotter stopping")
 	case <-srv.Done():
 	}
+	notify(e.log, sdnotify.Stopping)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := srv.Stop(stopCtx); err != nil {
