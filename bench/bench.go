@@ -18,7 +18,7 @@ import (
 type Options struct {
 	// Ocifs is the ocifs binary to measure.
 	Ocifs string
-	// Profiles: "lan", "cloud".
+	// Profiles: "lan", "cloud", "slow".
 	Profiles  []string
 	Images    []string // python, go, model
 	Formats   []string // gzip, gzip+index, estargz, zstd:chunked
@@ -48,7 +48,7 @@ type Options struct {
 
 // Names lists the valid values of each selector, for flag help.
 var Names = map[string][]string{
-	"profile":  {"lan", "cloud"},
+	"profile":  {"lan", "cloud", "slow"},
 	"image":    {"python", "go", "model", "files100k"},
 	"format":   allFormats,
 	"method":   allMethods,

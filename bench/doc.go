@@ -12,7 +12,8 @@
 // The registry (Debian docker-registry) runs in a network namespace of its
 // own, reached through a veth pair; every client goes through a counting
 // TCP proxy on loopback, which also adds the round-trip time of the cloud
-// profile (tbf shapes the veth to 1 Gbit/s; this kernel has no netem).
+// and slow profiles (tbf shapes the veth to 1 Gbit/s for cloud, 100 Mbit/s
+// for slow; this kernel has no netem).
 //
 // Methods: ocifs lazy mount on an empty cache, the same with
 // --prefetch=none for start-up only (what the program alone fetches),

@@ -11,7 +11,7 @@ import (
 // the caller).
 func DefineFlags(set *pflag.FlagSet) *Options {
 	o := &Options{}
-	set.StringSliceVar(&o.Profiles, "profile", []string{"all"}, "network profile: lan, cloud or all")
+	set.StringSliceVar(&o.Profiles, "profile", []string{"all"}, "network profile: lan, cloud, slow or all")
 	set.StringSliceVar(&o.Images, "images", nil, "images to measure: "+strings.Join(Names["image"], ",")+"")
 	set.StringSliceVar(&o.Formats, "formats", nil, "layer formats: "+strings.Join(Names["format"], ",")+" (unsupported ones are reported, not measured)")
 	set.StringSliceVar(&o.Methods, "methods", nil, "methods: "+strings.Join(Names["method"], ",")+"")
