@@ -122,7 +122,7 @@ bench: build
 # library version; none is a dependency of ocifs), built into PEERS_DIR.
 # Built only when missing or older than their go.mod.
 PEERS_DIR := bench/peers/bin
-PEERS := stargz-store stargz-snapshotter
+PEERS := stargz-store stargz-snapshotter soci-snapshotter soci-convert
 peers: deps
 	@mkdir -p $(PEERS_DIR)
 	@for p in $(PEERS); do \
