@@ -161,7 +161,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer net.close()
 	r := &runner{ocifs: o.Ocifs, work: work, net: net, log: o.Log, coldWorkloads: o.ColdWorkloads,
-		peers: o.Peers, containerd2: o.Containerd2, ocifsSnapshotter: o.OcifsSnapshotter}
+		peers: o.Peers, containerd2: o.Containerd2, ocifsSnapshotter: o.OcifsSnapshotter, sociRefs: map[*builtImage]string{}}
 	if r.ocifsSnapshotter == "" {
 		r.ocifsSnapshotter = DefaultOcifsSnapshotter
 	}
@@ -248,6 +248,15 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 					}
 					if _, seen := notAvailable[m]; !seen {
 						notAvailable[m] = r.available(ctx, m)
+					}
+					if m == mCRISoci && notAvailable[m] == nil && r.sociRefs[info.built] == "" {
+						logf("%s %s %s: soci-convert (SOCI index, pushed)", pn, info.Name, info.Format)
+						ref, err := r.sociIndex(ctx, c, info.built)
+						if err != nil {
+							notAvailable[m] = fmt.Errorf("SOCI index: %w", err)
+						} else {
+							r.sociRefs[info.built] = ref
+						}
 					}
 					if err := notAvailable[m]; err != nil {
 						res.Skipped = append(res.Skipped, fmt.Sprintf("%s %s %s %s: %v", pn, info.Name, info.Format, m, err))

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -11,6 +12,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocifs/ocifs/fs/snapshotter/critest"
 	"github.com/ocifs/ocifs/fs/store/podmantest"
@@ -70,7 +75,7 @@ func (r *runner) snapshotterCmd(ctx context.Context, m string) ([]string, error)
 	case mCRIStargz:
 		return peer("containerd-stargz-grpc", "--address", "{address}", "--root", "{root}")
 	case mCRISoci:
-		if _, err := peer("soci"); err != nil {
+		if _, err := peer("soci-convert"); err != nil {
 			return nil, err
 		}
 		return peer("soci-snapshotter-grpc", "--address", "{address}", "--root", "{root}")
@@ -245,7 +250,13 @@ func (r *runner) criRun(ctx context.Context, s *sample, b *builtImage, spec imag
 		return err
 	}
 	c0 := r.net.proxy.counters()
-	res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "bench", Image: b.ref(r.net.Host()), Command: spec.Container}, nil)
+	ref := b.ref(r.net.Host())
+	if s.Method == mCRISoci {
+		if ref = r.sociRefs[b]; ref == "" {
+			return fmt.Errorf("no SOCI index was built for %s", b.repo())
+		}
+	}
+	res, err := cl.Run(ctx, pod, critest.ContainerSpec{Name: "bench", Image: ref, Command: spec.Container}, nil)
 	if err != nil {
 		if sn != nil {
 			err = fmt.Errorf("%w (snapshotter log: %s)", err, sn.tail(3))
@@ -373,7 +384,8 @@ func writeContainerStart(b *strings.Builder, res *Result, ok map[cellKey][]sampl
 					k := cellKey{p.Name, im, containerFormat[m], m, wContainer}
 					if len(ok[k]) == 0 {
 						if e := errs[k]; e != "" {
-							fmt.Fprintf(b, "| %s | %s | %s | %s | | | |\n", im, m, containerFormat[m], strings.ReplaceAll(lastLines(e, 1), "|", "/"))
+							first, _, _ := strings.Cut(e, "\n")
+							fmt.Fprintf(b, "| %s | %s | %s | %s | | | |\n", im, m, containerFormat[m], strings.ReplaceAll(first, "|", "/"))
 						}
 						continue
 					}
@@ -399,4 +411,58 @@ func containerFigure(m string, cri, podman func(sample) float64) func(sample) fl
 		return podman
 	}
 	return cri
+}
+
+// sociIndex builds the SOCI index of b with soci-convert (SOCI's v2
+// layout: an image index holding the image, annotated, and its SOCI
+// index), pushes it as <repo>-soci:1 and returns its reference through
+// the proxy. Not timed: like `ocifs index build --push`, done once.
+func (r *runner) sociIndex(ctx context.Context, c *cacheDir, b *builtImage) (string, error) {
+	layout, err := os.MkdirTemp(r.work, "soci-layout")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(layout)
+	dir := filepath.Join(layout, "blobs", "sha256")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	put := func(d digest.Digest, data []byte, from string) error {
+		dst := filepath.Join(dir, d.Encoded())
+		if from == "" {
+			return os.WriteFile(dst, data, 0o644)
+		}
+		if os.Link(from, dst) == nil {
+			return nil
+		}
+		in, err := os.ReadFile(from)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, in, 0o644)
+	}
+	if err := put(b.manifestDigest(), b.Manifest, ""); err != nil {
+		return "", err
+	}
+	if err := put(digest.FromBytes(b.Config), b.Config, ""); err != nil {
+		return "", err
+	}
+	for _, l := range b.Layers {
+		if err := put(l.Digest, nil, blobFile(c, l.Digest)); err != nil {
+			return "", err
+		}
+	}
+	idx, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageManifest, Digest: b.manifestDigest(), Size: int64(len(b.Manifest))}}})
+	if err := os.WriteFile(filepath.Join(layout, "index.json"), idx, 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(layout, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
+		return "", err
+	}
+	repoTag := b.repo() + "-soci:1"
+	if _, _, _, err := r.run(ctx, filepath.Join(r.peers, "soci-convert"), layout, r.net.PushHost()+"/"+repoTag); err != nil {
+		return "", err
+	}
+	return r.net.Host() + "/" + repoTag, nil
 }

@@ -82,6 +82,8 @@ type runner struct {
 	// directory, the ocifs snapshotter's command line and the pod sandbox
 	// image pushed for CRI.
 	peers, containerd2, ocifsSnapshotter, pause string
+	// sociRefs are the SOCI-converted images of the cri-soci method.
+	sociRefs map[*builtImage]string
 }
 
 func dropCaches() error {

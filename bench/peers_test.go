@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -64,20 +65,10 @@ func peerImage(t *testing.T, pushHost, refHost string) (string, int64) {
 			t.Fatal(err)
 		}
 	}
-	l, err := critest.BusyboxLayer(fstest.None)
+	l, err := peerLayer(t, fstest.None)
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := filepath.Join(t.TempDir(), "big")
-	if err := writeRandom(big, 7, peerBigSize); err != nil {
-		t.Fatal(err)
-	}
-	mt := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	l.Files = append([]fstest.File{{Header: tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755, ModTime: mt}},
-		{Header: tar.Header{Typeflag: tar.TypeDir, Name: "etc/", Mode: 0o755, ModTime: mt}}}, l.Files...)
-	l.Files = append(l.Files,
-		fstest.File{Header: tar.Header{Typeflag: tar.TypeReg, Name: "etc/peer-check", Mode: 0o644, ModTime: mt}, Data: []byte("peer check 7\n")},
-		fstest.File{Header: tar.Header{Typeflag: tar.TypeReg, Name: "big.bin", Mode: 0o644, ModTime: mt}, Path: big})
 	im, err := fstest.Build([]fstest.Layer{l}, fstest.Options{BlobDir: c.path("blobs")})
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +96,26 @@ func peerImage(t *testing.T, pushHost, refHost string) (string, int64) {
 		t.Fatal(err)
 	}
 	return b.ref(refHost), desc.Size
+}
+
+// peerLayer is the check image's one layer: busybox, the file the
+// program prints and the big one it never reads.
+func peerLayer(t *testing.T, c fstest.Compression) (fstest.Layer, error) {
+	l, err := critest.BusyboxLayer(c)
+	if err != nil {
+		return l, err
+	}
+	big := filepath.Join(t.TempDir(), "big")
+	if err := writeRandom(big, 7, peerBigSize); err != nil {
+		return l, err
+	}
+	mt := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	l.Files = append([]fstest.File{{Header: tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755, ModTime: mt}},
+		{Header: tar.Header{Typeflag: tar.TypeDir, Name: "etc/", Mode: 0o755, ModTime: mt}}}, l.Files...)
+	l.Files = append(l.Files,
+		fstest.File{Header: tar.Header{Typeflag: tar.TypeReg, Name: "etc/peer-check", Mode: 0o644, ModTime: mt}, Data: []byte("peer check 7\n")},
+		fstest.File{Header: tar.Header{Typeflag: tar.TypeReg, Name: "big.bin", Mode: 0o644, ModTime: mt}, Path: big})
+	return l, nil
 }
 
 // peerNet is a loopback registry behind the bench's counting proxy.
@@ -146,24 +157,63 @@ func startPeer(t *testing.T, argv []string, logPath string) *daemon {
 }
 
 // TestPeerStargzSnapshotter runs a container through CRI on containerd
-// 2.x with stargz-snapshotter as its proxy snapshotter: the output is
-// right, the layer was a FUSE mount of the snapshotter (not unpacked by
-// containerd), and far less than the layer was fetched.
+// 2.x with stargz-snapshotter as its proxy snapshotter, from an eStargz
+// image: see criPeerCheck.
 func TestPeerStargzSnapshotter(t *testing.T) {
 	peers := requirePeer(t, "containerd-stargz-grpc")
+	registry, p := peerNet(t)
+	ref, layerSize := peerImage(t, registry, p.addr())
+	criPeerCheck(t, registry, p, "stargz", filepath.Join(peers, "containerd-stargz-grpc"), ref, layerSize)
+}
+
+// TestPeerSoci runs a container through CRI on containerd 2.x with the
+// SOCI snapshotter, from a plain gzip image converted by soci-convert
+// (SOCI index v2, pushed to the registry): see criPeerCheck.
+func TestPeerSoci(t *testing.T) {
+	peers := requirePeer(t, "soci-snapshotter-grpc", "soci-convert")
+	registry, p := peerNet(t)
+	l, err := peerLayer(t, fstest.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := fstest.Build([]fstest.Layer{l}, fstest.Options{BlobDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := critest.SetConfig(im, func(c *ocispec.ImageConfig) {
+		c.Env, c.Cmd = []string{"PATH=/bin"}, []string{"/bin/busybox", "cat", "/etc/peer-check"}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(t.TempDir(), "layout")
+	if err := im.WriteLayout(layout, "1"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(t.Context(), filepath.Join(peers, "soci-convert"), layout, registry+"/peers/soci:1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("soci-convert: %v: %s", err, out)
+	}
+	criPeerCheck(t, registry, p, "soci", filepath.Join(peers, "soci-snapshotter-grpc"), p.addr()+"/peers/soci:1", im.LayerDescs[0].Size)
+}
+
+// criPeerCheck starts snapshotter bin and containerd 2.x with it as the
+// CRI snapshotter, runs ref's command through CRI and checks: the output
+// is right, the layer was a FUSE mount under the snapshotter's root (not
+// unpacked by containerd), and far less than the layer was fetched by
+// the program's exit.
+func criPeerCheck(t *testing.T, registry string, p *proxy, name, bin, ref string, layerSize int64) {
+	t.Helper()
 	c2 := os.Getenv(containerd2DirEnv)
 	if c2 == "" {
 		t.Fatalf("%s not set (make peers-check sets it)", containerd2DirEnv)
 	}
-	registry, p := peerNet(t)
-	ref, layerSize := peerImage(t, registry, p.addr())
 	pause, err := critest.PushPauseImage(t.Context(), registry, "peers/pause", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := shortDir(t)
 	sock, root := filepath.Join(dir, "sn.sock"), filepath.Join(dir, "sn-root")
-	sn := startPeer(t, []string{filepath.Join(peers, "containerd-stargz-grpc"), "--address", sock, "--root", root}, filepath.Join(dir, "sn.log"))
+	sn := startPeer(t, []string{bin, "--address", sock, "--root", root}, filepath.Join(dir, "sn.log"))
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	if err := sn.waitFor(ctx, "socket", time.Minute, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
@@ -174,7 +224,7 @@ func TestPeerStargzSnapshotter(t *testing.T) {
 		Binary: filepath.Join(c2, "containerd"), Dir: filepath.Join(dir, "ctrd"),
 		Registries:   []string{registry, p.addr()},
 		SandboxImage: pause,
-		Proxy:        &critest.ProxySnapshotter{Name: "stargz", Address: sock},
+		Proxy:        &critest.ProxySnapshotter{Name: name, Address: sock},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +261,7 @@ func TestPeerStargzSnapshotter(t *testing.T) {
 	if got.BytesDown >= layerSize/2 {
 		t.Errorf("fetched %d bytes by the program's exit, the layer is %d: not lazy", got.BytesDown, layerSize)
 	}
-	t.Logf("stargz-snapshotter: %.2f s from PullImage to exit, %d bytes fetched of a %d-byte layer", res.Timings.Total().Seconds(), got.BytesDown, layerSize)
+	t.Logf("%s: %.2f s from PullImage to exit, %d bytes fetched of a %d-byte layer", name, res.Timings.Total().Seconds(), got.BytesDown, layerSize)
 }
 
 // TestPeerStargzStore runs podman 4.3.1 with stargz-store as its
