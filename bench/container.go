@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -80,10 +82,22 @@ func (r *runner) snapshotterCmd(ctx context.Context, m string) ([]string, error)
 		}
 		return peer("soci-snapshotter-grpc", "--address", "{address}", "--root", "{root}")
 	case mCRIOcifs:
-		if out, err := exec.CommandContext(ctx, r.ocifs, "snapshotter", "--help").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("not available: %s snapshotter --help: %v: %s", r.ocifs, err, lastLines(string(out), 2))
+		// the command and its subcommands (the words before the first
+		// flag) must answer --help: an ocifs without the snapshotter
+		// command makes the method "not available"
+		argv := strings.Fields(strings.ReplaceAll(r.ocifsSnapshotter, "{ocifs}", r.ocifs))
+		if len(argv) == 0 {
+			return nil, errors.New("not available: empty --ocifs-snapshotter")
 		}
-		return strings.Fields(strings.ReplaceAll(r.ocifsSnapshotter, "{ocifs}", r.ocifs)), nil
+		n := 1
+		for n < len(argv) && !strings.HasPrefix(argv[n], "-") {
+			n++
+		}
+		help := append(slices.Clone(argv[1:n]), "--help")
+		if out, err := exec.CommandContext(ctx, argv[0], help...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("not available: %s %s: %v: %s", argv[0], strings.Join(help, " "), err, lastLines(string(out), 2))
+		}
+		return argv, nil
 	}
 	return nil, nil
 }
