@@ -237,6 +237,18 @@ func (r *runner) criRun(ctx context.Context, s *sample, b *builtImage, spec imag
 		for i := range argv {
 			argv[i] = repl.Replace(argv[i])
 		}
+		if s.Method == mCRISoci {
+			// SOCI hands layers without a zTOC (under its 10 MiB minimum)
+			// back through containerd's API, at /run/containerd's socket
+			// unless told: this containerd's, as a deployment would set it
+			// (else each such layer waits 10 s for a dial timeout)
+			cfg := filepath.Join(dir, "soci.toml")
+			toml := fmt.Sprintf("[content_store]\ncontainerd_address = %q\n", filepath.Join(opts.Dir, "containerd.sock"))
+			if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
+				return err
+			}
+			argv = append(argv, "--config", cfg)
+		}
 		if sn, err = startDaemon(argv, filepath.Join(r.work, s.Method+".log")); err != nil {
 			return err
 		}
