@@ -387,11 +387,11 @@ func writeContainerStart(b *strings.Builder, res *Result, ok map[cellKey][]sampl
 	if !any {
 		return
 	}
-	b.WriteString("\n## Container start\n\nCRI (containerd 2.x, a new containerd and snapshotter with empty roots each repetition): time from PullImage sent to the program's exit seen with its output in the container's log; `pull` is PullImage alone. podman (a new root each repetition): time from `podman run` started to the container's first output; `pull` column: podman run's whole run. Bytes are what the proxy counted by then. `× best peer`: the median over the fastest median of the peers in the same group (stargz-snapshotter and SOCI for CRI, stargz-store for podman).\n")
+	b.WriteString("\n## Container start\n\nCRI (containerd 2.x, a new containerd and snapshotter with empty roots each repetition): time from PullImage sent to the program's exit seen with its output in the container's log; the next column is PullImage alone. podman (a new root each repetition): time from `podman run` started to the container's first output; the next column is podman run's whole run. Bytes are what the proxy counted by then. `× best peer`: the median over the fastest median of the peers in the same group (stargz-snapshotter and SOCI for CRI, stargz-store for podman).\n")
 	done := func(s sample) float64 { return s.DoneS }
 	ready := func(s sample) float64 { return s.ReadyS }
 	for _, p := range res.Profiles {
-		fmt.Fprintf(b, "\n### Profile %s\n\n| image | method | format | to output | pull | bytes | × best peer |\n|---|---|---|---|---|---|---|\n", p.Name)
+		fmt.Fprintf(b, "\n### Profile %s\n\n| image | method | format | to output | PullImage (CRI) · whole run (podman) | bytes | × best peer |\n|---|---|---|---|---|---|---|\n", p.Name)
 		for _, im := range res.Options.Images {
 			for _, group := range [][]string{{mCRIOverlay, mCRIStargz, mCRISoci, mCRIOcifs}, {mPodmanPull, mPodmanStarz}} {
 				peers := map[string]bool{mCRIStargz: true, mCRISoci: true, mPodmanStarz: true}
