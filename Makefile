@@ -19,7 +19,7 @@ DEBS := docker-registry umoci skopeo attr busybox-static containerd runc
 # (fs/store/podmantest); it depends on conmon, runc and containers-common.
 DEBS_NORECOMMENDS := podman
 
-.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2 install uninstall
+.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2 install uninstall peers peers-check
 
 all: build
 
@@ -116,6 +116,28 @@ bench: build
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	$(GO) run ./bench/run --ocifs $(BIN) $(BENCHFLAGS)
+
+# The peers `make bench` measures against (issues 14-16), each a small main
+# of our own in a nested module (bench/peers/<name>/go.mod pins the peer's
+# library version; none is a dependency of ocifs), built into PEERS_DIR.
+# Built only when missing or older than their go.mod.
+PEERS_DIR := bench/peers/bin
+PEERS := stargz-store stargz-snapshotter soci-snapshotter soci-convert
+peers: deps
+	@mkdir -p $(PEERS_DIR)
+	@for p in $(PEERS); do \
+		out=$$(sed -n 's|^// Command \([^ ]*\) .*|\1|p' bench/peers/$$p/main.go | head -1); \
+		if [ ! -x $(PEERS_DIR)/$$out ] || [ bench/peers/$$p/go.mod -nt $(PEERS_DIR)/$$out ] || [ bench/peers/$$p/main.go -nt $(PEERS_DIR)/$$out ]; then \
+			echo "building $$out from bench/peers/$$p"; \
+			(cd bench/peers/$$p && $(GO) build -o $(CURDIR)/$(PEERS_DIR)/$$out .) || exit 1; \
+		fi; \
+	done
+
+# Each peer started against containerd 2.x (CRI) or podman, one container
+# from an eStargz image of the loopback registry (bench/peers_test.go;
+# skipped with the reason when a binary is missing).
+peers-check: peers containerd2
+	OCIFS_PEERS_DIR=$(CURDIR)/$(PEERS_DIR) OCIFS_CONTAINERD2_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -v -run 'TestPeer' ./bench/
 
 bench-go: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -80,6 +80,12 @@ type runner struct {
 	log   io.Writer
 	// coldWorkloads: drop the page cache before each pull-method workload.
 	coldWorkloads bool
+	// The container-start methods: the peers' binaries, containerd 2.x's
+	// directory, the ocifs snapshotter's command line and the pod sandbox
+	// image pushed for CRI.
+	peers, containerd2, ocifsSnapshotter, pause string
+	// sociRefs are the SOCI-converted images of the cri-soci method.
+	sociRefs map[*builtImage]string
 }
 
 func dropCaches() error {
