@@ -19,7 +19,7 @@ DEBS := docker-registry umoci skopeo attr busybox-static containerd runc
 # (fs/store/podmantest); it depends on conmon, runc and containers-common.
 DEBS_NORECOMMENDS := podman
 
-.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2
+.PHONY: all deps build test vet fmt-check unit fuzz-brief fuzz demo bench bench-go clean containerd2 test-containerd2 install uninstall peers peers-check
 
 all: build
 
@@ -117,8 +117,58 @@ bench: build
 	fi
 	$(GO) run ./bench/run --ocifs $(BIN) $(BENCHFLAGS)
 
+# The peers `make bench` measures against (issues 14-16), each a small main
+# of our own in a nested module (bench/peers/<name>/go.mod pins the peer's
+# library version; none is a dependency of ocifs), built into PEERS_DIR.
+# Built only when missing or older than their go.mod.
+PEERS_DIR := bench/peers/bin
+PEERS := stargz-store stargz-snapshotter soci-snapshotter soci-convert
+peers: deps
+	@mkdir -p $(PEERS_DIR)
+	@for p in $(PEERS); do \
+		out=$$(sed -n 's|^// Command \([^ ]*\) .*|\1|p' bench/peers/$$p/main.go | head -1); \
+		if [ ! -x $(PEERS_DIR)/$$out ] || [ bench/peers/$$p/go.mod -nt $(PEERS_DIR)/$$out ] || [ bench/peers/$$p/main.go -nt $(PEERS_DIR)/$$out ]; then \
+			echo "building $$out from bench/peers/$$p"; \
+			(cd bench/peers/$$p && $(GO) build -o $(CURDIR)/$(PEERS_DIR)/$$out .) || exit 1; \
+		fi; \
+	done
+
+# Each peer started against containerd 2.x (CRI) or podman, one container
+# from an eStargz image of the loopback registry (bench/peers_test.go;
+# skipped with the reason when a binary is missing).
+peers-check: peers containerd2
+	OCIFS_PEERS_DIR=$(CURDIR)/$(PEERS_DIR) OCIFS_CONTAINERD2_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -v -run 'TestPeer' ./bench/
+
 bench-go: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 clean:
 	rm -rf bin
+
+# make install: the binary into $(DESTDIR)$(BINDIR) and every unit under
+# cmd/ocifs/systemd into $(DESTDIR)$(UNITDIR), with @BINDIR@ in them replaced
+# by BINDIR; then, when systemd runs this machine and DESTDIR is empty,
+# systemctl daemon-reload. Enable a unit with systemctl enable --now
+# (see the README's "Operating ocifs").
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITS := $(wildcard cmd/ocifs/systemd/*.service cmd/ocifs/systemd/*.socket)
+
+install:
+	@command -v $(GO) >/dev/null || { echo "Go 1.26+ is required (https://go.dev/doc/install)"; exit 1; }
+	$(GO) build -o $(BIN) ./cmd/ocifs
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/ocifs
+	@for u in $(UNITS); do \
+		echo "install $$u -> $(DESTDIR)$(UNITDIR)/$$(basename $$u)"; \
+		install -d $(DESTDIR)$(UNITDIR) && \
+		sed 's|@BINDIR@|$(BINDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp && \
+		mv $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/ocifs
+	@for u in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -12,13 +12,15 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/ocifs/ocifs/fs/snapshotter/critest"
 )
 
 // Options selects what Run measures. Empty lists mean all.
 type Options struct {
 	// Ocifs is the ocifs binary to measure.
 	Ocifs string
-	// Profiles: "lan", "cloud".
+	// Profiles: "lan", "cloud", "slow".
 	Profiles  []string
 	Images    []string // python, go, model
 	Formats   []string // gzip, gzip+index, estargz, zstd:chunked
@@ -42,16 +44,24 @@ type Options struct {
 	// methods too, so the pulled tree is read from disk as a warm ocifs
 	// cache is (by default it runs right after the pull, pages warm).
 	ColdWorkloads bool
+	// Peers is the directory `make peers` builds the peer snapshotters and
+	// stores into; Containerd2 the directory of containerd 2.x and its shim
+	// (`make containerd2`).
+	Peers, Containerd2 string
+	// OcifsSnapshotter is the command line the cri-ocifs method starts
+	// ({ocifs}, {address}, {root}, {cache} replaced); empty means
+	// DefaultOcifsSnapshotter.
+	OcifsSnapshotter string
 	// Log receives progress lines; nil means os.Stderr.
 	Log io.Writer `json:"-"`
 }
 
 // Names lists the valid values of each selector, for flag help.
 var Names = map[string][]string{
-	"profile":  {"lan", "cloud"},
+	"profile":  {"lan", "cloud", "slow"},
 	"image":    {"python", "go", "model", "files100k"},
 	"format":   allFormats,
-	"method":   allMethods,
+	"method":   append(slices.Clone(allMethods), containerMethods...),
 	"workload": allWorkloads,
 }
 
@@ -150,7 +160,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer net.close()
-	r := &runner{ocifs: o.Ocifs, work: work, net: net, log: o.Log, coldWorkloads: o.ColdWorkloads}
+	r := &runner{ocifs: o.Ocifs, work: work, net: net, log: o.Log, coldWorkloads: o.ColdWorkloads,
+		peers: o.Peers, containerd2: o.Containerd2, ocifsSnapshotter: o.OcifsSnapshotter, sociRefs: map[*builtImage]string{}}
+	if r.ocifsSnapshotter == "" {
+		r.ocifsSnapshotter = DefaultOcifsSnapshotter
+	}
+	if r.peers, err = filepath.Abs(r.peers); err != nil {
+		return nil, err
+	}
+	if slices.ContainsFunc(o.Methods, func(m string) bool { return strings.HasPrefix(m, "cri-") }) {
+		if _, err := critest.PushPauseImage(ctx, net.PushHost(), "bench/pause", "1"); err != nil {
+			return nil, err
+		}
+		r.pause = net.Host() + "/bench/pause:1"
+	}
+	notAvailable := map[string]error{}
 	if err := net.shape(profiles["lan"]); err != nil {
 		return nil, err
 	}
@@ -216,6 +240,44 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			base := sample{Profile: pn, Image: info.Name, Format: info.Format}
 			for _, m := range o.Methods {
 				if !info.spec.allows("method", m) {
+					continue
+				}
+				if isContainerMethod(m) {
+					if info.Format != containerFormat[m] || info.spec.Container == nil {
+						continue
+					}
+					if _, seen := notAvailable[m]; !seen {
+						notAvailable[m] = r.available(ctx, m)
+					}
+					if m == mCRISoci && notAvailable[m] == nil && r.sociRefs[info.built] == "" {
+						logf("%s %s %s: soci-convert (SOCI index, pushed)", pn, info.Name, info.Format)
+						ref, err := r.sociIndex(ctx, c, info.built)
+						if err != nil {
+							notAvailable[m] = fmt.Errorf("SOCI index: %w", err)
+						} else {
+							r.sociRefs[info.built] = ref
+						}
+					}
+					if err := notAvailable[m]; err != nil {
+						res.Skipped = append(res.Skipped, fmt.Sprintf("%s %s %s %s: %v", pn, info.Name, info.Format, m, err))
+						s := base
+						s.Method, s.Workload, s.Err = m, wContainer, err.Error()
+						res.Samples = append(res.Samples, s)
+						logSample(logf, s)
+						continue
+					}
+					for rep := range o.Reps {
+						if ctx.Err() != nil {
+							return nil, ctx.Err()
+						}
+						s := base
+						s.Method, s.Workload, s.Rep = m, wContainer, rep
+						if err := r.container(ctx, &s, info.built, info.spec); err != nil {
+							s.Err = err.Error()
+						}
+						res.Samples = append(res.Samples, s)
+						logSample(logf, s)
+					}
 					continue
 				}
 				if (m == mPull || m == mContainerd) && info.Format != fmtGzip {

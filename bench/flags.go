@@ -11,7 +11,7 @@ import (
 // the caller).
 func DefineFlags(set *pflag.FlagSet) *Options {
 	o := &Options{}
-	set.StringSliceVar(&o.Profiles, "profile", []string{"all"}, "network profile: lan, cloud or all")
+	set.StringSliceVar(&o.Profiles, "profile", []string{"all"}, "network profile: lan, cloud, slow or all")
 	set.StringSliceVar(&o.Images, "images", nil, "images to measure: "+strings.Join(Names["image"], ",")+"")
 	set.StringSliceVar(&o.Formats, "formats", nil, "layer formats: "+strings.Join(Names["format"], ",")+" (unsupported ones are reported, not measured)")
 	set.StringSliceVar(&o.Methods, "methods", nil, "methods: "+strings.Join(Names["method"], ",")+"")
@@ -21,6 +21,9 @@ func DefineFlags(set *pflag.FlagSet) *Options {
 	set.StringVar(&o.Cache, "bench-cache", "bench/.cache", "directory keeping built trees, images and the registry storage between runs")
 	set.BoolVar(&o.AllCells, "all-cells", false, "run every workload on every format with the cold lazy mount (default: gzip first-file and read-all, eStargz and zstd:chunked first-file and start-up)")
 	set.BoolVar(&o.ColdWorkloads, "cold-workloads", true, "drop the page cache before each workload after a full pull too, as before every ocifs workload (like for like; false runs it right after the pull, its pages warm)")
+	set.StringVar(&o.Peers, "peers", "bench/peers/bin", "directory of the peers built by `make peers` (stargz-store, containerd-stargz-grpc, soci-snapshotter-grpc, soci)")
+	set.StringVar(&o.Containerd2, "containerd2", "/usr/local/lib/ocifs-test/containerd-2.4.2", "directory of containerd 2.x and its runc shim (`make containerd2`) for the cri-* methods")
+	set.StringVar(&o.OcifsSnapshotter, "ocifs-snapshotter", DefaultOcifsSnapshotter, "command line of the cri-ocifs method's snapshotter ({ocifs}, {address}, {root}, {cache} are replaced)")
 	set.BoolVar(&o.Quick, "quick", false, "a smoke run: one repetition, a 256 MiB model image")
 	return o
 }

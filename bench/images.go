@@ -51,6 +51,11 @@ type imageSpec struct {
 	Name    string   `json:"name"`
 	Startup []string `json:"startup"` // argv run chrooted into the tree
 	Layers  int      `json:"layers"`
+	// Container is the program the container-start methods run (through
+	// CRI or podman) and Expect what its output must contain; images
+	// without one are not measured there.
+	Container []string `json:"container,omitempty"`
+	Expect    string   `json:"expect,omitempty"`
 	// Only, when set, restricts the image to these formats, methods and
 	// workloads (the many-files image exists for the daemon's memory).
 	Only map[string][]string `json:"only,omitempty"`
@@ -67,8 +72,10 @@ type treePart struct {
 }
 
 var imageSpecs = []imageSpec{
-	{Name: "python", Startup: []string{"/usr/bin/python3", "-c", "import json, sqlite3, asyncio"}, tree: pythonTree},
-	{Name: "go", Startup: []string{"/usr/local/go/bin/go", "version"}, tree: goTree},
+	{Name: "python", Startup: []string{"/usr/bin/python3", "-c", "import json, sqlite3, asyncio"}, tree: pythonTree,
+		Container: []string{"python3", "-c", "print(42)"}, Expect: "42"},
+	{Name: "go", Startup: []string{"/usr/local/go/bin/go", "version"}, tree: goTree,
+		Container: []string{"/usr/local/go/bin/go", "version"}, Expect: "go version go"},
 	{Name: "model", Startup: []string{"/bin/busybox", "sh", "-c", "head -c 16777216 /models/model-00001-of-00004.safetensors | md5sum && md5sum /models/config.json"}, tree: modelTree},
 	{Name: "files100k", Startup: []string{"/bin/busybox", "true"}, tree: manyFilesTree, Only: map[string][]string{
 		"format": {fmtGzipIndex}, "method": {mLazy, mWarm}, "workload": {wFirst, wWalk}, "profile": {"lan"}}},

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ocifs/ocifs/fs/mountinfo"
 )
 
 // Methods and workloads, as the tables name them.
@@ -78,6 +80,12 @@ type runner struct {
 	log   io.Writer
 	// coldWorkloads: drop the page cache before each pull-method workload.
 	coldWorkloads bool
+	// The container-start methods: the peers' binaries, containerd 2.x's
+	// directory, the ocifs snapshotter's command line and the pod sandbox
+	// image pushed for CRI.
+	peers, containerd2, ocifsSnapshotter, pause string
+	// sociRefs are the SOCI-converted images of the cri-soci method.
+	sociRefs map[*builtImage]string
 }
 
 func dropCaches() error {
@@ -271,17 +279,12 @@ func (r *runner) unmount(mnt, cache string) {
 }
 
 func isMounted(p string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read(mountinfo.Self)
 	if err != nil {
 		return false
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 4 && f[4] == p {
-			return true
-		}
-	}
-	return false
+	_, ok := mountinfo.Topmost(ms, p)
+	return ok
 }
 
 // lazy measures one workload on an ocifs mount with the cache at cache
@@ -331,14 +334,13 @@ const workloadTimeout = 5 * time.Minute
 // abortFUSE aborts the FUSE connection mounted at mnt
 // (/sys/fs/fuse/connections/<minor>/abort).
 func abortFUSE(mnt string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read(mountinfo.Self)
 	if err != nil {
 		return
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 4 && f[4] == mnt {
-			if _, minor, ok := strings.Cut(f[2], ":"); ok {
+	for _, m := range ms {
+		if m.Mountpoint == mnt {
+			if _, minor, ok := strings.Cut(m.Dev, ":"); ok {
 				os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0o200)
 			}
 		}
@@ -533,10 +535,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 			<-exited
 		}
 		// snapshots may still be mounted if a workload failed half way
-		b, _ := os.ReadFile("/proc/self/mountinfo")
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], root) {
-				exec.Command("umount", "-l", f[4]).Run()
+		ms, _ := mountinfo.Read(mountinfo.Self)
+		for _, m := range ms {
+			if strings.HasPrefix(m.Mountpoint, root) {
+				exec.Command("umount", "-l", m.Mountpoint).Run()
 			}
 		}
 	}

@@ -39,6 +39,8 @@ type profile struct {
 var profiles = map[string]profile{
 	"lan":   {Name: "lan", Note: "unshaped veth into the registry's namespace, no added delay"},
 	"cloud": {Name: "cloud", Rate: "1gbit", Delay: 10 * time.Millisecond, Note: "tbf 1 Gbit/s on both veth ends, 20 ms RTT added by the proxy"},
+	// slow is the link issues 14-16 measured the peers on.
+	"slow": {Name: "slow", Rate: "100mbit", Delay: 5 * time.Millisecond, Note: "tbf 100 Mbit/s on both veth ends, 10 ms RTT added by the proxy"},
 }
 
 // network is the registry in its namespace and the proxy in front of it.

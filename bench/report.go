@@ -170,6 +170,7 @@ func writeMarkdown(res *Result) string {
 			}
 		}
 	}
+	writeContainerStart(&b, res, ok, errs)
 	writeGoals(&b, res, ok)
 	if len(res.Skipped) > 0 {
 		b.WriteString("\nNot measured:\n\n")

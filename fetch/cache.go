@@ -46,6 +46,8 @@ const (
 // goroutines and processes.
 type Cache struct {
 	dir string
+	// added is signalled (never blocking) after an entry is installed.
+	added chan struct{}
 
 	hashed atomic.Int64 // bytes read by Verify's hashing, for tests
 }
@@ -61,7 +63,7 @@ func OpenCache(dir string) (*Cache, error) {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
 	}
-	c := &Cache{dir: dir}
+	c := &Cache{dir: dir, added: make(chan struct{}, 1)}
 	c.removeStale(time.Now().Add(-staleAfter))
 	return c, nil
 }
@@ -114,6 +116,7 @@ func (c *Cache) Open(d digest.Digest) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("cache: blob %s: %w", d, err)
 	}
+	c.touch(KindBlob, d)
 	return f, nil
 }
 
@@ -223,6 +226,7 @@ func (c *Cache) install(tmp, dst string) error {
 		d.Sync()
 		d.Close()
 	}
+	c.signalAdded()
 	return nil
 }
 
@@ -317,6 +321,7 @@ func (c *Cache) OpenIndex(layer digest.Digest) (f *os.File, r *io.SectionReader,
 		}
 		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
 	}
+	c.touch(KindIndex, layer)
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -417,6 +422,7 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 		if err := removeTreeDir(p); err != nil {
 			return fmt.Errorf("cache: %s %s: %w", kind, d, err)
 		}
+		c.unuse(kind, d)
 		return nil
 	default:
 		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q or %q)", kind, KindBlob, KindIndex, KindTree)
@@ -428,6 +434,7 @@ func (c *Cache) Remove(kind string, d digest.Digest) error {
 	if kind == KindBlob {
 		c.unstamp(d)
 	}
+	c.unuse(kind, d)
 	if err := os.Remove(p); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache: %s %s: %w", kind, d, ErrNotFound)

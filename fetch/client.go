@@ -73,6 +73,11 @@ type Options struct {
 	// by one of its [[registry]] prefixes uses it; others use HostsDir.
 	// Read once, by New, and checked like HostsDir.
 	RegistriesConf string
+
+	// ObserveRange, when set, is called once per blob range read, after
+	// the read (for metrics: a latency histogram, cache answers). It must
+	// not block; it may be called from many goroutines at once.
+	ObserveRange func(RangeRead)
 }
 
 // DefaultCacheDir is /var/cache/ocifs for root, else $XDG_CACHE_HOME/ocifs
@@ -107,6 +112,7 @@ type Client struct {
 	regconf      *registriesConf
 	insecureBase http.RoundTripper
 	stats        *counters
+	onRange      func(RangeRead) // Options.ObserveRange
 	// sleep waits between attempts; tests replace it before first use.
 	sleep func(ctx context.Context, d time.Duration) error
 }
@@ -133,6 +139,7 @@ func New(opts Options) (*Client, error) {
 		keychain:    opts.Keychain,
 		maxAttempts: opts.MaxAttempts,
 		stats:       &counters{},
+		onRange:     opts.ObserveRange,
 		sleep:       sleepCtx,
 	}
 	if c.log == nil {
@@ -217,6 +224,7 @@ type Stats struct {
 	Requests     int64                   // HTTP requests sent (each attempt counts)
 	BytesFetched int64                   // body bytes received for manifests, configs, blobs and referrers lists (layout files included)
 	Blobs        map[digest.Digest]int64 // body bytes received per blob digest (and per manifest digest for FetchManifest)
+	BlobRequests map[digest.Digest]int64 // HTTP requests sent per blob digest (each attempt counts)
 }
 
 // Stats returns a snapshot of the client's counters.
@@ -227,6 +235,7 @@ func (c *Client) Stats() Stats {
 		Requests:     c.stats.requests.Load(),
 		BytesFetched: c.stats.bytes.Load(),
 		Blobs:        maps.Clone(c.stats.blobs),
+		BlobRequests: maps.Clone(c.stats.blobRequests),
 	}
 }
 

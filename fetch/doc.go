@@ -73,9 +73,23 @@
 // file, so a bad or failed write never replaces or shadows a good entry.
 //
 // Errors caused by outside bytes wrap [ErrFormat] and read "invalid input:
-// …"; a digest mismatch is a [*DigestError]. Absent things wrap
-// [ErrNotFound], refused credentials [ErrUnauthorized], and say how to log
-// in.
+// …"; a digest mismatch is a [*DigestError], which wraps [ErrDigest] and
+// ErrFormat. Absent things wrap [ErrNotFound], refused credentials
+// [ErrUnauthorized], and say how to log in.
+//
+// # Errors shared with index and fs
+//
+// fetch and index do not import each other, yet both report bad outside
+// bytes and digest mismatches, and fs and cmd branch on those without caring
+// which package found them. So ErrFormat and ErrDigest are kinds, not
+// identities: each of fetch, index (with index/toc) and fs declares its own
+// ErrFormat ("invalid input") and ErrDigest ("digest mismatch"), each with an
+// exported ErrorKind() string method and an Is method that matches any error
+// reporting the same kind. errors.Is(err, fetch.ErrFormat) therefore holds
+// for an error wrapping index.ErrFormat or fs.ErrFormat, and the other way
+// round. Each package builds only its own error types (fs checks digests
+// with its own fs.DigestError, not this one); to read a mismatch's details
+// use errors.As with the type of the package that reported it.
 //
 // # What it must not do
 //

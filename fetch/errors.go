@@ -19,12 +19,35 @@ var (
 	ErrUnauthorized = errors.New("unauthorized")
 	// ErrFormat reports bad bytes from outside: a malformed or oversized
 	// manifest, index or config, an unknown manifest media type, a digest or
-	// size mismatch.
-	ErrFormat = errors.New("invalid input")
+	// size mismatch. It is one of the shared kinds (see "Errors" in the
+	// package doc): errors.Is(err, ErrFormat) also holds for index's and
+	// fs's ErrFormat errors, and theirs for ours.
+	ErrFormat error = kind("invalid input")
+	// ErrDigest is wrapped by every [*DigestError]; like ErrFormat it is a
+	// shared kind, so it matches the digest mismatches of index/toc and fs.
+	ErrDigest error = kind("digest mismatch")
 )
 
+// kind is the type of the sentinels that fetch, index and fs share without
+// importing each other. Two kinds match, whatever package declared them, when
+// their ErrorKind strings are equal; Is lets errors.Is see that.
+type kind string
+
+func (k kind) Error() string { return string(k) }
+
+// ErrorKind names the kind; any error with an equal ErrorKind is the same
+// kind to [errors.Is].
+func (k kind) ErrorKind() string { return string(k) }
+
+// Is reports whether target is a sentinel of the same kind, from any package.
+func (k kind) Is(target error) bool {
+	t, ok := target.(interface{ ErrorKind() string })
+	return ok && t.ErrorKind() == string(k)
+}
+
 // DigestError reports bytes whose digest is not the one the caller supplied.
-// It wraps [ErrFormat], so errors.Is(err, ErrFormat) holds.
+// It wraps [ErrDigest] and [ErrFormat], so errors.Is(err, ErrDigest) and
+// errors.Is(err, ErrFormat) hold (with any package's sentinels of those kinds).
 type DigestError struct {
 	What   string        // what was checked: "blob sha256:… from registry.example/app"
 	Want   digest.Digest // the digest that was expected
@@ -36,8 +59,8 @@ func (e *DigestError) Error() string {
 	return fmt.Sprintf("invalid input: %s: digest mismatch: want %s, got %s", e.What, e.Want, e.Got)
 }
 
-// Unwrap makes errors.Is(err, ErrFormat) true.
-func (e *DigestError) Unwrap() error { return ErrFormat }
+// Unwrap makes errors.Is(err, ErrDigest) and errors.Is(err, ErrFormat) true.
+func (e *DigestError) Unwrap() []error { return []error{ErrDigest, ErrFormat} }
 
 // formatError builds an "invalid input: …" error that wraps ErrFormat.
 func formatError(format string, args ...any) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -139,13 +140,16 @@ func (im *Image) readRange(ctx context.Context, desc ocispec.Descriptor, off int
 		n, err := f.ReadAt(buf, off)
 		f.Close()
 		if n == len(buf) {
+			im.c.observeRange(RangeRead{Digest: desc.Digest, Bytes: int64(len(buf)), Cached: true})
 			return n, true, nil
 		}
 		im.c.log.Warn("cached blob unreadable; fetching the range", "digest", desc.Digest, "off", off, "len", len(buf), "err", err)
 	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound) {
 		im.c.log.Warn("cache read failed", "digest", desc.Digest, "err", err)
 	}
+	start := time.Now()
 	filled, err = im.fillRange(ctx, desc, off, buf, what, from)
+	im.c.observeRange(RangeRead{Digest: desc.Digest, Bytes: int64(len(buf)), Duration: time.Since(start), Err: err})
 	return filled, false, err
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,9 +33,30 @@ type counters struct {
 	requests atomic.Int64
 	bytes    atomic.Int64
 
-	// mu guards blobs.
-	mu    sync.Mutex
-	blobs map[digest.Digest]int64
+	// mu guards blobs and blobRequests.
+	mu           sync.Mutex
+	blobs        map[digest.Digest]int64
+	blobRequests map[digest.Digest]int64
+}
+
+// addRequest counts one request sent for path: per blob too when it is a
+// blob's ("/v2/<name>/blobs/<digest>").
+func (c *counters) addRequest(path string) {
+	c.requests.Add(1)
+	i := strings.LastIndex(path, "/blobs/")
+	if i < 0 {
+		return
+	}
+	d := digest.Digest(path[i+len("/blobs/"):])
+	if d.Validate() != nil {
+		return
+	}
+	c.mu.Lock()
+	if c.blobRequests == nil {
+		c.blobRequests = make(map[digest.Digest]int64)
+	}
+	c.blobRequests[d]++
+	c.mu.Unlock()
 }
 
 // addBlob counts n body bytes received for blob d.
@@ -139,7 +161,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // once sends one attempt with its own header deadline and body watchdog.
 func (t *retryTransport) once(req *http.Request) (*http.Response, error) {
-	t.stats.requests.Add(1)
+	t.stats.addRequest(req.URL.Path)
 	ctx, cancel := context.WithCancel(req.Context())
 	var headerTimeout atomic.Bool
 	timer := time.AfterFunc(t.attemptTimeout, func() {

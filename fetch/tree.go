@@ -115,6 +115,7 @@ func (c *Cache) OpenTree(d digest.Digest, fileMin int64) (*Tree, error) {
 	if t.pack, err = t.open(packName, -1); err != nil {
 		return nil, err
 	}
+	c.touch(KindTree, d)
 	return t, nil
 }
 

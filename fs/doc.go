@@ -9,6 +9,10 @@
 //   - Each layer's plan and state: where its entry table comes from (the
 //     index cache, or streaming the blob) and when its bytes are ready.
 //   - The FUSE nodes ([Image.Mount]), error-to-errno mapping, and Pull.
+//   - Per-layer views ([Image.LayerViews]) and [LayerFS], one mount serving
+//     many of them (a containerd snapshotter's lower directories): each
+//     tree in a slot of its own, node ids slot<<32 | the tree's numbers
+//     ([ServedTree], the building block for other layouts).
 //
 // # Invariants
 //

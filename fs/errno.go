@@ -5,9 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"syscall"
-
-	"github.com/ocifs/ocifs/fetch"
-	"github.com/ocifs/ocifs/index"
 )
 
 // errno maps an error met while serving n to the errno the reader gets, and
@@ -20,9 +17,10 @@ func (im *Image) errno(ctx context.Context, n *Node, off int64, err error) sysca
 	case errors.Is(err, errNoEntry):
 		return syscall.ENOENT
 	}
-	var de *fetch.DigestError
 	what := "read failed"
-	if errors.As(err, &de) || errors.Is(err, fetch.ErrFormat) || errors.Is(err, index.ErrFormat) {
+	// ErrFormat and ErrDigest are kinds shared with fetch and index (see
+	// errors.go): they match those packages' sentinels and digest errors too.
+	if errors.Is(err, ErrFormat) || errors.Is(err, ErrDigest) {
 		what = "read refused: layer failed verification"
 	}
 	// The kernel retries a failed read (and readahead asks too): say it once

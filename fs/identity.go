@@ -194,6 +194,9 @@ func (im *Image) stableAttr(n *Node) fusefs.StableAttr {
 // have is ESTALE; one it has, from a handle of another image, the kernel
 // refuses itself when the generation differs.
 func (in *inode) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	if in.view != nil {
+		return nil, syscall.ESTALE // a mount of many trees decodes no handles
+	}
 	if id == fuse.FUSE_ROOT_ID {
 		root := in.Root()
 		root.Operations().(*inode).fill(&out.Attr)
@@ -237,6 +240,9 @@ func (in *inode) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) 
 // asks for its parent, then reads the parent for the directory's name. It
 // asks only of directories.
 func (in *inode) LookupParent(ctx context.Context, out *fuse.EntryOut) (*fusefs.Inode, string, syscall.Errno) {
+	if in.view != nil {
+		return nil, "", syscall.ESTALE
+	}
 	d := in.node()
 	if !d.IsDir() {
 		return nil, "", syscall.ESTALE

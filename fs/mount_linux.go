@@ -8,13 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/ocifs/ocifs/fs/mountinfo"
 )
 
 // MountOptions configure a FUSE mount of an image. The zero value is a
@@ -210,13 +211,12 @@ func mountedElsewhere(dev string) bool {
 			continue
 		}
 		seen[ns] = true
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "mountinfo"))
+		ms, err := mountinfo.Read(filepath.Join("/proc", p.Name(), "mountinfo"))
 		if err != nil {
 			continue
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			// "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ..."
-			if f := strings.Fields(line); len(f) > 2 && f[2] == dev {
+		for _, m := range ms {
+			if m.Dev == dev {
 				return true
 			}
 		}

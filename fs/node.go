@@ -30,6 +30,11 @@ type inode struct {
 	path  string
 	early bool
 
+	// view is set for an inode of a tree served among others under one
+	// mount ([ServedTree]: a layer's view in a [LayerFS]); nil for the
+	// merged tree of [Image.Mount].
+	view *ServedTree
+
 	// omu guards the io mode of the inode's open files (see fileHandle).
 	omu   sync.Mutex
 	opens int32
@@ -90,9 +95,52 @@ func typeBits(t index.Type) uint32 {
 	return syscall.S_IFREG
 }
 
+// stable is the identity of the inode of n, a node of in's tree.
+func (in *inode) stable(n *Node) fusefs.StableAttr {
+	if v := in.view; v != nil {
+		return fusefs.StableAttr{Mode: typeBits(n.Type), Ino: v.base | n.ID, Gen: v.gen}
+	}
+	return in.im.stableAttr(n)
+}
+
+// ino is the inode number of n, a node of in's tree.
+func (in *inode) ino(n *Node) uint64 {
+	if in.view != nil {
+		return in.view.base | n.ID
+	}
+	return n.ID
+}
+
+// refused returns why n, a node of in's tree, must not be served, or nil.
+func (in *inode) refused(n *Node) error {
+	if in.view != nil {
+		return in.im.refusedView(n, in.view.layer)
+	}
+	return in.im.refusedNode(n)
+}
+
+// refusedList returns why directory n's names must not be listed, or nil.
+func (in *inode) refusedList(n *Node) error {
+	if in.view != nil {
+		return in.im.refusedView(n, in.view.layer)
+	}
+	return in.im.refusedList(n)
+}
+
+// data returns the node a read of in's file reads through: in's own, or
+// in a layer's view, for a sparse file, the merged tree's (see
+// Image.viewNode).
+func (in *inode) data() (*Node, error) {
+	n := in.node()
+	if in.view == nil {
+		return n, nil
+	}
+	return in.im.viewNode(n)
+}
+
 func (in *inode) fill(a *fuse.Attr) {
 	n := in.node()
-	a.Ino = n.ID
+	a.Ino = in.ino(n)
 	a.Mode = typeBits(n.Type) | n.Mode
 	a.Nlink = n.Nlink
 	a.Uid, a.Gid = uint32(n.UID), uint32(n.GID)
@@ -130,17 +178,17 @@ func (in *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		out.SetEntryTimeout(provisionalTimeout)
 		out.SetAttrTimeout(provisionalTimeout)
 	} else if c = in.node().Child(name); c == nil {
-		if err := in.im.refusedList(in.node()); err != nil {
+		if err := in.refusedList(in.node()); err != nil {
 			return nil, in.im.errno(ctx, in.node(), 0, err) // the name may be there in truth
 		}
 		return nil, syscall.ENOENT
 	}
-	if err := in.im.refusedNode(c); err != nil {
+	if err := in.refused(c); err != nil {
 		return nil, in.im.errno(ctx, c, 0, err)
 	}
-	child := &inode{im: in.im, n: c, path: p, early: early}
+	child := &inode{im: in.im, n: c, path: p, early: early, view: in.view}
 	child.fill(&out.Attr)
-	return in.NewInode(ctx, child, in.im.stableAttr(c)), 0
+	return in.NewInode(ctx, child, in.stable(c)), 0
 }
 
 // Readdir lists a directory in name order, which is stable across calls.
@@ -152,20 +200,20 @@ func (in *inode) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) 
 		}
 	}
 	n := in.node()
-	if err := in.im.refusedList(n); err != nil {
+	if err := in.refusedList(n); err != nil {
 		return nil, in.im.errno(ctx, n, 0, err)
 	}
 	names := n.Names()
 	ents := make([]fuse.DirEntry, len(names))
 	for i, name := range names {
 		c := n.Child(name)
-		ents[i] = fuse.DirEntry{Name: name, Ino: c.ID, Mode: typeBits(c.Type)}
+		ents[i] = fuse.DirEntry{Name: name, Ino: in.ino(c), Mode: typeBits(c.Type)}
 	}
 	return fusefs.NewListDirStream(ents), 0
 }
 
 func (in *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if err := in.im.refusedNode(in.node()); err != nil {
+	if err := in.refused(in.node()); err != nil {
 		return in.im.errno(ctx, in.node(), 0, err)
 	}
 	in.fill(&out.Attr)
@@ -177,7 +225,7 @@ func (in *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.Att
 
 // Getxattr serves the xattrs the layer's tar recorded (PAX SCHILY.xattr.*).
 func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if err := in.im.refusedNode(in.node()); err != nil {
+	if err := in.refused(in.node()); err != nil {
 		return 0, in.im.errno(ctx, in.node(), 0, err)
 	}
 	v, ok := in.node().Xattrs[attr]
@@ -191,7 +239,7 @@ func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 }
 
 func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	if err := in.im.refusedNode(in.node()); err != nil {
+	if err := in.refused(in.node()); err != nil {
 		return 0, in.im.errno(ctx, in.node(), 0, err)
 	}
 	xattrs := in.node().Xattrs
@@ -216,7 +264,7 @@ func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Er
 
 func (in *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	n := in.node()
-	if err := in.im.refusedNode(n); err != nil {
+	if err := in.refused(n); err != nil {
 		return nil, in.im.errno(ctx, n, 0, err)
 	}
 	if n.Type != index.TypeSymlink {
@@ -235,7 +283,10 @@ func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uin
 	if in.node().Type != index.TypeReg {
 		return nil, 0, syscall.EINVAL
 	}
-	if err := in.im.refusedNode(in.node()); err != nil {
+	if err := in.refused(in.node()); err != nil {
+		return nil, 0, in.im.errno(ctx, in.node(), 0, err)
+	}
+	if _, err := in.data(); err != nil {
 		return nil, 0, in.im.errno(ctx, in.node(), 0, err)
 	}
 	return in.open(), fuse.FOPEN_KEEP_CACHE, 0
@@ -243,11 +294,15 @@ func (in *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uin
 
 func (in *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	node := in.node()
-	if err := in.im.refusedNode(node); err != nil {
+	if err := in.refused(node); err != nil {
 		return nil, in.im.errno(ctx, node, off, err) // a file opened before the check found the lie
 	}
 	if h, ok := f.(*fileHandle); ok && h.f != nil {
 		return h.read(node, dest, off)
+	}
+	node, err := in.data()
+	if err != nil {
+		return nil, in.im.errno(ctx, in.node(), off, err)
 	}
 	n, err := in.im.ReadAt(ctx, node, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {

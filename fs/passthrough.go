@@ -60,8 +60,10 @@ func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 
 // open returns the handle for a new open of a regular file.
 func (in *inode) open() *fileHandle {
-	n := in.node()
-	f := in.im.openFile(n)
+	var f *os.File
+	if n, err := in.data(); err == nil { // Open checked it
+		f = in.im.openFile(n)
+	}
 	in.omu.Lock()
 	defer in.omu.Unlock()
 	if in.opens == 0 {

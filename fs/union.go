@@ -11,10 +11,6 @@ import (
 	"github.com/ocifs/ocifs/index"
 )
 
-// ErrFormat marks union errors caused by the image's bytes (a hardlink to a
-// missing file, a path through a file), as opposed to our own failures.
-var ErrFormat = errors.New("invalid input")
-
 // maxSymlinkHops bounds how many symlinks one parent path may pass through,
 // as the kernel's MAXSYMLINKS does, so a loop in an image ends with an error.
 const maxSymlinkHops = 40
@@ -116,9 +112,65 @@ func (t *Tree) Lookup(p string) (*Node, error) {
 	return n, nil
 }
 
+// Resolve returns the node at p, following symlinks inside the image as the
+// kernel would inside a chroot: an absolute target starts at the root and
+// ".." stops there. The last element is followed only if followLast (stat
+// against lstat). Unlike [Tree.Lookup], ".." is applied where it stands,
+// after the symlinks before it. A loop ends after the kernel's MAXSYMLINKS
+// hops.
+func (t *Tree) Resolve(p string, followLast bool) (*Node, error) {
+	stack := []*Node{t.Root}
+	todo := pathElems(p)
+	hops := 0
+	for len(todo) > 0 {
+		name := todo[0]
+		todo = todo[1:]
+		cur := stack[len(stack)-1]
+		if name == ".." {
+			if len(stack) > 1 {
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		}
+		if !cur.IsDir() {
+			return nil, fmt.Errorf("%s: %w", p, errNotDir)
+		}
+		c := cur.Child(name)
+		if c == nil {
+			return nil, fmt.Errorf("%s: %w", p, errNoEntry)
+		}
+		if c.Type != index.TypeSymlink || (len(todo) == 0 && !followLast) {
+			stack = append(stack, c)
+			continue
+		}
+		if hops++; hops > maxSymlinkHops {
+			return nil, fmt.Errorf("%s: %w", p, errSymlinks)
+		}
+		if strings.HasPrefix(c.Linkname, "/") {
+			stack = stack[:1]
+		}
+		todo = append(pathElems(c.Linkname), todo...)
+	}
+	return stack[len(stack)-1], nil
+}
+
+// pathElems splits a slash-separated path into its elements, keeping ".."
+// for Resolve to apply (splitPath and path.Clean fold "a/.." before the
+// symlinks on the way are followed).
+func pathElems(p string) []string {
+	var out []string
+	for _, s := range strings.Split(p, "/") {
+		if s != "" && s != "." {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 var (
-	errNoEntry = errors.New("no such file or directory")
-	errNotDir  = errors.New("not a directory")
+	errNoEntry  = errors.New("no such file or directory")
+	errNotDir   = errors.New("not a directory")
+	errSymlinks = errors.New("too many levels of symbolic links")
 )
 
 // Walk calls fn for every path of the tree in depth-first, name order, the

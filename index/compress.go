@@ -15,8 +15,32 @@ import (
 // ErrFormat is wrapped by every error that bad layer or index bytes cause:
 // a corrupt gzip or zstd stream, a malformed tar header, a sparse file, a cap
 // exceeded, a damaged index. Callers branch on it with errors.Is to tell a
-// hostile or broken image from a failure of their own.
-var ErrFormat = errors.New("invalid input")
+// hostile or broken image from a failure of their own. It is a shared kind
+// (see "Errors shared with fetch and fs" in the package doc): errors.Is
+// matches it with fetch's and fs's ErrFormat, both ways.
+var ErrFormat error = kind("invalid input")
+
+// ErrDigest is wrapped by every digest mismatch this package and index/toc
+// report (index/toc's DigestError); like ErrFormat it is a shared kind, so it
+// matches fetch's and fs's ErrDigest, both ways.
+var ErrDigest error = kind("digest mismatch")
+
+// kind is the type of the sentinels that index, fetch and fs share without
+// importing each other. Two kinds match, whatever package declared them, when
+// their ErrorKind strings are equal; Is lets errors.Is see that.
+type kind string
+
+func (k kind) Error() string { return string(k) }
+
+// ErrorKind names the kind; any error with an equal ErrorKind is the same
+// kind to [errors.Is].
+func (k kind) ErrorKind() string { return string(k) }
+
+// Is reports whether target is a sentinel of the same kind, from any package.
+func (k kind) Is(target error) bool {
+	t, ok := target.(interface{ ErrorKind() string })
+	return ok && t.ErrorKind() == string(k)
+}
 
 // ErrUnsupported is wrapped by the error [Decompress] and
 // [MediaTypeCompression] return for a layer media type they do not know.

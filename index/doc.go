@@ -154,6 +154,19 @@
 // incompatible change bumps the version, which older readers refuse with a
 // message asking for the index to be rebuilt.
 //
+// # Errors shared with fetch and fs
+//
+// index and fetch do not import each other, yet both report bad outside
+// bytes and digest mismatches, and fs and cmd branch on those without caring
+// which package found them. So [ErrFormat] ("invalid input") and [ErrDigest]
+// ("digest mismatch") are kinds, not identities: fetch and fs declare their
+// own, and each sentinel has an exported ErrorKind() string method and an Is
+// method matching any error that reports the same kind. errors.Is(err,
+// index.ErrFormat) holds for an error wrapping fetch.ErrFormat or
+// fs.ErrFormat, and the other way round. index/toc reuses these two
+// sentinels; its DigestError wraps both, as fetch's and fs's do. Each
+// package builds only its own error types.
+//
 // # What it must not do
 //
 // No HTTP, no FUSE, no caching policy, no package-level state (beyond a

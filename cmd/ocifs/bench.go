@@ -11,6 +11,8 @@ import (
 )
 
 // benchFlags wires `ocifs bench` to package bench, measuring this binary.
+// It is the one import of bench outside bench itself (see bench's package
+// doc and TestImportDirection).
 func benchFlags(set *pflag.FlagSet) runFunc {
 	o := bench.DefineFlags(set)
 	return func(ctx context.Context, e *env, args []string) error {

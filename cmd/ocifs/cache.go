@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -141,43 +142,76 @@ func parseAge(s string) (time.Duration, error) {
 }
 
 func cachePruneFlags(set *pflag.FlagSet) runFunc {
-	all := set.Bool("all", false, "remove every entry")
+	all := set.Bool("all", false, "remove every entry, and the logs of mounts that are gone")
 	age := durationValue(defaultPruneAge)
-	set.Var(&age, "older-than", "remove entries not modified for `DURATION` (30d, 12h)")
+	set.Var(&age, "older-than", "remove entries not used for `DURATION` (30d, 12h), and the logs of gone mounts\nnot written for as long (default 30d, unless --max-size alone is given)")
+	var maxSize sizeValue
+	set.Var(&maxSize, "max-size", "then remove entries least recently used first until the cache holds at most `SIZE` (500M, 10G)")
 	return func(ctx context.Context, e *env, args []string) error {
-		return runPrune(e, *all, time.Duration(age), time.Now())
+		a := time.Duration(age)
+		if maxSize > 0 && !set.Changed("older-than") {
+			a = 0
+		}
+		return runPrune(e, *all, a, int64(maxSize), time.Now())
 	}
 }
 
-// runPrune removes entries last modified before now-age (all with all).
+// runPrune removes entries not used since now-age (every one with all),
+// then the least recently used until the cache holds max bytes, never an
+// entry a live mount pins (except with all), nor one still being written.
 // Removing a file a mount has open is safe: the mount keeps its open file.
-func runPrune(e *env, all bool, age time.Duration, now time.Time) error {
+func runPrune(e *env, all bool, age time.Duration, max int64, now time.Time) error {
 	c, ents, err := listCache(e)
 	if err != nil {
 		return err
 	}
-	cutoff := now.Add(-age)
-	var n int
-	var freed int64
+	var res fetch.TrimResult
 	var errs []error
-	for _, en := range ents {
-		if !all && !en.ModTime.Before(cutoff) {
-			continue
-		}
-		if err := c.Remove(en.Kind, en.Digest); err != nil {
-			if !errors.Is(err, fetch.ErrNotFound) { // another prune got there first
-				errs = append(errs, err)
-			}
-			continue
-		}
-		n++
-		freed += en.Size
-	}
-	what := "older than " + (*durationValue)(&age).String()
 	if all {
-		what = "all entries"
+		res.Entries = len(ents)
+		for _, en := range ents {
+			if err := c.Remove(en.Kind, en.Digest); err != nil {
+				if !errors.Is(err, fetch.ErrNotFound) { // another prune got there first
+					errs = append(errs, err)
+				}
+				continue
+			}
+			res.Removed++
+			res.Freed += en.Size
+		}
+	} else if c != nil {
+		res, err = c.Trim(fetch.TrimOptions{OlderThan: age, MaxBytes: max, Now: now})
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
-	fmt.Fprintf(e.stdout, "pruned %s: removed %d of %d entries, freed %s (%d bytes)\n", what, n, len(ents), humanBytes(freed), freed)
+	var what []string
+	switch {
+	case all:
+		what = append(what, "all entries")
+	case age > 0:
+		what = append(what, "unused for "+(*durationValue)(&age).String())
+	}
+	if max > 0 && !all {
+		what = append(what, "to "+humanBytes(max))
+	}
+	fmt.Fprintf(e.stdout, "pruned %s: removed %d of %d entries, freed %s (%d bytes)\n", strings.Join(what, ", then "),
+		res.Removed, res.Entries, humanBytes(res.Freed), res.Freed)
+	if res.Pinned > 0 {
+		fmt.Fprintf(e.stdout, "kept %s (%d bytes) that live mounts use\n", humanBytes(res.Pinned), res.Pinned)
+	}
+	if max > 0 && res.Left > max {
+		fmt.Fprintf(e.stdout, "the cache holds %s, above %s: live mounts use more than that\n", humanBytes(res.Left), humanBytes(max))
+	}
+	if all || age > 0 {
+		logAge := age
+		if all {
+			logAge = 0
+		}
+		if n, freed := pruneLogs(e.g.cacheDir, logAge, now); n > 0 {
+			fmt.Fprintf(e.stdout, "removed %d logs of mounts that are gone, %s (%d bytes)\n", n, humanBytes(freed), freed)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -196,6 +230,24 @@ func runVerify(ctx context.Context, e *env) error {
 	var n, bad, trees int
 	var size int64
 	var errs []error
+	var total int64
+	nblobs := 0
+	for _, en := range ents {
+		if en.Kind == fetch.KindBlob {
+			total += en.Size
+			nblobs++
+		}
+	}
+	var hashed, blobs atomic.Int64
+	r := newReporter(e)
+	stop := r.track("cache verify", true, func() (int64, int64, string) {
+		return hashed.Load(), total, fmt.Sprintf("%d/%d blobs", blobs.Load(), nblobs)
+	})
+	done := func() {
+		stop(ctx.Err() == nil)
+		r.wait()
+	}
+	defer done() // for an early return; once done, again does nothing
 	for _, en := range ents {
 		if en.Kind == fetch.KindTree {
 			// A tree's files have no digests of their own to check: drop it,
@@ -222,6 +274,8 @@ func runVerify(ctx context.Context, e *env) error {
 		}
 		err = c.VerifyAll(f, en.Digest)
 		f.Close()
+		hashed.Add(en.Size)
+		blobs.Add(1)
 		var de *fetch.DigestError
 		if err == nil || errors.As(err, &de) {
 			n++
@@ -238,6 +292,7 @@ func runVerify(ctx context.Context, e *env) error {
 			errs = append(errs, err)
 		}
 	}
+	done()
 	fmt.Fprintf(e.stdout, "verified %d blobs, %s (%d bytes): %d damaged\n", n, humanBytes(size), size, bad)
 	if trees > 0 {
 		fmt.Fprintf(e.stdout, "dropped %d extracted layer trees: the next mount extracts them again from their verified blobs\n", trees)

@@ -80,6 +80,11 @@ var commands = []group{
 		help:  statsHelp, flags: statsFlags,
 	}},
 	{cmd: &command{
+		name: "snapshotter", minArgs: 0, maxArgs: 0, daemon: true,
+		short: "serve containerd (CRI) as a remote snapshotter: containers start lazily",
+		help:  snapshotterHelp, flags: snapshotterFlags,
+	}},
+	{cmd: &command{
 		name: "inspect", argNames: "IMAGE", minArgs: 1, maxArgs: 1,
 		short: "manifest, config, layers, and the lazy mode of each layer and why",
 		help:  inspectHelp, flags: inspectFlags,
@@ -152,13 +157,16 @@ func helpCommand(e *env, args []string) error {
 const mainHelp = `ocifs mounts an OCI container image as a directory without pulling it first.
 
 Lazy means: a mount answers as soon as the image's file tables are known, and
-a read waits only for the layer that holds its file. Every byte is checked
-against the digests in the image's manifest and config before it is served,
-and kept in the cache so nothing is fetched twice. Today a layer is fetched
-whole, in one streaming pass; the first mount of an image with no index
-streams each layer once to build its file table, every later mount of any
-image sharing those layers is immediate. After mounting, layers not yet
-cached are fetched in the background (--prefetch=none stops it).
+a read fetches only what it needs with Range requests: the spans of a gzip or
+plain tar layer that has an ocifs index (in the cache, or in the registry
+beside the image after 'ocifs index build --push'), or the chunks of an
+eStargz or zstd:chunked layer, whose TOC needs no index. Every byte is checked
+before it is served (a span or chunk against its digest, a whole layer against
+the manifest and config) and kept in the cache, so nothing is fetched twice.
+A layer with no index anywhere is streamed once on the first mount, verified,
+and indexed into the cache; later mounts of any image sharing it are lazy.
+After mounting, the rest of each layer is fetched in the background, slowing
+down while reads wait (--prefetch=none stops it).
 
 Usage:
   ocifs [global flags] COMMAND [flags] [args]
@@ -181,6 +189,14 @@ may use plain HTTP. Credentials come from docker/podman login.
 
 Global flags (before or after the command):
 %s
+Every flag can be set in /etc/ocifs/config.toml (--config FILE): global
+flags at the top, a command's under [mount], [cache.prune] and so on, spelled
+as on the command line without dashes; the command line wins:
+
+  cache-dir = "/var/cache/ocifs"
+  [mount]
+  cache-max = "20G"
+
 Logs go to stderr. A mount's daemon writes its log to
 <cache-dir>/mounts/<name>.log; 'ocifs mount' prints the path.
 
@@ -284,7 +300,8 @@ With --prefetch=none an index taken from the registry is trusted for its
 span digests alone until a layer is fetched whole: every span served is
 still checked against its digest, but the index itself is not re-checked.
 
-Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
+While the daemon streams layers before the mount can answer, 'ocifs mount'
+shows how far they are (--progress). Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
 is cleaned up first. The mount is nosuid and nodev unless --suid / --dev.
 
 Writable mounts: --writable mounts the kernel's overlayfs at MOUNTPOINT, with
@@ -327,6 +344,11 @@ open under MOUNTPOINT the kernel answers "busy": close them and leave the
 directory, or use --lazy to detach now (the daemon exits when the last file
 closes). A mount whose daemon died is unmounted too.
 
+The mount is found from MOUNTPOINT alone: its daemon records itself in
+/run/ocifs/mounts (for root; $XDG_RUNTIME_DIR/ocifs otherwise), naming the
+--cache-dir it uses, so --cache-dir need not be repeated (it is still
+accepted, and looked in first).
+
 Examples:
   ocifs unmount /mnt/app
   ocifs unmount --lazy /mnt/app
@@ -336,7 +358,9 @@ const statsHelp = `
 Show what the mount at MOUNTPOINT fetched (blob, TOC and index bytes, HTTP
 requests), served (bytes read through the mount), how the cache answered and
 whether any verification failed, then one row per layer: its lazy mode, size,
-bytes fetched, and whether its blob is complete and verified.
+bytes fetched, and whether its blob is complete and verified. The mount is
+found from MOUNTPOINT alone, whatever --cache-dir it was made with (see
+'ocifs unmount --help').
 
 Examples:
   ocifs stats /mnt/app
@@ -384,7 +408,8 @@ const pullHelp = `
 Fetch every layer and unpack the merged root file system into DIR (which must
 be empty or absent): the same tree a full pull and unpack gives, with owners,
 modes, xattrs, devices and hardlinks. Needs root to set owners and create
-devices. Prints a one-line summary on stderr.
+devices. Shows its progress on stderr (bars on a terminal, a line every 5s
+otherwise, nothing with --progress=none), then prints a one-line summary.
 
 Examples:
   ocifs pull alpine:3.20 /srv/rootfs
@@ -451,12 +476,24 @@ through the layer's verified blob and extracts the tree again next time.
 
   ocifs cache ls                       kind, digest, size and mtime of each entry
   ocifs cache du                       total size and count per kind
-  ocifs cache prune                    remove entries older than 30 days
-  ocifs cache prune --older-than 7d    remove entries older than 7 days
+  ocifs cache prune                    remove entries not used for 30 days
+  ocifs cache prune --older-than 7d    remove entries not used for 7 days
+  ocifs cache prune --max-size 10G     remove the least recently used until 10 GiB are left
   ocifs cache prune --all              remove every entry
   ocifs cache verify                   hash every blob; exit status 1 if any was damaged
 
+Pruning by age or size never removes what a live mount uses (its manifest,
+config, layer indexes, and the layers it serves whole: each daemon pins them
+for as long as it lives), nor an entry still being written; what a mount can
+fetch again and check (spans, chunks, blobs of layers read by span, extracted
+trees) may go, and is fetched again when read. An entry's age counts from its
+last use. A daemon started with --cache-max SIZE trims the cache so every
+10 seconds. Pruning also removes the logs of mounts that are gone (not
+written for --older-than; all of them with --all); a live daemon's log is
+rotated to <name>.log.1 past 8 MiB.
+
 Examples:
   ocifs cache du
+  ocifs cache prune --max-size 20G --older-than 14d
   ocifs --cache-dir /tmp/ocifs cache prune --all
 `

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -24,13 +23,16 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/mountinfo"
 )
 
-// mountPaths are the files of one mount under <cache-dir>/mounts.
+// mountPaths are the files of one mount under <cache-dir>/mounts, and its
+// record in the run directory.
 type mountPaths struct {
 	state string // JSON mountState, present while the mount is served
 	sock  string // unix socket serving GET /stats
 	log   string // the daemon's stdout and stderr
+	run   string // the same mountState under runDir(), found from the mountpoint alone
 }
 
 // pathsFor names the files of the mount at dir (absolute) and creates their
@@ -41,12 +43,41 @@ func pathsFor(cacheDir, dir string) (mountPaths, error) {
 	if err := os.MkdirAll(mdir, 0o700); err != nil {
 		return mountPaths{}, fmt.Errorf("mount state directory: %w", err)
 	}
+	return namePaths(cacheDir, dir), nil
+}
+
+// namePaths names the files of the mount at dir, creating nothing.
+func namePaths(cacheDir, dir string) mountPaths {
+	mdir := filepath.Join(cacheDir, "mounts")
 	base := mountName(dir)
 	return mountPaths{
 		state: filepath.Join(mdir, base+".json"),
 		sock:  filepath.Join(mdir, base+".sock"),
 		log:   filepath.Join(mdir, base+".log"),
-	}, nil
+		run:   filepath.Join(runDir(), "mounts", base+".json"),
+	}
+}
+
+// runDir is where mount daemons record themselves so that a command given
+// only a mountpoint finds the mount, whatever --cache-dir it was made with:
+// /run/ocifs for root (every mount is root's), else $XDG_RUNTIME_DIR/ocifs.
+//
+// Why a run directory rather than the mount itself: an xattr or ioctl on the
+// mount root cannot be read once the daemon has died (the mount answers
+// ENOTCONN), which is exactly when unmount most needs to find its state; the
+// mount table's source field is shown by df and findmnt and has no room for
+// a path that may hold spaces. /run is a tmpfs, emptied at boot, when every
+// FUSE mount is gone too; the record is keyed by the mountpoint's path as
+// the cache's mounts directory is, and is checked against the path and
+// the daemon's pid before it is believed.
+func runDir() string {
+	if os.Geteuid() == 0 {
+		return "/run/ocifs"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "ocifs")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("ocifs-%d", os.Getuid()))
 }
 
 // mountName renders a mountpoint path as a file name: a sha256 prefix of the
@@ -72,6 +103,67 @@ type mountState struct {
 	Mountpoint string `json:"mountpoint"`
 	Socket     string `json:"socket"`
 	Log        string `json:"log,omitempty"`
+	// CacheDir is the mount's --cache-dir, for a command that finds the
+	// mount through its run record.
+	CacheDir string `json:"cache_dir,omitempty"`
+	// Metrics is the address of its Prometheus metrics, if it serves them.
+	Metrics string `json:"metrics,omitempty"`
+}
+
+// publishState records st where commands look for it: in the cache's
+// mounts directory and in the run directory.
+func publishState(p mountPaths, st mountState) error {
+	if err := writeState(p.state, st); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p.run), 0o755); err != nil {
+		os.Remove(p.state)
+		return fmt.Errorf("mount record directory: %w", err)
+	}
+	if err := writeState(p.run, st); err != nil {
+		os.Remove(p.state)
+		return err
+	}
+	return nil
+}
+
+// locateMount finds the state of the mount at dir (absolute): in the
+// mounts directory of --cache-dir, else through the run directory's record,
+// which names the cache the mount uses. When the record names another cache,
+// e's --cache-dir becomes it, so that cleaning up after the mount touches
+// the right one. Nothing is created. The state is nil (with paths in
+// --cache-dir) when neither holds one.
+func locateMount(e *env, dir string) (mountPaths, *mountState, error) {
+	p := namePaths(e.g.cacheDir, dir)
+	st, err := readState(p)
+	if err == nil || !errors.Is(err, iofs.ErrNotExist) {
+		return p, st, err
+	}
+	rec, err := readStateFile(p.run)
+	if errors.Is(err, iofs.ErrNotExist) {
+		return p, nil, nil
+	}
+	if err != nil {
+		return p, nil, err
+	}
+	if rec.Mountpoint != dir || rec.CacheDir == "" || !filepath.IsAbs(rec.CacheDir) {
+		return p, nil, nil // not this mount's record, or not one ocifs wrote
+	}
+	q := namePaths(rec.CacheDir, dir)
+	st, err = readState(q)
+	if errors.Is(err, iofs.ErrNotExist) {
+		// The daemon died after its cache lost the state (pruned): the run
+		// record is what is left of the mount.
+		st, err = rec, nil
+	}
+	if err != nil {
+		return p, nil, err
+	}
+	if rec.CacheDir != e.g.cacheDir {
+		e.log.Debug("mount found through its run record", "path", dir, "cache", rec.CacheDir)
+		e.g.cacheDir = rec.CacheDir
+	}
+	return q, st, nil
 }
 
 func writeState(path string, st mountState) error {
@@ -91,14 +183,16 @@ func writeState(path string, st mountState) error {
 
 // readState reads the state of the mount at dir; iofs.ErrNotExist when no
 // daemon recorded one.
-func readState(p mountPaths) (*mountState, error) {
-	b, err := os.ReadFile(p.state)
+func readState(p mountPaths) (*mountState, error) { return readStateFile(p.state) }
+
+func readStateFile(path string) (*mountState, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	var st mountState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("mount state %s: %w", p.state, err)
+		return nil, fmt.Errorf("mount state %s: %w", path, err)
 	}
 	return &st, nil
 }
@@ -106,91 +200,13 @@ func readState(p mountPaths) (*mountState, error) {
 func removeState(p mountPaths) {
 	os.Remove(p.sock)
 	os.Remove(p.state)
-}
-
-// mountInfo is one line of /proc/self/mountinfo, the fields ocifs needs.
-type mountInfo struct {
-	mountpoint string
-	fsType     string
-	source     string
-	superOpts  []string // the super block options, nil when the line has none
+	os.Remove(p.run)
 }
 
 // findMount reports the topmost mount at dir (absolute, not resolved through
 // a dead FUSE mount), from /proc/self/mountinfo.
-func findMount(dir string) (mountInfo, bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return mountInfo{}, false, fmt.Errorf("read mount table: %w", err)
-	}
-	// Compare with the real path of dir's parent: the mount table holds
-	// resolved paths, and dir itself may be a dead mount that cannot be
-	// stat'ed.
-	want := dir
-	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
-		want = filepath.Join(parent, filepath.Base(dir))
-	}
-	var found mountInfo
-	ok := false
-	for _, mi := range parseMountinfo(b) {
-		if mi.mountpoint == want {
-			found, ok = mi, true
-		}
-	}
-	return found, ok, nil
-}
-
-// parseMountinfo parses the mount table format of proc(5); lines it cannot
-// read are skipped.
-func parseMountinfo(b []byte) []mountInfo {
-	var out []mountInfo
-	// Split on '\n' only: bufio.ScanLines would also drop a '\r' that ends
-	// a line, and with it part of a path.
-	for _, line := range strings.Split(string(b), "\n") {
-		// Fields are separated by single spaces; the kernel escapes only
-		// space, tab, newline and backslash in paths, so other white space
-		// (\f, \v, \r, U+0085) belongs to the path.
-		fields := strings.Split(line, " ")
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
-			continue
-		}
-		mi := mountInfo{
-			mountpoint: unescapeMountinfo(fields[4]),
-			fsType:     fields[sep+1],
-			source:     unescapeMountinfo(fields[sep+2]),
-		}
-		if sep+3 < len(fields) {
-			mi.superOpts = strings.Split(fields[sep+3], ",")
-		}
-		out = append(out, mi)
-	}
-	return out
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+func findMount(dir string) (mountinfo.Mount, bool, error) {
+	return mountinfo.At(dir)
 }
 
 func unmountFlags(set *pflag.FlagSet) runFunc {
@@ -208,12 +224,8 @@ func runUnmount(ctx context.Context, e *env, dir string, lazy bool) error {
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", dir, err)
 	}
-	p, err := pathsFor(e.g.cacheDir, abs)
+	p, st, err := locateMount(e, abs)
 	if err != nil {
-		return err
-	}
-	st, err := readState(p)
-	if err != nil && !errors.Is(err, iofs.ErrNotExist) {
 		return err
 	}
 	if st != nil && !isDaemon(st.PID) {
@@ -234,8 +246,8 @@ func runUnmount(ctx context.Context, e *env, dir string, lazy bool) error {
 		removeState(p)
 		return fmt.Errorf("unmount %s: not mounted", abs)
 	}
-	if !strings.HasPrefix(mi.fsType, "fuse") && !isOcifsOverlay(mi) {
-		return withHint(fmt.Errorf("unmount %s: it is a %s mount, not an ocifs one", abs, mi.fsType), "use umount "+abs)
+	if !strings.HasPrefix(mi.FSType, "fuse") && !fs.IsOverlay(mi) {
+		return withHint(fmt.Errorf("unmount %s: it is a %s mount, not an ocifs one", abs, mi.FSType), "use umount "+abs)
 	}
 	flags := 0
 	if lazy {
@@ -344,16 +356,13 @@ func runStats(ctx context.Context, e *env, dir string, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	p, err := pathsFor(e.g.cacheDir, abs)
+	p, st, err := locateMount(e, abs)
 	if err != nil {
 		return err
 	}
-	st, err := readState(p)
-	if errors.Is(err, iofs.ErrNotExist) {
-		return withHint(fmt.Errorf("stats %s: no ocifs mount there (no state in %s)", abs, filepath.Dir(p.state)),
-			"mount with: ocifs mount IMAGE "+abs+" (and the same --cache-dir)")
-	} else if err != nil {
-		return err
+	if st == nil {
+		return withHint(fmt.Errorf("stats %s: no ocifs mount there (no record in %s or %s)", abs, filepath.Dir(p.run), filepath.Dir(p.state)),
+			"mount with: ocifs mount IMAGE "+abs)
 	}
 	body, err := getStats(ctx, st.Socket)
 	if err != nil {
@@ -371,7 +380,13 @@ func runStats(ctx context.Context, e *env, dir string, asJSON bool) error {
 	if err := json.Unmarshal(body, &s); err != nil {
 		return fmt.Errorf("stats %s: daemon answer: %w", abs, err)
 	}
-	return printStats(e.stdout, &s)
+	if err := printStats(e.stdout, &s); err != nil {
+		return err
+	}
+	if st.Metrics != "" {
+		_, err = fmt.Fprintf(e.stdout, "\nmetrics: http://%s/metrics\n", st.Metrics)
+	}
+	return err
 }
 
 // getStats asks a mount daemon for its stats over its unix socket.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -184,7 +183,7 @@ func lsFlags(set *pflag.FlagSet) runFunc {
 		// Like ls: a symlink named on the command line is listed itself in
 		// long mode, and followed otherwise (or when it ends in "/").
 		follow := !*long || strings.HasSuffix(p, "/")
-		n, err := resolvePath(im.Tree(), p, follow)
+		n, err := im.Tree().Resolve(p, follow)
 		if err != nil {
 			return fmt.Errorf("%w in %s", err, im.Ref())
 		}
@@ -275,70 +274,6 @@ func modeString(n *fs.Node) string {
 	return string(b[:])
 }
 
-// Path resolution errors; the caller adds the image.
-var (
-	errNoEntry  = errors.New("no such file or directory")
-	errNotDir   = errors.New("not a directory")
-	errSymlinks = errors.New("too many levels of symbolic links")
-)
-
-// maxSymlinkHops is the kernel's MAXSYMLINKS: a loop in an image ends there.
-const maxSymlinkHops = 40
-
-// resolvePath finds p in the tree, following symlinks inside the image as
-// the kernel would inside a chroot: an absolute target starts at the root and
-// ".." stops there. The last element is followed only if followLast.
-func resolvePath(t *fs.Tree, p string, followLast bool) (*fs.Node, error) {
-	stack := []*fs.Node{t.Root}
-	todo := splitPath(p)
-	hops := 0
-	for len(todo) > 0 {
-		name := todo[0]
-		todo = todo[1:]
-		cur := stack[len(stack)-1]
-		switch name {
-		case "", ".":
-			continue
-		case "..":
-			if len(stack) > 1 {
-				stack = stack[:len(stack)-1]
-			}
-			continue
-		}
-		if !cur.IsDir() {
-			return nil, fmt.Errorf("%s: %w", p, errNotDir)
-		}
-		c := cur.Child(name)
-		if c == nil {
-			return nil, fmt.Errorf("%s: %w", p, errNoEntry)
-		}
-		if c.Type != index.TypeSymlink || (len(todo) == 0 && !followLast) {
-			stack = append(stack, c)
-			continue
-		}
-		if hops++; hops > maxSymlinkHops {
-			return nil, fmt.Errorf("%s: %w", p, errSymlinks)
-		}
-		if strings.HasPrefix(c.Linkname, "/") {
-			stack = stack[:1]
-		}
-		todo = append(splitPath(c.Linkname), todo...)
-	}
-	return stack[len(stack)-1], nil
-}
-
-// splitPath splits a slash-separated path into its elements, keeping ".."
-// for resolvePath to apply (path.Clean would fold "a/.." before symlinks).
-func splitPath(p string) []string {
-	var out []string
-	for _, s := range strings.Split(p, "/") {
-		if s != "" && s != "." {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 func catFlags(set *pflag.FlagSet) runFunc {
 	return func(ctx context.Context, e *env, args []string) error {
 		im, err := loadImage(ctx, e, args[0])
@@ -347,7 +282,7 @@ func catFlags(set *pflag.FlagSet) runFunc {
 		}
 		defer im.Close()
 		p := args[1]
-		n, err := resolvePath(im.Tree(), p, true)
+		n, err := im.Tree().Resolve(p, true)
 		if err != nil {
 			return fmt.Errorf("%w in %s", err, im.Ref())
 		}
@@ -368,12 +303,12 @@ func catFlags(set *pflag.FlagSet) runFunc {
 func pullFlags(set *pflag.FlagSet) runFunc {
 	return func(ctx context.Context, e *env, args []string) error {
 		start := time.Now()
-		im, err := loadImage(ctx, e, args[0])
+		im, err := resolveImage(ctx, e, args[0])
 		if err != nil {
 			return err
 		}
 		defer im.Close()
-		if err := im.Pull(ctx, args[1]); err != nil {
+		if err := pullWithProgress(ctx, e, im, args[1]); err != nil {
 			return err
 		}
 		c := countTree(im.Tree())

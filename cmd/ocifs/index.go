@@ -34,7 +34,12 @@ func indexBuild(ctx context.Context, e *env, ref string, push bool, spanSize int
 		return err
 	}
 	defer im.Close()
-	if err := im.Load(ctx); err != nil {
+	r := newReporter(e)
+	stop := r.track("index "+im.Ref(), true, imageWork(im, nil))
+	err = im.Load(ctx)
+	stop(err == nil)
+	r.wait()
+	if err != nil {
 		return fmt.Errorf("index %s: %w", im.Ref(), err)
 	}
 	idx, tar, err := im.IndexSizes()

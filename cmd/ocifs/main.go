@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -18,6 +19,7 @@ import (
 )
 
 func main() {
+	nameProcess()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -74,7 +76,19 @@ type globals struct {
 	// digest annotation binds their TOC to the manifest (fs.Options.InsecureLazy).
 	insecureLazy bool
 	logLevel     string
-	help         bool
+	// hostsDir and registriesConf configure registry mirrors
+	// (fetch.Options.HostsDir, RegistriesConf); "" reads none.
+	hostsDir       string
+	registriesConf string
+	// progress is --progress (auto, plain, none); progressEvery is how
+	// often plain progress prints a line.
+	progress      string
+	progressEvery time.Duration
+	// config is --config; configRead the file whose settings were applied
+	// ("" for none), which a mount's daemon is told to read too.
+	config     string
+	configRead string
+	help       bool
 }
 
 func (g *globals) register(fs *pflag.FlagSet) {
@@ -82,7 +96,13 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.platform, "platform", "", "the `os/arch[/variant]` to pick from a multi-platform image (default: this machine)")
 	fs.BoolVar(&g.insecure, "insecure", false, "allow plain HTTP or unverified TLS for a non-loopback registry")
 	fs.BoolVar(&g.insecureLazy, "insecure-lazy", false, "serve eStargz and zstd:chunked layers lazily even when no digest annotation\nbinds their TOC to the manifest (by default such layers are fetched and verified whole)")
+	fs.StringVar(&g.hostsDir, "hosts-dir", "", "registry mirrors from a containerd hosts `DIR` (one directory per registry with a hosts.toml:\nmirrors in order, server, capabilities, ca, skip_verify, header), usually "+fetch.DefaultHostsDir+";\na mirror that fails hands the request to the next host, and digests make any mirror safe (default: none)")
+	fs.StringVar(&g.registriesConf, "registries-conf", "", "registry mirrors, rewrites and blocks from a containers-registries.conf(5) `FILE` and its FILE.d,\nusually "+fetch.DefaultRegistriesConf+" (default: none; names it matches do not use --hosts-dir)")
+	fs.StringVar(&g.progress, "progress", progressAuto, "progress of long work (pull, index build, cache verify, a mount streaming its layers) on stderr:\n`auto` (bars on a terminal, else plain), plain (a line every 5s) or none")
+	fs.DurationVar(&g.progressEvery, "progress-interval", defaultProgressEvery, "how often plain progress prints a line")
+	_ = fs.MarkHidden("progress-interval")
 	fs.StringVar(&g.logLevel, "log-level", "", "log lines on stderr at `LEVEL` and above: debug, info, warn or error\n(default info for mount, warn for the other commands)")
+	fs.StringVar(&g.config, "config", "", "read flag settings from the TOML `FILE` (default "+defaultConfig+" if it exists):\nglobal flags at the top, a command's under [COMMAND]; the command line wins")
 	fs.BoolVarP(&g.help, "help", "h", false, "show help")
 }
 
@@ -91,6 +111,8 @@ type env struct {
 	stdout, stderr io.Writer
 	g              *globals
 	log            *slog.Logger
+	// onRange, when set, observes the fetch clients' range reads (metrics).
+	onRange func(fetch.RangeRead)
 }
 
 // run executes one ocifs command line (without the program name), printing
@@ -135,11 +157,13 @@ func (e *printedError) Unwrap() error { return e.err }
 // hint says what to do next about err, or "".
 func hint(err error) string {
 	var he *hintError
-	var de *fetch.DigestError
+	var fh interface{ Hint() string } // fs's errors with a hint (the writable layer's)
 	switch {
 	case errors.As(err, &he):
 		return he.hint
-	case errors.As(err, &de):
+	case errors.As(err, &fh):
+		return fh.Hint()
+	case errors.Is(err, fetch.ErrDigest): // a shared kind: matches index/toc's and fs's mismatches too
 		return "the source served bytes that do not match their digest; nothing bad was cached, retry or report it to the image's publisher"
 	case errors.Is(err, context.Canceled):
 		return "interrupted"
@@ -214,12 +238,18 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	if g.help {
 		return printCommandHelp(e.stdout, cmd)
 	}
+	if err := loadConfig(g, cmd, fs); err != nil {
+		return err
+	}
 	pos := fs.Args()
 	if len(pos) < cmd.minArgs || (cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs) {
 		return &usageError{cmd: cmd, msg: argCountMessage(cmd, len(pos))}
 	}
 	if _, err := fetch.ParsePlatform(g.platform); err != nil {
 		return &usageError{cmd: cmd, msg: "--platform: " + err.Error()}
+	}
+	if err := checkProgress(g.progress); err != nil {
+		return &usageError{cmd: cmd, msg: err.Error()}
 	}
 	level, err := parseLevel(g.logLevel, cmd.daemon)
 	if err != nil {
@@ -228,8 +258,13 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	if g.cacheDir == "" {
 		return &usageError{cmd: cmd, msg: "--cache-dir: empty directory name"}
 	}
-	if abs, err := filepath.Abs(g.cacheDir); err == nil {
-		g.cacheDir = abs
+	for _, p := range []*string{&g.cacheDir, &g.hostsDir, &g.registriesConf} {
+		if *p == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(*p); err == nil {
+			*p = abs
+		}
 	}
 	e.log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 	if runner == nil {
@@ -293,10 +328,17 @@ func parseLevel(s string, daemon bool) (slog.Level, error) {
 
 // newClient opens the cache and returns a fetch client for the global flags.
 func newClient(e *env) (*fetch.Client, error) {
-	return fetch.New(fetch.Options{
-		CacheDir: e.g.cacheDir,
-		Platform: e.g.platform,
-		Insecure: e.g.insecure,
-		Logger:   e.log,
+	c, err := fetch.New(fetch.Options{
+		CacheDir:       e.g.cacheDir,
+		Platform:       e.g.platform,
+		Insecure:       e.g.insecure,
+		Logger:         e.log,
+		HostsDir:       e.g.hostsDir,
+		RegistriesConf: e.g.registriesConf,
+		ObserveRange:   e.onRange,
 	})
+	if err != nil && (e.g.hostsDir != "" || e.g.registriesConf != "") && !errors.Is(err, fetch.ErrNotFound) {
+		return nil, withHint(err, "fix the mirror configuration (--hosts-dir, --registries-conf) or leave it out")
+	}
+	return c, err
 }

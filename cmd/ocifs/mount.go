@@ -15,8 +15,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/sdnotify"
 )
 
 // needFUSE is the hint for a mount that cannot reach the kernel.
@@ -42,8 +45,11 @@ type mountOpts struct {
 	upper       string
 	forceUpper  bool // --force-upper: reuse an upper made over another image
 	progressive bool
-	noPassthru  bool // --no-passthrough
-	readyFD     int  // set by the parent for its daemon: where to say "ok\n"
+	noPassthru  bool      // --no-passthrough
+	metricsAddr string    // --metrics-address: serve Prometheus metrics there
+	cacheMax    sizeValue // --cache-max: keep the cache under this many bytes
+	trimEvery   time.Duration
+	readyFD     int // set by the parent for its daemon: where to say "ok\n"
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -60,6 +66,10 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.BoolVar(&o.writable, "writable", false, "copy-on-write: changes go to an upper directory, the image stays read-only under it\n(the kernel's overlayfs over the read-only view; see Writable mounts below)")
 	set.StringVar(&o.upper, "upper", "", "with --writable, keep the changes in `DIR` (created if missing) for a later mount of the same image;\noverlayfs's work directory is DIR.work beside it (default: a fresh directory in the cache, removed at unmount)")
 	set.BoolVar(&o.forceUpper, "force-upper", false, "reuse an --upper DIR whose changes were made over a different image")
+	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; :0 picks a port,\nwhich 'ocifs stats' prints; default: none)")
+	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G) while mounted: least recently used entries first,\nnever what a live mount uses nor one being written (default: no bound)")
+	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
+	_ = set.MarkHidden("cache-trim-interval")
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -96,12 +106,12 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 		if err != nil {
 			return err
 		}
-		if err := checkUpper(d); err != nil {
+		if err := d.Check(); err != nil {
 			return err
 		}
 		o.upper = ""
-		if !d.ephemeral {
-			o.upper = d.upper // absolute, for the daemon
+		if !d.Ephemeral {
+			o.upper = d.Upper // absolute, for the daemon
 		}
 	}
 	if err := checkFUSE(); err != nil {
@@ -112,14 +122,14 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 		switch {
 		case err != nil:
 			return err
-		case ok && strings.HasPrefix(mi.fsType, "fuse") && deadFUSE(abs):
+		case ok && strings.HasPrefix(mi.FSType, "fuse") && deadFUSE(abs):
 			stale = true
-		case ok && isOcifsOverlay(mi) && !daemonServes(e.g.cacheDir, abs):
+		case ok && fs.IsOverlay(mi) && !daemonServes(e.g.cacheDir, abs):
 			// The overlay outlives a daemon that died; its image files
 			// answer ENOTCONN.
 			stale = true
 		case ok:
-			return withHint(fmt.Errorf("mountpoint %s is already a mount point (%s)", abs, mi.fsType),
+			return withHint(fmt.Errorf("mountpoint %s is already a mount point (%s)", abs, mi.FSType),
 				"unmount it first: ocifs unmount "+abs)
 		}
 	}
@@ -176,6 +186,9 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	if err != nil {
 		return err
 	}
+	if _, err := rotateLog(p.log, logMax); err != nil {
+		e.log.Warn("rotate log", "path", p.log, "err", err)
+	}
 	logf, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("mount: open log: %w", err)
@@ -197,9 +210,13 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	defer r.Close()
 
 	cmd := exec.Command("/proc/self/exe", daemonArgs(e.g, image, dir, o)...)
+	cmd.Args[0] = daemonName // ps shows argv[0]; main names the process after it
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 in the child
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The daemon answers to this command, not to a service manager that
+	// may have started it: only a unit's main process says READY.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, sdnotify.Env+"=") })
 	err = cmd.Start()
 	w.Close() // the child holds the only write end now: EOF means it is gone
 	if err != nil {
@@ -207,12 +224,11 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	}
 	e.log.Debug("mount daemon started", "pid", cmd.Process.Pid, "log", p.log)
 
+	lp := newLoadProgress(e, image)
 	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
-		got <- b
-	}()
+	go func() { got <- lp.read(r) }()
 	var msg []byte
+	defer lp.stop(false)
 	select {
 	case <-ctx.Done():
 		// The daemon runs in its own session, so the terminal's Ctrl-C did
@@ -223,6 +239,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 		return fmt.Errorf("mount %s: interrupted; stopped the mount daemon (pid %d): %w", dir, cmd.Process.Pid, ctx.Err())
 	case msg = <-got:
 	}
+	lp.stop(string(msg) == "ok\n")
 	if string(msg) == "ok\n" {
 		extra := ""
 		if o.writable {
@@ -253,6 +270,11 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 // with absolute paths, so nothing depends on how the user wrote them.
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	args := []string{"--cache-dir=" + g.cacheDir}
+	if g.configRead != "" {
+		// The daemon reads the same file; what the command line set is
+		// spelled out below and wins, as it did here.
+		args = append(args, "--config="+g.configRead)
+	}
 	if g.platform != "" {
 		args = append(args, "--platform="+g.platform)
 	}
@@ -265,12 +287,24 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if g.logLevel != "" {
 		args = append(args, "--log-level="+g.logLevel)
 	}
+	if g.hostsDir != "" {
+		args = append(args, "--hosts-dir="+g.hostsDir)
+	}
+	if g.registriesConf != "" {
+		args = append(args, "--registries-conf="+g.registriesConf)
+	}
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
 	if o.rate != "" {
 		args = append(args, "--prefetch-rate="+o.rate)
 	}
 	if o.upper != "" {
 		args = append(args, "--upper="+o.upper)
+	}
+	if o.metricsAddr != "" {
+		args = append(args, "--metrics-address="+o.metricsAddr)
+	}
+	if o.cacheMax > 0 {
+		args = append(args, "--cache-max="+strconv.FormatInt(int64(o.cacheMax), 10), "--cache-trim-interval="+o.trimEvery.String())
 	}
 	for _, f := range []struct {
 		on   bool
@@ -345,6 +379,12 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		removeState(p)
 		cleanWritable(log, e.g.cacheDir, dir)
 	}
+	start := time.Now()
+	mx, err := startMetrics(e, o.metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer mx.close()
 	client, err := newClient(e)
 	if err != nil {
 		return err
@@ -355,26 +395,48 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if err != nil {
 		return err
 	}
+	mx.add(client, im)
+	// What this mount uses stays in the cache while it lives, whatever
+	// trims it (this daemon's --cache-max, another's, cache prune).
+	pin, err := client.Cache().Pin(mountName(dir), mountPins(im))
+	if err != nil {
+		im.Close()
+		return err
+	}
+	defer pin.Release()
+	bg, stopBg := context.WithCancel(context.Background())
+	var bgWait sync.WaitGroup
+	defer func() {
+		stopBg()
+		bgWait.Wait()
+	}()
+	if o.cacheMax > 0 {
+		bgWait.Go(func() { boundCache(bg, log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
+	}
+	if ready != nil {
+		bgWait.Go(func() { keepLogRotated(bg, log, p.log) })
+	}
 	// A writable mount serves the image at a private lower directory and
 	// the overlay at dir; claim the upper before the layers load.
 	fuseDir := dir
-	var ul *upperLock
+	var ul *fs.Upper
 	if o.writable {
 		d, err := writableDirs(e.g.cacheDir, dir, o.upper)
 		if err == nil {
-			ul, err = claimUpper(log, d, dir, im.Ref(), im.Fetched().ManifestDigest, o.forceUpper)
+			ul, err = fs.ClaimUpper(d, fs.Claim{Image: im.Ref(), ManifestDigest: im.Fetched().ManifestDigest,
+				Mountpoint: dir, Force: o.forceUpper, Logger: log})
 		}
 		if err == nil {
-			err = os.MkdirAll(d.lower, 0o700)
+			err = os.MkdirAll(d.Lower, 0o700)
 		}
 		if err != nil {
 			if ul != nil {
-				ul.release(log)
+				ul.Release()
 			}
 			im.Close()
 			return err
 		}
-		fuseDir = d.lower
+		fuseDir = d.Lower
 	}
 	// fail undoes what was started when serving cannot begin.
 	fail := func(m *fs.Mount, err error) error {
@@ -382,7 +444,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 			unmountServed(log, m, m.Dir)
 		}
 		if ul != nil {
-			ul.release(log)
+			ul.Release()
 		}
 		im.Close()
 		return err
@@ -395,7 +457,10 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		}
 	}
 	logPlan(log, im)
-	if err := im.Load(ctx); err != nil {
+	stopLoadProgress := sendLoadProgress(ready, im)
+	err = im.Load(ctx)
+	stopLoadProgress()
+	if err != nil {
 		return fail(nil, fmt.Errorf("load %s: %w", im.Ref(), err))
 	}
 	// The merged tree holds what serving needs: a long-lived mount need not
@@ -408,8 +473,8 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		return fail(nil, withHint(err, needFUSE))
 	}
 	if ul != nil {
-		if err := ul.mountOverlay(log, dir, im.Ref(), im.Fetched().ManifestDigest, o); err != nil {
-			ul.undo(log, m, dir)
+		if err := ul.Mount(fs.OverlayOptions{Suid: o.suid, Dev: o.dev}); err != nil {
+			undo(log, ul, m, dir)
 			return fail(nil, err)
 		}
 	}
@@ -418,8 +483,9 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	srv, err := serveStats(p.sock, im)
 	if err == nil {
-		err = writeState(p.state, mountState{
+		err = publishState(p, mountState{
 			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ready != nil),
+			CacheDir: e.g.cacheDir, Metrics: mx.address(),
 		})
 		if err != nil {
 			srv.close()
@@ -427,17 +493,19 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	if err != nil {
 		if ul != nil {
-			ul.undo(log, m, dir)
+			undo(log, ul, m, dir)
 			return fail(nil, err)
 		}
 		return fail(m, err)
 	}
+	mx.ready(time.Since(start))
 	if ready != nil {
 		_, _ = io.WriteString(ready, "ok\n")
 		ready.Close()
 		ready = nil
 	}
 	fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d)\n", im.Ref(), dir, os.Getpid())
+	notify(log, func() (bool, error) { return sdnotify.Ready("serving " + im.Ref() + " at " + dir) })
 
 	gone := make(chan struct{})
 	go func() {
@@ -450,10 +518,11 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	select {
 	case <-ctx.Done():
 		log.Info("signal received; unmounting", "path", dir)
+		notify(log, sdnotify.Stopping)
 		if ul != nil {
 			// The overlay holds the only reference to the FUSE view:
 			// unmounting it ends both, in that order.
-			unmountOverlay(log, dir)
+			fs.UnmountOverlay(log, dir)
 			waitGone(log, m, gone, dir)
 		} else if unmountServed(log, m, dir) {
 			// Detached lazily: open files are served until they close,
@@ -479,7 +548,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	srv.close()
 	removeState(p)
 	if ul != nil {
-		ul.release(log)
+		ul.Release()
 	}
 	err = im.Close()
 	log.Info("mount ended", "path", dir)
@@ -640,4 +709,12 @@ func daemonServes(cacheDir, dir string) bool {
 	}
 	st, err := readState(p)
 	return err == nil && isDaemon(st.PID)
+}
+
+// notify tells the service manager (systemd's NOTIFY_SOCKET, when a unit of
+// Type=notify runs this mount in the foreground) how the mount is doing.
+func notify(log *slog.Logger, send func() (bool, error)) {
+	if _, err := send(); err != nil {
+		log.Warn("tell the service manager", "err", err)
+	}
 }

@@ -19,93 +19,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/fs/fstest"
 )
-
-func TestParseOverlays(t *testing.T) {
-	table := strings.Join([]string{
-		`22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw`,
-		`45 27 0:39 / /mnt/app rw,relatime - overlay ocifs rw,lowerdir=/c/m/x.lower,upperdir=/up,workdir=/up.work,redirect_dir=on`,
-		`46 27 0:40 / /mnt/a\040b rw - overlay overlay rw,lowerdir=/l,upperdir=/u\054v,workdir=/w\134x`,
-		`47 27 0:41 / /mnt/ro rw - overlay overlay ro,lowerdir=/l1:/l2`,
-		`48 27 0:42 / /mnt/fuse rw - fuse.ocifs ocifs rw,upperdir=/nope`,
-		`garbage line`,
-		``,
-	}, "\n")
-	want := []overlayMount{
-		{mountpoint: "/mnt/app", source: "ocifs", upper: "/up", work: "/up.work"},
-		{mountpoint: "/mnt/a b", source: "overlay", upper: "/u,v", work: `/w\x`},
-		{mountpoint: "/mnt/ro", source: "overlay"},
-	}
-	got := parseOverlays([]byte(table))
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("parseOverlays =\n%+v\nwant\n%+v", got, want)
-	}
-}
-
-func FuzzParseOverlays(f *testing.F) {
-	f.Add([]byte("45 27 0:39 / /mnt/app rw - overlay ocifs rw,lowerdir=/l,upperdir=/u\\054,workdir=/w\n"))
-	f.Add([]byte("1 2 3 4 5 6 - overlay\n- - - - - - - overlay x y,z=\\1"))
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, om := range parseOverlays(b) {
-			if strings.Contains(om.mountpoint, "\n") || strings.Contains(om.upper, "\n") {
-				t.Errorf("a field spans lines: %+v", om)
-			}
-		}
-	})
-}
-
-func TestEscapeOverlayPath(t *testing.T) {
-	for _, tt := range []struct{ in, want string }{
-		{"/var/cache/ocifs/mounts/x.lower", "/var/cache/ocifs/mounts/x.lower"},
-		{"/a,b:c\\d", `/a\,b\:c\\d`},
-		{"", ""},
-	} {
-		if got := escapeOverlayPath(tt.in); got != tt.want {
-			t.Errorf("escapeOverlayPath(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestWritableDirs(t *testing.T) {
-	tmp := t.TempDir()
-	tests := []struct {
-		name, dir, upper string
-		want             upperDirs
-		wantErr          string
-	}{
-		{name: "default", dir: "/mnt/app", want: upperDirs{
-			lower: "/c/mounts/" + mountName("/mnt/app") + ".lower", upper: "/c/mounts/" + mountName("/mnt/app") + ".upper",
-			work: "/c/mounts/" + mountName("/mnt/app") + ".work", ephemeral: true}},
-		{name: "kept", dir: "/mnt/app", upper: tmp + "/up", want: upperDirs{
-			lower: "/c/mounts/" + mountName("/mnt/app") + ".lower", upper: tmp + "/up", work: tmp + "/up.work"}},
-		{name: "upper inside the mountpoint", dir: tmp, upper: tmp + "/up", wantErr: "overlap"},
-		{name: "mountpoint inside the upper", dir: tmp + "/up/m", upper: tmp + "/up", wantErr: "overlap"},
-		{name: "root", dir: "/mnt/app", upper: "/", wantErr: "root directory"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := writableDirs("/c", tt.dir, tt.upper)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("writableDirs(%q, %q) error %v, want %q", tt.dir, tt.upper, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Errorf("writableDirs(%q, %q) = %+v, %v; want %+v", tt.dir, tt.upper, got, err, tt.want)
-			}
-		})
-	}
-	for in, want := range map[string]string{"r.io/a/b:1@sha256:ab": "r.io/a/b", "localhost:5000/x": "localhost:5000/x", "oci:/p:v1": "oci:/p"} {
-		if got := imageName(in); got != want {
-			t.Errorf("imageName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
 
 // Contents of the writable fixture.
 var (
@@ -329,7 +245,7 @@ func mountKernelOverlay(t *testing.T, lower, upper, dir string) {
 	if err := errors.Join(os.MkdirAll(upper, 0o755), os.MkdirAll(upper+".work", 0o700)); err != nil {
 		t.Fatal(err)
 	}
-	if err := mountOverlay(dir, upperDirs{lower: lower, upper: upper, work: upper + ".work"}, false, false); err != nil {
+	if err := fs.MountOverlay(dir, fs.UpperDirs{Lower: lower, Upper: upper, Work: upper + ".work"}, fs.OverlayOptions{}); err != nil {
 		t.Fatalf("kernel overlay: %v", err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
@@ -417,8 +333,8 @@ func TestWritableMatchesOverlay(t *testing.T) {
 	}
 	checkGone(t, cache, got, pid)
 	d, _ := writableDirs(cache, got, "")
-	if _, err := os.Stat(d.lower); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("lower mountpoint %s left behind (%v)", d.lower, err)
+	if _, err := os.Stat(d.Lower); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lower mountpoint %s left behind (%v)", d.Lower, err)
 	}
 
 	// The upper is a plain overlayfs upperdir: the kernel's overlay over the
@@ -471,8 +387,8 @@ func TestWritableUpperChecks(t *testing.T) {
 		t.Errorf("%s mounted after a refused upper", dir)
 	}
 	if d, _ := writableDirs(cache, dir, ""); true {
-		if _, ok, _ := findMount(d.lower); ok {
-			t.Errorf("lower %s still mounted after a refused upper", d.lower)
+		if _, ok, _ := findMount(d.Lower); ok {
+			t.Errorf("lower %s still mounted after a refused upper", d.Lower)
 		}
 	}
 
@@ -540,8 +456,8 @@ func TestWritableStale(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "note"), []byte("n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := os.Stat(filepath.Join(d.upper, "note")); err != nil {
-			t.Errorf("round %d: default upper %s lacks the new file: %v", round, d.upper, err)
+		if _, err := os.Stat(filepath.Join(d.Upper, "note")); err != nil {
+			t.Errorf("round %d: default upper %s lacks the new file: %v", round, d.Upper, err)
 		}
 		pid := daemonPID(t, cache, dir)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -563,7 +479,7 @@ func TestWritableStale(t *testing.T) {
 		}
 		checkGone(t, cache, dir, pid)
 	}
-	for _, p := range []string{d.upper, d.work, d.lower} {
+	for _, p := range []string{d.Upper, d.Work, d.Lower} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind (%v)", p, err)
 		}
@@ -758,7 +674,7 @@ func TestWritableSIGTERM(t *testing.T) {
 	}
 	checkGone(t, cache, dir, pid)
 	d, _ := writableDirs(cache, dir, "")
-	for _, p := range []string{d.upper, d.work, d.lower} {
+	for _, p := range []string{d.Upper, d.Work, d.Lower} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind (%v)", p, err)
 		}
@@ -796,7 +712,7 @@ func TestWritableCopyUpFetchesOneFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, _ := writableDirs(cache, dir, "")
-	if b, err := os.ReadFile(filepath.Join(d.upper, "b.bin")); err != nil || !bytes.Equal(b, files[1].Data) {
+	if b, err := os.ReadFile(filepath.Join(d.Upper, "b.bin")); err != nil || !bytes.Equal(b, files[1].Data) {
 		t.Fatalf("copied-up b.bin in the upper: %d bytes, %v", len(b), err)
 	}
 	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "stats", "--json", dir)

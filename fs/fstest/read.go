@@ -2,14 +2,13 @@ package fstest
 
 import (
 	"os"
-	"testing"
 	"time"
 )
 
 // ReadFileWithin reads path, failing the test if the read does not return
 // within d: a read through a mount whose daemon hangs fails its test
 // instead of the whole run.
-func ReadFileWithin(tb testing.TB, d time.Duration, path string) ([]byte, error) {
+func ReadFileWithin(tb TB, d time.Duration, path string) ([]byte, error) {
 	tb.Helper()
 	type result struct {
 		b   []byte

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"testing"
 	"time"
 )
 
@@ -23,7 +22,7 @@ const registryStartTimeout = 30 * time.Second
 // with storage under t.TempDir() and returns its host:port. The process is
 // killed and waited for in t.Cleanup; its log is printed when the test
 // failed. Without the binary the test is skipped (failed when CI=true).
-func StartRegistry(t testing.TB) (host string) {
+func StartRegistry(t TB) (host string) {
 	t.Helper()
 	if _, err := os.Stat(RegistryBinary); err != nil {
 		skipOrFail(t, "docker-registry not installed (apt-get install docker-registry)")
@@ -45,7 +44,7 @@ func StartRegistry(t testing.TB) (host string) {
 	return host
 }
 
-func logFile(t testing.TB, p string) {
+func logFile(t TB, p string) {
 	t.Helper()
 	if b, err := os.ReadFile(p); err == nil {
 		t.Logf("%s:\n%s", p, b)

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"testing"
 )
 
 // UmociBinary is the reference unpacker (Debian package umoci, 0.4.7).
@@ -15,7 +14,7 @@ const UmociBinary = "umoci"
 func inCI() bool { return os.Getenv("CI") == "true" }
 
 // skipOrFail skips the test with reason, or fails it when CI=true.
-func skipOrFail(t testing.TB, reason string) {
+func skipOrFail(t TB, reason string) {
 	t.Helper()
 	if inCI() {
 		t.Fatalf("%s (CI=true, so this is a failure)", reason)
@@ -24,7 +23,7 @@ func skipOrFail(t testing.TB, reason string) {
 }
 
 // RequireRoot skips the test unless it runs as root (fails it when CI=true).
-func RequireRoot(t testing.TB) {
+func RequireRoot(t TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "needs root")
@@ -33,7 +32,7 @@ func RequireRoot(t testing.TB) {
 
 // RequireFUSE skips the test unless it runs as root and /dev/fuse opens
 // (fails it when CI=true).
-func RequireFUSE(t testing.TB) {
+func RequireFUSE(t TB) {
 	t.Helper()
 	RequireRoot(t)
 	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
@@ -50,7 +49,7 @@ func RequireFUSE(t testing.TB) {
 //
 // umoci 0.4.7 cannot read zstd layers: compare a zstd image against the
 // unpack of the same layers built with gzip (e.g. CornersWith(Gzip)).
-func UmociUnpack(t testing.TB, layoutDir, tag string) (rootfs string) {
+func UmociUnpack(t TB, layoutDir, tag string) (rootfs string) {
 	t.Helper()
 	if _, err := exec.LookPath(UmociBinary); err != nil {
 		skipOrFail(t, "umoci not installed (apt-get install umoci)")
@@ -72,7 +71,7 @@ const SkopeoBinary = "skopeo"
 // SkopeoCopy runs `skopeo copy ARGS...` (skipped without skopeo, failed
 // when CI=true), e.g. to write an image's layers as zstd:chunked the way
 // containers/storage's compressor does.
-func SkopeoCopy(t testing.TB, args ...string) {
+func SkopeoCopy(t TB, args ...string) {
 	t.Helper()
 	if _, err := exec.LookPath(SkopeoBinary); err != nil {
 		skipOrFail(t, "skopeo not installed (apt-get install skopeo)")

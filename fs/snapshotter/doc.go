@@ -45,6 +45,55 @@
 // it asks [Layers.Dir], so after a restart nothing needs restoring up
 // front. Remove and Cleanup release every removed id from Layers.
 //
+// # Serving layers: one lower per layer, one FUSE mount (Remote)
+//
+// [Remote] is the Layers of `ocifs snapshotter`. Each remote snapshot is
+// the per-layer view of its image (fs.Image.LayerView): the layer's own
+// tree exactly as containerd's applier writes it into an empty upper
+// directory for its overlayfs snapshotter (whiteouts as 0/0 devices,
+// opaque directories by xattr), served as directory <id> of one FUSE
+// mount at Root/layers (fs.LayerFS) that holds every image's layers. The
+// container's root is then the kernel's overlayfs over one lower per
+// layer, as with containerd's own snapshotter. Chosen over one lower of
+// ocifs's merged view of the chain because:
+//
+//   - it equals containerd's root by construction: the union is the
+//     kernel's, over the trees containerd's applier would have written
+//     (fs/layerview.go is checked against that applier, and
+//     TestCRIRemote compares the container roots), not a second union
+//     implementation that must agree with overlayfs on every corner;
+//   - a layer is served once however many images and chains share it,
+//     and containerd's own snapshot model (a committed snapshot per
+//     chain ID, parents, GC) holds unchanged: a chain view would be
+//     per top layer, and every image would merge again;
+//   - a layer ocifs cannot serve falls back alone: containerd applies it
+//     between remote layers (TestCRI), where a merged chain would need
+//     every layer below it to be ocifs's.
+//
+// The cost is overlayfs's layer count (Mounts keeps long lowerdir lists
+// mountable: TestCRILongChain) and one FUSE lookup per layer on a miss.
+//
+// Prepare resolves the image as <cri.image-ref without digest>@<cri.manifest-digest>
+// with the shared fetch client (one digest cache for every image),
+// loads it once however many Prepares of it run at once (the load runs
+// on the Remote's context, so one caller giving up fails no other), and
+// checks the layer against it: the layer digest must be in the manifest,
+// the chain ID of the config's DiffIDs up to it must be snapshot.ref,
+// and cri.image-layers (this layer and those above) and 2.x's diff-id
+// must agree. Anything else is an error, so the snapshotter falls back,
+// loudly. An image stays open while any of its layers is held; Release
+// of the last closes it. Dir after a restart resolves again from the
+// committed snapshot's io.ocifs.remote and io.ocifs.layer labels. Usage
+// is what the layer's tree takes once complete: its files in 4 KiB
+// blocks, a block per directory and symlink, one inode per node.
+//
+// A layer with an ocifs index (local cache or the registry's referrer)
+// fetches only the spans containers read; an eStargz or zstd:chunked one
+// only its chunks; a layer with no index anywhere is streamed once by
+// the load (stream mode: fetched in order and indexed, never unpacked),
+// so the first Prepare of such an image costs its download, without
+// containerd's decompress-and-write of every file.
+//
 // # Invariants
 //
 //   - The mounts of a chain are what containerd's overlayfs snapshotter

@@ -51,7 +51,8 @@
 //     digest(s) in the [Location] (manifest → descriptor → TOC), and
 //     DecodeChunk returns bytes only after their sha256 matched the chunk
 //     digest in the TOC. Mismatches are [*DigestError] values wrapping
-//     [ErrDigest]. A location with no digest annotation is reported by
+//     [ErrDigest] and [index.ErrFormat], kinds that errors.Is matches with
+//     fetch's and fs's sentinels of the same name. A location with no digest annotation is reported by
 //     Location.Verified, and refusing it is the caller's policy.
 //   - Nothing here panics on hostile input. Errors caused by layer bytes or
 //     annotations wrap [index.ErrFormat] and read "invalid input: ...";

@@ -431,12 +431,15 @@ var (
 	// locate the TOC and no tail was given: fetch the last TailSize() bytes
 	// and call it again.
 	ErrNeedTail = errors.New("the blob's last bytes are needed to find its TOC")
-	// ErrDigest is wrapped by every [DigestError].
-	ErrDigest = errors.New("digest mismatch")
+	// ErrDigest is wrapped by every [DigestError]. It is [index.ErrDigest],
+	// a kind shared with fetch and fs (see the index package doc).
+	ErrDigest = index.ErrDigest
 )
 
 // DigestError reports bytes whose digest is not the one the trust chain
 // expects: a TOC against its annotation, a chunk against its TOC entry.
+// Bytes from outside caused it, so it wraps [index.ErrFormat] as well as
+// [ErrDigest].
 type DigestError struct {
 	What string // "TOC", "TOC JSON" or "chunk"
 	Off  int64  // blob offset of the bytes checked
@@ -445,11 +448,12 @@ type DigestError struct {
 }
 
 func (e *DigestError) Error() string {
-	return fmt.Sprintf("%s at blob offset %d: digest %s, want %s", e.What, e.Off, e.Got, e.Want)
+	return fmt.Sprintf("invalid input: %s at blob offset %d: digest %s, want %s", e.What, e.Off, e.Got, e.Want)
 }
 
-// Unwrap makes errors.Is(err, ErrDigest) hold.
-func (e *DigestError) Unwrap() error { return ErrDigest }
+// Unwrap makes errors.Is(err, ErrDigest) and errors.Is(err, index.ErrFormat)
+// hold.
+func (e *DigestError) Unwrap() []error { return []error{ErrDigest, index.ErrFormat} }
 
 // formatErrorf returns an error wrapping [index.ErrFormat], reading
 // "invalid input: ...".

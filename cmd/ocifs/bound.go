@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/fs"
+)
+
+// sizeValue is a pflag.Value for byte sizes: "500M", "10G", "1.5T",
+// "10GiB", "4096" (powers of 1024).
+type sizeValue int64
+
+func (s *sizeValue) String() string {
+	if *s == 0 {
+		return ""
+	}
+	return humanBytes(int64(*s))
+}
+
+func (s *sizeValue) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeValue(n)
+	return nil
+}
+
+func (s *sizeValue) Type() string { return "SIZE" }
+
+// parseSize reads a byte size: a number with an optional K, M, G or T
+// (powers of 1024, optionally followed by "iB" or "B").
+func parseSize(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "i")
+	mult := 1.0
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		case 't', 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			s = s[:len(s)-1]
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || f*mult >= 1<<62 {
+		return 0, fmt.Errorf("%q is not a size such as 500M, 10G or 1.5T", v)
+	}
+	return int64(f * mult), nil
+}
+
+// mountPins are the cache entries a mount of im cannot do without: its
+// manifest, config and image index, each layer's index, and the blob and
+// uncompressed tar of a layer served whole. What a mount can fetch again and
+// check against the digests it holds is not pinned, so that a bound smaller
+// than the image can hold: the compressed blob of a layer read by spans or
+// chunks (a read goes to the registry, checked against the span or chunk
+// digest), cached spans and chunks, and extracted trees (an open file stays
+// readable; a tree that is gone is read through the layer again).
+func mountPins(im *fs.Image) []fetch.PinEntry {
+	fi := im.Fetched()
+	pins := []fetch.PinEntry{{Digest: fi.ManifestDigest}, {Digest: fi.ConfigDigest}}
+	if fi.IndexDigest != "" {
+		pins = append(pins, fetch.PinEntry{Digest: fi.IndexDigest})
+	}
+	for _, l := range im.Layers() {
+		pins = append(pins, fetch.PinEntry{Kind: fetch.KindIndex, Digest: l.Digest})
+		if l.Mode == fs.ModeWhole {
+			pins = append(pins, fetch.PinEntry{Kind: fetch.KindBlob, Digest: l.Digest})
+			if l.DiffID != "" {
+				pins = append(pins, fetch.PinEntry{Kind: fetch.KindBlob, Digest: l.DiffID})
+			}
+		}
+	}
+	return pins
+}
+
+// defaultTrimEvery is how often a daemon with --cache-max trims the cache.
+const defaultTrimEvery = 10 * time.Second
+
+// boundCache keeps the cache under max bytes while ctx lives: it trims at
+// once, then every interval and soon after entries were added, least
+// recently used first, never what a live mount pins. It returns when ctx
+// ends.
+func boundCache(ctx context.Context, log *slog.Logger, cache *fetch.Cache, max int64, every time.Duration) {
+	warned := false
+	for {
+		res, err := cache.Trim(fetch.TrimOptions{MaxBytes: max})
+		if err != nil {
+			log.Warn("cache trim", "err", err)
+		}
+		if res.Removed > 0 {
+			log.Info("cache trimmed", "removed", res.Removed, "freed", res.Freed, "left", res.Left, "max", max)
+		}
+		if over := res.Left > max; over && !warned {
+			log.Warn("the cache stays above --cache-max: live mounts pin more than that", "pinned", res.Pinned, "left", res.Left, "max", max)
+			warned = true
+		} else if !over {
+			warned = false
+		}
+		// Trim again after every, or soon after the cache grew, but
+		// not more often than soonest: a trim lists the whole cache.
+		soonest := time.After(min(every, time.Second))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+			continue
+		case <-cache.Added():
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-soonest:
+		}
+	}
+}
+
+// Mount logs: the daemon's log is rotated when it passes logMax bytes,
+// keeping one previous file (.log.1); `cache prune` removes the logs of
+// mounts no daemon serves.
+const logMax = 8 << 20
+
+// rotateLog renames path to path.1 when it is larger than max.
+func rotateLog(path string, max int64) (bool, error) {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Size() <= max {
+		return false, nil
+	}
+	if err := os.Rename(path, path+".1"); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// keepLogRotated rotates the daemon's own log, its stdout and stderr, while
+// ctx lives: when the file passes logMax it becomes .log.1 and a new one is
+// opened on fds 1 and 2.
+func keepLogRotated(ctx context.Context, log *slog.Logger, path string) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rotated, err := rotateLog(path, logMax)
+		if err != nil {
+			log.Warn("rotate log", "path", path, "err", err)
+			continue
+		}
+		if !rotated {
+			continue
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			log.Warn("rotate log: reopen", "path", path, "err", err)
+			continue
+		}
+		_ = unix.Dup3(int(f.Fd()), 1, 0)
+		_ = unix.Dup3(int(f.Fd()), 2, 0)
+		f.Close()
+		log.Info("log rotated", "previous", path+".1")
+	}
+}
+
+// pruneLogs removes the logs (and rotated logs) of mounts that no live
+// daemon serves and that were not written for age. It reports how many
+// files it removed and their bytes.
+func pruneLogs(cacheDir string, age time.Duration, now time.Time) (n int, freed int64) {
+	dir := filepath.Join(cacheDir, "mounts")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0
+	}
+	for _, e := range ents {
+		name := e.Name()
+		base, ok := strings.CutSuffix(name, ".log")
+		if !ok {
+			base, ok = strings.CutSuffix(name, ".log.1")
+		}
+		if !ok {
+			continue
+		}
+		if st, err := readStateFile(filepath.Join(dir, base+".json")); err == nil && isDaemon(st.PID) {
+			continue // a live mount's log
+		}
+		fi, err := e.Info()
+		if err != nil || now.Sub(fi.ModTime()) < age {
+			continue
+		}
+		if os.Remove(filepath.Join(dir, name)) == nil {
+			n++
+			freed += fi.Size()
+		}
+	}
+	return n, freed
+}

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/fs/fstest"
+)
+
+// boundImage is three gzip layers of about 2.5 MiB each (incompressible,
+// so the image is about 7.5 MiB compressed and uncompressed), and what
+// each of its files holds.
+func boundImage(t *testing.T) (*fstest.Image, map[string][]byte) {
+	t.Helper()
+	want := map[string][]byte{}
+	var layers []fstest.Layer
+	rnd := rand.New(rand.NewSource(7))
+	for i := range 3 {
+		l := fstest.Layer{Compression: fstest.Gzip, Files: []fstest.File{tarDir(fmt.Sprintf("l%d", i), 0o755)}}
+		for j := range 5 {
+			name := fmt.Sprintf("l%d/f%d", i, j)
+			b := make([]byte, 500<<10+j*1000)
+			rnd.Read(b)
+			want[name] = b
+			l.Files = append(l.Files, tarFile(name, 0o644, b))
+		}
+		layers = append(layers, l)
+	}
+	img, err := fstest.Build(layers, fstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, want
+}
+
+// cacheBytes is the size of everything the cache lists.
+func cacheBytes(t *testing.T, c *fetch.Cache) int64 {
+	t.Helper()
+	ents, err := c.List()
+	if err != nil {
+		t.Fatalf("list cache: %v", err)
+	}
+	var n int64
+	for _, e := range ents {
+		n += e.Size
+	}
+	return n
+}
+
+// TestCacheMax: a mount with --cache-max smaller than its image reads the
+// whole image, twice, right; the cache is back under the bound once the
+// background has settled and a trim has run; the entries the mount cannot
+// do without (manifest, config, layer indexes) are never removed; and
+// `cache prune --max-size` while it is mounted keeps them too.
+func TestCacheMax(t *testing.T) {
+	requireFUSE(t)
+	bin := ocifsBinary(t)
+	img, want := boundImage(t)
+	ref := registryRef(t, img, nil)
+	cache := isolate(t)
+	const max = 3 << 20
+	dir := t.TempDir()
+	cleanupMount(t, cache, dir)
+	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--cache-max=3M", "--cache-trim-interval=100ms", ref, dir)
+	if code != 0 {
+		t.Fatalf("mount: exit %d\n%s%s", code, out, errs)
+	}
+	c, err := fetch.OpenCache(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	essential := func(when string) {
+		t.Helper()
+		if !c.Has(img.ManifestDesc.Digest) && !c.Has(img.ConfigDesc.Digest) {
+			t.Errorf("%s: manifest or config gone from the cache", when)
+		}
+		for _, l := range img.LayerDescs {
+			if !c.HasIndex(l.Digest) {
+				t.Errorf("%s: the index of layer %s, which the mount uses, is gone", when, l.Digest)
+			}
+		}
+	}
+	var peak int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if n := cacheBytes(t, c); n > peak {
+				peak = n
+			}
+		}
+	})
+	readAll := func(round int) {
+		t.Helper()
+		for name, b := range want {
+			got, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil || !bytes.Equal(got, b) {
+				t.Errorf("round %d: read %s: %d bytes, %v; want its %d bytes", round, name, len(got), err, len(b))
+			}
+		}
+	}
+	readAll(1)
+	// Wait for the background to settle every layer.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		s, _ := statsOf(t, bin, cache, dir)
+		settled := 0
+		for _, l := range s.Layers {
+			if l.Settled {
+				settled++
+			}
+		}
+		if settled == len(s.Layers) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("layers not settled after 60s: %+v", s.Layers)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // a few trims
+	essential("after the background settled")
+	if n := cacheBytes(t, c); n > max {
+		t.Errorf("cache holds %d bytes with --cache-max 3M (%d)", n, max)
+	}
+	readAll(2)
+	close(stop)
+	wg.Wait()
+	if b, err := os.ReadFile(namePaths(cache, dir).log); err == nil && testing.Verbose() {
+		t.Logf("daemon log:\n%s", b)
+	}
+	t.Logf("image %d bytes compressed; cache peak %d bytes, bound %d (trimmed every 100ms)", imageBytes(img), peak, max)
+
+	// cache prune --max-size below what the mount needs keeps what it uses.
+	r := mustRun(t, "--cache-dir", cache, "cache", "prune", "--max-size", "1")
+	if !strings.Contains(r.stdout, "that live mounts use") {
+		t.Errorf("cache prune --max-size 1 while mounted: %q, want it to say what it kept", r.stdout)
+	}
+	essential("after cache prune --max-size 1")
+	readAll(3)
+	// A gone mount's old log is pruned; the live mount's is not.
+	logPath := namePaths(cache, dir).log
+	gone := filepath.Join(cache, "mounts", "0123456789abcdef-gone.log")
+	if err := os.WriteFile(gone, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	for _, p := range []string{gone, logPath} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = mustRun(t, "--cache-dir", cache, "cache", "prune", "--older-than", "1d")
+	if _, err := os.Stat(gone); !os.IsNotExist(err) || !strings.Contains(r.stdout, "removed 1 logs") {
+		t.Errorf("prune --older-than 1d: gone mount's log stat err %v; stdout %q", err, r.stdout)
+	}
+	if _, err := os.Stat(logPath); err != nil {
+		t.Errorf("prune removed the live mount's log: %v", err)
+	}
+	essential("after cache prune --older-than 1d")
+	readAll(4)
+	if _, errs, code := execOcifs(t, bin, "unmount", dir); code != 0 {
+		t.Fatalf("unmount: %d %s", code, errs)
+	}
+	// Unmounted, nothing is pinned: prune empties the cache.
+	r = mustRun(t, "--cache-dir", cache, "cache", "prune", "--max-size", "1")
+	if n := cacheBytes(t, c); n > 1 || strings.Contains(r.stdout, "live mounts") {
+		t.Errorf("after unmount, prune --max-size 1 left %d bytes: %q", n, r.stdout)
+	}
+}
+
+func imageBytes(img *fstest.Image) int64 {
+	var n int64
+	for _, l := range img.LayerDescs {
+		n += l.Size
+	}
+	return n
+}
+
+// TestRotateLog: a log over the limit becomes .log.1, replacing an older one.
+func TestRotateLog(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.log")
+	if err := os.WriteFile(p+".1", []byte("oldest"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if rotated, err := rotateLog(p, 10); rotated || err != nil {
+		t.Errorf("rotateLog at the limit = %v, %v; want no rotation", rotated, err)
+	}
+	if err := os.WriteFile(p, []byte("0123456789a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if rotated, err := rotateLog(p, 10); !rotated || err != nil {
+		t.Fatalf("rotateLog over the limit = %v, %v; want rotated", rotated, err)
+	}
+	if b, err := os.ReadFile(p + ".1"); err != nil || string(b) != "0123456789a" {
+		t.Errorf("%s.1 = %q, %v; want the rotated log", p, b, err)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Errorf("%s still there after rotation (stat err %v)", p, err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"4096": 4096, "500M": 500 << 20, "10G": 10 << 30, "10GiB": 10 << 30, "1.5T": 3 << 39, "2k": 2048, "3MB": 3 << 20} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1G", "0", "ten", "1e30"} {
+		if got, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", in, got)
+		}
+	}
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// notifySocket listens where a service manager would, and returns the
+// socket's path and a function that waits for the next datagram.
+func notifySocket(t *testing.T) (string, func() string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return path, func() string {
+		t.Helper()
+		if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+}
+
+// TestMountNotifiesSystemd: `ocifs mount --foreground` under a Type=notify
+// unit says READY=1 once the mount answers and STOPPING=1 on SIGTERM; a
+// daemon started by `ocifs mount` does not speak for the unit.
+func TestMountNotifiesSystemd(t *testing.T) {
+	requireFUSE(t)
+	bin := ocifsBinary(t)
+	ref := layoutRef(t, fixtureImage(t))
+	cache := isolate(t)
+	sock, next := notifySocket(t)
+
+	dir := t.TempDir()
+	cleanupMount(t, cache, dir)
+	cmd := exec.Command(bin, "--cache-dir", cache, "mount", "--foreground", ref, dir)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	msg := next()
+	if !strings.HasPrefix(msg, "READY=1\nSTATUS=serving "+ref+" at "+dir) {
+		t.Errorf("first notification %q, want READY=1 and a status", msg)
+	}
+	// READY means the mount answers now.
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/os-release")); err != nil || string(b) != fixtureRelease {
+		t.Errorf("read right after READY=1: %q, %v", b, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := next(); msg != "STOPPING=1" {
+		t.Errorf("on SIGTERM the daemon said %q, want STOPPING=1", msg)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("foreground mount after SIGTERM: %v\n%s", err, out.String())
+	}
+
+	// Started by `ocifs mount`, the daemon does not inherit NOTIFY_SOCKET.
+	dir2 := t.TempDir()
+	cleanupMount(t, cache, dir2)
+	c2 := exec.Command(bin, "--cache-dir", cache, "mount", ref, dir2)
+	c2.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	if b, err := c2.CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v\n%s", err, b)
+	}
+	pid := daemonPID(t, cache, dir2)
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil || bytes.Contains(env, []byte("NOTIFY_SOCKET=")) {
+		t.Errorf("the mount daemon's environment has NOTIFY_SOCKET (err %v)", err)
+	}
+	if _, errs, code := execOcifs(t, bin, "unmount", dir2); code != 0 {
+		t.Fatalf("unmount: %d %s", code, errs)
+	}
+}
+
+// TestMakeInstall: make install puts the binary and every unit of
+// cmd/ocifs/systemd under PREFIX, with @BINDIR@ replaced, and systemd's own
+// checker finds nothing wrong with the units.
+func TestMakeInstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("make is missing, and CI=true")
+		}
+		t.Skip("no make")
+	}
+	prefix := t.TempDir()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := exec.Command("make", "-C", root, "install", "PREFIX="+prefix, "BIN="+filepath.Join(t.TempDir(), "ocifs"))
+	if b, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, b)
+	}
+	bin := filepath.Join(prefix, "bin", "ocifs")
+	if b, err := exec.Command(bin, "--help").Output(); err != nil || !strings.Contains(string(b), "Usage:") {
+		t.Errorf("installed %s --help: %v", bin, err)
+	}
+	units, err := filepath.Glob("systemd/*.service")
+	if err != nil || len(units) == 0 {
+		t.Fatalf("no units in cmd/ocifs/systemd: %v", err)
+	}
+	unitDir := filepath.Join(prefix, "lib", "systemd", "system")
+	for _, u := range units {
+		b, err := os.ReadFile(filepath.Join(unitDir, filepath.Base(u)))
+		if err != nil {
+			t.Errorf("unit %s not installed: %v", u, err)
+			continue
+		}
+		if bytes.Contains(b, []byte("@BINDIR@")) || !bytes.Contains(b, []byte("ExecStart="+bin+" ")) {
+			t.Errorf("installed %s does not run %s:\n%s", u, bin, b)
+		}
+		if !bytes.Contains(b, []byte("KillMode=")) {
+			t.Errorf("%s says no KillMode: the default (control-group) would kill what it leaves running", u)
+		}
+	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Log("no systemd-analyze: the units' syntax is not checked")
+		return
+	}
+	for _, u := range units {
+		name := filepath.Base(u)
+		if strings.HasSuffix(name, "@.service") {
+			name = strings.TrimSuffix(name, "@.service") + "@mnt-app.service"
+		}
+		v := exec.Command(analyze, "verify", "--man=no", name)
+		v.Dir = unitDir
+		v.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+unitDir+":")
+		b, _ := v.CombinedOutput()
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			// Outside a booted systemd the standard targets are missing;
+			// anything about the unit's own lines is a defect.
+			if l != "" && !strings.Contains(l, ".target") {
+				t.Errorf("systemd-analyze verify %s: %s", name, l)
+			}
+		}
+	}
+}

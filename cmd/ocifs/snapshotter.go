@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"github.com/ocifs/ocifs/fs/sdnotify"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/spf13/pflag"
+
+	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/snapshotter"
+	"github.com/ocifs/ocifs/fs/snapshotter/criauth"
+)
+
+// DefaultSnapshotterAddress is where `ocifs snapshotter` listens by default.
+const DefaultSnapshotterAddress = "/run/ocifs/snapshotter.sock"
+
+// snapshotterOpts are `ocifs snapshotter`'s flags.
+type snapshotterOpts struct {
+	address         string
+	root            string
+	criImageService string // --cri-image-service: the socket kubelet's image service endpoint names
+	containerd      string // --containerd-address: where that service forwards
+}
+
+// snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
+func snapshotterFlags(set *pflag.FlagSet) runFunc {
+	o := &snapshotterOpts{}
+	set.StringVar(&o.address, "address", DefaultSnapshotterAddress, "the unix `SOCKET` containerd's proxy_plugins.ocifs address names")
+	set.StringVar(&o.root, "root", snapshotter.DefaultRoot, "the snapshotter's `DIR`: metadata.db, snapshots/ (container uppers) and\nlayers/ (the FUSE mount of the lazy layers)")
+	set.StringVar(&o.criImageService, "cri-image-service", "", "also serve CRI's image service on `SOCKET` in front of containerd's\n(kubelet --image-service-endpoint=unix://SOCKET), keeping each pull's\ncredentials in memory for the lazy reads of its layers")
+	set.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's CRI `SOCKET`, where --cri-image-service forwards")
+	return func(ctx context.Context, e *env, args []string) error {
+		return runSnapshotter(ctx, e, o)
+	}
+}
+
+// runSnapshotter serves until ctx ends (SIGTERM, SIGINT), then stops
+// serving, releases the layers and unmounts the layer mount.
+func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("the snapshotter needs root (FUSE and overlay mounts): run it as root, e.g. from the systemd unit")
+	}
+	if err := checkFUSE(); err != nil {
+		return err
+	}
+	// Mirrors: the global --hosts-dir, else containerd's own config_path
+	// where it exists, so the snapshotter reads the registries as
+	// containerd does.
+	hostsDir := e.g.hostsDir
+	if hostsDir == "" {
+		if _, err := os.Stat(fetch.DefaultHostsDir); err == nil {
+			hostsDir = fetch.DefaultHostsDir
+		}
+	}
+	// The credentials of the fetch client: those of 'ocifs mount' (docker
+	// and podman auth files, credential helpers), and with
+	// --cri-image-service first those kubelet passed with each pull.
+	var keychain authn.Keychain = authn.DefaultKeychain
+	if o.criImageService != "" {
+		cri, err := criauth.Serve(o.criImageService, o.containerd, e.log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if serr := cri.Stop(); serr != nil {
+				err = errors.Join(err, serr)
+			}
+		}()
+		keychain = cri.Keychain(authn.DefaultKeychain)
+	}
+	client, err := fetch.New(fetch.Options{
+		CacheDir:       e.g.cacheDir,
+		Platform:       e.g.platform,
+		Insecure:       e.g.insecure,
+		Logger:         e.log,
+		Keychain:       keychain,
+		HostsDir:       hostsDir,
+		RegistriesConf: e.g.registriesConf,
+		ObserveRange:   e.onRange,
+	})
+	if err != nil {
+		return err
+	}
+	// Open first: it fails when another snapshotter has the root, before
+	// anything is mounted over that one's layers.
+	layers := &laterLayers{}
+	sn, err := snapshotter.Open(ctx, snapshotter.Options{Root: o.root, Logger: e.log, Layers: layers})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := sn.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	lfs, err := fs.MountLayerFS(filepath.Join(o.root, "layers"), fs.LayerFSOptions{Logger: e.log})
+	if err != nil {
+		return withHint(err, "the layers are a FUSE mount at --root/layers; check /dev/fuse and that nothing else is mounted there")
+	}
+	defer func() {
+		if uerr := lfs.Unmount(); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+	}()
+	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := remote.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	layers.Layers = remote // before Serve: nothing asks for a layer until then
+	srv, err := snapshotter.Serve(o.address, sn)
+	if err != nil {
+		return err
+	}
+	e.log.Info("snapshotter serving", "address", o.address, "root", o.root, "cache", e.g.cacheDir)
+	notify(e.log, func() (bool, error) { return sdnotify.Ready("serving snapshots at " + o.address) })
+	select {
+	case <-ctx.Done():
+		e.log.Info("snapshotter stopping")
+	case <-srv.Done():
+	}
+	notify(e.log, sdnotify.Stopping)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Stop(stopCtx); err != nil {
+		return err
+	}
+	s := sn.Stats()
+	e.log.Info("snapshotter stopped", "remote_layers", s.Remote, "fallbacks", s.Fallback, "bytes_fetched", client.Stats().BytesFetched)
+	return nil
+}
+
+// laterLayers are the snapshotter's Layers, set once the layer mount
+// exists (after Open has taken the root's lock) and before Serve.
+type laterLayers struct{ snapshotter.Layers }
+
+const snapshotterHelp = `Serve containerd as a remote snapshotter: one long-running daemon for every
+image on the node. Each layer containerd unpacks for CRI is served lazily from
+ocifs's verified reader: a directory of one FUSE mount (--root/layers) holding
+the layer exactly as containerd's applier would have written it, so the
+container's root is kernel overlayfs over those directories with an upper on
+local disk, equal to what containerd's own overlayfs snapshotter gives. A
+layer ocifs cannot serve (unknown media type, a registry it cannot reach with
+the credentials it has) falls back to containerd's download: one Warn line
+"layer not served lazily" names it and why. Layers with an ocifs index in the
+registry ('ocifs index build --push') fetch only what containers read; images
+without one are fetched once, in order, without unpacking (stream mode).
+
+containerd 1.6 and 1.7 (/etc/containerd/config.toml, version = 2):
+
+  [proxy_plugins.ocifs]
+    type = "snapshot"
+    address = "/run/ocifs/snapshotter.sock"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "ocifs"
+    disable_snapshot_annotations = false
+
+containerd 2.x (version = 3):
+
+  [proxy_plugins.ocifs]
+    type = "snapshot"
+    address = "/run/ocifs/snapshotter.sock"
+    [proxy_plugins.ocifs.exports]
+      enable_remote_snapshot_annotations = "true"
+
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "ocifs"
+
+  # 2.1 and later pull through the transfer service, which unpacks (and
+  # passes the labels) only for the snapshotters listed here:
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = "linux/amd64"
+    snapshotter = "ocifs"
+
+  On 2.0, or to keep CRI's client-side pull on 2.1+, set instead
+  disable_snapshot_annotations = false (and on 2.1+ use_local_image_pull =
+  true) under [plugins."io.containerd.cri.v1.images"]. Without the labels every
+  layer silently falls back to a full download: check the log.
+
+Private registries: with --cri-image-service SOCKET the daemon also serves
+CRI's image service there, forwarding to containerd (--containerd-address)
+and keeping the credentials of each pull in memory (never on disk or in a
+log) for the lazy reads of that image; point kubelet at it with
+--image-service-endpoint=unix://SOCKET (the runtime endpoint stays
+containerd's). The credentials are gone after a restart: give root an auth
+file or credential helper for such registries too (see fs/snapshotter/criauth).
+
+Then restart containerd, start this daemon (cmd/ocifs/systemd/
+ocifs-snapshotter.service) and check:
+
+  crictl pull registry.example.com/app:1.4
+  crictl info | grep -i snapshotter        # "ocifs"
+  journalctl -u ocifs-snapshotter | grep -E 'layer served lazily|not served lazily'
+
+containerd 1.6 before 1.6.32 (Debian 12's 1.6.20) reports the CRI image file
+system as /var/lib/containerd/io.containerd.snapshotter.v1.ocifs whatever the
+root; kubelet's image GC reads usage through the snapshotter's Usage.
+
+SIGTERM or SIGINT stops serving, releases the layers and unmounts
+--root/layers; containers still running keep their mounts, but their reads of
+lazy layers fail once the daemon is gone. After a restart the layers are
+served again on demand, so new containers of pulled images start.
+
+Examples:
+  ocifs snapshotter
+  ocifs snapshotter --address /run/ocifs/snapshotter.sock --root /var/lib/ocifs/snapshotter --cache-dir /var/cache/ocifs
+  ocifs snapshotter --cri-image-service /run/ocifs/cri-image.sock
+`
