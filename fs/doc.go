@@ -107,6 +107,9 @@
 // taken only before those listed after it, never while holding one of
 // them); a lock marked leaf is never held while another is taken:
 //
+//  0. LayerFS.mu (layerfs_linux.go), a read-write lock per LayerFS mount:
+//     the names served and the slots given. add holds it while it makes a
+//     ServedTree, so it comes before every lock of an image.
 //  1. readAhead.mu (readahead.go), one per image: the sequential streams
 //     seen and the read-ahead runs in flight. Taken before pieceCache.mu.
 //  2. pieceCache.mu (pieces.go), one per image: the decoded pieces (spans,
@@ -129,12 +132,13 @@
 //     not) of its open files. Leaf.
 //
 // Besides, sync.Once values make a layer's extracted tree (layer.unpackOnce,
-// unpack.go), an image's node generation (nodeGen) and a tree's index of
-// nodes by id (nodeIndex, identity.go) once; none is entered holding a lock
-// of this list. Counters, flags and
-// published values (Image.tree, layer.tree, layer.disagreed, a stream's
-// snapshot, a blob sink's progress) are atomics, and a fetch's result is
-// published by closing its done channel (attempt, pieceFetch).
+// unpack.go), an image's node generation (nodeGen), a tree's index of
+// nodes by id (nodeIndex, identity.go) and an image's layer views
+// (imageViews, views.go) once; only LayerFS.mu may be held when one is
+// entered. Counters, flags and published values (Image.tree, layer.tree,
+// layer.disagreed, a stream's snapshot, a blob sink's progress) are
+// atomics, and a fetch's result is published by closing its done channel
+// (attempt, pieceFetch).
 //
 // # What it must not do
 //
