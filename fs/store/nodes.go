@@ -328,4 +328,3 @@ func (n *blobNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 	}
 	return fuse.ReadResultData(dest[:k]), 0
 }
-
