@@ -172,6 +172,22 @@ func checkFUSE() error {
 // output appended to the mount's log, and waits until it reports that the
 // mount answers, or fails.
 func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
+	return startDaemon(ctx, e, dir, daemonArgs(e.g, image, dir, o), func(pid int, log string) string {
+		extra := ""
+		if o.writable {
+			if d, err := writableDirs(e.g.cacheDir, dir, o.upper); err == nil {
+				extra = "; " + upperSummary(d)
+			}
+		}
+		return fmt.Sprintf("mounted %s at %s (pid %d, log %s%s)\n", image, dir, pid, log, extra)
+	})
+}
+
+// startDaemon starts this binary with args (a command's --foreground
+// --ready-fd=3 form) in its own session, its output appended to the log of
+// mountpoint dir, waits until it reports "ok" on fd 3, and prints
+// success(pid, log). `ocifs mount` and `ocifs store` daemonize with it.
+func startDaemon(ctx context.Context, e *env, dir string, args []string, success func(pid int, log string) string) error {
 	p, err := pathsFor(e.g.cacheDir, dir)
 	if err != nil {
 		return err
@@ -196,7 +212,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	}
 	defer r.Close()
 
-	cmd := exec.Command("/proc/self/exe", daemonArgs(e.g, image, dir, o)...)
+	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 in the child
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -224,13 +240,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	case msg = <-got:
 	}
 	if string(msg) == "ok\n" {
-		extra := ""
-		if o.writable {
-			if d, err := writableDirs(e.g.cacheDir, dir, o.upper); err == nil {
-				extra = "; " + upperSummary(d)
-			}
-		}
-		fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d, log %s%s)\n", image, dir, cmd.Process.Pid, p.log, extra)
+		fmt.Fprint(e.stdout, success(cmd.Process.Pid, p.log))
 		return cmd.Process.Release()
 	}
 	werr := cmd.Wait()
@@ -252,19 +262,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 // daemonArgs is the command line of the daemon: the parsed flags spelled out
 // with absolute paths, so nothing depends on how the user wrote them.
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
-	args := []string{"--cache-dir=" + g.cacheDir}
-	if g.platform != "" {
-		args = append(args, "--platform="+g.platform)
-	}
-	if g.insecure {
-		args = append(args, "--insecure")
-	}
-	if g.insecureLazy {
-		args = append(args, "--insecure-lazy")
-	}
-	if g.logLevel != "" {
-		args = append(args, "--log-level="+g.logLevel)
-	}
+	args := globalArgs(g)
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
 	if o.rate != "" {
 		args = append(args, "--prefetch-rate="+o.rate)
@@ -640,4 +638,22 @@ func daemonServes(cacheDir, dir string) bool {
 	}
 	st, err := readState(p)
 	return err == nil && isDaemon(st.PID)
+}
+
+// globalArgs spells out the global flags for a daemon's command line.
+func globalArgs(g *globals) []string {
+	args := []string{"--cache-dir=" + g.cacheDir}
+	if g.platform != "" {
+		args = append(args, "--platform="+g.platform)
+	}
+	if g.insecure {
+		args = append(args, "--insecure")
+	}
+	if g.insecureLazy {
+		args = append(args, "--insecure-lazy")
+	}
+	if g.logLevel != "" {
+		args = append(args, "--log-level="+g.logLevel)
+	}
+	return args
 }
