@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -238,10 +239,13 @@ func (s *Store) id(p string) uint64 {
 	return id
 }
 
-// decodeRef returns the reference whose base64 is b64, or "".
+// decodeRef returns the reference whose base64 is b64, or "": only the
+// canonical encoding (what containers/storage writes), so that no two
+// directories name one image.
 func decodeRef(b64 string) string {
 	b, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil || len(b) == 0 || strings.ContainsAny(string(b), "\x00\n") {
+	if err != nil || len(b) == 0 || !utf8.Valid(b) || strings.ContainsAny(string(b), "\x00\n") ||
+		base64.StdEncoding.EncodeToString(b) != b64 {
 		return ""
 	}
 	return string(b)
