@@ -2,10 +2,13 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/ocifs/ocifs/fs/fstest"
 	"github.com/ocifs/ocifs/fs/store/podmantest"
@@ -72,5 +75,62 @@ func TestDiffEqualsPodmanUnpack(t *testing.T) {
 	m, err := fstest.Manifest(podmantest.LayerDir(s.Dir, ref, im.LayerDescs[0].Digest) + "/diff")
 	if err != nil || len(m) < 10 {
 		t.Fatalf("layer 0 diff: %d entries, %v: not the corner image?", len(m), err)
+	}
+}
+
+// TestTOCDigestAndBlob looks an eStargz and a zstd:chunked layer up the
+// way containers/storage 1.54 and later do, by TOC digest: the same diff/
+// as by compressed digest, and info carrying toc-digest and
+// flags.expected-layer-diffid (the config's DiffID). Reading blob gives
+// the layer's compressed bytes, checked against its digest; a digest the
+// image does not have is ENOENT.
+func TestTOCDigestAndBlob(t *testing.T) {
+	fstest.RequireFUSE(t)
+	for _, format := range []string{"estargz", "zstd:chunked"} {
+		t.Run(format, func(t *testing.T) {
+			im, probe, _ := lazyImage(t, format, 4<<20)
+			reg := newRegistry(t)
+			if err := im.Push(t.Context(), reg.host, "store/toc", "1"); err != nil {
+				t.Fatal(err)
+			}
+			ref := reg.host + "/store/toc:1"
+			s := mountStore(t, filepath.Join(t.TempDir(), "store"))
+			i := len(im.LayerDescs) - 1
+			desc := im.LayerDescs[i]
+			toc := tocDigest(desc)
+			if toc == "" {
+				t.Fatalf("layer %d has no TOC digest annotation: %v", i, desc.Annotations)
+			}
+			byDigest := podmantest.LayerDir(s.Dir, ref, desc.Digest)
+			byTOC := podmantest.LayerDir(s.Dir, ref, toc)
+			if d := fstest.CompareTrees(filepath.Join(byTOC, "diff"), filepath.Join(byDigest, "diff"), fstest.CompareOptions{}); len(d) != 0 {
+				t.Errorf("diff/ by TOC digest vs by digest: %q", d)
+			}
+			if _, err := os.Stat(filepath.Join(byTOC, "diff", probe)); err != nil {
+				t.Errorf("probe by TOC digest: %v", err)
+			}
+			b, err := os.ReadFile(filepath.Join(byTOC, "info"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var info podmantest.Info
+			if err := json.Unmarshal(b, &info); err != nil {
+				t.Fatal(err)
+			}
+			if info.TOCDigest != toc || info.Flags["expected-layer-diffid"] != im.DiffIDs[i].String() || info.UncompressedDigest != im.DiffIDs[i] {
+				t.Errorf("info by TOC digest = %s; want toc-digest %s, expected-layer-diffid and diff-digest %s", b, toc, im.DiffIDs[i])
+			}
+			blob, err := os.ReadFile(filepath.Join(byDigest, "blob"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := digest.FromBytes(blob); got != desc.Digest {
+				t.Errorf("blob digest %s, want %s", got, desc.Digest)
+			}
+			missing := podmantest.LayerDir(s.Dir, ref, digest.FromString("not a layer"))
+			if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("stat of a layer the image lacks: %v, want ENOENT", err)
+			}
+		})
 	}
 }

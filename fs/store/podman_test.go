@@ -14,11 +14,11 @@ import (
 	"github.com/ocifs/ocifs/fs/store/podmantest"
 )
 
-// lazyImage is busybox under a large layer (32 MiB of files): a program
+// lazyImage is busybox under a large layer (size bytes of files): a program
 // that reads one small file of it needs a small part of the image.
-func lazyImage(t testing.TB, format string) (*fstest.Image, string, string) {
+func lazyImage(t testing.TB, format string, size int64) (*fstest.Image, string, string) {
 	t.Helper()
-	large := fstest.Large(7, 32<<20)
+	large := fstest.Large(7, size)
 	bb, err := critest.BusyboxLayer(fstest.Gzip)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestPodmanRunLazy(t *testing.T) {
 	requirePodman(t)
 	for _, format := range []string{"gzip+index", "estargz", "zstd:chunked", "gzip"} {
 		t.Run(format, func(t *testing.T) {
-			im, probe, want := lazyImage(t, format)
+			im, probe, want := lazyImage(t, format, 32<<20)
 			reg := newRegistry(t)
 			if err := im.Push(t.Context(), reg.host, "store/lazy", "1"); err != nil {
 				t.Fatal(err)
