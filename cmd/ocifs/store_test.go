@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,4 +158,56 @@ func TestStoreCommand(t *testing.T) {
 		t.Errorf("the store fetched %d bytes of an image of %d: not lazy (or not counted)", fetched, size)
 	}
 	t.Logf("store fetched %d of %d bytes", fetched, size)
+}
+
+// TestStoreDaemon starts `ocifs store` without --foreground (the real
+// binary): it returns once the store answers, printing the daemon's pid
+// and log; a second store on the same mountpoint is refused with what to
+// do; SIGTERM to the daemon unmounts the store and ends it.
+func TestStoreDaemon(t *testing.T) {
+	requireRoot(t)
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	cache := isolate(t)
+	dir, err := os.MkdirTemp("", "ocsd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	mnt := filepath.Join(dir, "store")
+	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "store", mnt)
+	var pid int
+	if code != 0 || !strings.HasPrefix(out, "layer store at "+mnt+" (pid ") {
+		t.Fatalf("ocifs store: exit %d, stdout %q, stderr %s", code, out, errs)
+	}
+	fmt.Sscanf(strings.TrimPrefix(out, "layer store at "+mnt+" (pid "), "%d", &pid)
+	t.Cleanup(func() {
+		if pid > 0 && syscall.Kill(pid, 0) == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+			syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+	})
+	if !mounted(t, mnt) {
+		t.Fatalf("%s not mounted after ocifs store returned", mnt)
+	}
+	if st, err := os.Stat(filepath.Join(mnt, "bm90LWEtcmVm", "sha256:"+strings.Repeat("0", 64))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a layer of an unknown reference: %v, %v; want ENOENT", st, err)
+	}
+	_, errs, code = execOcifs(t, bin, "--cache-dir", cache, "store", mnt)
+	if code == 0 || !strings.Contains(errs, "already a mount point") {
+		t.Errorf("a second store on %s: exit %d, stderr %q; want a refusal", mnt, code, errs)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(50 * time.Millisecond) {
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		if time.Now().After(deadline) {
+			t.Fatalf("store daemon %d still running 20s after SIGTERM", pid)
+		}
+	}
+	if mounted(t, mnt) {
+		t.Errorf("%s still mounted after the daemon stopped", mnt)
+	}
 }
