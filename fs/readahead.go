@@ -1,6 +1,10 @@
 package fs
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/ocifs/ocifs/index"
+)
 
 // Read-ahead for sequential readers of a span layer.
 //
@@ -26,7 +30,8 @@ import "sync"
 // spans it reads.
 //
 // Bounds: one stream's window is at most readAheadMaxBytes of tar, and all
-// streams' windows together at most half the span cache, so spans fetched
+// streams' windows together at most half the span cache (by the spans'
+// decoded sizes), so spans fetched
 // ahead never push out the spans their readers are about to reach; a span
 // evicted anyway is read again from the disk cache, not the network. At most
 // FetchParallel-1 read-ahead runs are in flight per image, so a read that
@@ -123,8 +128,7 @@ func (l *layer) readAhead(off, end, fileEnd int64) {
 			n++
 		}
 	}
-	capSpans := int(min(readAheadMaxBytes, l.im.spans.max/2/max(n, 1)) / t.SpanSize)
-	s.window = min(s.window, capSpans)
+	s.window = min(s.window, windowSpans(t, s.span, min(readAheadMaxBytes, l.im.spans.max/2/max(n, 1))))
 	runSpans := max(1, int(readAheadRunBytes/t.SpanSize))
 	lastSpan := min(len(t.Spans)-1, t.SpanFor(max(fileEnd, end)-1))
 	to := min(s.span+s.window, lastSpan)
@@ -156,4 +160,23 @@ func (l *layer) readAhead(off, end, fileEnd int64) {
 		j = run[len(run)-1]
 		s.ahead = j
 	}
+}
+
+// windowSpans returns how many spans after span fit in budget bytes of
+// decoded tar. Spans are counted by their real sizes, not the table's
+// SpanSize: that is a target a span reaches and passes (a gzip checkpoint
+// falls on the first deflate block boundary after it, 1.5 times the target
+// or more on incompressible data), and a window counted in targets would
+// hold more than its share of the span cache, pushing out spans fetched
+// ahead before their reader reaches them.
+func windowSpans(t *index.Table, span int, budget int64) int {
+	n := 0
+	for i := span + 1; i < len(t.Spans); i++ {
+		budget -= t.SpanEnd(i) - t.Spans[i].U
+		if budget < 0 {
+			break
+		}
+		n++
+	}
+	return n
 }

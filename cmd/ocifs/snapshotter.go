@@ -13,6 +13,7 @@ import (
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/fs/snapshotter"
+	"github.com/ocifs/ocifs/fs/snapshotter/criauth"
 )
 
 // DefaultSnapshotterAddress is where `ocifs snapshotter` listens by default.
@@ -20,17 +21,11 @@ const DefaultSnapshotterAddress = "/run/ocifs/snapshotter.sock"
 
 // snapshotterOpts are `ocifs snapshotter`'s flags.
 type snapshotterOpts struct {
-	address  string
-	root     string
-	hostsDir string
-
-	// keychains are credential sources tried before the default one
-	// (docker and podman auth files, credential helpers) by the
-	// snapshotter's fetch client, in order. This is the seam for the CRI
-	// image-service proxy (--cri-image-service): it appends its in-memory
-	// keychain of the credentials kubelet passed with each pull, before
-	// runSnapshotter builds the client.
-	keychains []authn.Keychain
+	address         string
+	root            string
+	hostsDir        string
+	criImageService string // --cri-image-service: the socket kubelet's image service endpoint names
+	containerd      string // --containerd-address: where that service forwards
 }
 
 // snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
@@ -39,14 +34,11 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.StringVar(&o.address, "address", DefaultSnapshotterAddress, "the unix `SOCKET` containerd's proxy_plugins.ocifs address names")
 	set.StringVar(&o.root, "root", snapshotter.DefaultRoot, "the snapshotter's `DIR`: metadata.db, snapshots/ (container uppers) and\nlayers/ (the FUSE mount of the lazy layers)")
 	set.StringVar(&o.hostsDir, "hosts-dir", fetch.DefaultHostsDir, "containerd's registry config_path `DIR` of hosts.toml files (mirrors, TLS),\nread as containerd reads it; empty reads none")
+	set.StringVar(&o.criImageService, "cri-image-service", "", "also serve CRI's image service on `SOCKET` in front of containerd's\n(kubelet --image-service-endpoint=unix://SOCKET), keeping each pull's\ncredentials in memory for the lazy reads of its layers")
+	set.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's CRI `SOCKET`, where --cri-image-service forwards")
 	return func(ctx context.Context, e *env, args []string) error {
 		return runSnapshotter(ctx, e, o)
 	}
-}
-
-// keychain is the credentials the snapshotter's fetch client asks.
-func (o *snapshotterOpts) keychain() authn.Keychain {
-	return authn.NewMultiKeychain(append(o.keychains, authn.DefaultKeychain)...)
 }
 
 // runSnapshotter serves until ctx ends (SIGTERM, SIGINT), then stops
@@ -64,12 +56,28 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			hostsDir = "" // the default, absent: no mirrors
 		}
 	}
+	// The credentials of the fetch client: those of 'ocifs mount' (docker
+	// and podman auth files, credential helpers), and with
+	// --cri-image-service first those kubelet passed with each pull.
+	var keychain authn.Keychain = authn.DefaultKeychain
+	if o.criImageService != "" {
+		cri, err := criauth.Serve(o.criImageService, o.containerd, e.log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if serr := cri.Stop(); serr != nil {
+				err = errors.Join(err, serr)
+			}
+		}()
+		keychain = cri.Keychain(authn.DefaultKeychain)
+	}
 	client, err := fetch.New(fetch.Options{
 		CacheDir: e.g.cacheDir,
 		Platform: e.g.platform,
 		Insecure: e.g.insecure,
 		Logger:   e.log,
-		Keychain: o.keychain(),
+		Keychain: keychain,
 		HostsDir: hostsDir,
 	})
 	if err != nil {
@@ -96,7 +104,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, uerr)
 		}
 	}()
-	remote, err := snapshotter.NewRemote(snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
+	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
 		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
 	if err != nil {
 		return err
@@ -175,6 +183,14 @@ containerd 2.x (version = 3):
   true) under [plugins."io.containerd.cri.v1.images"]. Without the labels every
   layer silently falls back to a full download: check the log.
 
+Private registries: with --cri-image-service SOCKET the daemon also serves
+CRI's image service there, forwarding to containerd (--containerd-address)
+and keeping the credentials of each pull in memory (never on disk or in a
+log) for the lazy reads of that image; point kubelet at it with
+--image-service-endpoint=unix://SOCKET (the runtime endpoint stays
+containerd's). The credentials are gone after a restart: give root an auth
+file or credential helper for such registries too (see fs/snapshotter/criauth).
+
 Then restart containerd, start this daemon (cmd/ocifs/systemd/
 ocifs-snapshotter.service) and check:
 
@@ -194,4 +210,5 @@ served again on demand, so new containers of pulled images start.
 Examples:
   ocifs snapshotter
   ocifs snapshotter --address /run/ocifs/snapshotter.sock --root /var/lib/ocifs/snapshotter --cache-dir /var/cache/ocifs
+  ocifs snapshotter --cri-image-service /run/ocifs/cri-image.sock
 `

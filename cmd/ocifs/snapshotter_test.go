@@ -21,7 +21,7 @@ import (
 func TestSnapshotterHelp(t *testing.T) {
 	r := mustRun(t, "snapshotter", "--help")
 	for _, want := range []string{
-		"usage: ocifs snapshotter [flags]", "--address", "--root", "--hosts-dir",
+		"usage: ocifs snapshotter [flags]", "--address", "--root", "--hosts-dir", "--cri-image-service", "--image-service-endpoint",
 		`[proxy_plugins.ocifs]`, `type = "snapshot"`, `address = "/run/ocifs/snapshotter.sock"`,
 		`[plugins."io.containerd.grpc.v1.cri".containerd]`, `snapshotter = "ocifs"`, "disable_snapshot_annotations = false",
 		`[plugins."io.containerd.cri.v1.images"]`, `enable_remote_snapshot_annotations = "true"`,
@@ -39,7 +39,8 @@ func TestSnapshotterHelp(t *testing.T) {
 // TestSnapshotterCommand runs `ocifs snapshotter` in-process: it serves
 // containerd's snapshots API on --address, with its layer mount at
 // --root/layers, and on the end of its context (SIGTERM in main) stops
-// serving, removes the socket, unmounts the layers and exits 0. A second
+// serving, removes the sockets (its own and --cri-image-service's),
+// unmounts the layers and exits 0. A second
 // daemon on the same root is refused while the first runs.
 func TestSnapshotterCommand(t *testing.T) {
 	requireRoot(t)
@@ -50,8 +51,9 @@ func TestSnapshotterCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	root, sock := filepath.Join(dir, "root"), filepath.Join(dir, "snap.sock")
-	args := []string{"--cache-dir", cache, "snapshotter", "--address", sock, "--root", root, "--hosts-dir", ""}
+	root, sock, criSock := filepath.Join(dir, "root"), filepath.Join(dir, "snap.sock"), filepath.Join(dir, "cri-image.sock")
+	args := []string{"--cache-dir", cache, "snapshotter", "--address", sock, "--root", root, "--hosts-dir", "",
+		"--cri-image-service", criSock, "--containerd-address", filepath.Join(dir, "no-containerd.sock")}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var stderr bytes.Buffer
@@ -88,6 +90,9 @@ func TestSnapshotterCommand(t *testing.T) {
 	if !mounted(t, filepath.Join(root, "layers")) {
 		t.Errorf("%s/layers is not mounted while the snapshotter runs", root)
 	}
+	if fi, err := os.Stat(criSock); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("--cri-image-service socket: %v, want a socket", err)
+	}
 	r := runCLI(t, "--cache-dir", cache, "snapshotter", "--address", filepath.Join(dir, "other.sock"), "--root", root, "--hosts-dir", "")
 	if r.code == 0 || !strings.Contains(r.stderr, "another snapshotter") {
 		t.Errorf("a second snapshotter on the same root: exit %d, stderr %q; want a failure naming the other", r.code, r.stderr)
@@ -105,8 +110,10 @@ func TestSnapshotterCommand(t *testing.T) {
 	if mounted(t, filepath.Join(root, "layers")) {
 		t.Errorf("%s/layers still mounted after the snapshotter stopped", root)
 	}
-	if _, err := os.Stat(sock); !os.IsNotExist(err) {
-		t.Errorf("socket after stop: %v, want gone", err)
+	for _, p := range []string{sock, criSock} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("socket %s after stop: %v, want gone", p, err)
+		}
 	}
 	for _, want := range []string{"snapshotter serving", "snapshotter stopped", "layers unmounted"} {
 		if !strings.Contains(stderr.String(), want) {

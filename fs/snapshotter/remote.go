@@ -72,8 +72,10 @@ type remoteImage struct {
 	refs   int // the snapshot ids holding it, and the loads waiting for it
 }
 
-// NewRemote returns the Layers that serves layers through opts.FS.
-func NewRemote(opts RemoteOptions) (*Remote, error) {
+// NewRemote returns the Layers that serves layers through opts.FS. Image
+// loads run on ctx (shared by every Prepare waiting for one), until ctx
+// ends or Close.
+func NewRemote(ctx context.Context, opts RemoteOptions) (*Remote, error) {
 	if opts.Client == nil || opts.FS == nil {
 		return nil, errors.New("remote layers: a fetch client and a layer mount are required")
 	}
@@ -84,7 +86,7 @@ func NewRemote(opts RemoteOptions) (*Remote, error) {
 	io := opts.Image
 	io.Logger = log
 	io.Progressive = false
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, ctx: ctx, cancel: cancel,
 		images: map[string]*remoteImage{}, held: map[string]*remoteImage{}}, nil
 }

@@ -2,7 +2,6 @@ package snapshotter
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -71,7 +70,7 @@ func (f *remoteFixture) remote(t *testing.T) *Remote {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(lockedWriter{f.logMu, f.log}, nil))
-	r, err := NewRemote(RemoteOptions{Client: c, FS: f.lfs, Logger: log})
+	r, err := NewRemote(t.Context(), RemoteOptions{Client: c, FS: f.lfs, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +265,7 @@ func TestRemoteFallsBack(t *testing.T) {
 
 func mustID(t *testing.T, sn *Snapshotter, key string) string {
 	t.Helper()
-	id, _, err := sn.idOf(context.Background(), key)
+	id, _, err := sn.idOf(t.Context(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
