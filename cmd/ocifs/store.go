@@ -82,7 +82,8 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 	if err != nil {
 		return err
 	}
-	s, err := store.Mount(dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
+	// The loads outlive the signal that ends ctx until Unmount cancels them.
+	s, err := store.Mount(context.WithoutCancel(ctx), dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
 		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
 	if err != nil {
 		return withHint(err, needFUSE)

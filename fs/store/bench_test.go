@@ -18,7 +18,8 @@ import (
 
 // BenchmarkPodmanRunStore times podman run to the container's first
 // output for a python-like image (three layers of about 150 MB of files
-// and busybox, gzip with an ocifs index, and the same as eStargz), cold
+// and busybox: gzip with an ocifs index, the same as eStargz, and gzip
+// without an index, which the store serves in stream mode), cold
 // each time: through a fresh store with an empty cache, and podman's own
 // pull into a fresh graph root, on the same registry in the same run.
 // The eStargz image also runs through stargz-snapshotter's stargz-store
@@ -38,7 +39,7 @@ func BenchmarkPodmanRunStore(b *testing.B) {
 	layers := []fstest.Layer{l0.Layer, l1.Layer, l2.Layer, bb}
 	cmd := []string{critest.BusyboxPath, "md5sum", path.Join("/", l0.Probe.Header.Name)}
 	reg := newRegistry(b)
-	for _, format := range []string{"gzip+index", "estargz"} {
+	for _, format := range []string{"gzip+index", "estargz", "gzip"} {
 		var im *fstest.Image
 		if format == "estargz" {
 			im, err = fstest.BuildLazy(layers, fstest.LazyOptions{Format: fstest.Estargz, BlobDir: b.TempDir()})
@@ -48,7 +49,7 @@ func BenchmarkPodmanRunStore(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		repo := "bench/" + map[string]string{"gzip+index": "gzip", "estargz": "estargz"}[format]
+		repo := "bench/" + map[string]string{"gzip+index": "indexed", "estargz": "estargz", "gzip": "gzip"}[format]
 		if err := im.Push(b.Context(), reg.host, repo, "1"); err != nil {
 			b.Fatal(err)
 		}

@@ -47,7 +47,7 @@
 // ([Store.Uses]). A pull leaves a count of 1 per layer and podman rmi takes
 // it back to 0. Nothing is evicted: an image stays loaded until the store
 // is unmounted, so a layer in use never is (eviction of images whose count
-// went back to 0 is not done yet). Layers with a sparse file are not
-// served (ENOENT): a view's sparse file reads through the merged tree's
-// map, which only containerd's views keep.
+// went back to 0 is not done yet). An image with a sparse file is not
+// served (ENOENT for every layer): a view's sparse file reads through the
+// merged tree's map, which only containerd's views keep.
 package store

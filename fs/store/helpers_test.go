@@ -114,7 +114,7 @@ func mountStore(t testing.TB, dir string) *mounted {
 		t.Fatal(err)
 	}
 	lb := &lockedBuffer{}
-	s, err := Mount(dir, Options{Client: c, Logger: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	s, err := Mount(context.WithoutCancel(t.Context()), dir, Options{Client: c, Logger: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}

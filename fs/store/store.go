@@ -87,12 +87,13 @@ type image struct {
 	blobs  map[int]*blobFile
 }
 
-// Mount mounts an empty store at dir (created if missing). A mount left
+// Mount mounts an empty store at dir (created if missing); the images
+// load on a child of ctx (cancelled by Unmount, or when ctx ends). A mount left
 // at dir by a daemon that died (ENOTCONN) is detached first. It is
 // mounted read-write (podman's use and release notifications must reach
 // it: every write is answered ENOENT), nosuid, nodev, visible to every
 // user. It needs root and /dev/fuse.
-func Mount(dir string, opts Options) (*Store, error) {
+func Mount(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if opts.Client == nil {
 		return nil, errors.New("layer store: a fetch client is required")
 	}
@@ -117,7 +118,7 @@ func Mount(dir string, opts Options) (*Store, error) {
 	io := opts.Image
 	io.Logger = lg
 	io.Progressive = false
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	s := &Store{Dir: dir, client: opts.Client, imgOpts: io, log: lg, blobDir: opts.BlobDir, ctx: ctx, cancel: cancel,
 		images: map[string]*image{}, ids: map[string]uint64{"": fuse.FUSE_ROOT_ID}, nextSlot: 1, uses: map[string]int{}}
 	timeout := time.Hour
