@@ -199,11 +199,38 @@ func LayerView(tables []*index.Table, i int) (*Tree, error) {
 	return views[i], nil
 }
 
+// PodmanLayerViews returns the view of every layer of tables (bottom
+// first) as containers/storage 1.43's overlay driver writes a layer's
+// diff/ (podman 4.3.1's pull; fs/store/podmantest measures it): the rules
+// of [LayerViews] but for three. Missing parents are 0755, root's, with
+// the Unix epoch as mtime (podman's is the time of unpack), whatever a
+// lower layer has there; the bottom layer is in overlay format too
+// (whiteout devices, the opaque xattr, nothing deleted); the root is 0555,
+// the mode the overlay driver gives a diff directory. Through overlayfs
+// podman's container root then equals its own pull's.
+func PodmanLayerViews(tables []*index.Table) ([]*Tree, error) {
+	views := make([]*Tree, 0, len(tables))
+	for i, t := range tables {
+		v, err := buildView(&viewBuilder{li: i, overlay: true, podman: true}, t, views)
+		if err != nil {
+			return nil, fmt.Errorf("podman view of layer %d (%s): %w", i, t.Digest, err)
+		}
+		v.Root.Mode = podmanDiffMode
+		views = append(views, v)
+	}
+	return views, nil
+}
+
+// podmanDiffMode is the mode of a layer's diff directory in
+// containers/storage 1.43.
+const podmanDiffMode = 0o555
+
 // viewBuilder applies one layer's entries to an empty tree as containerd's
 // applier applies them to an empty directory.
 type viewBuilder struct {
 	li      int
-	overlay bool    // whiteouts are devices, opaque markers xattrs (every layer but the bottom)
+	overlay bool    // whiteouts are devices, opaque markers xattrs (every layer but the bottom; every layer for podman)
+	podman  bool    // containers/storage's applier: implied parents 0755, root, nothing copied
 	lowers  []*Node // the roots of the views below, top first
 	root    *Node
 
@@ -225,7 +252,11 @@ type viewBuilder struct {
 }
 
 func layerView(t *index.Table, li int, below []*Tree) (*Tree, error) {
-	b := &viewBuilder{li: li, overlay: li > 0, root: newDir(true), hidden: map[*Node]bool{}, markerOnly: map[*Node]bool{}}
+	return buildView(&viewBuilder{li: li, overlay: li > 0}, t, below)
+}
+
+func buildView(b *viewBuilder, t *index.Table, below []*Tree) (*Tree, error) {
+	b.root, b.hidden, b.markerOnly = newDir(true), map[*Node]bool{}, map[*Node]bool{}
 	for i := len(below) - 1; i >= 0; i-- {
 		b.lowers = append(b.lowers, below[i].Root)
 	}
@@ -488,6 +519,9 @@ func (b *viewBuilder) mkparents(todo []string, forMarker bool) (*Node, []string,
 // directory is there; else 0755, root.
 func (b *viewBuilder) impliedDir(names []string) *Node {
 	d := newDir(true)
+	if b.podman {
+		return d
+	}
 	for _, low := range b.lowers {
 		_, n, err := rootPath(low, names)
 		if err != nil {

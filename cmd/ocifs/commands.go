@@ -70,6 +70,11 @@ var commands = []group{
 		help:  mountHelp, flags: mountFlags,
 	}},
 	{cmd: &command{
+		name: "store", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1, daemon: true,
+		short: "serve podman / CRI-O as an additional layer store: containers start lazily",
+		help:  storeHelp, flags: storeFlags,
+	}},
+	{cmd: &command{
 		name: "unmount", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
 		short: "unmount and stop its daemon; the cache stays",
 		help:  unmountHelp, flags: unmountFlags,

@@ -182,6 +182,23 @@ func checkFUSE() error {
 // output appended to the mount's log, and waits until it reports that the
 // mount answers, or fails.
 func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
+	return startDaemon(ctx, e, dir, "mount "+image, daemonArgs(e.g, image, dir, o), func(pid int, log string) string {
+		extra := ""
+		if o.writable {
+			if d, err := writableDirs(e.g.cacheDir, dir, o.upper); err == nil {
+				extra = "; " + upperSummary(d)
+			}
+		}
+		return fmt.Sprintf("mounted %s at %s (pid %d, log %s%s)\n", image, dir, pid, log, extra)
+	})
+}
+
+// startDaemon starts this binary with args (a command's --foreground
+// --ready-fd=3 form) in its own session, its output appended to the log of
+// mountpoint dir, waits until it reports "ok" on fd 3, and prints
+// success(pid, log); what names the work in progress lines ("mount IMAGE").
+// `ocifs mount` and `ocifs store` daemonize with it.
+func startDaemon(ctx context.Context, e *env, dir, what string, args []string, success func(pid int, log string) string) error {
 	p, err := pathsFor(e.g.cacheDir, dir)
 	if err != nil {
 		return err
@@ -209,7 +226,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	}
 	defer r.Close()
 
-	cmd := exec.Command("/proc/self/exe", daemonArgs(e.g, image, dir, o)...)
+	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Args[0] = daemonName // ps shows argv[0]; main names the process after it
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 in the child
@@ -224,7 +241,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	}
 	e.log.Debug("mount daemon started", "pid", cmd.Process.Pid, "log", p.log)
 
-	lp := newLoadProgress(e, image)
+	lp := newLoadProgress(e, what)
 	got := make(chan []byte, 1)
 	go func() { got <- lp.read(r) }()
 	var msg []byte
@@ -241,13 +258,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 	}
 	lp.stop(string(msg) == "ok\n")
 	if string(msg) == "ok\n" {
-		extra := ""
-		if o.writable {
-			if d, err := writableDirs(e.g.cacheDir, dir, o.upper); err == nil {
-				extra = "; " + upperSummary(d)
-			}
-		}
-		fmt.Fprintf(e.stdout, "mounted %s at %s (pid %d, log %s%s)\n", image, dir, cmd.Process.Pid, p.log, extra)
+		fmt.Fprint(e.stdout, success(cmd.Process.Pid, p.log))
 		return cmd.Process.Release()
 	}
 	werr := cmd.Wait()
@@ -269,30 +280,7 @@ func spawnDaemon(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 // daemonArgs is the command line of the daemon: the parsed flags spelled out
 // with absolute paths, so nothing depends on how the user wrote them.
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
-	args := []string{"--cache-dir=" + g.cacheDir}
-	if g.configRead != "" {
-		// The daemon reads the same file; what the command line set is
-		// spelled out below and wins, as it did here.
-		args = append(args, "--config="+g.configRead)
-	}
-	if g.platform != "" {
-		args = append(args, "--platform="+g.platform)
-	}
-	if g.insecure {
-		args = append(args, "--insecure")
-	}
-	if g.insecureLazy {
-		args = append(args, "--insecure-lazy")
-	}
-	if g.logLevel != "" {
-		args = append(args, "--log-level="+g.logLevel)
-	}
-	if g.hostsDir != "" {
-		args = append(args, "--hosts-dir="+g.hostsDir)
-	}
-	if g.registriesConf != "" {
-		args = append(args, "--registries-conf="+g.registriesConf)
-	}
+	args := globalArgs(g)
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
 	if o.rate != "" {
 		args = append(args, "--prefetch-rate="+o.rate)
@@ -717,4 +705,34 @@ func notify(log *slog.Logger, send func() (bool, error)) {
 	if _, err := send(); err != nil {
 		log.Warn("tell the service manager", "err", err)
 	}
+}
+
+// globalArgs spells out the global flags for a daemon's command line, with
+// absolute paths.
+func globalArgs(g *globals) []string {
+	args := []string{"--cache-dir=" + g.cacheDir}
+	if g.configRead != "" {
+		// The daemon reads the same file; what the command line set is
+		// spelled out after this and wins, as it did here.
+		args = append(args, "--config="+g.configRead)
+	}
+	if g.platform != "" {
+		args = append(args, "--platform="+g.platform)
+	}
+	if g.insecure {
+		args = append(args, "--insecure")
+	}
+	if g.insecureLazy {
+		args = append(args, "--insecure-lazy")
+	}
+	if g.logLevel != "" {
+		args = append(args, "--log-level="+g.logLevel)
+	}
+	if g.hostsDir != "" {
+		args = append(args, "--hosts-dir="+g.hostsDir)
+	}
+	if g.registriesConf != "" {
+		args = append(args, "--registries-conf="+g.registriesConf)
+	}
+	return args
 }

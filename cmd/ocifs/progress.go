@@ -312,8 +312,8 @@ type loadProgress struct {
 	stopped     bool
 }
 
-func newLoadProgress(e *env, image string) *loadProgress {
-	return &loadProgress{r: newReporter(e), name: "mount " + image}
+func newLoadProgress(e *env, what string) *loadProgress {
+	return &loadProgress{r: newReporter(e), name: what}
 }
 
 // read consumes progress lines from the daemon's ready pipe and returns

@@ -3,9 +3,10 @@ package main
 import (
 	"context"
 	"errors"
-	"github.com/ocifs/ocifs/fs/sdnotify"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/sdnotify"
 	"github.com/ocifs/ocifs/fs/snapshotter"
 	"github.com/ocifs/ocifs/fs/snapshotter/criauth"
 )
@@ -24,8 +26,11 @@ const DefaultSnapshotterAddress = "/run/ocifs/snapshotter.sock"
 type snapshotterOpts struct {
 	address         string
 	root            string
-	criImageService string // --cri-image-service: the socket kubelet's image service endpoint names
-	containerd      string // --containerd-address: where that service forwards
+	criImageService string    // --cri-image-service: the socket kubelet's image service endpoint names
+	containerd      string    // --containerd-address: where that service forwards
+	metricsAddr     string    // --metrics-address: serve Prometheus metrics there
+	cacheMax        sizeValue // --cache-max: keep the cache under this many bytes
+	trimEvery       time.Duration
 }
 
 // snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
@@ -35,6 +40,9 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.StringVar(&o.root, "root", snapshotter.DefaultRoot, "the snapshotter's `DIR`: metadata.db, snapshots/ (container uppers) and\nlayers/ (the FUSE mount of the lazy layers)")
 	set.StringVar(&o.criImageService, "cri-image-service", "", "also serve CRI's image service on `SOCKET` in front of containerd's\n(kubelet --image-service-endpoint=unix://SOCKET), keeping each pull's\ncredentials in memory for the lazy reads of its layers")
 	set.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's CRI `SOCKET`, where --cri-image-service forwards")
+	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; default: none)")
+	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of images loaded since the snapshotter started (default: no bound)")
+	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	return func(ctx context.Context, e *env, args []string) error {
 		return runSnapshotter(ctx, e, o)
 	}
@@ -74,6 +82,11 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		}()
 		keychain = cri.Keychain(authn.DefaultKeychain)
 	}
+	mx, err := startMetrics(e, o.metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer mx.close()
 	client, err := fetch.New(fetch.Options{
 		CacheDir:       e.g.cacheDir,
 		Platform:       e.g.platform,
@@ -108,8 +121,42 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, uerr)
 		}
 	}()
+	// Each image loaded is counted by the metrics, and what it cannot do
+	// without (manifest, config, indexes) is pinned in the cache until the
+	// snapshotter stops, whatever trims it.
+	var pinMu sync.Mutex
+	var pins []*fetch.Pin
+	defer func() {
+		pinMu.Lock()
+		defer pinMu.Unlock()
+		for _, p := range pins {
+			p.Release()
+		}
+	}()
+	onLoad := func(im *fs.Image, took time.Duration) {
+		mx.add(client, im)
+		mx.ready(took)
+		pinMu.Lock()
+		defer pinMu.Unlock()
+		name := fmt.Sprintf("snapshotter-%d-%d-%s", os.Getpid(), len(pins), im.Fetched().ManifestDigest.Encoded()[:12])
+		p, err := client.Cache().Pin(name, mountPins(im))
+		if err != nil {
+			e.log.Warn("pin an image's entries in the cache", "image", im.Ref(), "err", err)
+			return
+		}
+		pins = append(pins, p)
+	}
+	if o.cacheMax > 0 {
+		bg, stopBg := context.WithCancel(context.Background())
+		var bgWait sync.WaitGroup
+		defer func() {
+			stopBg()
+			bgWait.Wait()
+		}()
+		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
+	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnLoad: onLoad})
 	if err != nil {
 		return err
 	}

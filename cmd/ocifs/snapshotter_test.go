@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,8 +55,15 @@ func TestSnapshotterCommand(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	root, sock, criSock := filepath.Join(dir, "root"), filepath.Join(dir, "snap.sock"), filepath.Join(dir, "cri-image.sock")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := ln.Addr().String()
+	ln.Close()
 	args := []string{"--cache-dir", cache, "snapshotter", "--address", sock, "--root", root, "--hosts-dir", "",
-		"--cri-image-service", criSock, "--containerd-address", filepath.Join(dir, "no-containerd.sock")}
+		"--cri-image-service", criSock, "--containerd-address", filepath.Join(dir, "no-containerd.sock"),
+		"--metrics-address", metricsAddr, "--cache-max", "1G"}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var stderr bytes.Buffer
@@ -89,6 +99,15 @@ func TestSnapshotterCommand(t *testing.T) {
 	}
 	if !mounted(t, filepath.Join(root, "layers")) {
 		t.Errorf("%s/layers is not mounted while the snapshotter runs", root)
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("--metrics-address: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "ocifs_cache_entries") {
+		t.Errorf("GET /metrics of the snapshotter: %s, %d bytes, want ocifs_cache_entries in it:\n%.500s", resp.Status, len(body), body)
 	}
 	if fi, err := os.Stat(criSock); err != nil || fi.Mode().Type() != os.ModeSocket {
 		t.Errorf("--cri-image-service socket: %v, want a socket", err)

@@ -37,6 +37,9 @@ type RemoteOptions struct {
 	// Logger receives a line per image loaded and per layer served; each
 	// image logs its reads (and every EIO) here too. Nil discards.
 	Logger *slog.Logger
+	// OnLoad, when set, is called with each image once it is loaded,
+	// before any of its layers is served (the daemon's metrics count it).
+	OnLoad func(im *fs.Image, took time.Duration)
 }
 
 // Remote is the [Layers] of ocifs: each layer containerd unpacks is the
@@ -50,6 +53,7 @@ type Remote struct {
 	lfs    *fs.LayerFS
 	opts   fs.Options
 	log    *slog.Logger
+	onLoad func(*fs.Image, time.Duration)
 
 	ctx    context.Context // the loads' (shared by every waiter); Close cancels it
 	cancel context.CancelFunc
@@ -87,7 +91,7 @@ func NewRemote(ctx context.Context, opts RemoteOptions) (*Remote, error) {
 	io.Logger = log
 	io.Progressive = false
 	ctx, cancel := context.WithCancel(ctx)
-	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, ctx: ctx, cancel: cancel,
+	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, ctx: ctx, cancel: cancel,
 		images: map[string]*remoteImage{}, held: map[string]*remoteImage{}}, nil
 }
 
@@ -295,6 +299,9 @@ func (r *Remote) load(ri *remoteImage) {
 	}
 	r.log.Info("image loaded", "image", ri.pinned, "layers", len(im.Layers()), "modes", strings.Join(ms, ","),
 		"bytes_fetched", r.client.Stats().BytesFetched-before, "duration", time.Since(start).Round(time.Millisecond))
+	if r.onLoad != nil {
+		r.onLoad(im, time.Since(start))
+	}
 	ri.im = im
 }
 

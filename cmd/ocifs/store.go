@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/store"
+)
+
+// storeOpts are the flags of `ocifs store`.
+type storeOpts struct {
+	foreground bool
+	debugFUSE  bool
+	readyFD    int
+}
+
+func storeFlags(set *pflag.FlagSet) runFunc {
+	o := &storeOpts{}
+	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
+	set.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request (at debug level; implies --log-level debug)")
+	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
+	_ = set.MarkHidden("ready-fd")
+	return func(ctx context.Context, e *env, args []string) error {
+		return runStore(ctx, e, args[0], o)
+	}
+}
+
+func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the layer store needs root (a FUSE mount every user's podman reads): run it as root, e.g. from the systemd unit")
+	}
+	if err := checkFUSE(); err != nil {
+		return err
+	}
+	if o.debugFUSE && e.g.logLevel == "" {
+		e.log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", dir, err)
+	}
+	if mi, ok, err := findMount(abs); err != nil {
+		return err
+	} else if ok && !deadFUSE(abs) {
+		return withHint(fmt.Errorf("%s is already a mount point (%s)", abs, mi.FSType), "stop the daemon serving it (SIGTERM), or umount "+abs+" if it died")
+	}
+	if o.foreground {
+		return serveStore(ctx, e, abs, o)
+	}
+	args := append(globalArgs(e.g), "store", "--foreground", "--ready-fd=3")
+	if o.debugFUSE {
+		args = append(args, "--debug-fuse")
+	}
+	return startDaemon(ctx, e, abs, "store "+abs, append(args, "--", abs), func(pid int, log string) string {
+		return fmt.Sprintf("layer store at %s (pid %d, log %s)\n", abs, pid, log)
+	})
+}
+
+// serveStore is the store daemon (or --foreground): mount, say ok, serve
+// until a signal or until the mount goes away, unmount.
+func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err error) {
+	var ready *os.File
+	if o.readyFD > 0 {
+		ready = os.NewFile(uintptr(o.readyFD), "ready-pipe")
+		defer func() {
+			if ready != nil {
+				if err != nil {
+					fmt.Fprintf(ready, "error: %s\n", errorText(err))
+				}
+				ready.Close()
+			}
+		}()
+	}
+	client, err := newClient(e)
+	if err != nil {
+		return err
+	}
+	// The loads outlive the signal that ends ctx until Unmount cancels them.
+	s, err := store.Mount(context.WithoutCancel(ctx), dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
+	if err != nil {
+		return withHint(err, needFUSE)
+	}
+	e.log.Info("layer store serving", "path", dir, "cache", e.g.cacheDir, "pid", os.Getpid())
+	if ready != nil {
+		fmt.Fprint(ready, "ok\n")
+		ready.Close()
+		ready = nil
+	}
+	select {
+	case <-ctx.Done():
+		e.log.Info("layer store stopping")
+	case <-watchUnmounted(ctx, dir):
+		e.log.Info("layer store unmounted from outside")
+	}
+	if err := s.Unmount(); err != nil {
+		return err
+	}
+	e.log.Info("layer store stopped", "images", len(s.Images()), "bytes_fetched", client.Stats().BytesFetched)
+	return nil
+}
+
+const storeHelp = `Serve podman, buildah and CRI-O as a containers/storage additional layer store:
+one FUSE mount at MOUNTPOINT for any number of images. containers/storage looks
+each layer up there before it pulls it; an image appears on the first lookup
+of one of its layers (resolved with the same credentials 'ocifs mount' uses:
+docker and podman auth files, credential helpers) and is loaded once. Each
+layer's diff/ is the layer as podman's own overlay driver would have unpacked
+it, served lazily from ocifs's verified reader, so 'podman run IMAGE' needs no
+prior step and starts without downloading the image.
+
+Layers with an ocifs index ('ocifs index build --push'), eStargz and
+zstd:chunked layers fetch only what containers read. Gzip layers without an
+index are served too, fetched once, in order, without unpacking (stream mode):
+podman's first lookup waits for the download, and nothing is unpacked to
+disk: measured faster than letting podman pull them (time to a container's
+first output, an image of 150 MB of files on loopback: 3.7 s served, 8.3 s
+podman's own pull; BenchmarkPodmanRunStore in fs/store). Layers of a media type ocifs cannot
+read, or of an image it cannot resolve, are answered ENOENT and podman pulls
+them itself: one Warn line says which and why.
+
+/etc/containers/storage.conf (overlay driver only; MOUNTPOINT must exist
+whenever podman starts, or every podman command fails):
+
+  [storage]
+  driver = "overlay"
+
+  [storage.options]
+  additionallayerstores = ["/var/lib/ocifs/store:ref"]
+
+Start the store before podman (cmd/ocifs/systemd/ocifs-store.service), then:
+
+  podman run --rm registry.example.com/app:1.4 true
+  grep -E 'image loaded|layer served lazily' the store's log   # bytes_fetched
+  podman image inspect --format '{{.RootFS.Layers}}' registry.example.com/app:1.4
+
+The store is read-write only for podman's use and release notifications
+(create of <layer>/use, rmdir of <layer>), which it counts and answers ENOENT;
+every other write is refused. A SIGKILLed podman leaves it serving.
+
+Examples:
+  ocifs store /var/lib/ocifs/store
+  ocifs store --foreground --cache-dir /var/cache/ocifs /var/lib/ocifs/store
+`
