@@ -134,7 +134,7 @@
 // Besides, sync.Once values make a layer's extracted tree (layer.unpackOnce,
 // unpack.go), an image's node generation (nodeGen), a tree's index of
 // nodes by id (nodeIndex, identity.go) and an image's layer views
-// (imageViews, views.go) once; only LayerFS.mu may be held when one is
+// (imageViews, views.go; podmanViews, views_podman.go) once; only LayerFS.mu may be held when one is
 // entered. Counters, flags and published values (Image.tree, layer.tree,
 // layer.disagreed, a stream's snapshot, a blob sink's progress) are
 // atomics, and a fetch's result is published by closing its done channel
