@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/sdnotify"
 	"github.com/ocifs/ocifs/fs/store"
 )
 
@@ -94,12 +95,14 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 		ready.Close()
 		ready = nil
 	}
+	notify(e.log, func() (bool, error) { return sdnotify.Ready("serving the layer store at " + dir) })
 	select {
 	case <-ctx.Done():
 		e.log.Info("layer store stopping")
 	case <-watchUnmounted(ctx, dir):
 		e.log.Info("layer store unmounted from outside")
 	}
+	notify(e.log, sdnotify.Stopping)
 	if err := s.Unmount(); err != nil {
 		return err
 	}

@@ -49,12 +49,14 @@ func (p *Podman) Stop() error {
 		}
 		cancel()
 	}
-	// conmon runs `podman container cleanup` when a container exits:
-	// give those a moment to finish on their own (conmon and the
-	// containers would not; killAll lists and kills whatever is left).
+	// conmon runs `podman container cleanup` when a container exits,
+	// and exits after it: give both a moment to finish on their own
+	// (on a loaded machine conmon outlived the cleanup by seconds, and
+	// killing it then made a healthy run look forced). Anything else,
+	// and what is still there at the timeout, killAll lists and kills.
 	waitFor(stopSettleTimeout, func() bool {
 		pids, _ := p.processes()
-		return !slices.ContainsFunc(pids, func(pid int) bool { return comm(pid) == "podman" })
+		return !slices.ContainsFunc(pids, func(pid int) bool { c := comm(pid); return c == "podman" || c == "conmon" })
 	})
 	if err := p.killAll(); err != nil {
 		errs = append(errs, err)
