@@ -11,6 +11,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ocifs/ocifs/fetch"
@@ -41,14 +43,28 @@ const (
 	maxPrefetchRequest = 64 << 20
 )
 
-// chunkedLayer is what a lazy eStargz or zstd:chunked layer keeps besides
-// its table: where its TOC is and, after load, the parsed TOC.
-type chunkedLayer struct {
-	loc toc.Location
-	toc *toc.Layer // set by loadChunked, immutable after
+// rangeChecker fetches a range of a blob and hands it to check (fetch.Image).
+type rangeChecker interface {
+	CheckRange(ctx context.Context, desc ocispec.Descriptor, off, n int64, check func(b []byte) error) error
+}
+
+// chunkReader serves a lazy eStargz or zstd:chunked layer chunk by chunk:
+// where its TOC is and, after load, the parsed TOC.
+type chunkReader struct {
+	l      *layer
+	ranges rangeChecker
+	loc    toc.Location
+	toc    *toc.Layer // set by loadChunked, immutable after
 	// landmarkDone is closed when the landmark prefetch has ended (or
 	// was never started).
 	landmarkDone chan struct{}
+}
+
+// chunks returns the layer's chunk reader, or nil when it is served
+// otherwise.
+func (l *layer) chunks() *chunkReader {
+	c, _ := l.reader().(*chunkReader)
+	return c
 }
 
 // tocOptions are the caps of a TOC, from the caps of a tar.
@@ -108,7 +124,7 @@ func (l *layer) planChunked(ctx context.Context) error {
 			name, toc.AnnotationTOCDigest, l.why)
 		return nil
 	}
-	l.chunked = &chunkedLayer{loc: loc, landmarkDone: make(chan struct{})}
+	l.setReader(&chunkReader{l: l, ranges: l.im.img, loc: loc, landmarkDone: make(chan struct{})})
 	l.mode = loc.Format()
 	switch {
 	case !loc.Verified():
@@ -133,9 +149,9 @@ const maxTarSplitGap = 64
 // tar-split that does not check out or match, or names with U+FFFD and no
 // tar-split to correct them) is not used: the layer is loaded as if it had
 // none (unchunk).
-func (l *layer) loadChunked(ctx context.Context) error {
+func (c *chunkReader) load(ctx context.Context) error {
 	start := time.Now()
-	c := l.chunked
+	l := c.l
 	opts := l.im.tocOptions()
 	off, n := c.loc.Offset, c.loc.Size
 	splitOff, splitSize := c.loc.TarSplitOffset, c.loc.TarSplitSize
@@ -148,7 +164,7 @@ func (l *layer) loadChunked(ctx context.Context) error {
 	useSplit := func(lt *toc.Layer, raw []byte) {
 		named, splitErr = toc.ApplyTarSplit(lt, c.loc, raw, opts)
 	}
-	err := l.im.img.CheckRange(ctx, l.desc, off, n, func(raw []byte) error {
+	err := c.ranges.CheckRange(ctx, l.desc, off, n, func(raw []byte) error {
 		var derr error
 		lt, derr = toc.Decode(c.loc, raw[:c.loc.Size], opts)
 		if derr == nil && together && lt.TarSplitDigest != "" {
@@ -168,7 +184,7 @@ func (l *layer) loadChunked(ctx context.Context) error {
 	}
 	hasSplit := lt.TarSplitDigest != "" && splitSize > 0
 	if hasSplit && !together {
-		err := l.im.img.CheckRange(ctx, l.desc, splitOff, splitSize, func(raw []byte) error {
+		err := c.ranges.CheckRange(ctx, l.desc, splitOff, splitSize, func(raw []byte) error {
 			useSplit(lt, raw)
 			return nil
 		})
@@ -178,22 +194,22 @@ func (l *layer) loadChunked(ctx context.Context) error {
 	}
 	switch name, inexact := lt.InexactName(); {
 	case hasSplit && splitErr != nil:
-		return l.unchunk(ctx, fmt.Sprintf("its tar-split does not give the TOC's names exactly (%v)", splitErr))
+		return c.unchunk(ctx, fmt.Sprintf("its tar-split does not give the TOC's names exactly (%v)", splitErr))
 	case hasSplit:
 		lt = named
 		l.why += "; names from its tar-split, which the TOC binds by digest"
 	case inexact:
-		return l.unchunk(ctx, fmt.Sprintf("the TOC has %q, whose U+FFFD stands for bytes that are not UTF-8, and no tar-split to say which", name))
+		return c.unchunk(ctx, fmt.Sprintf("the TOC has %q, whose U+FFFD stands for bytes that are not UTF-8, and no tar-split to say which", name))
 	}
 	c.toc = lt
-	l.table = &index.Table{
+	l.setTable(&index.Table{
 		Entries:     lt.Entries,
 		Digest:      l.desc.Digest,
 		DiffID:      l.diffID,
 		Size:        l.desc.Size,
 		TarSize:     lt.ContentSize,
 		Compression: lt.Format,
-	}
+	}, c)
 	var splitBytes int64
 	if hasSplit {
 		splitBytes = splitSize
@@ -207,7 +223,7 @@ func (l *layer) loadChunked(ctx context.Context) error {
 	}
 	l.im.bg.Go(func() error {
 		defer close(c.landmarkDone)
-		l.prefetchLandmark(l.im.ctx)
+		c.prefetchLandmark(l.im.ctx)
 		return nil
 	})
 	return nil
@@ -218,9 +234,9 @@ func (l *layer) loadChunked(ctx context.Context) error {
 // one: streamed (gzip) or fetched whole (zstd), verified against the layer
 // digest and the config's DiffID, so that what it serves is exactly its tar,
 // before the background check and after it.
-func (l *layer) unchunk(ctx context.Context, why string) error {
-	c := l.chunked
-	l.chunked = nil
+func (c *chunkReader) unchunk(ctx context.Context, why string) error {
+	l := c.l
+	l.setReader(nil)
 	close(c.landmarkDone)
 	how := "streamed once, verified against the layer digest and indexed (later mounts are lazy)"
 	l.mode = ModeStream
@@ -236,135 +252,101 @@ func (l *layer) unchunk(ctx context.Context, why string) error {
 // prefetchLandmark fetches the chunks of the files the layer's builder put
 // before its .prefetch.landmark, in one request where nothing else holds
 // them, into the chunk cache. It yields to readers.
-func (l *layer) prefetchLandmark(ctx context.Context) {
-	lt := l.chunked.toc
+func (c *chunkReader) prefetchLandmark(ctx context.Context) {
+	l, lt := c.l, c.toc
 	k := sort.Search(len(lt.Chunks), func(i int) bool { return lt.Chunks[i].U >= lt.PrefetchU })
 	if k == 0 || l.im.fg.wait(ctx) != nil {
 		return
 	}
 	start := time.Now()
 	cache := l.im.client.Cache()
-	l.fmu.Lock()
-	var run []int
-	for j := range k {
-		if _, busy := l.fetching[j]; busy || cache.Has(lt.Chunks[j].Digest) {
-			continue
-		}
-		l.fetching[j] = &spanFetch{done: make(chan struct{})}
-		run = append(run, j)
-	}
-	l.fmu.Unlock()
+	set := c.set()
+	run := l.im.spans.claimEach(set.key(), seq(k), func(j int) bool { return cache.Has(lt.Chunks[j].Digest) })
 	if len(run) == 0 {
 		return
 	}
-	l.fetchChunks(run, false)
+	l.fetchRun(set, run, false)
 	l.im.log.Info("landmark prefetch done", "layer", l.desc.Digest, "chunks", len(run),
 		"bytes", lt.PrefetchEnd, "duration", time.Since(start).Round(time.Millisecond))
 }
 
-// readChunks serves virtual bytes [off, off+len(p)) of a lazy layer: the
+// seq returns 0, 1, ..., n-1.
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
+// readAt serves virtual bytes [off, off+len(p)) of a lazy layer: the
 // concatenated content of its regular files, chunk by chunk.
-func (l *layer) readChunks(ctx context.Context, p []byte, off int64) (int, error) {
-	lt := l.chunked.toc
-	end := min(off+int64(len(p)), lt.ContentSize)
-	if off >= end {
-		return 0, io.EOF
-	}
-	first, last := lt.ChunkFor(off), lt.ChunkFor(end-1)
-	if first < 0 || last < 0 {
-		return 0, fmt.Errorf("layer %s: bytes %d-%d lie in no chunk", l.desc.Digest, off, end)
-	}
-	n := 0
-	for i := first; i <= last; i++ {
-		data, err := l.chunk(ctx, i, last)
-		if err != nil {
-			return n, err
-		}
-		c := lt.Chunks[i]
-		lo := max(off, c.U) - c.U
-		hi := min(end, c.U+c.Size) - c.U
-		n += copy(p[n:], data[lo:hi])
-	}
-	return n, nil
+func (c *chunkReader) readAt(ctx context.Context, p []byte, off, _ int64) (int, error) {
+	return c.l.readPieces(ctx, c.set(), p, off)
 }
 
-// chunk returns the verified bytes of chunk i. When it has to fetch, it also
-// fetches the missing chunks after i up to last, in one request.
-func (l *layer) chunk(ctx context.Context, i, last int) ([]byte, error) {
-	k := spanKey{l.idx, i}
-	if data := l.im.spans.get(k); data != nil {
-		l.im.cacheHits.Add(1)
-		return data, nil
-	}
-	chunks := l.chunked.toc.Chunks
-	f, run := l.claim(i, last, func(j, _ int) bool { return chunks[j].CEnd-chunks[i].C <= maxRunBytes })
-	if run != nil {
-		l.fetchChunks(run, true)
-	}
-	return f.wait(ctx)
+func (c *chunkReader) fill(ctx context.Context) (*os.File, error) {
+	return c.l.fill(ctx, c.l.desc.Digest, c)
 }
 
-// fetchChunks gets the verified bytes of the claimed chunks of run,
-// publishes each result to its waiters (and, for a reader, the LRU) and
-// releases the claims. It runs on the image's context: another reader may
-// wait for the same chunk after this one gives up.
-func (l *layer) fetchChunks(run []int, foreground bool) {
-	results := l.chunkBytes(l.im.ctx, run, foreground)
-	chunks := l.chunked.toc.Chunks
-	for n, i := range run {
-		r := &results[n]
-		if r.err != nil {
-			c := chunks[i]
-			r.data, r.err = nil, l.failed(fmt.Errorf("chunk %d (blob bytes %d-%d) of layer %s: %w", i, c.C, c.CEnd, l.desc.Digest, r.err))
-		} else if foreground {
-			l.im.spans.put(spanKey{l.idx, i}, r.data)
-		}
-	}
-	l.release(run, results)
+// set returns the chunks of the TOC, decoded from the layer's verified blob
+// once it is complete.
+func (c *chunkReader) set() chunkSet {
+	return chunkSet{c: c, blob: readerOf(c.l.complete())}
 }
 
-// chunkBytes returns the verified uncompressed bytes of each chunk of run:
-// decoded from the layer's verified blob, read from the chunk cache (by
-// chunk digest, checked again), or decoded from Range GETs, one for each
-// stretch of adjacent missing chunks. Chunks fetched and verified are
-// cached by their digest, so identical chunks of other layers and images
-// are fetched once.
-func (l *layer) chunkBytes(ctx context.Context, run []int, foreground bool) []spanBytes {
-	lt := l.chunked.toc
-	out := make([]spanBytes, len(run))
-	blob := l.complete()
-	var missing []int // positions in run
-	for n, i := range run {
-		c := lt.Chunks[i]
-		if blob != nil {
-			b := make([]byte, c.CEnd-c.C)
-			if _, err := blob.ReadAt(b, c.C); err != nil {
-				out[n].err = fmt.Errorf("cached blob: %w", err)
-				continue
-			}
-			out[n].data, out[n].err = toc.DecodeChunk(lt.Format, c, b)
-			out[n].err = chunkError(out[n].err)
-			l.im.cacheHits.Add(1)
-			continue
-		}
-		if b := l.cachedPiece(c.Digest, c.Size, "chunk"); b != nil {
-			out[n].data = b
-			l.im.cacheHits.Add(1)
-			continue
-		}
-		missing = append(missing, n)
-	}
-	if len(missing) == 0 {
-		return out
-	}
-	if foreground {
-		defer l.im.fg.begin()()
-	}
-	for _, group := range groupChunks(lt.Chunks, run, missing, foreground) {
-		l.fetchGroup(ctx, run, group, out)
-	}
-	return out
+// chunkSet is the chunks of a TOC (pieces.go). Chunks fetched and verified
+// are cached by their digest, so identical chunks of other layers and
+// images are fetched once.
+type chunkSet struct {
+	c    *chunkReader
+	blob io.ReaderAt // the verified blob, or nil
 }
+
+func (s chunkSet) size() int64            { return s.c.toc.ContentSize }
+func (s chunkSet) pieceFor(off int64) int { return s.c.toc.ChunkFor(off) }
+func (s chunkSet) bounds(i int) (int64, int64) {
+	c := s.c.toc.Chunks[i]
+	return c.U, c.U + c.Size
+}
+func (s chunkSet) key() pieceKey { return pieceKey{blob: s.c.l.desc.Digest} }
+func (s chunkSet) join(i, j, _ int) bool {
+	chunks := s.c.toc.Chunks
+	return chunks[j].CEnd-chunks[i].C <= maxRunBytes
+}
+func (s chunkSet) file(int) io.ReaderAt { return s.blob }
+
+func (s chunkSet) fromFile(f io.ReaderAt, i int) ([]byte, error) {
+	c := s.c.toc.Chunks[i]
+	b, err := readRange(f, c.C, c.CEnd)
+	if err != nil {
+		return nil, fmt.Errorf("cached blob: %w", err)
+	}
+	data, err := toc.DecodeChunk(s.c.toc.Format, c, b)
+	return data, chunkError(err)
+}
+
+func (s chunkSet) disk(i int) (digest.Digest, int64, string) {
+	c := s.c.toc.Chunks[i]
+	return c.Digest, c.Size, "chunk"
+}
+
+// fetch gets the missing chunks with one Range GET for each stretch of
+// adjacent ones (groupChunks).
+func (s chunkSet) fetch(ctx context.Context, run, missing []int, out []pieceBytes, foreground bool) {
+	for _, group := range groupChunks(s.c.toc.Chunks, run, missing, foreground) {
+		s.fetchGroup(ctx, run, group, out)
+	}
+}
+
+func (s chunkSet) decode(_ int, raw []byte) ([]byte, error) { return raw, nil }
+
+func (s chunkSet) failure(i int, err error) error {
+	c := s.c.toc.Chunks[i]
+	return fmt.Errorf("chunk %d (blob bytes %d-%d) of layer %s: %w", i, c.C, c.CEnd, s.c.l.desc.Digest, err)
+}
+
+func (s chunkSet) keep([]int, []pieceBytes) {} // fetchGroup cached them
 
 // groupChunks splits the missing positions of run into stretches of
 // adjacent chunks, each at most one request's worth of compressed bytes.
@@ -391,18 +373,18 @@ func groupChunks(chunks []toc.Chunk, run, missing []int, foreground bool) [][]in
 // fetchGroup fetches the compressed bytes of one stretch of adjacent
 // chunks with one Range GET, decodes and verifies each chunk, and caches
 // the good ones by digest.
-func (l *layer) fetchGroup(ctx context.Context, run, group []int, out []spanBytes) {
-	lt := l.chunked.toc
+func (s chunkSet) fetchGroup(ctx context.Context, run, group []int, out []pieceBytes) {
+	l, lt := s.c.l, s.c.toc
 	lo, hi := lt.Chunks[run[group[0]]].C, int64(0)
 	for _, n := range group {
 		hi = max(hi, lt.Chunks[run[n]].CEnd)
 	}
 	err := l.im.fetchSem.Acquire(ctx)
 	if err == nil {
-		err = l.im.img.CheckRange(ctx, l.desc, lo, hi-lo, func(b []byte) error {
+		err = s.c.ranges.CheckRange(ctx, l.desc, lo, hi-lo, func(b []byte) error {
 			for _, n := range group {
 				c := lt.Chunks[run[n]]
-				out[n].data, out[n].err = toc.DecodeChunk(lt.Format, c, b[c.C-lo:c.CEnd-lo])
+				out[n].raw, out[n].err = toc.DecodeChunk(lt.Format, c, b[c.C-lo:c.CEnd-lo])
 			}
 			return nil
 		})
@@ -412,15 +394,16 @@ func (l *layer) fetchGroup(ctx context.Context, run, group []int, out []spanByte
 	for _, n := range group {
 		l.im.cacheMisses.Add(1)
 		if err != nil {
-			out[n] = spanBytes{err: err}
+			out[n] = pieceBytes{err: err}
 			continue
 		}
 		if out[n].err != nil {
 			out[n].err = chunkError(out[n].err)
 			continue
 		}
+		out[n].fetched = true
 		d := lt.Chunks[run[n]].Digest
-		if perr := cache.Put(d, bytes.NewReader(out[n].data)); perr != nil {
+		if perr := cache.Put(d, bytes.NewReader(out[n].raw)); perr != nil {
 			l.im.log.Warn("caching chunk", "layer", l.desc.Digest, "digest", d, "err", perr)
 		}
 	}
@@ -435,68 +418,59 @@ func chunkError(err error) error {
 	return err
 }
 
-// fillChunked gets the layer's complete blob, from the cache (its digest
-// checked again) or by fetching it whole, checks its DiffID against the
-// config, and once both have checked out compares its tar entries with the
-// TOC in use (compareChunked); it returns the cached blob, from which
-// chunks are then decoded.
-func (l *layer) fillChunked(ctx context.Context) (*os.File, error) {
-	cache := l.im.client.Cache()
-	if f, err := cache.Open(l.desc.Digest); err == nil {
-		err := cache.Verify(f, l.desc.Digest)
-		if err == nil {
-			t, err := l.checkChunked(io.NewSectionReader(f, 0, l.desc.Size))
-			if err == nil {
-				err = l.compareChunked(ctx, t)
-			}
-			if err != nil {
-				f.Close()
-				return nil, l.failed(err)
-			}
-			return f, nil
-		}
-		f.Close()
-		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
-		if err := cache.Remove(fetch.KindBlob, l.desc.Digest); err != nil {
-			l.im.log.Warn("removing damaged cache entry", "digest", l.desc.Digest, "err", err)
-		}
+// A lazy layer's complete blob is fetched by fill (layer.go): from the
+// cache (its digest checked again) or whole; its DiffID is checked against
+// the config, and once both have checked out its tar entries are compared
+// with the TOC in use (compareChunked). Chunks are then decoded from it.
+
+func (c *chunkReader) fillCached(f *os.File) (*index.Table, error, error) {
+	l := c.l
+	if err := l.im.client.Cache().Verify(f, l.desc.Digest); err != nil {
+		return nil, err, nil
 	}
+	t, err := l.checkChunked(io.NewSectionReader(f, 0, l.desc.Size))
+	return t, nil, err
+}
+
+func (c *chunkReader) fillFetch(ctx context.Context, pace func(io.Reader) io.Reader) (*index.Table, *os.File, error) {
+	l := c.l
+	cache := l.im.client.Cache()
 	start := time.Now()
 	blob, err := l.im.img.OpenBlob(ctx, l.desc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer blob.Close()
-	rc := &prefetchReader{ctx: ctx, r: blob, l: l, rate: l.im.opts.PrefetchRate, start: time.Now()}
+	rc := pace(blob)
 	p, err := cache.Create(l.desc.Digest)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer p.Abort()
 	tee := io.TeeReader(rc, p)
 	t, err := l.checkChunked(tee)
 	if err != nil {
-		return nil, l.failed(rootCause(rc, err))
+		return nil, nil, l.failed(rootCause(rc, err))
 	}
 	// The blob's digest is checked when its reader reaches the end; the TOC
 	// and footer after the tar stream must be read (and cached) too.
 	if _, err := io.Copy(io.Discard, tee); err != nil {
-		return nil, l.failed(err)
+		return nil, nil, l.failed(err)
 	}
 	if err := p.Commit(); err != nil {
-		return nil, l.failed(err)
+		return nil, nil, l.failed(err)
 	}
 	l.im.log.Info("lazy layer fetched whole and verified", "layer", l.desc.Digest, "mode", l.mode,
 		"bytes", l.desc.Size, "duration", time.Since(start).Round(time.Millisecond))
 	f, err := cache.Open(l.desc.Digest)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := l.compareChunked(ctx, t); err != nil {
-		f.Close()
-		return nil, l.failed(err)
-	}
-	return f, nil
+	return t, f, nil
+}
+
+func (c *chunkReader) fillCompare(ctx context.Context, t *index.Table) error {
+	return c.l.compareChunked(ctx, c, t)
 }
 
 // checkChunked decompresses the blob r, checks the uncompressed stream
@@ -521,12 +495,12 @@ func (l *layer) checkChunked(r io.Reader) (*index.Table, error) {
 // digest and DiffID checked) with the TOC in use and acts on a
 // disagreement: what the TOC got wrong is refused, the rest is served
 // (disagree).
-func (l *layer) compareChunked(ctx context.Context, t *index.Table) error {
-	differ, first, verified := diffEntries(l.chunked.toc, t.Entries)
+func (l *layer) compareChunked(ctx context.Context, c *chunkReader, t *index.Table) error {
+	differ, first, verified := diffEntries(c.toc, t.Entries)
 	if differ == 0 {
 		return nil
 	}
-	return l.disagree(ctx, l.chunked.loc.Layout.String()+" TOC", verified, differ, first, false)
+	return l.disagree(ctx, c.loc.Layout.String()+" TOC", verified, differ, first, false)
 }
 
 // Names eStargz reserves at the layer root: not entries of the tree.

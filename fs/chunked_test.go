@@ -166,7 +166,7 @@ func bigLazyLayers(seed uint64, size int64) ([]fstest.Layer, map[string][]byte) 
 // tar-split besides its TOC: from the TOC's end to the tar-split's (one
 // skippable frame header and the tar-split), or 0 without one.
 func tarSplitBytes(l *layer) int64 {
-	c := l.chunked
+	c := l.chunks()
 	if c.toc.TarSplitDigest == "" || c.loc.TarSplitSize == 0 {
 		return 0
 	}
@@ -189,9 +189,9 @@ func oneFileShare(t *testing.T, ref, name string, want []byte) (fetched, size, b
 	if err != nil {
 		t.Fatal(err)
 	}
-	lt := l.chunked.toc
-	bound = toc.TailSize() + l.chunked.loc.Size + tarSplitBytes(l)
-	t.Logf("layer 0: TOC %d bytes, tar-split %d bytes", l.chunked.loc.Size, tarSplitBytes(l))
+	lt := l.chunks().toc
+	bound = toc.TailSize() + l.chunks().loc.Size + tarSplitBytes(l)
+	t.Logf("layer 0: TOC %d bytes, tar-split %d bytes", l.chunks().loc.Size, tarSplitBytes(l))
 	for i := lt.ChunkFor(n.Offset); i >= 0 && i <= lt.ChunkFor(n.Offset+n.Size-1); i++ {
 		bound += lt.Chunks[i].CEnd - lt.Chunks[i].C
 	}
@@ -244,7 +244,7 @@ func TestChunkedTamperedChunk(t *testing.T) {
 		t.Run(f.String(), func(t *testing.T) {
 			ref, img := pushLazy(t, host, fmt.Sprintf("chunked/tamper%d", n), layers, fstest.LazyOptions{Format: f, ChunkSize: 32 << 10})
 			probe := resolveLoad(t, newClient(t, "", nil), ref, Options{Logger: testLogger(t)})
-			lt := probe.layers[0].chunked.toc
+			lt := probe.layers[0].chunks().toc
 			if len(lt.Chunks) < 20 {
 				t.Fatalf("fixture layer has %d chunks, want at least 20", len(lt.Chunks))
 			}
@@ -407,7 +407,7 @@ func TestChunkedSharedChunks(t *testing.T) {
 			continue
 		}
 		st := im.Stats()
-		tocBytes := im.layers[0].chunked.loc.Size + toc.TailSize() + tarSplitBytes(im.layers[0])
+		tocBytes := im.layers[0].chunks().loc.Size + toc.TailSize() + tarSplitBytes(im.layers[0])
 		if got := st.Layers[0].BytesFetched; got > tocBytes {
 			t.Errorf("second image: fetched %d bytes of layer %s, want at most its TOC, tar-split and footer (%d): chunks fetched again",
 				got, img2.LayerDescs[0].Digest, tocBytes)
@@ -432,14 +432,14 @@ func TestChunkedLandmarkPrefetch(t *testing.T) {
 		im := resolveLoad(t, newClient(t, cache, nil), ref, Options{Logger: testLogger(t)})
 		l := im.layers[0]
 		select {
-		case <-l.chunked.landmarkDone:
+		case <-l.chunks().landmarkDone:
 		case <-t.Context().Done():
 			t.Fatal("landmark prefetch did not end")
 		}
-		lt := l.chunked.toc
+		lt := l.chunks().toc
 		st := im.Stats()
 		fetched := st.Layers[0].BytesFetched
-		base := toc.TailSize() + l.chunked.loc.Size
+		base := toc.TailSize() + l.chunks().loc.Size
 		if p == nil {
 			if lt.Landmark != toc.LandmarkNoPrefetch || fetched != base {
 				t.Errorf("no prioritized files: landmark %v, fetched %d bytes, want no-prefetch and %d (footer + TOC)", lt.Landmark, fetched, base)

@@ -3,12 +3,9 @@ package fs
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
-	"sync"
 
-	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/index"
 )
 
@@ -124,8 +121,8 @@ func (im *Image) contradicted(ctx context.Context, l *layer, verified []index.En
 		ents := verified
 		if o != l {
 			var err error
-			if o.chunked != nil {
-				ents = o.chunked.toc.Entries
+			if c := o.chunks(); c != nil {
+				ents = c.toc.Entries
 			} else if ents, err = o.entries(); err != nil {
 				return refusal{}, fmt.Errorf("layer %d: %w", i, err)
 			}
@@ -198,118 +195,4 @@ func (im *Image) publishRefusals() {
 		return
 	}
 	im.refusal.Store(&all)
-}
-
-// verifiedSpans is the table built from a layer's verified bytes, whose
-// spans serve its reads once its index's spans or windows turned out wrong;
-// without spans (zstd), the verified file is the uncompressed tar itself.
-type verifiedSpans struct {
-	t *index.Table
-	// mu guards last, the span decoded last, which a sequential reader
-	// needs again for its next read.
-	mu   sync.Mutex
-	last int
-	data []byte
-}
-
-// readVerified serves uncompressed bytes [off, off+len(p)) of a layer from
-// the spans of the table built from its verified blob: read from the cached
-// blob, or, when the disk had no room for it, from the disk cache or the
-// registry by span (as readSpans does, with the verified table's digests).
-// Each span's compressed bytes are checked against its digest (again, for
-// the disk may have changed) before they are decoded.
-func (l *layer) readVerified(ctx context.Context, v *verifiedSpans, p []byte, off int64) (int, error) {
-	t := v.t
-	end := min(off+int64(len(p)), t.TarSize)
-	if off >= end {
-		return 0, io.EOF
-	}
-	blob := l.complete()
-	if len(t.Spans) == 0 {
-		if blob == nil {
-			return 0, fmt.Errorf("layer %s: verified tar not cached", l.desc.Digest)
-		}
-		return blob.ReadAt(p[:end-off], off)
-	}
-	var src spanSource = blobSpans{blob}
-	if blob == nil {
-		src = fetchedSpans{ctx, l}
-	}
-	n := 0
-	for i := t.SpanFor(off); i <= t.SpanFor(end-1); i++ {
-		data, err := v.span(src, i)
-		if err != nil {
-			return n, fmt.Errorf("layer %s: verified span %d: %w", l.desc.Digest, i, err)
-		}
-		lo := max(off, t.Spans[i].U) - t.Spans[i].U
-		hi := min(end, t.SpanEnd(i)) - t.Spans[i].U
-		n += copy(p[n:], data[lo:hi])
-	}
-	return n, nil
-}
-
-// spanSource gives a span's compressed bytes, unchecked.
-type spanSource interface {
-	compressed(sp index.Span) ([]byte, error)
-}
-
-// blobSpans reads spans from the layer's verified blob.
-type blobSpans struct{ f io.ReaderAt }
-
-func (s blobSpans) compressed(sp index.Span) ([]byte, error) {
-	b := make([]byte, sp.CEnd-sp.C)
-	if _, err := s.f.ReadAt(b, sp.C); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// fetchedSpans reads spans from the disk cache, by digest, or with a Range
-// request: for a layer whose verified blob the disk had no room for.
-type fetchedSpans struct {
-	ctx context.Context
-	l   *layer
-}
-
-func (s fetchedSpans) compressed(sp index.Span) ([]byte, error) {
-	l := s.l
-	if b := l.cachedPiece(sp.Digest, sp.CEnd-sp.C, "span"); b != nil {
-		l.im.cacheHits.Add(1)
-		return b, nil
-	}
-	defer l.im.fg.begin()()
-	if err := l.im.fetchSem.Acquire(s.ctx); err != nil {
-		return nil, err
-	}
-	data, errs := l.im.img.FetchParts(s.ctx, l.desc, []fetch.Part{{Off: sp.C, N: sp.CEnd - sp.C, Digest: sp.Digest}})
-	l.im.fetchSem.Release()
-	l.im.cacheMisses.Add(1)
-	return data[0], errs[0]
-}
-
-// span returns the decoded bytes of verified span i, read from src.
-func (v *verifiedSpans) span(src spanSource, i int) ([]byte, error) {
-	v.mu.Lock()
-	if v.data != nil && v.last == i {
-		data := v.data
-		v.mu.Unlock()
-		return data, nil
-	}
-	v.mu.Unlock()
-	sp := v.t.Spans[i]
-	b, err := src.compressed(sp)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkSpan(b, sp.Digest); err != nil {
-		return nil, err
-	}
-	data, err := index.DecodeSpan(v.t, i, b)
-	if err != nil {
-		return nil, err
-	}
-	v.mu.Lock()
-	v.last, v.data = i, data
-	v.mu.Unlock()
-	return data, nil
 }

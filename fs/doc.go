@@ -87,6 +87,59 @@
 // takes as "origin unknown": the copied-up file is served from the upper
 // alone, with the upper's inode number.
 //
+// # How a layer reaches its bytes
+//
+// Each layer has one reader (readers.go), chosen when it is planned (an
+// eStargz or zstd:chunked TOC: chunkReader) or loaded (an ocifs index's
+// spans: spanReader; the whole layer first: wholeReader; a progressive
+// stream: streamReader), and replaced only when a stream ends or when the
+// verified bytes replace a wrong index's spans (verifiedReader). The ones
+// that serve piece by piece share one read loop, one fetch of a piece, one
+// gathering of verified bytes and the image's one piece cache, keyed by
+// blob digest and piece (pieces.go); every mode fills the whole layer in
+// the background through one fill (layer.go). What stays in the layer is
+// its lifecycle: the current attempt at its complete bytes, and quarantine.
+//
+// # Locking
+//
+// The merged tree is immutable and read without locks. Every lock of the
+// package, what it guards, and the order they are taken in (a lock is
+// taken only before those listed after it, never while holding one of
+// them); a lock marked leaf is never held while another is taken:
+//
+//  0. LayerFS.mu (layerfs_linux.go), a read-write lock per LayerFS mount:
+//     the names served and the slots given. add holds it while it makes a
+//     ServedTree, so it comes before every lock of an image.
+//  1. readAhead.mu (readahead.go), one per image: the sequential streams
+//     seen and the read-ahead runs in flight. Taken before pieceCache.mu.
+//  2. pieceCache.mu (pieces.go), one per image: the decoded pieces (spans,
+//     chunks) in memory, their LRU order and size, and the fetches in
+//     flight. Leaf within the package (claimEach asks the disk cache,
+//     fetch.Cache, whether a chunk is there while holding it).
+//  3. layer.mu (layer.go), one per layer: its table (never modified, only
+//     replaced by ReleaseEntries with a copy without entries), its reader,
+//     its current attempt and its quarantine. Leaf: a reader is used after
+//     it is let go.
+//  4. progress.mu (progressive.go): a progressive load's partial tables,
+//     the streams running, the snapshot tree and the inode numbers given
+//     by path. Leaf.
+//  5. foreground.mu (prefetch.go): the fetches readers wait on, for the
+//     background to yield to. Leaf.
+//  6. Image.rmu (disagree.go): serialises updates of the published
+//     refusals (read through an atomic pointer). Nothing but atomics is
+//     read under it.
+//  7. inode.omu (node.go), one per FUSE inode: the io mode (passthrough or
+//     not) of its open files. Leaf.
+//
+// Besides, sync.Once values make a layer's extracted tree (layer.unpackOnce,
+// unpack.go), an image's node generation (nodeGen), a tree's index of
+// nodes by id (nodeIndex, identity.go) and an image's layer views
+// (imageViews, views.go; podmanViews, views_podman.go) once; only LayerFS.mu may be held when one is
+// entered. Counters, flags and published values (Image.tree, layer.tree,
+// layer.disagreed, a stream's snapshot, a blob sink's progress) are
+// atomics, and a fetch's result is published by closing its done channel
+// (attempt, pieceFetch).
+//
 // # What it must not do
 //
 // Parse formats (that is [github.com/ocifs/ocifs/index]) or send HTTP (that is

@@ -193,9 +193,9 @@ func fullCache(t *testing.T, transport http.RoundTripper) (*fetch.Client, string
 // table built from the verified layer once the background check has it),
 // with the cache full: the verified blob is not cached, and those spans are
 // fetched by range and checked against the verified table's digests.
-// Without fetchedSpans in readVerified, every read of layer 0 after the
-// check fails ("verified blob not open"); without the blobSink in
-// fetchWhole, the check itself fails with ENOSPC.
+// Without verifiedReader's fallback to the disk cache and the registry,
+// every read of layer 0 after the check fails ("verified blob not open");
+// without the blobSink in fetchWhole, the check itself fails with ENOSPC.
 func TestFullDiskLyingIndexSpans(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
@@ -218,9 +218,9 @@ func TestFullDiskLyingIndexSpans(t *testing.T) {
 	if err := l.ensure(t.Context()); err != nil {
 		t.Fatalf("background check on a full disk: %v", err)
 	}
-	if l.verified.Load() == nil || l.complete() != nil {
+	if _, verified := l.reader().(*verifiedReader); !verified || l.complete() != nil {
 		t.Fatalf("after the check: verified spans %v, cached blob %v; want the verified spans and no blob (the disk is full)",
-			l.verified.Load() != nil, l.complete() != nil)
+			verified, l.complete() != nil)
 	}
 	im.Tree().Walk(func(p string, n *Node) error {
 		if n.Type != index.TypeReg || n.Layer != 0 {
@@ -243,9 +243,9 @@ func TestFullDiskLyingIndexSpans(t *testing.T) {
 // stream's temp file holds nothing, so a file the stream has passed is
 // fetched again by range, checked against the span digests the stream
 // computed, and reads right while the rest of the stream is held back; once
-// the stream ends every file reads right. Without the range fetch in
-// streamedSpan, the read while held back fails with EIO (the span is not in
-// the temp file); without the blobSink, the stream itself fails.
+// the stream ends every file reads right. Without the range fetch of
+// streamReader.set, the read while held back fails with EIO (the span is
+// not in the temp file); without the blobSink, the stream itself fails.
 func TestFullDiskProgressive(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)

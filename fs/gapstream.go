@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocifs/ocifs/fetch"
+	"github.com/ocifs/ocifs/index"
 )
 
 // The background fetch of a layer streams its whole blob in order: its
@@ -31,13 +32,14 @@ const gapChunk = 8 << 20
 type gapStream struct {
 	ctx context.Context
 	l   *layer
-	pos int64 // blob bytes delivered
+	t   *index.Table // the table in use, whose spans readers fetched
+	pos int64        // blob bytes delivered
 	buf []byte
 	h   hash.Hash
 }
 
-func newGapStream(ctx context.Context, l *layer) *gapStream {
-	return &gapStream{ctx: ctx, l: l, h: l.desc.Digest.Algorithm().Hash()}
+func newGapStream(ctx context.Context, l *layer, t *index.Table) *gapStream {
+	return &gapStream{ctx: ctx, l: l, t: t, h: l.desc.Digest.Algorithm().Hash()}
 }
 
 func (g *gapStream) Read(p []byte) (int, error) {
@@ -72,7 +74,7 @@ func (g *gapStream) Close() error { return nil }
 // gapChunk).
 func (g *gapStream) next() ([]byte, error) {
 	l := g.l
-	spans := l.table.Spans
+	spans := g.t.Spans
 	i := sort.Search(len(spans), func(i int) bool { return spans[i].C > g.pos }) - 1
 	if i >= 0 && g.pos < spans[i].CEnd {
 		if b := g.cachedSpan(i); b != nil {
@@ -93,6 +95,6 @@ func (g *gapStream) next() ([]byte, error) {
 // cachedSpan returns span i's compressed bytes from the disk cache, checked
 // against its digest, or nil (layer.cachedPiece).
 func (g *gapStream) cachedSpan(i int) []byte {
-	sp := g.l.table.Spans[i]
+	sp := g.t.Spans[i]
 	return g.l.cachedPiece(sp.Digest, sp.CEnd-sp.C, "span")
 }

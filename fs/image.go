@@ -91,7 +91,7 @@ type Image struct {
 	tree     atomic.Pointer[Tree] // the merged tree, once every layer's table is known
 	prog     *progress            // a progressive load's growing tree; nil otherwise
 	gen      nodeGen              // the generation of the mounts' file handles (identity.go)
-	spans    *spanLRU             // decoded spans of every layer
+	spans    *pieceCache          // decoded spans and chunks of every layer, and their fetches in flight
 	ahead    readAhead            // sequential readers, and what is fetched ahead of them
 	fetchSem semaphore            // bounds Range requests in flight
 	fg       *foreground          // fetches readers wait on; prefetch yields to them
@@ -148,15 +148,14 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	im := &Image{img: fi, client: c, opts: opts, log: log.With("image", fi.Ref), ctx: bg, cancel: cancel,
-		spans: newSpanLRU(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), fg: newForeground(), keeping: make(chan struct{}, 8)}
+		spans: newPieceCache(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), fg: newForeground(), keeping: make(chan struct{}, 8)}
 	for i, d := range descs {
 		comp, err := index.MediaTypeCompression(d.MediaType)
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("%s: layer %d (%s): %w", fi.Ref, i, d.Digest, err)
 		}
-		im.layers = append(im.layers, &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], compression: comp,
-			fetching: map[int]*spanFetch{}})
+		im.layers = append(im.layers, &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], compression: comp})
 	}
 	if err := im.plan(ctx); err != nil {
 		cancel()
@@ -237,7 +236,7 @@ func (im *Image) Load(ctx context.Context) error {
 		for _, l := range im.layers {
 			// A layer whose TOC was given up at load (unchunk) is
 			// streamed already.
-			if l.mode == ModeStream && l.table == nil {
+			if l.mode == ModeStream && l.tbl() == nil {
 				streams = append(streams, l)
 			}
 		}
@@ -247,7 +246,7 @@ func (im *Image) Load(ctx context.Context) error {
 	}
 	tables := make([]*index.Table, len(im.layers))
 	for i, l := range im.layers {
-		tables[i] = l.table
+		tables[i] = l.tbl()
 	}
 	tree, err := Merge(tables)
 	if err != nil {
@@ -263,7 +262,7 @@ func (im *Image) Load(ctx context.Context) error {
 func (im *Image) loadProgressive(streams []*layer, start time.Time) error {
 	prog := newProgress(len(im.layers))
 	for i, l := range im.layers {
-		prog.tables[i] = l.table // nil for the layers about to stream
+		prog.tables[i] = l.tbl() // nil for the layers about to stream
 	}
 	im.prog = prog
 	for _, l := range streams {
@@ -277,7 +276,9 @@ func (im *Image) loadProgressive(streams []*layer, start time.Time) error {
 // ReleaseEntries drops the entry tables the merged tree was made from, to
 // save memory in a long-lived mount: the tree holds what serving needs.
 // The background check of a layer against its index reads the entries
-// again from the index file; a table built here is not checked. Call it
+// again from the index file; a table built here is not checked. The tables
+// themselves are not changed: each layer drops its reference to its table
+// for one without entries, which is all its reads need. Call it
 // after Load and before Mount or Prefetch, and not when the tables are still
 // wanted (PushIndex, IndexSizes). A progressive load keeps them all.
 func (im *Image) ReleaseEntries() {
@@ -285,11 +286,14 @@ func (im *Image) ReleaseEntries() {
 		return // the streams' final merge still needs every table
 	}
 	for _, l := range im.layers {
-		if l.table != nil && l.chunked == nil && (l.built || l.indexSrc != nil) {
-			l.emu.Lock()
-			l.table.Entries = nil
-			l.emu.Unlock()
+		if l.chunks() != nil {
+			continue
 		}
+		l.mu.Lock()
+		if t := l.table; t != nil && t.Entries != nil && (l.built || l.indexSrc != nil) {
+			l.table = withoutEntries(t)
+		}
+		l.mu.Unlock()
 	}
 }
 

@@ -60,7 +60,7 @@ func (im *Image) PushIndex(ctx context.Context) (ocispec.Descriptor, error) {
 		if l.whole() {
 			continue
 		}
-		b, err := l.table.MarshalBinary()
+		b, err := l.tbl().MarshalBinary()
 		if err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("layer %s: encoding index: %w", l.desc.Digest, err)
 		}
@@ -86,11 +86,12 @@ func (im *Image) IndexSizes() (indexBytes, tarBytes map[digest.Digest]int64, err
 		if l.whole() {
 			continue
 		}
-		b, err := l.table.MarshalBinary()
+		t := l.tbl()
+		b, err := t.MarshalBinary()
 		if err != nil {
 			return nil, nil, err
 		}
-		indexBytes[l.desc.Digest], tarBytes[l.desc.Digest] = int64(len(b)), l.table.TarSize
+		indexBytes[l.desc.Digest], tarBytes[l.desc.Digest] = int64(len(b)), t.TarSize
 	}
 	return indexBytes, tarBytes, nil
 }

@@ -20,33 +20,38 @@ import (
 	"github.com/ocifs/ocifs/index"
 )
 
-// layer is one layer of an image: its plan, its entry table, and its bytes.
+// layer is one layer of an image: its plan, its entry table, how its bytes
+// are reached (its reader), and its lifecycle: the current attempt to get
+// its complete bytes, and quarantine.
 //
 // A layer with spans (gzip or plain tar) serves reads span by span, each
 // verified against its digest, until its whole blob is in the cache and
 // verified; then from that blob. A layer without spans (zstd) waits for its
-// whole uncompressed tar, verified against the config's DiffID.
+// whole uncompressed tar, verified against the config's DiffID. An eStargz
+// or zstd:chunked layer serves reads chunk by chunk through its TOC.
 type layer struct {
 	im          *Image
 	idx         int
 	desc        ocispec.Descriptor
 	diffID      digest.Digest
 	compression string // "gzip", "zstd" or "none"
-	mode        string
+	mode        string // for LayerInfo: how the plan reaches the bytes
 	why         string
 	remote      *ocispec.Descriptor // the registry's index blob for this layer, if any
 
-	table     *index.Table      // set by load, immutable after
 	indexFile *os.File          // the index file table reads windows from, if any
 	indexSrc  *io.SectionReader // the index itself within indexFile
 	built     bool              // table was built here from verified bytes, now or by an earlier mount (local index cache), not taken from a registry
 
-	// chunked is set by plan for an eStargz or zstd:chunked layer served
-	// lazily through its own TOC (chunked.go).
-	chunked *chunkedLayer
-
-	// mu guards cur and bad.
+	// mu guards table, rd, cur and bad.
 	mu sync.Mutex
+	// table is the layer's entry table, set by load; it is never modified:
+	// ReleaseEntries replaces it with a copy without its entries.
+	table *index.Table
+	// rd is how the layer's bytes are reached (readers.go): chosen when
+	// the layer is planned or loaded, replaced when a progressive stream
+	// ends or when the verified bytes replace a wrong index's spans.
+	rd reader
 	// cur is the latest attempt to get the layer's complete bytes; a new
 	// one is made when the last failed for a reason other than verification.
 	cur *attempt
@@ -59,14 +64,6 @@ type layer struct {
 	// fetch then stops yielding and keeps no rate.
 	urgent atomic.Bool
 
-	// ready is set once table is: until then (a progressive load) reads
-	// are served from snap, the latest snapshot of the streaming table.
-	ready      atomic.Bool
-	snap       atomic.Pointer[index.Table]
-	streaming  func(*index.Table)       // set by loadProgressive: publishes snapshots
-	streamFile atomic.Pointer[os.File]  // the blob temp file a progressive stream writes
-	streamSink atomic.Pointer[blobSink] // what of it the stream has written (streamedSpan)
-
 	// tree is the layer's regular files, extracted from a stream checked
 	// against its DiffID, once unpack has made it (gzip layers whose blob
 	// is complete); nil again if its files turn out damaged.
@@ -75,19 +72,49 @@ type layer struct {
 	settled    atomic.Bool // the background is done with the layer (LayerInfo.Settled)
 
 	// disagreed is set once the background check found the table in use
-	// disagreeing with the layer's verified bytes (disagree.go); verified,
-	// when the index's spans or windows were wrong, then serves the
-	// layer's reads.
+	// disagreeing with the layer's verified bytes (disagree.go).
 	disagreed atomic.Pointer[disagreement]
-	verified  atomic.Pointer[verifiedSpans]
+}
 
-	// emu guards table.Entries once Load has returned: ReleaseEntries
-	// drops them while the background may still read them.
-	emu sync.Mutex
+// tbl returns the layer's entry table (nil before load).
+func (l *layer) tbl() *index.Table {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.table
+}
 
-	// fmu guards fetching: the spans being fetched right now.
-	fmu      sync.Mutex
-	fetching map[int]*spanFetch
+// setTable sets the layer's table and, unless r is nil, its reader.
+func (l *layer) setTable(t *index.Table, r reader) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.table = t
+	if r != nil {
+		l.rd = r
+	}
+}
+
+// setReader makes r the way the layer's bytes are reached, and returns the
+// one before.
+func (l *layer) setReader(r reader) reader {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.rd
+	l.rd = r
+	return old
+}
+
+// reader returns how the layer's bytes are reached now.
+func (l *layer) reader() reader {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rd
+}
+
+// current returns the layer's reader and why it is quarantined, if it is.
+func (l *layer) current() (reader, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rd, l.bad
 }
 
 // attempt is one fetch of the layer's complete bytes; done is closed once
@@ -116,7 +143,7 @@ func isVerification(err error) bool {
 
 // whole reports whether the layer's bytes live in one file that must be
 // complete before anything is served: no spans to read it by.
-func (l *layer) whole() bool { return l.table.Spans == nil }
+func (l *layer) whole() bool { return l.tbl().Spans == nil }
 
 // cacheKey is the digest under which the layer's complete bytes are cached:
 // the blob itself when it has spans, the uncompressed tar otherwise.
@@ -131,22 +158,17 @@ func (l *layer) cacheKey() digest.Digest {
 // registry's index artifact, or by streaming the whole layer, which also
 // leaves its bytes ready.
 func (l *layer) load(ctx context.Context) error {
-	defer func() {
-		if l.table != nil {
-			l.ready.Store(true)
-		}
-	}()
-	if l.chunked != nil {
-		return l.loadChunked(ctx)
+	if c := l.chunks(); c != nil {
+		return c.load(ctx)
 	}
 	if t := l.cachedIndex(); t != nil {
-		l.table = t
+		l.setTable(t, l.tableReader(t))
 		return nil
 	}
 	if l.remote != nil {
 		t, err := l.remoteIndex(ctx)
 		if err == nil {
-			l.table = t
+			l.setTable(t, l.tableReader(t))
 			return nil
 		}
 		l.im.log.Warn("registry index unusable; streaming the layer instead", "layer", l.desc.Digest, "err", err)
@@ -156,10 +178,27 @@ func (l *layer) load(ctx context.Context) error {
 	l.mu.Lock()
 	l.cur = a
 	l.mu.Unlock()
-	t, f, err := l.fetchWhole(ctx, nil)
-	l.table, l.built = t, err == nil
+	t, f, err := l.fetchWhole(ctx, nil, nil)
+	if err == nil {
+		l.built = true
+		l.setTable(t, l.tableReader(t))
+	}
 	l.finish(a, f, err)
 	return err
+}
+
+// tableReader returns the reader of a layer with table t: its spans, once
+// the layer is complete for one planned whole, or its uncompressed tar
+// (no spans).
+func (l *layer) tableReader(t *index.Table) reader {
+	var spans *spanReader
+	if t.Spans != nil {
+		spans = &spanReader{l: l, t: withoutEntries(t), parts: l.im.img}
+	}
+	if spans != nil && l.mode != ModeWhole {
+		return spans
+	}
+	return &wholeReader{l: l, spans: spans}
 }
 
 // valid reports whether t describes this layer's bytes.
@@ -240,13 +279,15 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 // fetchWhole fetches the whole layer in order, builds its table on the way
 // and admits its bytes to the cache once the blob digest and the config's
 // DiffID have both checked out. It returns the table and the cached file.
-// With pace, the blob is read through it (background prefetch).
-func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) (*index.Table, *os.File, error) {
+// With pace, the blob is read through it (background prefetch); with stream,
+// a progressive load's reader learns of every span as it is indexed.
+func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader, stream *streamReader) (*index.Table, *os.File, error) {
 	start := time.Now()
 	cache := l.im.client.Cache()
+	inUse := l.tbl()
 	var blob io.ReadCloser
-	if l.table != nil && len(l.table.Spans) > 0 && l.streaming == nil && !cache.Has(l.desc.Digest) {
-		blob = newGapStream(ctx, l) // skips what readers fetched already (gapstream.go)
+	if inUse != nil && len(inUse.Spans) > 0 && stream == nil && !cache.Has(l.desc.Digest) {
+		blob = newGapStream(ctx, l, inUse) // skips what readers fetched already (gapstream.go)
 	} else {
 		var err error
 		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {
@@ -277,15 +318,16 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader) 
 	} else {
 		opts := l.im.opts.Index
 		opts.SpanSize = l.im.opts.SpanSize
-		if l.table != nil {
-			opts.SpanSize = l.table.SpanSize // to compare with the index in use
+		if inUse != nil {
+			opts.SpanSize = inUse.SpanSize // to compare with the index in use
 		}
-		if l.streaming != nil {
+		if stream != nil {
+			name := ""
 			if sink.p != nil {
-				l.openStream(sink.p.Name())
+				name = sink.p.Name()
 			}
-			l.streamSink.Store(sink)
-			opts.Progress = l.streaming
+			stream.started(sink, name)
+			opts.Progress = stream.publish
 		}
 		t, err = index.BuildLayer(io.TeeReader(rc, sink), l.desc.MediaType, opts)
 	}
@@ -344,7 +386,7 @@ type blobSink struct {
 
 	// kept counts the blob bytes the pending entry holds; err, why the
 	// blob is not cached, is set once, before dropped. A progressive
-	// reader reads kept and dropped while the stream runs (streamedSpan).
+	// reader reads kept and dropped while the stream runs (streamReader).
 	err     error
 	kept    atomic.Int64
 	dropped atomic.Bool
@@ -456,8 +498,13 @@ func (l *layer) start() *attempt {
 	}
 	a := &attempt{done: make(chan struct{})}
 	l.cur = a
+	r := l.rd
 	l.im.bg.Go(func() error {
-		f, err := l.fill(l.im.ctx)
+		var f *os.File
+		err := errors.New("layer not loaded")
+		if r != nil {
+			f, err = r.fill(l.im.ctx)
+		}
 		l.finish(a, f, err)
 		return nil
 	})
@@ -475,43 +522,88 @@ func (l *layer) ensure(ctx context.Context) error {
 	}
 }
 
-// fill gets the layer's complete bytes, from the cache (their digest checked
-// again) or by fetching the whole layer, and checks the table in use against
-// the one those verified bytes give: unless the table was built from them
-// here, its entries, spans and windows must be the same, or what it got
-// wrong is refused and the rest served from the verified bytes (check). A
-// registry index is trusted for its span digests only until this check.
-func (l *layer) fill(ctx context.Context) (*os.File, error) {
-	if l.chunked != nil {
-		return l.fillChunked(ctx)
-	}
+// filler is what fill needs of one way of getting a layer's complete
+// bytes: an ocifs index's (or none: tarFiller) or a TOC's (chunkReader).
+type filler interface {
+	// fillCached checks f, the cached complete bytes, and returns the table
+	// they give (nil: the table in use was built from them). A damaged f
+	// (not what the cache admitted) is fetched again; err fails the fill.
+	fillCached(f *os.File) (t *index.Table, damaged, err error)
+	// fillFetch fetches the complete bytes, read through pace, verifies
+	// and caches them; a nil file means the cache had no room.
+	fillFetch(ctx context.Context, pace func(io.Reader) io.Reader) (*index.Table, *os.File, error)
+	// fillCompare checks the table in use against t, from the verified
+	// bytes, and acts on a disagreement (disagree).
+	fillCompare(ctx context.Context, t *index.Table) error
+}
+
+// fill gets the layer's complete bytes, cached under key: from the cache
+// (their digest checked again) or by fetching the whole layer in the
+// background (prefetchReader), and checks the table in use against the one
+// those verified bytes give (w.fillCompare). A registry index or a TOC is
+// trusted for its span or chunk digests only until this check.
+func (l *layer) fill(ctx context.Context, key digest.Digest, w filler) (*os.File, error) {
 	cache := l.im.client.Cache()
-	key := l.cacheKey()
 	if f, err := cache.Open(key); err == nil {
-		t, err := l.rebuild(f)
-		if err == nil {
-			return f, l.check(ctx, t, f)
+		t, damaged, err := w.fillCached(f)
+		if damaged == nil {
+			if err == nil {
+				err = w.fillCompare(ctx, t)
+			}
+			if err != nil {
+				f.Close()
+				return nil, l.failed(err)
+			}
+			return f, nil
 		}
 		f.Close()
-		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", err)
+		l.im.log.Error("cached layer damaged on disk; fetching it again", "layer", l.desc.Digest, "err", damaged)
 		if err := cache.Remove(fetch.KindBlob, key); err != nil {
 			l.im.log.Warn("removing damaged cache entry", "digest", key, "err", err)
 		}
 	}
-	t, f, err := l.fetchWhole(ctx, func(r io.Reader) io.Reader {
+	t, f, err := w.fillFetch(ctx, func(r io.Reader) io.Reader {
 		return &prefetchReader{ctx: ctx, r: r, l: l, rate: l.im.opts.PrefetchRate, start: time.Now()}
 	})
 	if err != nil {
 		return nil, err
 	}
-	return f, l.check(ctx, t, f)
+	if err := w.fillCompare(ctx, t); err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return nil, l.failed(err)
+	}
+	return f, nil
 }
 
+// fillWhole fills a layer with an ocifs index (or none).
+func (l *layer) fillWhole(ctx context.Context) (*os.File, error) {
+	return l.fill(ctx, l.cacheKey(), tarFiller{l})
+}
+
+// tarFiller fills a layer with an ocifs index (or none): unless its table
+// was built here from verified bytes, its entries, spans and windows must
+// be those the verified bytes give, or what it got wrong is refused and the
+// rest served from the verified bytes (check).
+type tarFiller struct{ l *layer }
+
+func (w tarFiller) fillCached(f *os.File) (*index.Table, error, error) {
+	t, err := w.l.rebuild(f)
+	return t, err, nil
+}
+
+func (w tarFiller) fillFetch(ctx context.Context, pace func(io.Reader) io.Reader) (*index.Table, *os.File, error) {
+	return w.l.fetchWhole(ctx, pace, nil)
+}
+
+func (w tarFiller) fillCompare(ctx context.Context, t *index.Table) error { return w.l.check(ctx, t) }
+
 // rebuild checks a cached file against its digest and, unless the table in
-// use was built here, rebuilds the table from it.
+// use was built here (then it returns no table), rebuilds the table from it.
 func (l *layer) rebuild(f *os.File) (*index.Table, error) {
 	if l.built {
-		return l.table, l.im.client.Cache().Verify(f, l.cacheKey())
+		return nil, l.im.client.Cache().Verify(f, l.cacheKey())
 	}
 	r := io.NewSectionReader(f, 0, 1<<62)
 	var t *index.Table
@@ -523,7 +615,7 @@ func (l *layer) rebuild(f *os.File) (*index.Table, error) {
 		}
 	} else {
 		opts := l.im.opts.Index
-		opts.SpanSize = l.table.SpanSize
+		opts.SpanSize = l.tbl().SpanSize
 		t, err = index.BuildLayer(r, l.desc.MediaType, opts)
 		if err == nil && (t.Digest != l.desc.Digest || t.DiffID != l.diffID) {
 			err = &fetch.DigestError{What: "cached " + f.Name(), Want: l.desc.Digest, Got: t.Digest}
@@ -532,50 +624,39 @@ func (l *layer) rebuild(f *os.File) (*index.Table, error) {
 	return t, err
 }
 
-// heldEntries returns the table's entries, nil once released.
-func (l *layer) heldEntries() []index.Entry {
-	l.emu.Lock()
-	defer l.emu.Unlock()
-	return l.table.Entries
-}
-
 // check compares the table in use with t, built from the verified bytes,
 // and acts on a disagreement (disagree): what the table got wrong is
 // refused, the rest served from the verified bytes, through t's spans when
 // the table's spans or windows differ. Entries released to save memory are
-// read again from the index file.
-func (l *layer) check(ctx context.Context, t *index.Table, f *os.File) error {
-	cur := l.table
-	if cur == t {
+// read again from the index file. No t: the table in use was built here.
+func (l *layer) check(ctx context.Context, t *index.Table) error {
+	cur := l.tbl()
+	if t == nil || cur == t {
 		return nil
 	}
-	l.emu.Lock() // ReleaseEntries may drop the entries meanwhile
-	snap := *cur
-	l.emu.Unlock()
-	cur = &snap
 	if cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {
 		var err error
 		if cur, err = index.Open(l.indexSrc, l.indexSrc.Size()); err != nil {
-			f.Close()
-			return l.failed(fmt.Errorf("%w: reading the index in use again: %v", index.ErrFormat, err))
+			return fmt.Errorf("%w: reading the index in use again: %v", index.ErrFormat, err)
 		}
 	}
 	spans, err := spansDiffer(cur, t)
 	if err != nil {
-		f.Close()
-		return l.failed(fmt.Errorf("%w: comparing the index in use with the verified layer: %v", index.ErrFormat, err))
+		return fmt.Errorf("%w: comparing the index in use with the verified layer: %v", index.ErrFormat, err)
 	}
 	differ, first := diffByPath(cur.Entries, t.Entries)
 	if differ == 0 && !spans {
 		return nil
 	}
+	var inUse reader
 	if spans {
-		l.verified.Store(&verifiedSpans{t: t})
+		inUse = l.setReader(&verifiedReader{l: l, t: withoutEntries(t), parts: l.im.img})
 	}
 	if err := l.disagree(ctx, "index", t.Entries, differ, first, spans); err != nil {
-		l.verified.Store(nil)
-		f.Close()
-		return l.failed(err)
+		if spans {
+			l.setReader(inUse)
+		}
+		return err
 	}
 	// Built here from verified bytes, t may go into the local index cache
 	// (fetchWhole put it there already unless the blob was cached): the
@@ -715,42 +796,14 @@ func (l *layer) blobFile() *os.File {
 // readAt serves bytes of the uncompressed tar, for a read of a file whose
 // content ends at fileEnd: read-ahead stops there.
 func (l *layer) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
-	if err := l.quarantined(); err != nil {
-		return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
+	r, bad := l.current()
+	if bad != nil {
+		return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, bad)
 	}
-	if !l.ready.Load() {
-		return l.readStreaming(ctx, p, off, fileEnd)
+	if r == nil {
+		return 0, fmt.Errorf("layer %s: not loaded", l.desc.Digest)
 	}
-	if l.chunked != nil {
-		return l.readChunks(ctx, p, off)
-	}
-	if v := l.verified.Load(); v != nil {
-		return l.readVerified(ctx, v, p, off)
-	}
-	if !l.whole() && l.mode != ModeWhole {
-		return l.readSpans(ctx, p, off, fileEnd)
-	}
-	f, ok := l.fetched()
-	if !ok {
-		l.im.cacheMisses.Add(1)
-		l.urgent.Store(true)
-		if err := l.ensure(ctx); err != nil {
-			return 0, err
-		}
-		if f, ok = l.fetched(); !ok {
-			return 0, fmt.Errorf("layer %s: not fetched", l.desc.Digest)
-		}
-	}
-	if !l.whole() {
-		// From the cached blob, or, when the disk had no room for it,
-		// span by span as a layer that was never fetched whole.
-		return l.readSpans(ctx, p, off, fileEnd)
-	}
-	if f == nil {
-		// fetchWhole fails a layer without spans that it cannot cache.
-		return 0, fmt.Errorf("layer %s: uncompressed tar not cached", l.desc.Digest)
-	}
-	return f.ReadAt(p, off)
+	return r.readAt(ctx, p, off, fileEnd)
 }
 
 // state reports whether the layer's bytes are all here, and whether they
@@ -766,9 +819,6 @@ func (l *layer) close() error {
 	var errs []error
 	if l.indexFile != nil {
 		errs = append(errs, l.indexFile.Close())
-	}
-	if f := l.streamFile.Load(); f != nil {
-		errs = append(errs, f.Close())
 	}
 	if t := l.tree.Load(); t != nil {
 		errs = append(errs, t.Close())

@@ -122,7 +122,7 @@ func (p *prefetchReader) Read(b []byte) (int, error) {
 	if !p.l.urgent.Load() {
 		t0 := time.Now()
 		var quiet time.Duration
-		if p.l.chunked == nil && time.Now().UnixNano() < p.l.im.quietUntil.Load() {
+		if p.l.chunks() == nil && time.Now().UnixNano() < p.l.im.quietUntil.Load() {
 			quiet = quietPeriod // see there
 		}
 		if err := p.l.im.fg.waitQuiet(p.ctx, quiet); err != nil {

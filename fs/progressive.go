@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -281,31 +280,47 @@ func (p *progress) pathOf(id uint64) (string, bool) {
 	return p.paths[id-1], true
 }
 
+// streamReader serves a layer that a progressive load is streaming, from
+// the spans its stream has indexed so far: their compressed bytes are read
+// back from the blob's temp file and checked against the span digests the
+// stream computed (which guards against the disk, not the registry: the
+// blob digest is checked only when the stream ends). When the stream ends,
+// the layer's reader becomes the one for its final table.
+type streamReader struct {
+	l     *layer
+	prog  *progress
+	parts partsFetcher
+
+	snap atomic.Pointer[index.Table] // the latest snapshot of the streaming table
+	file atomic.Pointer[os.File]     // the blob temp file the stream writes
+	sink atomic.Pointer[blobSink]    // what of it the stream has written
+}
+
 // loadProgressive starts streaming l in the background, publishing a
 // snapshot of its table as each span is indexed; prog learns when it ends.
 func (l *layer) loadProgressive(prog *progress) {
 	a := &attempt{done: make(chan struct{})}
+	s := &streamReader{l: l, prog: prog, parts: l.im.img}
 	l.mu.Lock()
-	l.cur = a
+	l.cur, l.rd = a, s
 	l.mu.Unlock()
 	prog.running[l.idx] = true
-	l.streaming = func(t *index.Table) {
-		l.snap.Store(t)
-		prog.update(l.idx, t)
-	}
 	l.im.bg.Go(func() error {
-		t, f, err := l.fetchWhole(l.im.ctx, nil)
-		if err == nil {
-			l.table, l.built = t, true
-			l.ready.Store(true)
-		}
+		t, f, err := l.fetchWhole(l.im.ctx, nil, s)
 		l.mu.Lock()
-		if err != nil && l.bad == nil {
+		if err == nil {
+			l.table, l.built, l.rd = t, true, l.tableReader(t)
+		} else if l.bad == nil {
 			// Served bytes may already have come from this stream: whatever
 			// the cause, the layer is not served again in this mount.
 			l.bad = err
 		}
 		l.mu.Unlock()
+		// A read of the temp file still under way fails and, seeing the
+		// reader changed or the layer quarantined, goes on from there.
+		if f := s.file.Swap(nil); f != nil {
+			f.Close()
+		}
 		l.finish(a, f, err)
 		tree, terr := prog.finish(l.idx, t, err)
 		if tree != nil {
@@ -318,21 +333,26 @@ func (l *layer) loadProgressive(prog *progress) {
 	})
 }
 
-// readStreaming serves tar bytes of a layer that is still streaming, from
-// the spans its stream has indexed so far: their compressed bytes are read
-// back from the blob's temp file and checked against the span digests the
-// stream computed (which guards against the disk, not the registry: the
-// blob digest is checked only when the stream ends).
-func (l *layer) readStreaming(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
+// publish makes t, a snapshot of the streaming table, the one reads see.
+func (s *streamReader) publish(t *index.Table) {
+	s.snap.Store(t)
+	s.prog.update(s.l.idx, t)
+}
+
+// readAt serves tar bytes of the streaming layer once its stream has
+// indexed them, waiting for that.
+func (s *streamReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
+	l := s.l
 	var t *index.Table
 	for {
-		if l.ready.Load() {
+		r, bad := l.current()
+		if r != s {
 			return l.readAt(ctx, p, off, fileEnd)
 		}
-		if err := l.quarantined(); err != nil {
-			return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, err)
+		if bad != nil {
+			return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, bad)
 		}
-		t = l.snap.Load()
+		t = s.snap.Load()
 		if t != nil && off+int64(len(p)) <= t.TarSize {
 			break
 		}
@@ -340,73 +360,43 @@ func (l *layer) readStreaming(ctx context.Context, p []byte, off, fileEnd int64)
 			return 0, err
 		}
 	}
-	end := off + int64(len(p))
-	n := 0
-	for i := t.SpanFor(off); i >= 0 && i < len(t.Spans) && t.Spans[i].U < end; i++ {
-		data, err := l.streamedSpan(ctx, t, i)
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := l.readPieces(ctx, s.set(t), p, off)
+	if err != nil && l.reader() != s {
+		return l.readAt(ctx, p, off, fileEnd) // the stream ended meanwhile
+	}
+	return n, err
+}
+
+func (s *streamReader) fill(ctx context.Context) (*os.File, error) { return s.l.fillWhole(ctx) }
+
+// set returns the spans of snapshot t. A span's compressed bytes are read
+// back from the blob's temp file or, when the cache stopped taking the
+// stream before them (a full disk), fetched again by range; either way
+// they are checked against the digest the stream computed for them, so
+// they are the bytes the stream passed.
+func (s *streamReader) set(t *index.Table) spanSet {
+	set := spanSet{l: s.l, t: t, blob: readerOf(s.file.Load()), parts: s.parts}
+	if sink := s.sink.Load(); sink != nil {
+		set.held = sink.holds
+	}
+	return set
+}
+
+// started is called by the stream once its sink exists: it opens a reader
+// of the temp file the sink writes (name; "" for none).
+func (s *streamReader) started(sink *blobSink, name string) {
+	if name != "" {
+		f, err := os.Open(name)
 		if err != nil {
-			if l.ready.Load() {
-				return l.readAt(ctx, p, off, fileEnd) // the stream ended meanwhile
-			}
-			return n, err
-		}
-		lo := max(off, t.Spans[i].U) - t.Spans[i].U
-		hi := min(end, t.SpanEnd(i)) - t.Spans[i].U
-		n += copy(p[n:], data[lo:hi])
-	}
-	return n, nil
-}
-
-// streamedSpan decodes span i of a streaming layer's snapshot t. Its
-// compressed bytes are read back from the blob's temp file or, when the
-// cache stopped taking the stream before them (a full disk), fetched again
-// by range; either way they are checked against the digest the stream
-// computed for them, so they are the bytes the stream passed.
-func (l *layer) streamedSpan(ctx context.Context, t *index.Table, i int) ([]byte, error) {
-	k := spanKey{l.idx, i}
-	if data := l.im.spans.get(k); data != nil {
-		l.im.cacheHits.Add(1)
-		return data, nil
-	}
-	sp := t.Spans[i]
-	var b []byte
-	var err error
-	f, s := l.streamFile.Load(), l.streamSink.Load()
-	switch {
-	case s != nil && !s.holds(sp.CEnd):
-		if b, err = (fetchedSpans{ctx, l}).compressed(sp); err != nil {
-			return nil, fmt.Errorf("span %d of the streaming layer, which the cache had no room for: %w", i, err)
-		}
-	case f == nil:
-		return nil, errors.New("layer stream not started")
-	default:
-		b = make([]byte, sp.CEnd-sp.C)
-		if _, err := f.ReadAt(b, sp.C); err != nil {
-			return nil, fmt.Errorf("span %d of the streaming layer: %w", i, err)
+			s.l.im.log.Warn("opening the layer's temp file for progressive reads", "layer", s.l.desc.Digest, "err", err)
+		} else if old := s.file.Swap(f); old != nil {
+			old.Close()
 		}
 	}
-	if err := checkSpan(b, sp.Digest); err != nil {
-		return nil, l.failed(fmt.Errorf("span %d of the streaming layer, read back from disk: %w", i, err))
-	}
-	data, err := index.DecodeSpan(t, i, b)
-	if err != nil {
-		return nil, l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, sp.C, sp.CEnd, err))
-	}
-	l.im.spans.put(k, data)
-	return data, nil
-}
-
-// openStream opens a reader of the blob temp file a streaming layer writes,
-// for readStreaming; it is closed with the layer.
-func (l *layer) openStream(name string) {
-	f, err := os.Open(name)
-	if err != nil {
-		l.im.log.Warn("opening the layer's temp file for progressive reads", "layer", l.desc.Digest, "err", err)
-		return
-	}
-	if old := l.streamFile.Swap(f); old != nil {
-		old.Close()
-	}
+	s.sink.Store(sink)
 }
 
 // joinPath joins a directory path of the tree and a child name.

@@ -16,8 +16,8 @@ import (
 // within one span, such as those of a small file, fetch nothing ahead);
 // its window is then half the spans it has stepped into, at least
 // readAheadStart and at most the cap below, and the spans of the window that are neither
-// decoded nor being fetched are claimed (layer.claim, so a reader that
-// reaches one waits for that fetch instead of sending its own) and fetched
+// decoded nor being fetched are claimed (in the image's piece cache, so a reader that
+// reaches one waits for that fetch instead of sending its own: pieceCache.claim) and fetched
 // in the background in runs of up to readAheadRunBytes, several at once, as
 // soon as a whole run (or half the window, if less) of it is free.
 //
@@ -30,14 +30,14 @@ import (
 // spans it reads.
 //
 // Bounds: one stream's window is at most readAheadMaxBytes of tar, and all
-// streams' windows together at most half the span cache (by the spans'
+// streams' windows together at most half the piece cache (by the spans'
 // decoded sizes), so spans fetched
 // ahead never push out the spans their readers are about to reach; a span
 // evicted anyway is read again from the disk cache, not the network. At most
 // FetchParallel-1 read-ahead runs are in flight per image, so a read that
 // waits for a span of its own still finds a request slot, and the runs go
 // through the image's fetch semaphore like every Range GET. Every span read
-// ahead is verified and decoded by fetchRun, as any other: nothing
+// ahead is verified and decoded by fetchRun (pieces.go), as any other: nothing
 // unverified is kept or served, and a span that fails is dropped (the read
 // that reaches it fetches it again and gets the error).
 
@@ -51,8 +51,8 @@ const (
 
 // readAhead is an image's sequential-read detector and read-ahead state.
 type readAhead struct {
-	// mu guards everything below; it is taken before layer.fmu and the
-	// span cache's lock, never under them.
+	// mu guards everything below; it is taken before the piece cache's
+	// lock, never under it.
 	mu       sync.Mutex
 	tick     uint64 // reads seen, for the age of streams
 	streams  [readAheadStreams]stream
@@ -78,11 +78,13 @@ func (s *stream) active(tick uint64) bool {
 // ends at fileEnd and, when it continues a stream, starts fetching the spans
 // ahead of it, up to the file's last, that are neither decoded nor being
 // fetched.
-func (l *layer) readAhead(off, end, fileEnd int64) {
-	t := l.table
-	if len(t.Spans) < 2 || t.SpanSize <= 0 || l.im.ctx.Err() != nil || l.blobFile() != nil || l.quarantined() != nil {
+func (r *spanReader) readAhead(off, end, fileEnd int64) {
+	l, t := r.l, r.t
+	if len(t.Spans) < 2 || t.SpanSize <= 0 || l.im.ctx.Err() != nil || l.complete() != nil || l.quarantined() != nil {
 		return
 	}
+	set := r.set()
+	key := set.key()
 	ra := &l.im.ahead
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
@@ -121,7 +123,7 @@ func (l *layer) readAhead(off, end, fileEnd int64) {
 	s.ahead = max(s.ahead, s.span)
 
 	// The window's cap: readAheadMaxBytes, and an equal share of half the
-	// span cache among the streams reading ahead.
+	// piece cache among the streams reading ahead.
 	n := int64(0)
 	for k := range ra.streams {
 		if ra.streams[k].active(ra.tick) {
@@ -137,21 +139,21 @@ func (l *layer) readAhead(off, end, fileEnd int64) {
 	}
 	limit := max(1, cap(l.im.fetchSem)-1)
 	for j := s.ahead + 1; j <= to; j++ {
-		if l.im.spans.has(spanKey{l.idx, j}) {
+		if l.im.spans.has(key.at(j)) {
 			s.ahead = j
 			continue
 		}
 		if ra.inflight >= limit {
 			return // the next read of the stream tries again
 		}
-		_, run := l.claim(j, to, func(_, n int) bool { return n < runSpans })
+		_, run := l.im.spans.claim(key.at(j), to, func(_, n int) bool { return n < runSpans })
 		if len(run) == 0 {
 			s.ahead = j // being fetched already
 			continue
 		}
 		ra.inflight++
 		l.im.bg.Go(func() error {
-			l.fetchRun(run)
+			l.fetchRun(set, run, true)
 			ra.mu.Lock()
 			ra.inflight--
 			ra.mu.Unlock()

@@ -112,13 +112,16 @@ func largestSpan(t *testing.T, ref string, img *fstest.Image) int64 {
 // settle waits for every fetch of layer l in flight (read-ahead included)
 // to end.
 func settle(l *layer) {
+	c := l.im.spans
 	for {
-		l.fmu.Lock()
-		var pending []*spanFetch
-		for _, f := range l.fetching {
-			pending = append(pending, f)
+		c.mu.Lock()
+		var pending []*pieceFetch
+		for k, f := range c.fetching {
+			if k.blob == l.desc.Digest {
+				pending = append(pending, f)
+			}
 		}
-		l.fmu.Unlock()
+		c.mu.Unlock()
 		if len(pending) == 0 {
 			return
 		}
@@ -200,7 +203,7 @@ func TestReadAheadSequential(t *testing.T) {
 			settle(l)
 			var ahead []int
 			for i := s0 + 3; i <= s1; i++ {
-				if im.spans.has(spanKey{0, i}) {
+				if im.spans.has(pieceKey{blob: l.desc.Digest, i: i}) {
 					ahead = append(ahead, i)
 				}
 			}
@@ -360,7 +363,7 @@ func TestReadAheadTamperedSpan(t *testing.T) {
 	if !reached {
 		t.Fatalf("read-ahead never fetched span %d ahead of the reader: the fixture tests nothing", bad)
 	}
-	if im.spans.has(spanKey{0, bad}) {
+	if im.spans.has(pieceKey{blob: l.desc.Digest, i: bad}) {
 		t.Errorf("the tampered span %d was decoded into the span cache", bad)
 	}
 	if im.client.Cache().Has(sp.Digest) {

@@ -2,241 +2,184 @@ package fs
 
 import (
 	"bytes"
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"os"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/index"
 )
 
-// DefaultSpanCacheBytes bounds the decoded spans an image keeps in memory.
+// DefaultSpanCacheBytes bounds the decoded spans and chunks an image keeps in
+// memory (pieceCache).
 const DefaultSpanCacheBytes = 64 << 20
 
 // maxRunSpans bounds how many adjacent missing spans one Range request asks
 // for, so one read cannot turn into a fetch of the whole layer.
 const maxRunSpans = 8
 
-// spanKey names one span of one layer of an image.
-type spanKey struct{ layer, span int }
-
-// spanLRU keeps recently decoded spans, so sequential reads of a file decode
-// each span once.
-type spanLRU struct {
-	max int64
-
-	// mu guards everything below.
-	mu    sync.Mutex
-	size  int64
-	order *list.List // of *spanEntry, most recent at the front
-	byKey map[spanKey]*list.Element
+// partsFetcher fetches parts of a blob, each checked against its digest, in
+// as few Range requests as it can (fetch.Image).
+type partsFetcher interface {
+	FetchParts(ctx context.Context, desc ocispec.Descriptor, parts []fetch.Part) ([][]byte, []error)
 }
 
-type spanEntry struct {
-	key  spanKey
-	data []byte
+// spanReader serves a layer whose table has spans (gzip or plain tar) span
+// by span: each span's compressed bytes come from the cached blob, the disk
+// cache or a Range GET, and are checked against the span's digest before
+// they are decoded: no byte of an unverified range is served. A read that
+// continues a sequential stream also starts fetching the spans ahead of it,
+// up to the end of its file (readahead.go), before it waits for its own.
+type spanReader struct {
+	l     *layer
+	t     *index.Table // the table in use, without its entries
+	parts partsFetcher
 }
 
-func newSpanLRU(max int64) *spanLRU {
-	return &spanLRU{max: max, order: list.New(), byKey: map[spanKey]*list.Element{}}
-}
-
-func (c *spanLRU) get(k spanKey) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byKey[k]; ok {
-		c.order.MoveToFront(e)
-		return e.Value.(*spanEntry).data
+func (r *spanReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
+	if end := min(off+int64(len(p)), r.t.TarSize); off < end {
+		r.readAhead(off, end, fileEnd)
 	}
-	return nil
+	return r.l.readPieces(ctx, r.set(), p, off)
 }
 
-// has reports whether span k is decoded, without making it more recent.
-func (c *spanLRU) has(k spanKey) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.byKey[k]
-	return ok
+func (r *spanReader) fill(ctx context.Context) (*os.File, error) { return r.l.fillWhole(ctx) }
+
+// set returns the spans of the table in use, read from the layer's blob
+// once it is complete.
+func (r *spanReader) set() spanSet {
+	return spanSet{l: r.l, t: r.t, blob: readerOf(r.l.complete()), parts: r.parts, keepFetched: true}
 }
 
-func (c *spanLRU) put(k spanKey, data []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.byKey[k]; ok {
+// readerOf returns f as an io.ReaderAt, nil for none.
+func readerOf(f *os.File) io.ReaderAt {
+	if f == nil {
+		return nil
+	}
+	return f
+}
+
+// withoutEntries returns a copy of t without its entries: what reading
+// its bytes needs.
+func withoutEntries(t *index.Table) *index.Table {
+	c := *t
+	c.Entries = nil
+	return &c
+}
+
+// spanSet is the spans of a table (pieces.go).
+type spanSet struct {
+	l        *layer
+	t        *index.Table
+	verified bool        // t is the table built from the verified blob (disagree.go)
+	blob     io.ReaderAt // holds the blob's bytes, or nil
+	// held, when set, reports whether blob holds the bytes up to end (a
+	// stream's temp file, progressive.go).
+	held        func(end int64) bool
+	parts       partsFetcher
+	keepFetched bool // write spans fetched from the registry to the disk cache
+}
+
+func (s spanSet) size() int64                 { return s.t.TarSize }
+func (s spanSet) pieceFor(off int64) int      { return s.t.SpanFor(off) }
+func (s spanSet) bounds(i int) (int64, int64) { return s.t.Spans[i].U, s.t.SpanEnd(i) }
+func (s spanSet) key() pieceKey               { return pieceKey{blob: s.l.desc.Digest, verified: s.verified} }
+func (s spanSet) join(_, _, n int) bool       { return n < maxRunSpans }
+
+func (s spanSet) file(i int) io.ReaderAt {
+	if s.held != nil && !s.held(s.t.Spans[i].CEnd) {
+		return nil
+	}
+	return s.blob
+}
+
+func (s spanSet) fromFile(f io.ReaderAt, i int) ([]byte, error) {
+	sp := s.t.Spans[i]
+	b, err := readRange(f, sp.C, sp.CEnd)
+	if err != nil {
+		return nil, fmt.Errorf("cached blob: %w", err)
+	}
+	return b, checkSpan(b, sp.Digest)
+}
+
+func (s spanSet) disk(i int) (digest.Digest, int64, string) {
+	sp := s.t.Spans[i]
+	return sp.Digest, sp.CEnd - sp.C, "span"
+}
+
+// fetch gets the missing spans with one FetchParts call: each checked
+// against its digest.
+func (s spanSet) fetch(ctx context.Context, run, missing []int, out []pieceBytes, _ bool) {
+	l := s.l
+	parts := make([]fetch.Part, len(missing))
+	for k, n := range missing {
+		sp := s.t.Spans[run[n]]
+		parts[k] = fetch.Part{Off: sp.C, N: sp.CEnd - sp.C, Digest: sp.Digest}
+	}
+	if err := l.im.fetchSem.Acquire(ctx); err != nil {
+		for _, n := range missing {
+			out[n].err = err
+		}
 		return
 	}
-	c.byKey[k] = c.order.PushFront(&spanEntry{k, data})
-	c.size += int64(len(data))
-	for c.size > c.max && c.order.Len() > 1 {
-		e := c.order.Back()
-		se := e.Value.(*spanEntry)
-		c.order.Remove(e)
-		delete(c.byKey, se.key)
-		c.size -= int64(len(se.data))
+	data, errs := s.parts.FetchParts(ctx, l.desc, parts)
+	l.im.fetchSem.Release()
+	for k, n := range missing {
+		l.im.cacheMisses.Add(1)
+		out[n] = pieceBytes{raw: data[k], err: errs[k], fetched: errs[k] == nil}
 	}
 }
 
-// spanFetch is one span being fetched and decoded; readers that need the
-// same span wait for it instead of fetching it again.
-type spanFetch struct {
-	done chan struct{}
-	data []byte
-	err  error
+func (s spanSet) decode(i int, raw []byte) ([]byte, error) { return index.DecodeSpan(s.t, i, raw) }
+
+func (s spanSet) failure(i int, err error) error {
+	sp := s.t.Spans[i]
+	what := "span"
+	if s.verified {
+		what = "verified span"
+	}
+	return fmt.Errorf("%s %d (bytes %d-%d): %w", what, i, sp.C, sp.CEnd, err)
 }
 
-// readSpans serves uncompressed tar bytes [off, off+len(p)) of a layer whose
-// table has spans. Each span's compressed bytes come from the cached blob,
-// the span cache or a Range GET, and are checked against the span's digest
-// before they are decoded: no byte of an unverified range is served. A read
-// that continues a sequential stream also starts fetching the spans ahead of
-// it, up to the end of its file at fileEnd (readahead.go), before it waits
-// for its own.
-func (l *layer) readSpans(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
-	t := l.table
-	end := min(off+int64(len(p)), t.TarSize)
-	if off >= end {
-		return 0, io.EOF
+// keep writes the compressed bytes of the spans fetched from the registry
+// (the decoded ones went to the piece cache) to the disk cache, in the
+// background: an fsync each. At most cap(Image.keeping) runs wait to be
+// written; a run beyond that is not kept (a later read fetches it again).
+func (s spanSet) keep(run []int, out []pieceBytes) {
+	if !s.keepFetched {
+		return
 	}
-	l.readAhead(off, end, fileEnd)
-	first, last := t.SpanFor(off), t.SpanFor(end-1)
-	n := 0
-	for i := first; i <= last; i++ {
-		data, err := l.span(ctx, i, last)
-		if err != nil {
-			return n, err
-		}
-		lo := max(off, t.Spans[i].U) - t.Spans[i].U
-		hi := min(end, t.SpanEnd(i)) - t.Spans[i].U
-		n += copy(p[n:], data[lo:hi])
-	}
-	return n, nil
-}
-
-// span returns the decoded bytes of span i. When it has to fetch, it also
-// fetches the missing spans after i up to last, in one request.
-func (l *layer) span(ctx context.Context, i, last int) ([]byte, error) {
-	k := spanKey{l.idx, i}
-	if data := l.im.spans.get(k); data != nil {
-		l.im.cacheHits.Add(1)
-		return data, nil
-	}
-	f, run := l.claim(i, last, func(_, n int) bool { return n < maxRunSpans })
-	if run != nil {
-		l.fetchRun(run)
-	}
-	return f.wait(ctx)
-}
-
-// claim returns the fetch of piece i (a span or a chunk) of the layer. When
-// nobody fetches it yet, it also claims i and the adjacent pieces after it,
-// up to last, that nobody holds, that are not decoded already and that
-// join(j, n) admits (n: pieces claimed so far), and returns them as run:
-// the caller fetches them and releases the claims.
-func (l *layer) claim(i, last int, join func(j, n int) bool) (f *spanFetch, run []int) {
-	l.fmu.Lock()
-	defer l.fmu.Unlock()
-	if f, waiting := l.fetching[i]; waiting {
-		return f, nil
-	}
-	// A fetch that ended since the caller looked in the LRU put its piece
-	// there before dropping its claim: look again under the lock, or the
-	// piece would be fetched twice.
-	if data := l.im.spans.get(spanKey{l.idx, i}); data != nil {
-		f := &spanFetch{done: make(chan struct{}), data: data}
-		close(f.done)
-		return f, nil
-	}
-	for j := i; j <= last && (j == i || join(j, len(run))); j++ {
-		if _, busy := l.fetching[j]; busy || (j > i && l.im.spans.get(spanKey{l.idx, j}) != nil) {
-			break
-		}
-		l.fetching[j] = &spanFetch{done: make(chan struct{})}
-		run = append(run, j)
-	}
-	return l.fetching[i], run
-}
-
-// release publishes the result of each claimed piece of run to its waiters
-// and drops the claims.
-func (l *layer) release(run []int, results []spanBytes) {
-	l.fmu.Lock()
-	defer l.fmu.Unlock()
+	var fetched []keptSpan
 	for n, i := range run {
-		f := l.fetching[i]
-		f.data, f.err = results[n].data, results[n].err
-		delete(l.fetching, i)
-		close(f.done)
+		if r := out[n]; r.fetched && r.err == nil {
+			fetched = append(fetched, keptSpan{s.t.Spans[i].Digest, r.raw})
+		}
 	}
-}
-
-// wait returns the fetch's result, or ctx's error if that ends first.
-func (f *spanFetch) wait(ctx context.Context) ([]byte, error) {
+	if len(fetched) == 0 {
+		return
+	}
+	l := s.l
 	select {
-	case <-f.done:
-		return f.data, f.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case l.im.keeping <- struct{}{}:
+	default:
+		return // the disk is behind: do not pile spans up in memory
 	}
-}
-
-// fetchRun gets, verifies and decodes the spans of run, publishes each
-// result to its waiters and the LRU, and releases the claims. The fetch runs
-// on the image's context, not the reader's: another reader may be waiting
-// for the same span after this one gives up. Each span is released as soon
-// as it is decoded, so a reader waiting for the first span of a long run
-// does not wait for the others to decode, nor for the disk cache: spans
-// fetched from the registry are written there (an fsync each) in the
-// background, after their waiters have them.
-func (l *layer) fetchRun(run []int) {
-	results := l.compressedSpans(l.im.ctx, run)
-	defer func() {
-		var fetched []keptSpan // the compressed bytes only: the decoded ones go to the LRU
-		for n, i := range run {
-			if r := results[n]; r.fetched && r.err == nil {
-				fetched = append(fetched, keptSpan{l.table.Spans[i].Digest, r.compressed})
+	l.im.bg.Go(func() error {
+		defer func() { <-l.im.keeping }()
+		cache := l.im.client.Cache()
+		for _, k := range fetched {
+			if err := cache.Put(k.digest, bytes.NewReader(k.b)); err != nil {
+				l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", k.digest, "err", err)
 			}
 		}
-		if len(fetched) == 0 {
-			return
-		}
-		select {
-		case l.im.keeping <- struct{}{}:
-		default:
-			return // the disk is behind: do not pile spans up in memory
-		}
-		l.im.bg.Go(func() error {
-			defer func() { <-l.im.keeping }()
-			l.keep(fetched)
-			return nil
-		})
-	}()
-	// Decode outside the lock: other readers of the layer claim spans under it.
-	for n, i := range run {
-		r := &results[n]
-		if r.err == nil {
-			r.data, r.err = index.DecodeSpan(l.table, i, r.compressed)
-		}
-		if r.err != nil {
-			r.err = l.failed(fmt.Errorf("span %d (bytes %d-%d): %w", i, l.table.Spans[i].C, l.table.Spans[i].CEnd, r.err))
-		} else {
-			l.im.spans.put(spanKey{l.idx, i}, r.data)
-		}
-		l.release(run[n:n+1], results[n:n+1])
-	}
-}
-
-type spanBytes struct {
-	data []byte
-	err  error
-
-	compressed []byte // the verified compressed bytes data was decoded from
-	fetched    bool   // compressed came from the registry: keep it in the disk cache
+		return nil
+	})
 }
 
 // keptSpan is a verified span's compressed bytes, to be written to the
@@ -244,68 +187,6 @@ type spanBytes struct {
 type keptSpan struct {
 	digest digest.Digest
 	b      []byte
-}
-
-// keep writes spans fetched from the registry to the disk cache. At most
-// cap(Image.keeping) runs wait to be written; a run beyond that is not kept
-// (a later read fetches it again).
-func (l *layer) keep(spans []keptSpan) {
-	cache := l.im.client.Cache()
-	for _, k := range spans {
-		if err := cache.Put(k.digest, bytes.NewReader(k.b)); err != nil {
-			l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", k.digest, "err", err)
-		}
-	}
-}
-
-// compressedSpans returns the verified compressed bytes of each span of run
-// (in compressed): from the layer's cached blob, the disk cache, or one Range
-// GET for all the spans found in neither (marked fetched; keep caches them).
-func (l *layer) compressedSpans(ctx context.Context, run []int) []spanBytes {
-	out := make([]spanBytes, len(run))
-	var missing []int // positions in run
-	blob := l.blobFile()
-	for n, i := range run {
-		sp := l.table.Spans[i]
-		if blob != nil {
-			b := make([]byte, sp.CEnd-sp.C)
-			if _, err := blob.ReadAt(b, sp.C); err != nil {
-				out[n].err = fmt.Errorf("cached blob: %w", err)
-				continue
-			}
-			out[n] = spanBytes{compressed: b, err: checkSpan(b, sp.Digest)}
-			l.im.cacheHits.Add(1)
-			continue
-		}
-		if b := l.cachedPiece(sp.Digest, sp.CEnd-sp.C, "span"); b != nil {
-			out[n].compressed = b
-			l.im.cacheHits.Add(1)
-			continue
-		}
-		missing = append(missing, n)
-	}
-	if len(missing) == 0 {
-		return out
-	}
-	parts := make([]fetch.Part, len(missing))
-	for k, n := range missing {
-		sp := l.table.Spans[run[n]]
-		parts[k] = fetch.Part{Off: sp.C, N: sp.CEnd - sp.C, Digest: sp.Digest}
-	}
-	defer l.im.fg.begin()()
-	if err := l.im.fetchSem.Acquire(ctx); err != nil {
-		for _, n := range missing {
-			out[n].err = err
-		}
-		return out
-	}
-	data, errs := l.im.img.FetchParts(ctx, l.desc, parts)
-	l.im.fetchSem.Release()
-	for k, n := range missing {
-		l.im.cacheMisses.Add(1)
-		out[n] = spanBytes{compressed: data[k], err: errs[k], fetched: errs[k] == nil}
-	}
-	return out
 }
 
 // cachedPiece returns a span's compressed bytes or a chunk's uncompressed

@@ -32,7 +32,7 @@ import (
 // background, once; it reports false, doing nothing, for layers that are
 // not gzip with spans.
 func (l *layer) startUnpack() bool {
-	if l.compression != "gzip" || l.chunked != nil || l.table == nil || l.table.Spans == nil {
+	if t := l.tbl(); l.compression != "gzip" || l.chunks() != nil || t == nil || t.Spans == nil {
 		return false
 	}
 	l.im.bg.Go(func() error {
@@ -79,8 +79,9 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ents) == 0 && l.table.TarSize > 1024 { // more than an empty tar's end blocks
-		return nil, fmt.Errorf("%w: no entries for a %d-byte tar", index.ErrFormat, l.table.TarSize)
+	tarSize := l.tbl().TarSize
+	if len(ents) == 0 && tarSize > 1024 { // more than an empty tar's end blocks
+		return nil, fmt.Errorf("%w: no entries for a %d-byte tar", index.ErrFormat, tarSize)
 	}
 	start := time.Now()
 	p, err := cache.CreateTree(l.diffID, treeFileMin)
@@ -93,14 +94,14 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decompressing the verified blob: %w", err)
 	}
-	files, err := extract(zr, ents, l.diffID, l.table.TarSize, p)
+	files, err := extract(zr, ents, l.diffID, tarSize, p)
 	if err != nil {
 		return nil, err
 	}
 	if err := p.Commit(); err != nil {
 		return nil, err
 	}
-	l.im.log.Info("layer extracted into the cache", "layer", l.desc.Digest, "files", files, "tar_bytes", l.table.TarSize,
+	l.im.log.Info("layer extracted into the cache", "layer", l.desc.Digest, "files", files, "tar_bytes", tarSize,
 		"duration", time.Since(start).Round(time.Millisecond))
 	return cache.OpenTree(l.diffID, treeFileMin)
 }
@@ -109,8 +110,9 @@ func (l *layer) makeTree(ctx context.Context) (*fetch.Tree, error) {
 // file (the one in use, or the one kept in the cache for a table built
 // here) if it was released to save memory.
 func (l *layer) entries() ([]index.Entry, error) {
-	if ents := l.heldEntries(); ents != nil {
-		return ents, nil
+	held := l.tbl()
+	if held.Entries != nil {
+		return held.Entries, nil
 	}
 	src := l.indexSrc
 	if src == nil {
@@ -125,7 +127,7 @@ func (l *layer) entries() ([]index.Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the layer's index again: %w", err)
 	}
-	if t.DiffID != l.diffID || t.TarSize != l.table.TarSize {
+	if t.DiffID != l.diffID || t.TarSize != held.TarSize {
 		return nil, fmt.Errorf("%w: the layer's index read again is of another tar (DiffID %s, %d bytes)", index.ErrFormat, t.DiffID, t.TarSize)
 	}
 	return t.Entries, nil

@@ -42,12 +42,10 @@ func (im *Image) LayerViews() ([]*Tree, error) {
 		}
 		tables := make([]*index.Table, len(im.layers))
 		for i, l := range im.layers {
-			l.emu.Lock()
-			t := l.table
+			t := l.tbl()
 			// A tar with an entry is longer than its two closing zero
 			// blocks: no entries then means ReleaseEntries dropped them.
 			released := t != nil && t.Entries == nil && t.TarSize > 1024
-			l.emu.Unlock()
 			if t == nil || released {
 				v.err = fmt.Errorf("layer views: layer %d (%s) has no entry table (compute views before ReleaseEntries)", i, l.desc.Digest)
 				return

@@ -39,10 +39,8 @@ func (im *Image) PodmanLayerViews() (trees []*Tree, tarSizes []int64, err error)
 		}
 		tables := make([]*index.Table, len(im.layers))
 		for i, l := range im.layers {
-			l.emu.Lock()
-			t := l.table
+			t := l.tbl()
 			released := t != nil && t.Entries == nil && t.TarSize > 1024
-			l.emu.Unlock()
 			if t == nil || released {
 				v.err = fmt.Errorf("podman layer views: layer %d (%s) has no entry table (compute views before ReleaseEntries)", i, l.desc.Digest)
 				return
