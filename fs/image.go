@@ -101,6 +101,8 @@ type Image struct {
 	passthroughFiles atomic.Int64
 	passthrough      bool          // set by Mount: hand extracted files to the kernel
 	quietUntil       atomic.Int64  // Unix ns: until then background streams wait for quiet (prefetch.go)
+	views            imageViews    // per-layer views, computed on first use (views.go)
+	podmanViews      podmanViews   // podman's flavour of them (views_podman.go)
 	keeping          chan struct{} // runs of fetched spans waiting to be written to the disk cache (layer.keep)
 	cacheHits        atomic.Int64
 	cacheMisses      atomic.Int64

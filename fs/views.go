@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 
@@ -10,7 +9,8 @@ import (
 	"github.com/ocifs/ocifs/index"
 )
 
-// imageViews are the per-layer views of a loaded image, computed once.
+// imageViews are the per-layer views of a loaded image, computed once
+// (Image.views).
 type imageViews struct {
 	once  sync.Once
 	trees []*Tree
@@ -21,8 +21,6 @@ type imageViews struct {
 	sparse map[*Node]*Node
 }
 
-var imageViewsOf sync.Map // *Image -> *imageViews
-
 // LayerViews returns the view of every layer of the loaded image (see
 // [LayerViews]): layer i's tree as containerd's applier writes it for its
 // overlayfs snapshotter. They are computed once, from the entry tables, so
@@ -30,27 +28,12 @@ var imageViewsOf sync.Map // *Image -> *imageViews
 // progressive load has no tables to compute them from until its streams
 // end: it is an error.
 func (im *Image) LayerViews() ([]*Tree, error) {
-	v := im.views()
+	v := &im.views
 	v.once.Do(func() {
-		if im.prog != nil {
-			v.err = errors.New("layer views of a progressive load: load the image without Options.Progressive")
+		tables, err := im.viewTables("layer views")
+		if err != nil {
+			v.err = err
 			return
-		}
-		if im.Tree() == nil {
-			v.err = errors.New("layer views of an image not loaded")
-			return
-		}
-		tables := make([]*index.Table, len(im.layers))
-		for i, l := range im.layers {
-			t := l.tbl()
-			// A tar with an entry is longer than its two closing zero
-			// blocks: no entries then means ReleaseEntries dropped them.
-			released := t != nil && t.Entries == nil && t.TarSize > 1024
-			if t == nil || released {
-				v.err = fmt.Errorf("layer views: layer %d (%s) has no entry table (compute views before ReleaseEntries)", i, l.desc.Digest)
-				return
-			}
-			tables[i] = t
 		}
 		v.trees, v.err = LayerViews(tables)
 		if v.err == nil {
@@ -83,15 +66,30 @@ func (im *Image) LayerDigests() (digests, diffIDs []digest.Digest) {
 	return digests, diffIDs
 }
 
-func (im *Image) views() *imageViews {
-	v, _ := imageViewsOf.LoadOrStore(im, &imageViews{})
-	return v.(*imageViews)
+// viewTables returns the entry table of every layer of the loaded image,
+// for what (the views) to be computed from: an error for a progressive load
+// (no tables until its streams end), an image not loaded, or tables whose
+// entries ReleaseEntries dropped.
+func (im *Image) viewTables(what string) ([]*index.Table, error) {
+	if im.prog != nil {
+		return nil, fmt.Errorf("%s of a progressive load: load the image without Options.Progressive", what)
+	}
+	if im.Tree() == nil {
+		return nil, fmt.Errorf("%s of an image not loaded", what)
+	}
+	tables := make([]*index.Table, len(im.layers))
+	for i, l := range im.layers {
+		t := l.tbl()
+		// A tar with an entry is longer than its two closing zero
+		// blocks: no entries then means ReleaseEntries dropped them.
+		released := t != nil && t.Entries == nil && t.TarSize > 1024
+		if t == nil || released {
+			return nil, fmt.Errorf("%s: layer %d (%s) has no entry table (compute views before ReleaseEntries)", what, i, l.desc.Digest)
+		}
+		tables[i] = t
+	}
+	return tables, nil
 }
-
-// DropLayerViews forgets the image's views (they are kept, once computed,
-// until this is called): call it when closing an image whose views were
-// served.
-func (im *Image) DropLayerViews() { imageViewsOf.Delete(im) }
 
 // viewSparse maps each sparse file of the views to the merged tree's node
 // of the same bytes (same layer, same tar offset), or to nil when the
@@ -133,7 +131,7 @@ func viewSparse(tables []*index.Table, merged *Tree, views []*Tree) map[*Node]*N
 // which carries its sparse map. A sparse file the merged tree does not
 // hold cannot be read through its map: an error, never its packed bytes.
 func (im *Image) viewNode(n *Node) (*Node, error) {
-	m, ok := im.views().sparse[n]
+	m, ok := im.views.sparse[n]
 	switch {
 	case !ok:
 		return n, nil

@@ -1,22 +1,18 @@
 package fs
 
 import (
-	"errors"
 	"fmt"
 	"sync"
-
-	"github.com/ocifs/ocifs/index"
 )
 
-// podmanViews are the podman views of a loaded image, computed once.
+// podmanViews are the podman views of a loaded image, computed once
+// (Image.podmanViews).
 type podmanViews struct {
 	once  sync.Once
 	trees []*Tree
 	sizes []int64 // each layer's uncompressed tar size
 	err   error
 }
-
-var podmanViewsOf sync.Map // *Image -> *podmanViews
 
 // PodmanLayerViews returns the view of every layer of the loaded image as
 // podman's overlay driver writes it (see the function [PodmanLayerViews]),
@@ -26,39 +22,23 @@ var podmanViewsOf sync.Map // *Image -> *podmanViews
 // sparse file reads through the merged tree's map, which only the
 // containerd views keep ([Image.LayerViews]).
 func (im *Image) PodmanLayerViews() (trees []*Tree, tarSizes []int64, err error) {
-	v0, _ := podmanViewsOf.LoadOrStore(im, &podmanViews{})
-	v := v0.(*podmanViews)
+	v := &im.podmanViews
 	v.once.Do(func() {
-		if im.prog != nil {
-			v.err = errors.New("podman layer views of a progressive load: load the image without Options.Progressive")
+		tables, err := im.viewTables("podman layer views")
+		if err != nil {
+			v.err = err
 			return
 		}
-		if im.Tree() == nil {
-			v.err = errors.New("podman layer views of an image not loaded")
-			return
-		}
-		tables := make([]*index.Table, len(im.layers))
-		for i, l := range im.layers {
-			t := l.tbl()
-			released := t != nil && t.Entries == nil && t.TarSize > 1024
-			if t == nil || released {
-				v.err = fmt.Errorf("podman layer views: layer %d (%s) has no entry table (compute views before ReleaseEntries)", i, l.desc.Digest)
-				return
-			}
+		for i, t := range tables {
 			for j := range t.Entries {
 				if t.Entries[j].Sparse != nil {
-					v.err = fmt.Errorf("podman layer views: layer %d (%s) has a sparse file (%s), which an additional layer store does not serve", i, l.desc.Digest, t.Entries[j].Name)
+					v.err = fmt.Errorf("podman layer views: layer %d (%s) has a sparse file (%s), which an additional layer store does not serve", i, im.layers[i].desc.Digest, t.Entries[j].Name)
 					return
 				}
 			}
-			tables[i] = t
 			v.sizes = append(v.sizes, t.TarSize)
 		}
 		v.trees, v.err = PodmanLayerViews(tables)
 	})
 	return v.trees, v.sizes, v.err
 }
-
-// DropPodmanLayerViews forgets the image's podman views: call it when
-// closing an image whose podman views were served.
-func (im *Image) DropPodmanLayerViews() { podmanViewsOf.Delete(im) }

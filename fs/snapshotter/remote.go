@@ -333,7 +333,6 @@ func (r *Remote) unref(ri *remoteImage) *fs.Image {
 }
 
 func (r *Remote) closeImage(im *fs.Image) {
-	im.DropLayerViews()
 	if err := im.Close(); err != nil {
 		r.log.Warn("close image", "image", im.Ref(), "err", err)
 	}

@@ -203,7 +203,6 @@ func (img *image) close() {
 		b.close()
 	}
 	img.smu.Unlock()
-	img.im.DropPodmanLayerViews()
 	img.im.Close()
 }
 
