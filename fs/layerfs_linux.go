@@ -239,34 +239,50 @@ func (l *LayerFS) Names() []string {
 // returns; those containers' reads of their lower layers fail once this
 // process exits.
 func (l *LayerFS) Unmount() error {
-	var err error
-	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
-		if err = syscall.Unmount(l.Dir, 0); err != syscall.EBUSY {
-			break
-		}
-		time.Sleep(delay)
-	}
-	if err == syscall.EBUSY {
-		err = syscall.Unmount(l.Dir, syscall.MNT_DETACH)
-	}
+	ended, err := UnmountServer(l.Dir, l.server)
 	if err != nil {
 		return fmt.Errorf("unmount layers at %s: %w", l.Dir, err)
 	}
-	ended := make(chan struct{})
-	go func() {
-		l.server.Wait()
-		close(ended)
-	}()
-	select {
-	case <-ended:
+	if ended {
 		l.log.Info("layers unmounted", "path", l.Dir)
-	case <-time.After(endWait):
+	} else {
 		l.log.Warn("layers unmounted, still in use by the overlay mounts of running containers: their reads fail once this process exits", "path", l.Dir)
 	}
 	return nil
 }
 
-// endWait is how long Unmount waits for the kernel to end the connection.
+// UnmountServer unmounts dir, served by server: retrying a moment while
+// it is busy, then detaching it. It waits at most endWait for the FUSE
+// connection to end and reports whether it did: overlay mounts of running
+// containers keep the connection (they hold private copies of their lower
+// directories' mount), however the mount itself goes.
+func UnmountServer(dir string, server *fuse.Server) (ended bool, err error) {
+	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
+		if err = syscall.Unmount(dir, 0); err != syscall.EBUSY {
+			break
+		}
+		time.Sleep(delay)
+	}
+	if err == syscall.EBUSY {
+		err = syscall.Unmount(dir, syscall.MNT_DETACH)
+	}
+	if err != nil {
+		return false, err
+	}
+	done := make(chan struct{})
+	go func() {
+		server.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true, nil
+	case <-time.After(endWait):
+		return false, nil
+	}
+}
+
+// endWait is how long UnmountServer waits for the kernel to end the connection.
 const endWait = time.Second
 
 // layersRoot is the mount's root: one directory per name.

@@ -159,28 +159,13 @@ func Mount(ctx context.Context, dir string, opts Options) (*Store, error) {
 // keep their overlay mounts, whose reads of the store fail once this
 // process exits.
 func (s *Store) Unmount() error {
-	var err error
-	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
-		if err = syscall.Unmount(s.Dir, 0); err != syscall.EBUSY {
-			break
-		}
-		time.Sleep(delay)
-	}
-	if err == syscall.EBUSY {
-		err = syscall.Unmount(s.Dir, syscall.MNT_DETACH)
-	}
+	ended, err := fs.UnmountServer(s.Dir, s.server)
 	if err != nil {
 		return fmt.Errorf("unmount layer store at %s: %w", s.Dir, err)
 	}
-	ended := make(chan struct{})
-	go func() {
-		s.server.Wait()
-		close(ended)
-	}()
-	select {
-	case <-ended:
+	if ended {
 		s.log.Info("layer store unmounted", "path", s.Dir)
-	case <-time.After(time.Second):
+	} else {
 		s.log.Warn("layer store unmounted, still in use by the overlay mounts of running containers: their reads fail once this process exits", "path", s.Dir)
 	}
 	s.cancel()
