@@ -13,8 +13,7 @@ import (
 // (tar-split refuses duplicates), hardlinks to a path no earlier entry of
 // the layer wrote (a lower layer's: ENOENT), and whiteouts of a path an
 // earlier entry of the layer wrote or wrote below (EEXIST). It returns
-// the entries kept and a line per entry left out. (The package's tests
-// keep their own copy, dropUnpullable; this one is for other packages.)
+// the entries kept and a line per entry left out.
 func DropUnpullable(files []fstest.File) (kept []fstest.File, dropped []string) {
 	clean := func(p string) string { return path.Clean("/" + p) }
 	last := map[string]int{}

@@ -6,7 +6,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path"
 	"strings"
 	"testing"
 	"time"
@@ -168,7 +167,7 @@ func cornerBusybox(t testing.TB) *fstest.Image {
 	layers := fstest.Corners()
 	for i := range layers {
 		var dropped []string
-		layers[i].Files, dropped = dropUnpullable(layers[i].Files)
+		layers[i].Files, dropped = DropUnpullable(layers[i].Files)
 		for _, d := range dropped {
 			t.Logf("corner layer %d: left out %s", i, d)
 		}
@@ -178,46 +177,6 @@ func cornerBusybox(t testing.TB) *fstest.Image {
 		t.Fatal(err)
 	}
 	return im
-}
-
-// dropUnpullable removes from one layer's entries all but the last of
-// each name, then the hardlinks to a path no earlier entry of the layer
-// wrote and the whiteouts of a path an earlier entry of the layer wrote
-// (or wrote below).
-func dropUnpullable(files []fstest.File) (kept []fstest.File, dropped []string) {
-	clean := func(p string) string { return path.Clean("/" + p) }
-	last := map[string]int{}
-	for i, f := range files {
-		last[clean(f.Header.Name)] = i
-	}
-	written := map[string]bool{}
-	wroteAt := func(p string) bool {
-		for w := range written {
-			if w == p || strings.HasPrefix(w, p+"/") {
-				return true
-			}
-		}
-		return false
-	}
-	for i, f := range files {
-		name := clean(f.Header.Name)
-		dir, base := path.Split(name)
-		if last[name] != i {
-			dropped = append(dropped, f.Header.Name+" (the same name comes again in this layer)")
-			continue
-		}
-		if target, ok := strings.CutPrefix(base, ".wh."); ok && target != ".wh..opq" && wroteAt(path.Join(dir, target)) {
-			dropped = append(dropped, f.Header.Name+" (whites out its own layer's "+path.Join(dir, target)+")")
-			continue
-		}
-		if f.Header.Typeflag == tar.TypeLink && !written[clean(f.Header.Linkname)] {
-			dropped = append(dropped, f.Header.Name+" -> "+f.Header.Linkname+" (a hardlink to a lower layer)")
-			continue
-		}
-		written[name] = true
-		kept = append(kept, f)
-	}
-	return kept, dropped
 }
 
 // smallImage is two gzip layers: busybox and a file, then a whiteout of
