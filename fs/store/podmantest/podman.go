@@ -97,6 +97,11 @@ type Podman struct {
 	debug  bool
 	holder *exec.Cmd // the process keeping the mount namespace alive
 	mntNS  string    // its /proc/<pid>/ns/mnt link target, "mnt:[inode]"
+	// nsFile holds the namespace open from Start until Stop has seen
+	// the last process of it go: a namespace's inode number is reused
+	// once nothing refers to it, and a process of a namespace made
+	// afterwards (another test's holder) would otherwise match mntNS.
+	nsFile *os.File
 	exited chan struct{}
 	// uppers maps each shadowed host directory to the overlay upper
 	// directory that took podman's writes to it.
@@ -285,11 +290,18 @@ func (p *Podman) startNamespace(ctx context.Context) error {
 		err = errors.New("no answer in 30s")
 	}
 	if err == nil {
+		p.nsFile, err = os.Open(fmt.Sprintf("/proc/%d/ns/mnt", cmd.Process.Pid))
+	}
+	if err == nil {
 		p.mntNS, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", cmd.Process.Pid))
 	}
 	if err != nil {
 		cmd.Process.Kill()
 		<-p.exited
+		if p.nsFile != nil {
+			p.nsFile.Close()
+			p.nsFile = nil
+		}
 		return fmt.Errorf("start podman namespace: %w: %s", err, stderr.String())
 	}
 	return nil

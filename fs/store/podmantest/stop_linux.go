@@ -73,6 +73,17 @@ func (p *Podman) Stop() error {
 	if err := p.removeCgroups(); err != nil {
 		errs = append(errs, err)
 	}
+	// The namespace's inode may be reused once nsFile is closed: look
+	// for its processes one last time while it cannot be.
+	if pids, err := p.processes(); err != nil {
+		errs = append(errs, err)
+	} else if len(pids) > 0 {
+		errs = append(errs, fmt.Errorf("processes %v still there after the namespace ended", pids))
+	}
+	if p.nsFile != nil {
+		p.nsFile.Close()
+		p.nsFile = nil
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop podman %s: %w", p.dir, err)
 	}
@@ -113,8 +124,8 @@ func (p *Podman) killAll() error {
 
 // processes returns the live processes of the instance, the holder left
 // out: those in its mount namespace (podman, conmon, cleanup commands)
-// and those in its cgroup parent (containers, which runc puts in mount
-// namespaces of their own).
+// while nsFile holds it, and those in its cgroup parent (containers,
+// which runc puts in mount namespaces of their own).
 func (p *Podman) processes() ([]int, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -137,7 +148,7 @@ func (p *Podman) processes() ([]int, error) {
 			continue
 		}
 		ns, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns/mnt"))
-		if (err == nil && ns == p.mntNS) || inCgroup[pid] {
+		if (err == nil && p.nsFile != nil && ns == p.mntNS) || inCgroup[pid] {
 			out = append(out, pid)
 		}
 	}
