@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fetch"
-	"github.com/ocifs/ocifs/fs"
 )
 
 // sizeValue is a pflag.Value for byte sizes: "500M", "10G", "1.5T",
@@ -64,32 +63,6 @@ func parseSize(v string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size such as 500M, 10G or 1.5T", v)
 	}
 	return int64(f * mult), nil
-}
-
-// mountPins are the cache entries a mount of im cannot do without: its
-// manifest, config and image index, each layer's index, and the blob and
-// uncompressed tar of a layer served whole. What a mount can fetch again and
-// check against the digests it holds is not pinned, so that a bound smaller
-// than the image can hold: the compressed blob of a layer read by spans or
-// chunks (a read goes to the registry, checked against the span or chunk
-// digest), cached spans and chunks, and extracted trees (an open file stays
-// readable; a tree that is gone is read through the layer again).
-func mountPins(im *fs.Image) []fetch.PinEntry {
-	fi := im.Fetched()
-	pins := []fetch.PinEntry{{Digest: fi.ManifestDigest}, {Digest: fi.ConfigDigest}}
-	if fi.IndexDigest != "" {
-		pins = append(pins, fetch.PinEntry{Digest: fi.IndexDigest})
-	}
-	for _, l := range im.Layers() {
-		pins = append(pins, fetch.PinEntry{Kind: fetch.KindIndex, Digest: l.Digest})
-		if l.Mode == fs.ModeWhole {
-			pins = append(pins, fetch.PinEntry{Kind: fetch.KindBlob, Digest: l.Digest})
-			if l.DiffID != "" {
-				pins = append(pins, fetch.PinEntry{Kind: fetch.KindBlob, Digest: l.DiffID})
-			}
-		}
-	}
-	return pins
 }
 
 // defaultTrimEvery is how often a daemon with --cache-max trims the cache.

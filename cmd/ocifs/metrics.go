@@ -36,12 +36,15 @@ func startMetrics(e *env, addr string) (*daemonMetrics, error) {
 }
 
 // add counts what client fetches and im serves.
-func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) {
+// add counts what im serves and client fetches; the func it returns
+// stops counting im (call it before im closes; its counts stay in the
+// totals).
+func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) (remove func()) {
 	if d == nil {
-		return
+		return func() {}
 	}
 	d.m.AddClient(client)
-	d.m.AddImage(im, client)
+	return d.m.AddImage(im, client)
 }
 
 func (d *daemonMetrics) ready(took time.Duration) {

@@ -386,7 +386,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	mx.add(client, im)
 	// What this mount uses stays in the cache while it lives, whatever
 	// trims it (this daemon's --cache-max, another's, cache prune).
-	pin, err := client.Cache().Pin(mountName(dir), mountPins(im))
+	pin, err := client.Cache().Pin(mountName(dir), im.CacheEntries())
 	if err != nil {
 		im.Close()
 		return err

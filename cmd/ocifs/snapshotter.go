@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -121,30 +120,12 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, uerr)
 		}
 	}()
-	// Each image loaded is counted by the metrics, and what it cannot do
-	// without (manifest, config, indexes) is pinned in the cache until the
-	// snapshotter stops, whatever trims it.
-	var pinMu sync.Mutex
-	var pins []*fetch.Pin
-	defer func() {
-		pinMu.Lock()
-		defer pinMu.Unlock()
-		for _, p := range pins {
-			p.Release()
-		}
-	}()
-	onLoad := func(im *fs.Image, took time.Duration) {
-		mx.add(client, im)
+	// Each image loaded is counted by the metrics while it is served (the
+	// Remote pins its cache entries for as long).
+	onLoad := func(im *fs.Image, took time.Duration) func() {
+		unmeasure := mx.add(client, im)
 		mx.ready(took)
-		pinMu.Lock()
-		defer pinMu.Unlock()
-		name := fmt.Sprintf("snapshotter-%d-%d-%s", os.Getpid(), len(pins), im.Fetched().ManifestDigest.Encoded()[:12])
-		p, err := client.Cache().Pin(name, mountPins(im))
-		if err != nil {
-			e.log.Warn("pin an image's entries in the cache", "image", im.Ref(), "err", err)
-			return
-		}
-		pins = append(pins, p)
+		return unmeasure
 	}
 	if o.cacheMax > 0 {
 		bg, stopBg := context.WithCancel(context.Background())

@@ -373,6 +373,14 @@ func TestCRIRemote(t *testing.T) {
 					// The root, read whole, equals containerd's overlayfs's.
 					compareRoots(t, "container root on ocifs", runRoot(t, ctx, cl, pod, "sleep", ref), want)
 
+					// While the images are served, what they cannot do without
+					// is pinned: a trim leaves it.
+					dc := od.client.Cache()
+					if res, err := dc.Trim(fetch.TrimOptions{MaxBytes: 1 << 62}); err != nil {
+						t.Fatal(err)
+					} else if res.Pinned == 0 || res.Removed != 0 {
+						t.Errorf("trim while the images are served: %+v, want entries pinned and nothing removed", res)
+					}
 					if err := cl.RemovePod(ctx, pod.ID); err != nil {
 						t.Fatal(err)
 					}
@@ -383,6 +391,16 @@ func TestCRIRemote(t *testing.T) {
 					}
 					if names := od.lfs.Names(); len(names) != 0 {
 						t.Errorf("after RemoveImage the LayerFS serves %v, want nothing (the pause layer was not asked for since the restart)", names)
+					}
+					// crictl rmi removed the snapshots, and with them the pins:
+					// `ocifs cache prune --max-size` (a trim) frees every byte.
+					tr, err := dc.Trim(fetch.TrimOptions{MaxBytes: 1})
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Logf("trim after RemoveImage: %+v", tr)
+					if tr.Pinned != 0 || tr.Freed == 0 || tr.Left != 0 {
+						t.Errorf("trim after RemoveImage: %+v, want nothing pinned, bytes freed, nothing left", tr)
 					}
 				})
 			}
