@@ -26,7 +26,7 @@ func (im *Image) errno(ctx context.Context, n *Node, off int64, err error) sysca
 	// The kernel retries a failed read (and readahead asks too): say it once
 	// per file at Error, the repeats at Debug.
 	level := slog.LevelError
-	if _, seen := im.refused.LoadOrStore(n.ID, true); seen {
+	if _, seen := im.refused.LoadOrStore(n, true); seen {
 		level = slog.LevelDebug
 	}
 	im.log.Log(ctx, level, what, "inode", n.ID, "layer", im.layers[n.Layer].desc.Digest, "off", off, "err", err)

@@ -107,7 +107,7 @@ type Image struct {
 	cacheHits        atomic.Int64
 	cacheMisses      atomic.Int64
 	verifyFailures   atomic.Int64
-	refused          sync.Map // inode numbers whose EIO has been logged at Error
+	refused          sync.Map // *Node whose EIO has been logged at Error (not the inode number: the views of two layers number their nodes alike)
 
 	// refusal is what verified bytes contradict in the tree, once a
 	// layer's check has found its table in use disagreeing with them
