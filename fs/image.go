@@ -62,6 +62,13 @@ type Options struct {
 	// NoRemoteIndex skips looking for index artifacts in the registry.
 	NoRemoteIndex bool
 
+	// IndexRepos are repositories ("HOST/REPO") where index artifacts of
+	// images are looked for, in order, after the image's own repository,
+	// by the image's manifest digest (an index repository: see
+	// [Image.PushIndexTo]). What they hold is checked as an index from the
+	// image's repository is.
+	IndexRepos []string
+
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
 	PrefetchRate int64
@@ -187,8 +194,8 @@ func (im *Image) plan(ctx context.Context) error {
 		}
 		for _, l := range unindexed {
 			if d, ok := remote[l.desc.Digest]; ok {
-				l.remote = &d
-				l.mode, l.why = ModeIndex, "ocifs index from the registry ("+d.Annotations[referrerAnnotation]+")"
+				l.remote, l.remoteFrom = &d.desc, d.from
+				l.mode, l.why = ModeIndex, "ocifs index from "+im.indexWhere(d.from)+" ("+d.desc.Annotations[referrerAnnotation]+")"
 			}
 		}
 	}

@@ -80,6 +80,9 @@ type globals struct {
 	// (fetch.Options.HostsDir, RegistriesConf); "" reads none.
 	hostsDir       string
 	registriesConf string
+	// indexRepos are --index-repo: repositories where indexes of images
+	// are looked for after the image's own (fs.Options.IndexRepos).
+	indexRepos []string
 	// progress is --progress (auto, plain, none); progressEvery is how
 	// often plain progress prints a line.
 	progress      string
@@ -98,6 +101,7 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&g.insecureLazy, "insecure-lazy", false, "serve eStargz and zstd:chunked layers lazily even when no digest annotation\nbinds their TOC to the manifest (by default such layers are fetched and verified whole)")
 	fs.StringVar(&g.hostsDir, "hosts-dir", "", "registry mirrors from a containerd hosts `DIR` (one directory per registry with a hosts.toml:\nmirrors in order, server, capabilities, ca, skip_verify, header), usually "+fetch.DefaultHostsDir+";\na mirror that fails hands the request to the next host, and digests make any mirror safe (default: none)")
 	fs.StringVar(&g.registriesConf, "registries-conf", "", "registry mirrors, rewrites and blocks from a containers-registries.conf(5) `FILE` and its FILE.d,\nusually "+fetch.DefaultRegistriesConf+" (default: none; names it matches do not use --hosts-dir)")
+	fs.StringSliceVar(&g.indexRepos, "index-repo", nil, "also look for ocifs indexes of an image in the index repository `REGISTRY/REPO`, by the image's manifest\ndigest, after the image's own repository (repeatable, in order); 'index build --push' stores them in the first.\nFor images one cannot push to; what is found there is verified as from the image's repository (default: none)")
 	fs.StringVar(&g.progress, "progress", progressAuto, "progress of long work (pull, index build, cache verify, a mount streaming its layers) on stderr:\n`auto` (bars on a terminal, else plain), plain (a line every 5s) or none")
 	fs.DurationVar(&g.progressEvery, "progress-interval", defaultProgressEvery, "how often plain progress prints a line")
 	_ = fs.MarkHidden("progress-interval")
@@ -247,6 +251,11 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	}
 	if _, err := fetch.ParsePlatform(g.platform); err != nil {
 		return &usageError{cmd: cmd, msg: "--platform: " + err.Error()}
+	}
+	for _, r := range g.indexRepos {
+		if _, err := fetch.ParseRepository(r); err != nil {
+			return &usageError{cmd: cmd, msg: "--index-repo: " + err.Error()}
+		}
 	}
 	if err := checkProgress(g.progress); err != nil {
 		return &usageError{cmd: cmd, msg: err.Error()}

@@ -379,7 +379,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	rate, _ := parseRate(o.rate) // checked by runMount
 	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
-		InsecureLazy: e.g.insecureLazy})
+		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos})
 	if err != nil {
 		return err
 	}
@@ -733,6 +733,9 @@ func globalArgs(g *globals) []string {
 	}
 	if g.registriesConf != "" {
 		args = append(args, "--registries-conf="+g.registriesConf)
+	}
+	for _, r := range g.indexRepos {
+		args = append(args, "--index-repo="+r)
 	}
 	return args
 }

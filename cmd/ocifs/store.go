@@ -85,7 +85,7 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 	}
 	// The loads outlive the signal that ends ctx until Unmount cancels them.
 	s, err := store.Mount(context.WithoutCancel(ctx), dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos}})
 	if err != nil {
 		return withHint(err, needFUSE)
 	}

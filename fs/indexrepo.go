@@ -1,0 +1,98 @@
+package fs
+
+import (
+	"context"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocifs/ocifs/fetch"
+)
+
+// An index repository holds the ocifs indexes of images that live
+// elsewhere, where one cannot push (docker.io/library/python): each index
+// artifact there has the image's manifest as its subject, exactly as it
+// would in the image's own repository, and is found by that manifest
+// digest (the referrers API of the index repository, or its sha256-<hex>
+// fallback tag). Nothing found there is trusted more than an index from
+// the image's repository: the artifact must name this image's manifest, its
+// blobs must match their digests, and each index must name its layer's
+// digest and DiffID (layer.valid); anything else is logged and the layer
+// streams.
+
+// remoteIndex is an index blob found for a layer, and the repository it is
+// in (the image's own, or an index repository).
+type remoteIndex struct {
+	desc ocispec.Descriptor
+	from *fetch.Image
+}
+
+// indexSources returns where index artifacts are looked for, in order: the
+// image's own repository, then each of Options.IndexRepos. A repository
+// that cannot be named (its registry's mirror configuration is wrong) is
+// logged and left out.
+func (im *Image) indexSources() []*fetch.Image {
+	out := []*fetch.Image{im.img}
+	for _, repo := range im.opts.IndexRepos {
+		there, err := im.img.InRepository(repo)
+		if err != nil {
+			im.log.Warn("index repository unusable; not looked in", "source", repo, "err", err)
+			continue
+		}
+		out = append(out, there)
+	}
+	return out
+}
+
+// indexWhere names src for a layer's why: "the registry" for the image's
+// own repository, else "index repository HOST/REPO".
+func (im *Image) indexWhere(src *fetch.Image) string {
+	if src == nil || src == im.img {
+		return "the registry"
+	}
+	return "index repository " + src.Source()
+}
+
+// hasLayer reports whether d is the digest of one of the image's layers.
+func (im *Image) hasLayer(d digest.Digest) bool {
+	for _, l := range im.layers {
+		if l.desc.Digest == d {
+			return true
+		}
+	}
+	return false
+}
+
+// allIndexed reports whether found has an index for every layer that could
+// use one (none is looked for elsewhere then).
+func (im *Image) allIndexed(found map[digest.Digest]remoteIndex) bool {
+	for _, l := range im.layers {
+		if _, ok := found[l.desc.Digest]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// indexImage is where the layer's registry index (remote) is: its reads go
+// there, not necessarily to the image's own repository.
+func (l *layer) indexImage() *fetch.Image {
+	if l.remoteFrom != nil {
+		return l.remoteFrom
+	}
+	return l.im.img
+}
+
+// PushIndexTo is [Image.PushIndex] into another repository ("HOST/REPO"),
+// an index repository: the artifact's subject is still this image's
+// manifest, so a mount of the image given that repository
+// (Options.IndexRepos) finds it by the manifest digest, whatever repository
+// the image itself is in. Credentials and mirrors for repo's registry come
+// from the client's configuration, as for an image there.
+func (im *Image) PushIndexTo(ctx context.Context, repo string) (ocispec.Descriptor, error) {
+	dst, err := im.img.InRepository(repo)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return im.pushIndex(ctx, dst)
+}
