@@ -252,7 +252,7 @@ func flagUsages(fs *pflag.FlagSet) string {
 		if varname != "" && f.Value.Type() != "bool" {
 			left += " " + varname
 		}
-		if d := f.DefValue; d != "" && d != "false" && d != "0" && d != "[]" && f.Value.Type() != "bool" {
+		if d := f.DefValue; d != "" && d != "false" && d != "0" && f.Value.Type() != "bool" {
 			usage += fmt.Sprintf(" (default %q)", d)
 		}
 		lines = append(lines, line{left, usage})
