@@ -69,6 +69,14 @@ type Options struct {
 	// image's repository is.
 	IndexRepos []string
 
+	// PushIndexTo, when set ("HOST/REPO"), is where the indexes of the
+	// layers this image streamed (no index anywhere) are pushed once each
+	// is built and the whole image's layers are verified, in the
+	// background, so that mounts elsewhere read them lazily: a cluster
+	// pays each stream once. It is also looked in, after IndexRepos. Off
+	// by default: it needs push access, and it writes to a registry.
+	PushIndexTo string
+
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
 	PrefetchRate int64
@@ -263,6 +271,12 @@ func (im *Image) Load(ctx context.Context) error {
 	}
 	im.tree.Store(tree)
 	im.log.Info("image loaded", "layers", len(im.layers), "inodes", tree.Nodes, "duration", time.Since(start).Round(time.Millisecond))
+	if blobs := im.builtIndexBlobs(); blobs != nil {
+		im.bg.Go(func() error {
+			im.pushBuilt(im.ctx, blobs)
+			return nil
+		})
+	}
 	return nil
 }
 

@@ -93,14 +93,24 @@ func (im *Image) PushIndex(ctx context.Context) (ocispec.Descriptor, error) {
 
 // pushIndex stores the indexes as an artifact in dst's repository.
 func (im *Image) pushIndex(ctx context.Context, dst *fetch.Image) (ocispec.Descriptor, error) {
+	blobs, err := im.indexBlobs(im.layers)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return pushIndexBlobs(ctx, dst, blobs)
+}
+
+// indexBlobs encodes the index of each of layers that has one (gzip and
+// plain tar layers) as an index blob.
+func (im *Image) indexBlobs(layers []*layer) ([]fetch.Blob, error) {
 	var blobs []fetch.Blob
-	for _, l := range im.layers {
+	for _, l := range layers {
 		if l.whole() {
 			continue
 		}
 		b, err := l.tbl().MarshalBinary()
 		if err != nil {
-			return ocispec.Descriptor{}, fmt.Errorf("layer %s: encoding index: %w", l.desc.Digest, err)
+			return nil, fmt.Errorf("layer %s: encoding index: %w", l.desc.Digest, err)
 		}
 		blobs = append(blobs, fetch.Blob{Data: b, Desc: ocispec.Descriptor{
 			MediaType:   fetch.MediaTypeIndexLayer,
@@ -110,8 +120,14 @@ func (im *Image) pushIndex(ctx context.Context, dst *fetch.Image) (ocispec.Descr
 		}})
 	}
 	if len(blobs) == 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("%s: no gzip or plain tar layer to index", im.img.Ref)
+		return nil, fmt.Errorf("%s: no gzip or plain tar layer to index", im.img.Ref)
 	}
+	return blobs, nil
+}
+
+// pushIndexBlobs pushes blobs as an index artifact referring to dst's
+// manifest, in dst's repository.
+func pushIndexBlobs(ctx context.Context, dst *fetch.Image, blobs []fetch.Blob) (ocispec.Descriptor, error) {
 	annotations := map[string]string{ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)}
 	return dst.PushReferrer(ctx, fetch.ArtifactTypeIndex, annotations, blobs)
 }

@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"slices"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -28,12 +30,17 @@ type remoteIndex struct {
 }
 
 // indexSources returns where index artifacts are looked for, in order: the
-// image's own repository, then each of Options.IndexRepos. A repository
+// image's own repository, then each of Options.IndexRepos, then
+// Options.PushIndexTo. A repository
 // that cannot be named (its registry's mirror configuration is wrong) is
 // logged and left out.
 func (im *Image) indexSources() []*fetch.Image {
 	out := []*fetch.Image{im.img}
-	for _, repo := range im.opts.IndexRepos {
+	repos := im.opts.IndexRepos
+	if p := im.opts.PushIndexTo; p != "" && !slices.Contains(repos, p) {
+		repos = append(slices.Clip(repos), p)
+	}
+	for _, repo := range repos {
 		there, err := im.img.InRepository(repo)
 		if err != nil {
 			im.log.Warn("index repository unusable; not looked in", "source", repo, "err", err)
@@ -95,4 +102,54 @@ func (im *Image) PushIndexTo(ctx context.Context, repo string) (ocispec.Descript
 		return ocispec.Descriptor{}, err
 	}
 	return im.pushIndex(ctx, dst)
+}
+
+// builtIndexBlobs returns, when Options.PushIndexTo is set, the encoded
+// indexes of the layers streamed and indexed here (each verified against
+// its digest and DiffID before its table was kept); nil when there are
+// none or no push is wanted. It encodes now, while the tables still have
+// their entries (before ReleaseEntries).
+func (im *Image) builtIndexBlobs() []fetch.Blob {
+	if im.opts.PushIndexTo == "" {
+		return nil
+	}
+	var streamed []*layer
+	for _, l := range im.layers {
+		l.mu.Lock()
+		built := l.built && l.table != nil && l.table.Spans != nil
+		l.mu.Unlock()
+		if built && l.mode == ModeStream && l.chunks() == nil {
+			streamed = append(streamed, l)
+		}
+	}
+	if len(streamed) == 0 {
+		return nil
+	}
+	blobs, err := im.indexBlobs(streamed)
+	if err != nil {
+		im.log.Warn("encoding the indexes built here; not pushed", "source", im.opts.PushIndexTo, "err", err)
+		return nil
+	}
+	return blobs
+}
+
+// pushBuilt pushes blobs (builtIndexBlobs) to Options.PushIndexTo as an
+// index artifact of this image.
+func (im *Image) pushBuilt(ctx context.Context, blobs []fetch.Blob) {
+	start := time.Now()
+	dst, err := im.img.InRepository(im.opts.PushIndexTo)
+	if err == nil {
+		var d ocispec.Descriptor
+		if d, err = pushIndexBlobs(ctx, dst, blobs); err == nil {
+			im.log.Info("pushed the indexes built here", "source", dst.Source(), "digest", d.Digest, "layers", len(blobs),
+				"duration", time.Since(start).Round(time.Millisecond))
+			return
+		}
+	}
+	if ctx.Err() != nil {
+		im.log.Info("push of the indexes built here cancelled", "source", im.opts.PushIndexTo)
+		return
+	}
+	im.log.Warn("pushing the indexes built here; other machines will stream these layers too", "source", im.opts.PushIndexTo,
+		"layers", len(blobs), "err", err)
 }

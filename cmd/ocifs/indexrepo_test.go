@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -139,7 +140,12 @@ func TestCLIIndexRepo(t *testing.T) {
 	indexDigest := digest.FromBytes(blob)
 	t.Logf("layer %s: %d bytes; index blob %s in %s: %d bytes", layer.Digest, layer.Size, indexDigest, repoB, len(blob))
 
+	var mountWaiting func(t *testing.T, waitLog string, args ...string) indexRepoMount
 	mount := func(t *testing.T, args ...string) indexRepoMount {
+		t.Helper()
+		return mountWaiting(t, "", args...)
+	}
+	mountWaiting = func(t *testing.T, waitLog string, args ...string) indexRepoMount {
 		t.Helper()
 		// Short: the stats socket's path must fit in 108 bytes, and the
 		// subtests' names make t.TempDir long.
@@ -151,7 +157,7 @@ func TestCLIIndexRepo(t *testing.T) {
 		cache, dir := filepath.Join(short, "cache"), t.TempDir()
 		cleanupMount(t, cache, dir)
 		front.reset()
-		out, errs, code := execOcifs(t, bin, append(append([]string{"--cache-dir", cache}, args...), "mount", "--prefetch=none", ref, dir)...)
+		out, errs, code := execOcifs(t, bin, append(append([]string{"--cache-dir", cache, "mount", "--prefetch=none"}, args...), ref, dir)...)
 		if code != 0 {
 			t.Fatalf("ocifs mount: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 		}
@@ -160,11 +166,22 @@ func TestCLIIndexRepo(t *testing.T) {
 			t.Fatalf("read %s: %d bytes, %v; want the %d bytes of the image", ll.Probe.Header.Name, len(got), err, len(ll.Probe.Data))
 		}
 		var m indexRepoMount
+		logPath := namePaths(cache, dir).log
+		for waitLog != "" {
+			if b, _ := os.ReadFile(logPath); strings.Contains(string(b), waitLog) {
+				break
+			}
+			select {
+			case <-t.Context().Done():
+				t.Fatalf("the daemon never logged %q", waitLog)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		out, errs, code = execOcifs(t, bin, "--cache-dir", cache, "stats", "--json", dir)
 		if code != 0 || json.Unmarshal([]byte(out), &m.stats) != nil || len(m.stats.Layers) != 1 {
 			t.Fatalf("ocifs stats --json: exit %d\n%s%s", code, out, errs)
 		}
-		log, _ := os.ReadFile(namePaths(cache, dir).log)
+		log, _ := os.ReadFile(logPath)
 		m.log = string(log)
 		if _, errs, code := execOcifs(t, bin, "--cache-dir", cache, "unmount", dir); code != 0 {
 			t.Fatalf("ocifs unmount: exit %d: %s", code, errs)
@@ -260,6 +277,27 @@ func TestCLIIndexRepo(t *testing.T) {
 		}
 		if !strings.Contains(m.log, "index artifact unusable; ignored") || !strings.Contains(m.log, "refers to another image") {
 			t.Errorf("daemon log lacks the refused artifact:\n%s", m.log)
+		}
+	})
+
+	t.Run("a node that streamed a layer pushes the index it built", func(t *testing.T) {
+		repoP := host + "/indexes/pushed"
+		m := mountWaiting(t, "pushed the indexes built here", "--push-index-to", repoP)
+		if l := m.stats.Layers[0]; l.Mode != fs.ModeStream {
+			t.Fatalf("first mount: layer mode %q (%s), want %q (nothing indexes it yet)", l.Mode, l.Why, fs.ModeStream)
+		}
+		if !strings.Contains(m.log, "source="+repoP) {
+			t.Errorf("daemon log does not name %s:\n%s", repoP, m.log)
+		}
+		m = mount(t, "--index-repo", repoP)
+		l := m.stats.Layers[0]
+		if l.Mode != fs.ModeIndex || !strings.Contains(l.Why, "index repository "+repoP) {
+			t.Errorf("second mount: layer mode %q (%s), want %q from %s", l.Mode, l.Why, fs.ModeIndex, repoP)
+		}
+		// The daemon indexed with the default span size (4 MiB of tar, about
+		// 1.8 MB of this layer), so the bound is looser than above.
+		if n := front.sum(layer.Digest.String()); n == 0 || n > layer.Size/2 {
+			t.Errorf("second mount: %d bytes of the %d-byte layer for one small file, want some and at most half", n, layer.Size)
 		}
 	})
 }

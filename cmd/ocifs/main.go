@@ -129,6 +129,26 @@ func (l *repoList) Set(v string) error {
 // Type ends in "Slice": the configuration file may give an array (config.go).
 func (l *repoList) Type() string { return "repoSlice" }
 
+// repoName is a flag naming one repository (REGISTRY/REPO), checked as it
+// is set.
+type repoName string
+
+func (r *repoName) String() string { return string(*r) }
+
+func (r *repoName) Set(v string) error {
+	if _, err := fetch.ParseRepository(v); err != nil {
+		return err
+	}
+	*r = repoName(v)
+	return nil
+}
+
+func (r *repoName) Type() string { return "repository" }
+
+// pushIndexUsage is the help of the daemons' --push-index-to.
+const pushIndexUsage = "after streaming a layer that has no index anywhere, push the index built here to the index repository\n" +
+	"`REGISTRY/REPO` (needs push access there; also looked in, like --index-repo), so other machines read it lazily (default: off)"
+
 // env is what a command runs with: its streams, the global flags, the logger.
 type env struct {
 	stdout, stderr io.Writer
