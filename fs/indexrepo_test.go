@@ -43,7 +43,8 @@ func (r *pathRecorder) asked(s string) []string {
 // index is then read from there.
 func TestIndexRepoOrder(t *testing.T) {
 	host := fstest.StartRegistry(t)
-	layers, _ := lazyLayers(7, 60) // small: WholeThreshold 1 puts them in index mode anyway
+	// Small layers: WholeThreshold 1 puts them in index mode anyway.
+	layers, _ := lazyLayers(7, 60)
 	ref, _ := pushIndexed(t, host, layers) // indexed in its own repository
 	repoB := host + "/indexes/b"
 	pushIndexTo(t, ref, repoB)
