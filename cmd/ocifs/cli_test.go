@@ -83,6 +83,7 @@ func TestUsageErrors(t *testing.T) {
 		{"help unknown", []string{"help", "frob"}, `unknown command "frob"`},
 		{"index repo with a tag", []string{"--index-repo", "registry.example/idx:v1", "inspect", "img"}, "without tag or digest"},
 		{"index repo a layout", []string{"inspect", "img", "--index-repo=oci:/x"}, "an OCI layout; want REGISTRY/REPO"},
+		{"push-index-to with a digest", []string{"mount", "--push-index-to", "r.example/p@sha256:00", "img", dir}, "a digest; want REGISTRY/REPO"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,9 +151,9 @@ func TestMountNeedsRoot(t *testing.T) {
 
 func TestDaemonArgs(t *testing.T) {
 	g := &globals{cacheDir: "/c", platform: "linux/arm64", insecure: true, logLevel: "debug", indexRepos: []string{"r.example/a", "r.example/b"}}
-	o := &mountOpts{prefetch: "none", allowOther: true, dev: true, noPassthru: true}
+	o := &mountOpts{prefetch: "none", allowOther: true, dev: true, noPassthru: true, pushIndex: "r.example/p"}
 	got := strings.Join(daemonArgs(g, "-img", "/mnt/x", o), " ")
-	want := "--cache-dir=/c --platform=linux/arm64 --insecure --log-level=debug --index-repo=r.example/a --index-repo=r.example/b mount --foreground --ready-fd=3 --prefetch=none --allow-other --dev --no-passthrough -- -img /mnt/x"
+	want := "--cache-dir=/c --platform=linux/arm64 --insecure --log-level=debug --index-repo=r.example/a --index-repo=r.example/b mount --foreground --ready-fd=3 --prefetch=none --push-index-to=r.example/p --allow-other --dev --no-passthrough -- -img /mnt/x"
 	if got != want {
 		t.Errorf("daemonArgs = %q, want %q", got, want)
 	}

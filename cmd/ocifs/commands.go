@@ -314,6 +314,9 @@ this image's manifest, every blob its digest); one that does not check out
 is logged and the layer streams. Its registry's credentials and mirrors come
 from the same places as the image's (docker and podman auth files,
 --hosts-dir, --registries-conf). In the config file: index-repo = ["..."].
+With --push-index-to REGISTRY/REPO (off by default), a layer this mount had
+to stream has the index built from its verified bytes pushed there in the
+background, so other machines given --index-repo REGISTRY/REPO read it lazily.
 
 While the daemon streams layers before the mount can answer, 'ocifs mount'
 shows how far they are (--progress). Mounting needs root and /dev/fuse. A stale mount left by a daemon that died

@@ -184,8 +184,11 @@ local disk, equal to what containerd's own overlayfs snapshotter gives. A
 layer ocifs cannot serve (unknown media type, a registry it cannot reach with
 the credentials it has) falls back to containerd's download: one Warn line
 "layer not served lazily" names it and why. Layers with an ocifs index in the
-registry ('ocifs index build --push') fetch only what containers read; images
-without one are fetched once, in order, without unpacking (stream mode).
+registry ('ocifs index build --push', or in an index repository given with
+--index-repo) fetch only what containers read; images without one are fetched
+once, in order, without unpacking (stream mode). With --push-index-to
+REGISTRY/REPO, the index built from such a stream is pushed there, so the
+other nodes (given --index-repo REGISTRY/REPO) read that layer lazily.
 
 containerd 1.6 and 1.7 (/etc/containerd/config.toml, version = 2):
 

@@ -124,8 +124,10 @@ layer's diff/ is the layer as podman's own overlay driver would have unpacked
 it, served lazily from ocifs's verified reader, so 'podman run IMAGE' needs no
 prior step and starts without downloading the image.
 
-Layers with an ocifs index ('ocifs index build --push'), eStargz and
-zstd:chunked layers fetch only what containers read. Gzip layers without an
+Layers with an ocifs index ('ocifs index build --push', or in an index
+repository given with --index-repo), eStargz and zstd:chunked layers fetch only
+what containers read (--push-index-to REGISTRY/REPO pushes the index built from
+a layer streamed here, for other machines). Gzip layers without an
 index are served too, fetched once, in order, without unpacking (stream mode):
 podman's first lookup waits for the download, and nothing is unpacked to
 disk: measured faster than letting podman pull them (time to a container's
