@@ -1,13 +1,16 @@
 package fs
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs/fstest"
 )
 
@@ -171,5 +174,93 @@ func TestPushIndexToProgressive(t *testing.T) {
 			t.Fatalf("no index in %s after the progressive load: layer mode %s (%s)", repo, l.Mode, l.Why)
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// lockedBuffer is a log sink safe for the image's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (w *lockedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *lockedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// TestIndexRepoWrongLayer: an artifact in an index repository that names
+// the mounted image as its subject but whose blob indexes another layer
+// than the one it is annotated for is refused with a log line, and the
+// layer streams.
+func TestIndexRepoWrongLayer(t *testing.T) {
+	host := fstest.StartRegistry(t)
+	layersX, _ := lazyLayers(9, 60)
+	layersY, _ := lazyLayers(10, 60)
+	push := func(name string, layers []fstest.Layer) string {
+		img, err := fstest.Build(layers[:1], fstest.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := img.Push(t.Context(), host, name, "v1"); err != nil {
+			t.Fatal(err)
+		}
+		return host + "/" + name + ":v1"
+	}
+	refX, refY := push("app/x", layersX), push("app/y", layersY)
+	opts := Options{Logger: testLogger(t), WholeThreshold: 1, NoRemoteIndex: true}
+	y, err := Resolve(t.Context(), newClient(t, "", nil), refY, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.Close()
+	if err := y.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	blobs, err := y.indexBlobs(y.layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := Resolve(t.Context(), newClient(t, "", nil), refX, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	repoB := host + "/indexes/b"
+	inB, err := x.Fetched().InRepository(repoB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// y's index, claimed to be x's layer's, in an artifact about x.
+	blobs[0].Desc.Annotations[fetch.AnnotationLayerDigest] = x.layers[0].desc.Digest.String()
+	if _, err := inB.PushReferrer(t.Context(), fetch.ArtifactTypeIndex, nil, blobs); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs lockedBuffer
+	im, err := Resolve(t.Context(), newClient(t, "", nil), refX, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		WholeThreshold: 1, IndexRepos: []string{repoB}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	if l := im.Layers()[0]; l.Mode != ModeIndex {
+		t.Fatalf("planned mode %s (%s), want index from %s (refused only once read)", l.Mode, l.Why, repoB)
+	}
+	if err := im.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	l := im.Layers()[0]
+	if l.Mode != ModeStream || !strings.Contains(l.Why, "index is for layer "+y.layers[0].desc.Digest.String()) {
+		t.Errorf("layer mode %s (%s), want stream after refusing the index of layer %s", l.Mode, l.Why, y.layers[0].desc.Digest)
+	}
+	if got := logs.String(); !strings.Contains(got, "registry index unusable; streaming the layer instead") || !strings.Contains(got, "source="+repoB) {
+		t.Errorf("no log line refusing the index from %s:\n%s", repoB, got)
 	}
 }
