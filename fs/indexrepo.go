@@ -71,10 +71,10 @@ func (im *Image) hasLayer(d digest.Digest) bool {
 }
 
 // allIndexed reports whether found has an index for every layer that could
-// use one (none is looked for elsewhere then).
+// use one (none is looked for elsewhere then): zstd layers have none.
 func (im *Image) allIndexed(found map[digest.Digest]remoteIndex) bool {
 	for _, l := range im.layers {
-		if _, ok := found[l.desc.Digest]; !ok {
+		if _, ok := found[l.desc.Digest]; !ok && l.compression != "zstd" {
 			return false
 		}
 	}
