@@ -20,7 +20,9 @@
 //     the sha256-<hex> fallback tag ([Image.Referrers]), reading them
 //     verified ([Image.FetchReferrer], [Image.FetchManifest],
 //     [Image.FetchBlob]) and storing them ([Image.PushReferrer]), in a
-//     registry or an OCI layout.
+//     registry or an OCI layout; in the image's own repository or, through
+//     [Image.InRepository], in another one (an index repository for images
+//     one cannot push to), still keyed and checked by the manifest digest.
 //   - The digest-addressed on-disk cache ([Cache]).
 //   - Registry mirrors as node engineers already configure them for
 //     containerd (a hosts.toml tree, [Options.HostsDir]) and podman

@@ -62,6 +62,21 @@ type Options struct {
 	// NoRemoteIndex skips looking for index artifacts in the registry.
 	NoRemoteIndex bool
 
+	// IndexRepos are repositories ("HOST/REPO") where index artifacts of
+	// images are looked for, in order, after the image's own repository,
+	// by the image's manifest digest (an index repository: see
+	// [Image.PushIndexTo]). What they hold is checked as an index from the
+	// image's repository is.
+	IndexRepos []string
+
+	// PushIndexTo, when set ("HOST/REPO"), is where the indexes of the
+	// layers this image streamed (no index anywhere) are pushed once each
+	// is built and the whole image's layers are verified, in the
+	// background, so that mounts elsewhere read them lazily: a cluster
+	// pays each stream once. It is also looked in, after IndexRepos. Off
+	// by default: it needs push access, and it writes to a registry.
+	PushIndexTo string
+
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
 	PrefetchRate int64
@@ -187,8 +202,8 @@ func (im *Image) plan(ctx context.Context) error {
 		}
 		for _, l := range unindexed {
 			if d, ok := remote[l.desc.Digest]; ok {
-				l.remote = &d
-				l.mode, l.why = ModeIndex, "ocifs index from the registry ("+d.Annotations[referrerAnnotation]+")"
+				l.remote, l.remoteFrom = &d.desc, d.from
+				l.mode, l.why = ModeIndex, "ocifs index from "+im.indexWhere(d.from)+" ("+d.desc.Annotations[referrerAnnotation]+")"
 			}
 		}
 	}
@@ -256,6 +271,12 @@ func (im *Image) Load(ctx context.Context) error {
 	}
 	im.tree.Store(tree)
 	im.log.Info("image loaded", "layers", len(im.layers), "inodes", tree.Nodes, "duration", time.Since(start).Round(time.Millisecond))
+	if blobs := im.builtIndexBlobs(); blobs != nil {
+		im.bg.Go(func() error {
+			im.pushBuilt(im.ctx, blobs)
+			return nil
+		})
+	}
 	return nil
 }
 

@@ -17,20 +17,48 @@ import (
 const referrerAnnotation = "io.ocifs.referrer"
 
 // remoteIndexes finds the ocifs index artifacts that refer to this image's
-// manifest and returns, per layer digest, the descriptor of its index blob.
-// Where several artifacts index one layer, the newest (by its created
-// annotation) wins.
-func (im *Image) remoteIndexes(ctx context.Context) (map[digest.Digest]ocispec.Descriptor, error) {
-	refs, err := im.img.Referrers(ctx, fetch.ArtifactTypeIndex)
+// manifest, in the image's own repository and then in each index
+// repository (Options.IndexRepos), and returns, per layer digest, the
+// descriptor of its index blob and where it is. A layer indexed in an
+// earlier repository is not looked for in a later one; within one, where
+// several artifacts index one layer, the newest (by its created annotation)
+// wins. A repository that cannot be asked is logged and skipped: the error
+// is only the context's.
+func (im *Image) remoteIndexes(ctx context.Context) (map[digest.Digest]remoteIndex, error) {
+	out := map[digest.Digest]remoteIndex{}
+	for _, src := range im.indexSources() {
+		if im.allIndexed(out) {
+			break
+		}
+		found, err := im.remoteIndexesIn(ctx, src)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			im.log.Warn("looking for index artifacts", "source", src.Source(), "err", err)
+			continue
+		}
+		for ld, d := range found {
+			if _, seen := out[ld]; !seen {
+				out[ld] = remoteIndex{desc: d, from: src}
+			}
+		}
+	}
+	return out, nil
+}
+
+// remoteIndexesIn is remoteIndexes for one repository, src.
+func (im *Image) remoteIndexesIn(ctx context.Context, src *fetch.Image) (map[digest.Digest]ocispec.Descriptor, error) {
+	refs, err := src.Referrers(ctx, fetch.ArtifactTypeIndex)
 	if err != nil {
 		return nil, err
 	}
 	out := map[digest.Digest]ocispec.Descriptor{}
 	created := map[digest.Digest]string{}
 	for _, r := range refs {
-		m, err := im.img.FetchReferrer(ctx, r)
+		m, err := src.FetchReferrer(ctx, r)
 		if err != nil {
-			im.log.Warn("index artifact unusable; ignored", "digest", r.Digest, "err", err)
+			im.log.Warn("index artifact unusable; ignored", "source", src.Source(), "digest", r.Digest, "err", err)
 			continue
 		}
 		when := m.Annotations[ocispec.AnnotationCreated]
@@ -39,6 +67,11 @@ func (im *Image) remoteIndexes(ctx context.Context) (map[digest.Digest]ocispec.D
 				continue
 			}
 			ld := digest.Digest(d.Annotations[fetch.AnnotationLayerDigest])
+			if !im.hasLayer(ld) {
+				im.log.Warn("index artifact indexes a layer the image does not have; that index ignored",
+					"source", src.Source(), "digest", r.Digest, "layer", ld)
+				continue
+			}
 			if _, seen := out[ld]; seen && when <= created[ld] {
 				continue
 			}
@@ -55,14 +88,29 @@ func (im *Image) remoteIndexes(ctx context.Context) (map[digest.Digest]ocispec.D
 // manifest, so that a mount anywhere finds it and reads lazily from the
 // first read. The image must be loaded.
 func (im *Image) PushIndex(ctx context.Context) (ocispec.Descriptor, error) {
+	return im.pushIndex(ctx, im.img)
+}
+
+// pushIndex stores the indexes as an artifact in dst's repository.
+func (im *Image) pushIndex(ctx context.Context, dst *fetch.Image) (ocispec.Descriptor, error) {
+	blobs, err := im.indexBlobs(im.layers)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return pushIndexBlobs(ctx, dst, blobs)
+}
+
+// indexBlobs encodes the index of each of layers that has one (gzip and
+// plain tar layers) as an index blob.
+func (im *Image) indexBlobs(layers []*layer) ([]fetch.Blob, error) {
 	var blobs []fetch.Blob
-	for _, l := range im.layers {
+	for _, l := range layers {
 		if l.whole() {
 			continue
 		}
 		b, err := l.tbl().MarshalBinary()
 		if err != nil {
-			return ocispec.Descriptor{}, fmt.Errorf("layer %s: encoding index: %w", l.desc.Digest, err)
+			return nil, fmt.Errorf("layer %s: encoding index: %w", l.desc.Digest, err)
 		}
 		blobs = append(blobs, fetch.Blob{Data: b, Desc: ocispec.Descriptor{
 			MediaType:   fetch.MediaTypeIndexLayer,
@@ -72,10 +120,16 @@ func (im *Image) PushIndex(ctx context.Context) (ocispec.Descriptor, error) {
 		}})
 	}
 	if len(blobs) == 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("%s: no gzip or plain tar layer to index", im.img.Ref)
+		return nil, fmt.Errorf("%s: no gzip or plain tar layer to index", im.img.Ref)
 	}
+	return blobs, nil
+}
+
+// pushIndexBlobs pushes blobs as an index artifact referring to dst's
+// manifest, in dst's repository.
+func pushIndexBlobs(ctx context.Context, dst *fetch.Image, blobs []fetch.Blob) (ocispec.Descriptor, error) {
 	annotations := map[string]string{ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)}
-	return im.img.PushReferrer(ctx, fetch.ArtifactTypeIndex, annotations, blobs)
+	return dst.PushReferrer(ctx, fetch.ArtifactTypeIndex, annotations, blobs)
 }
 
 // IndexSizes returns, per layer with an index, the encoded index size and

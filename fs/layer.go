@@ -38,6 +38,7 @@ type layer struct {
 	mode        string // for LayerInfo: how the plan reaches the bytes
 	why         string
 	remote      *ocispec.Descriptor // the registry's index blob for this layer, if any
+	remoteFrom  *fetch.Image        // where remote is: the image's own repository or an index repository (indexImage)
 
 	indexFile *os.File          // the index file table reads windows from, if any
 	indexSrc  *io.SectionReader // the index itself within indexFile
@@ -171,8 +172,8 @@ func (l *layer) load(ctx context.Context) error {
 			l.setTable(t, l.tableReader(t))
 			return nil
 		}
-		l.im.log.Warn("registry index unusable; streaming the layer instead", "layer", l.desc.Digest, "err", err)
-		l.mode, l.why = ModeStream, "the registry's index was unusable ("+err.Error()+"): streamed and indexed"
+		l.im.log.Warn("registry index unusable; streaming the layer instead", "layer", l.desc.Digest, "source", l.indexImage().Source(), "err", err)
+		l.mode, l.why = ModeStream, "the index from "+l.im.indexWhere(l.indexImage())+" was unusable ("+err.Error()+"): streamed and indexed"
 	}
 	a := &attempt{done: make(chan struct{})}
 	l.mu.Lock()
@@ -244,7 +245,7 @@ func (l *layer) cachedIndex() *index.Table {
 // names this layer. Its span digests are what reads are verified against
 // until the whole blob has been fetched and compared with it (fill).
 func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
-	b, err := l.im.img.FetchBlob(ctx, *l.remote)
+	b, err := l.indexImage().FetchBlob(ctx, *l.remote)
 	if err != nil {
 		return nil, err
 	}

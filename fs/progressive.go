@@ -326,6 +326,9 @@ func (l *layer) loadProgressive(prog *progress) {
 		if tree != nil {
 			l.im.tree.Store(tree)
 			l.im.log.Info("progressive load finished", "inodes", tree.Nodes)
+			if blobs := l.im.builtIndexBlobs(); blobs != nil {
+				l.im.pushBuilt(l.im.ctx, blobs)
+			}
 		} else if terr != nil && err == nil {
 			l.im.log.Error("progressive load failed", "err", terr)
 		}

@@ -18,7 +18,8 @@ func TestHelp(t *testing.T) {
 		{[]string{"help", "mount"}, []string{"usage: ocifs mount [flags] IMAGE MOUNTPOINT"}},
 		{[]string{"help", "cache", "prune"}, []string{"usage: ocifs cache prune"}},
 		{[]string{"--help", "mount"}, []string{"usage: ocifs mount"}},
-		{[]string{"mount", "--help"}, []string{"--foreground", "--prefetch", "--allow-other", "--suid", "--dev", "--debug-fuse", "Examples:", "ocifs unmount /mnt/app"}},
+		{[]string{"mount", "--help"}, []string{"--foreground", "--prefetch", "--allow-other", "--suid", "--dev", "--debug-fuse", "Examples:", "ocifs unmount /mnt/app",
+			"--index-repo REGISTRY/REPO", "index repository holds indexes of images one cannot push to", "ocifs mount --index-repo"}},
 		{[]string{"mount", "-h", "extra", "args", "ignored"}, []string{"usage: ocifs mount"}},
 		{[]string{"unmount", "--help"}, []string{"--lazy", "Examples:"}},
 		{[]string{"stats", "--help"}, []string{"--json", "Examples:"}},
@@ -27,7 +28,8 @@ func TestHelp(t *testing.T) {
 		{[]string{"cat", "--help"}, []string{"Examples:"}},
 		{[]string{"pull", "--help"}, []string{"Examples:"}},
 		{[]string{"index", "--help"}, []string{"Examples:", "index build"}},
-		{[]string{"index", "build", "--help"}, []string{"Examples:", "--push", "--span-size", "referrer"}},
+		{[]string{"index", "build", "--help"}, []string{"Examples:", "--push", "--span-size", "referrer",
+			"Images one cannot push to", "index build --push --index-repo"}},
 		{[]string{"bench", "--help"}, []string{"Examples:", "issue 6", "--quick"}},
 		{[]string{"cache", "--help"}, []string{"Examples:", "Subcommands:", "ocifs cache prune"}},
 		{[]string{"cache", "ls", "--help"}, []string{"Examples:"}},
@@ -79,6 +81,9 @@ func TestUsageErrors(t *testing.T) {
 		{"cache ls args", []string{"cache", "ls", "x"}, "cache ls takes no arguments"},
 		{"bad older-than", []string{"cache", "prune", "--older-than", "soon"}, `age "soon"`},
 		{"help unknown", []string{"help", "frob"}, `unknown command "frob"`},
+		{"index repo with a tag", []string{"--index-repo", "registry.example/idx:v1", "inspect", "img"}, "without tag or digest"},
+		{"index repo a layout", []string{"inspect", "img", "--index-repo=oci:/x"}, "an OCI layout; want REGISTRY/REPO"},
+		{"push-index-to with a digest", []string{"mount", "--push-index-to", "r.example/p@sha256:00", "img", dir}, "a digest; want REGISTRY/REPO"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,10 +150,10 @@ func TestMountNeedsRoot(t *testing.T) {
 }
 
 func TestDaemonArgs(t *testing.T) {
-	g := &globals{cacheDir: "/c", platform: "linux/arm64", insecure: true, logLevel: "debug"}
-	o := &mountOpts{prefetch: "none", allowOther: true, dev: true, noPassthru: true}
+	g := &globals{cacheDir: "/c", platform: "linux/arm64", insecure: true, logLevel: "debug", indexRepos: []string{"r.example/a", "r.example/b"}}
+	o := &mountOpts{prefetch: "none", allowOther: true, dev: true, noPassthru: true, pushIndex: "r.example/p"}
 	got := strings.Join(daemonArgs(g, "-img", "/mnt/x", o), " ")
-	want := "--cache-dir=/c --platform=linux/arm64 --insecure --log-level=debug mount --foreground --ready-fd=3 --prefetch=none --allow-other --dev --no-passthrough -- -img /mnt/x"
+	want := "--cache-dir=/c --platform=linux/arm64 --insecure --log-level=debug --index-repo=r.example/a --index-repo=r.example/b mount --foreground --ready-fd=3 --prefetch=none --push-index-to=r.example/p --allow-other --dev --no-passthrough -- -img /mnt/x"
 	if got != want {
 		t.Errorf("daemonArgs = %q, want %q", got, want)
 	}

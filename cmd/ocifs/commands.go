@@ -305,6 +305,19 @@ With --prefetch=none an index taken from the registry is trusted for its
 span digests alone until a layer is fetched whole: every span served is
 still checked against its digest, but the index itself is not re-checked.
 
+Indexes are looked for in the local cache, then in the image's repository
+(a referrer of its manifest), then in each --index-repo REGISTRY/REPO in
+order: an index repository holds indexes of images one cannot push to
+(docker.io/library/python), by the image's manifest digest. What comes from
+one is checked as from the image's own repository (the artifact must name
+this image's manifest, every blob its digest); one that does not check out
+is logged and the layer streams. Its registry's credentials and mirrors come
+from the same places as the image's (docker and podman auth files,
+--hosts-dir, --registries-conf). In the config file: index-repo = ["..."].
+With --push-index-to REGISTRY/REPO (off by default), a layer this mount had
+to stream has the index built from its verified bytes pushed there in the
+background, so other machines given --index-repo REGISTRY/REPO read it lazily.
+
 While the daemon streams layers before the mount can answer, 'ocifs mount'
 shows how far they are (--progress). Mounting needs root and /dev/fuse. A stale mount left by a daemon that died
 is cleaned up first. The mount is nosuid and nodev unless --suid / --dev.
@@ -337,6 +350,7 @@ Examples:
   ocifs mount --foreground --log-level debug alpine:3.20 /mnt/alpine
   ocifs mount --writable alpine:3.20 /mnt/scratch
   ocifs mount --writable --upper /var/lib/app/upper registry.example.com/app:1.4 /mnt/app
+  ocifs mount --index-repo registry.example.com/ocifs-indexes python:3.13 /mnt/python
   chroot /mnt/app /bin/sh
 
 To unmount: ocifs unmount /mnt/app
@@ -431,6 +445,17 @@ the registry as an artifact whose subject is the image manifest (the OCI
 referrers API, or the sha256-<hex> tag where the registry lacks it), so a
 mount on any machine finds them.
 
+Images one cannot push to (docker.io/library/python): with --index-repo
+REGISTRY/REPO, --push stores the indexes in that repository instead (the
+first one, if several are given), still as an artifact whose subject is the
+image's manifest, with the index blobs beside it. Mounts, the snapshotter
+and the store given the same --index-repo (or index-repo in the config
+file) find them there by the image's manifest digest, after the image's own
+repository, and verify them exactly as an index from the image's
+repository. Pushing needs write access to REPO only; credentials and mirrors
+for its registry come from the docker/podman auth files and --hosts-dir, as
+for images.
+
 A mount trusts an index from the registry for the span digests it checks
 reads against, and re-checks the whole layer against it when the background
 fetch completes: what the index got wrong is refused (EIO, one error line),
@@ -439,6 +464,7 @@ the rest is served from the verified layer.
 Examples:
   ocifs index build registry.example.com/app:1.4
   ocifs index build --push registry.example.com/app:1.4
+  ocifs index build --push --index-repo registry.example.com/ocifs-indexes docker.io/library/python:3.13
   ocifs index build --span-size 1048576 oci:./layout:v1
 `
 

@@ -32,6 +32,8 @@ const maxConfigBytes = 1 << 20
 //	metrics-address = "127.0.0.1:9464"
 //	allow-other = true
 //
+// A flag that may be repeated (index-repo) takes one string or an array of
+// them: index-repo = ["registry.example/indexes", "mirror.example/indexes"].
 // The command line wins over the file. The whole file is checked before any
 // command runs: a key no command has, a table that is no command, a value
 // a flag refuses, is an error naming the file, the line and the key.
@@ -41,6 +43,7 @@ type configSetting struct {
 	table []string // [] for the top level, ["cache", "prune"]
 	key   string
 	value string // as a flag's Set takes it
+	array bool   // value is a TOML array, joined with commas (a slice flag's Set splits it)
 	line  int
 }
 
@@ -91,6 +94,10 @@ func parseConfig(file string, b []byte) ([]configSetting, error) {
 				s.line = p.Shape(v.Raw).Start.Line
 			}
 			val, err := configValue(v)
+			if v.Kind == tomlu.Array && err == nil {
+				val, err = configArray(v)
+				s.array = true
+			}
 			if err != nil {
 				return nil, configError(file, s.line, "key %s: %v", s.name(), err)
 			}
@@ -128,8 +135,38 @@ func configValue(v *tomlu.Node) (string, error) {
 		return strconv.FormatInt(n, 10), nil
 	case tomlu.Float:
 		return strings.ReplaceAll(string(v.Data), "_", ""), nil
+	case tomlu.Array:
+		return "", nil // configArray reads it, for the flags that repeat
 	}
 	return "", fmt.Errorf("a %s; want a string, number or boolean", v.Kind)
+}
+
+// configArray renders an array of strings as a slice flag's Set takes it:
+// joined with commas. A string with a comma, a quote or a line break could
+// not be told apart there, so it is refused.
+func configArray(v *tomlu.Node) (string, error) {
+	var parts []string
+	for it := v.Children(); it.Next(); {
+		n := it.Node()
+		if n.Kind != tomlu.String {
+			return "", fmt.Errorf("an array holding a %s; want an array of strings", n.Kind)
+		}
+		s := string(n.Data)
+		if s == "" || strings.ContainsAny(s, ",\"\r\n") {
+			return "", fmt.Errorf("array element %q: empty, or has a comma, quote or line break", s)
+		}
+		parts = append(parts, s)
+	}
+	if len(parts) == 0 {
+		return "", errors.New("an empty array; leave the key out instead")
+	}
+	return strings.Join(parts, ","), nil
+}
+
+// repeatable reports whether flag f takes several values (an array in the
+// file).
+func repeatable(f *pflag.Flag) bool {
+	return strings.HasSuffix(f.Value.Type(), "Slice")
 }
 
 // readConfig reads and parses file. A missing default file is no error.
@@ -203,6 +240,9 @@ func applyConfig(file string, settings []configSetting, cmd *command, set *pflag
 		}
 		if !configurable(f) {
 			return configError(file, s.line, "unknown key %s (%s)", s.name(), knownKeys(check, t))
+		}
+		if s.array && !repeatable(f) {
+			return configError(file, s.line, "key %s: an array; want a string, number or boolean (%s takes one value)", s.name(), s.key)
 		}
 		// Check the value on a scratch flag set, whichever command it is for.
 		if err := f.Value.Set(s.value); err != nil {

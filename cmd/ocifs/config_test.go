@@ -33,6 +33,10 @@ func TestConfigErrors(t *testing.T) {
 		{"global in a table", "[mount]\ncache-dir = \"/x\"\n", []string{":2: key mount.cache-dir: cache-dir is a global flag"}},
 		{"hidden flag", "[mount]\nready-fd = 3\n", []string{":2: unknown key mount.ready-fd"}},
 		{"wrong type", "[mount]\nprefetch = [\"all\"]\n", []string{":2: key mount.prefetch: ", "want a string, number or boolean"}},
+		{"array of numbers", "index-repo = [1, 2]\n", []string{":1: key index-repo: an array holding a Integer; want an array of strings"}},
+		{"array element with a comma", "index-repo = [\"a/b,c/d\"]\n", []string{":1: key index-repo: array element \"a/b,c/d\""}},
+		{"empty array", "index-repo = []\n", []string{":1: key index-repo: an empty array"}},
+		{"bad index repository", "index-repo = [\"registry.example/ok\", \"registry.example/idx:v1\"]\n", []string{":1: key index-repo: ", "without tag or digest"}},
 		{"syntax", "log-level = \"info\"\nprogress = \n", []string{":2: "}},
 		{"twice", "progress = \"none\"\nprogress = \"plain\"\n", []string{":2: key progress: set again (first on line 1)"}},
 	}
@@ -122,7 +126,7 @@ func FuzzParseConfig(f *testing.F) {
 	for _, s := range []string{
 		"cache-dir = \"/var/cache/ocifs\"\n[mount]\ncache-max = \"20G\"\nallow-other = true\n",
 		"[cache.prune]\nolder-than = \"7d\"\nmax-size = 10_000\n",
-		"a.b.c = 1.5\n[[x]]\n", "[mount\n", "k = [1, 2]\n", "k = { a = 1 }\n", "k = 0x1F\n", "k = 1979-05-27\n",
+		"a.b.c = 1.5\n[[x]]\n", "index-repo = [\"r.example/a\", \"r.example/b\"]\n", "k = [\"a\", 1]\n", "k = [[\"a\"]]\n", "k = []\n", "[mount\n", "k = [1, 2]\n", "k = { a = 1 }\n", "k = 0x1F\n", "k = 1979-05-27\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -134,6 +138,9 @@ func FuzzParseConfig(f *testing.F) {
 		for _, s := range settings {
 			if s.key == "" || s.line <= 0 {
 				t.Errorf("setting %+v: no key or line", s)
+			}
+			if s.array && (s.value == "" || strings.ContainsAny(s.value, "\"\r\n") || strings.Contains(s.value, ",,")) {
+				t.Errorf("array setting %+v: a value a slice flag would split wrongly", s)
 			}
 		}
 	})

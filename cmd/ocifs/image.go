@@ -29,7 +29,7 @@ func resolveImageWith(ctx context.Context, e *env, ref string, set func(*fs.Opti
 	if err != nil {
 		return nil, err
 	}
-	opts := fs.Options{Logger: e.log, InsecureLazy: e.g.insecureLazy}
+	opts := fs.Options{Logger: e.log, InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos}
 	if set != nil {
 		set(&opts)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/pflag"
 
 	"github.com/ocifs/ocifs/fs"
@@ -12,7 +13,7 @@ import (
 
 // indexBuildFlags is `ocifs index build [--push] [--span-size N] IMAGE...`.
 func indexBuildFlags(set *pflag.FlagSet) runFunc {
-	push := set.Bool("push", false, "store the indexes in the registry as a referrer of the image manifest")
+	push := set.Bool("push", false, "store the indexes in the registry as a referrer of the image manifest\n(in the first --index-repo when one is given, else in the image's repository)")
 	spanSize := set.Int64("span-size", 0, "uncompressed `BYTES` per random-access span (default 4 MiB)")
 	return func(ctx context.Context, e *env, args []string) error {
 		if *spanSize < 0 || (*spanSize > 0 && *spanSize < 64<<10) {
@@ -56,11 +57,20 @@ func indexBuild(ctx context.Context, e *env, ref string, push bool, spanSize int
 			100*float64(n)/float64(max(tar[l.Digest], 1)))
 	}
 	if push {
-		d, err := im.PushIndex(ctx)
-		if err != nil {
-			return fmt.Errorf("push index of %s: %w", im.Ref(), err)
+		// With index repositories, the first is where this machine keeps
+		// indexes: the image's own repository may not take pushes.
+		to := im.Fetched().Source()
+		var d ocispec.Descriptor
+		if len(e.g.indexRepos) > 0 {
+			to = e.g.indexRepos[0]
+			d, err = im.PushIndexTo(ctx, to)
+		} else {
+			d, err = im.PushIndex(ctx)
 		}
-		fmt.Fprintf(e.stdout, "pushed index artifact %s as a referrer of %s\n", d.Digest, im.Fetched().ManifestDigest)
+		if err != nil {
+			return fmt.Errorf("push index of %s to %s: %w", im.Ref(), to, err)
+		}
+		fmt.Fprintf(e.stdout, "pushed index artifact %s as a referrer of %s to %s\n", d.Digest, im.Fetched().ManifestDigest, to)
 	}
 	fmt.Fprintf(e.stderr, "indexed %s in %s\n", im.Ref(), time.Since(start).Round(time.Millisecond))
 	return nil

@@ -80,6 +80,9 @@ type globals struct {
 	// (fetch.Options.HostsDir, RegistriesConf); "" reads none.
 	hostsDir       string
 	registriesConf string
+	// indexRepos are --index-repo: repositories where indexes of images
+	// are looked for after the image's own (fs.Options.IndexRepos).
+	indexRepos []string
 	// progress is --progress (auto, plain, none); progressEvery is how
 	// often plain progress prints a line.
 	progress      string
@@ -98,6 +101,7 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&g.insecureLazy, "insecure-lazy", false, "serve eStargz and zstd:chunked layers lazily even when no digest annotation\nbinds their TOC to the manifest (by default such layers are fetched and verified whole)")
 	fs.StringVar(&g.hostsDir, "hosts-dir", "", "registry mirrors from a containerd hosts `DIR` (one directory per registry with a hosts.toml:\nmirrors in order, server, capabilities, ca, skip_verify, header), usually "+fetch.DefaultHostsDir+";\na mirror that fails hands the request to the next host, and digests make any mirror safe (default: none)")
 	fs.StringVar(&g.registriesConf, "registries-conf", "", "registry mirrors, rewrites and blocks from a containers-registries.conf(5) `FILE` and its FILE.d,\nusually "+fetch.DefaultRegistriesConf+" (default: none; names it matches do not use --hosts-dir)")
+	fs.Var((*repoList)(&g.indexRepos), "index-repo", "also look for ocifs indexes of an image in the index repository `REGISTRY/REPO`, by the image's manifest\ndigest, after the image's own repository (repeatable, in order); 'index build --push' stores them in the first.\nFor images one cannot push to; what is found there is verified as from the image's repository (default: none)")
 	fs.StringVar(&g.progress, "progress", progressAuto, "progress of long work (pull, index build, cache verify, a mount streaming its layers) on stderr:\n`auto` (bars on a terminal, else plain), plain (a line every 5s) or none")
 	fs.DurationVar(&g.progressEvery, "progress-interval", defaultProgressEvery, "how often plain progress prints a line")
 	_ = fs.MarkHidden("progress-interval")
@@ -105,6 +109,45 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.config, "config", "", "read flag settings from the TOML `FILE` (default "+defaultConfig+" if it exists):\nglobal flags at the top, a command's under [COMMAND]; the command line wins")
 	fs.BoolVarP(&g.help, "help", "h", false, "show help")
 }
+
+// repoList is a repeatable flag of repositories (REGISTRY/REPO), each
+// checked as it is set; one value may list several, separated by commas.
+type repoList []string
+
+func (l *repoList) String() string { return strings.Join(*l, ",") }
+
+func (l *repoList) Set(v string) error {
+	for _, r := range strings.Split(v, ",") {
+		if _, err := fetch.ParseRepository(r); err != nil {
+			return err
+		}
+		*l = append(*l, r)
+	}
+	return nil
+}
+
+// Type ends in "Slice": the configuration file may give an array (config.go).
+func (l *repoList) Type() string { return "repoSlice" }
+
+// repoName is a flag naming one repository (REGISTRY/REPO), checked as it
+// is set.
+type repoName string
+
+func (r *repoName) String() string { return string(*r) }
+
+func (r *repoName) Set(v string) error {
+	if _, err := fetch.ParseRepository(v); err != nil {
+		return err
+	}
+	*r = repoName(v)
+	return nil
+}
+
+func (r *repoName) Type() string { return "repository" }
+
+// pushIndexUsage is the help of the daemons' --push-index-to.
+const pushIndexUsage = "after streaming a layer that has no index anywhere, push the index built here to the index repository\n" +
+	"`REGISTRY/REPO` (needs push access there; also looked in, like --index-repo), so other machines read it lazily (default: off)"
 
 // env is what a command runs with: its streams, the global flags, the logger.
 type env struct {

@@ -49,7 +49,8 @@ type mountOpts struct {
 	metricsAddr string    // --metrics-address: serve Prometheus metrics there
 	cacheMax    sizeValue // --cache-max: keep the cache under this many bytes
 	trimEvery   time.Duration
-	readyFD     int // set by the parent for its daemon: where to say "ok\n"
+	readyFD     int      // set by the parent for its daemon: where to say "ok\n"
+	pushIndex   repoName // --push-index-to: push the indexes of layers streamed here there
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -70,6 +71,7 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G) while mounted: least recently used entries first,\nnever what a live mount uses nor one being written (default: no bound)")
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	_ = set.MarkHidden("cache-trim-interval")
+	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -291,6 +293,9 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	if o.metricsAddr != "" {
 		args = append(args, "--metrics-address="+o.metricsAddr)
 	}
+	if o.pushIndex != "" {
+		args = append(args, "--push-index-to="+string(o.pushIndex))
+	}
 	if o.cacheMax > 0 {
 		args = append(args, "--cache-max="+strconv.FormatInt(int64(o.cacheMax), 10), "--cache-trim-interval="+o.trimEvery.String())
 	}
@@ -379,7 +384,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	rate, _ := parseRate(o.rate) // checked by runMount
 	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
-		InsecureLazy: e.g.insecureLazy})
+		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)})
 	if err != nil {
 		return err
 	}
@@ -733,6 +738,9 @@ func globalArgs(g *globals) []string {
 	}
 	if g.registriesConf != "" {
 		args = append(args, "--registries-conf="+g.registriesConf)
+	}
+	for _, r := range g.indexRepos {
+		args = append(args, "--index-repo="+r)
 	}
 	return args
 }

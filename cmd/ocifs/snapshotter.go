@@ -30,6 +30,7 @@ type snapshotterOpts struct {
 	metricsAddr     string    // --metrics-address: serve Prometheus metrics there
 	cacheMax        sizeValue // --cache-max: keep the cache under this many bytes
 	trimEvery       time.Duration
+	pushIndex       repoName // --push-index-to: push the indexes of layers streamed here there
 }
 
 // snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
@@ -42,6 +43,7 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; default: none)")
 	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of images loaded since the snapshotter started (default: no bound)")
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
+	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
 	return func(ctx context.Context, e *env, args []string) error {
 		return runSnapshotter(ctx, e, o)
 	}
@@ -137,7 +139,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnLoad: onLoad})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)}, OnLoad: onLoad})
 	if err != nil {
 		return err
 	}
@@ -182,8 +184,11 @@ local disk, equal to what containerd's own overlayfs snapshotter gives. A
 layer ocifs cannot serve (unknown media type, a registry it cannot reach with
 the credentials it has) falls back to containerd's download: one Warn line
 "layer not served lazily" names it and why. Layers with an ocifs index in the
-registry ('ocifs index build --push') fetch only what containers read; images
-without one are fetched once, in order, without unpacking (stream mode).
+registry ('ocifs index build --push', or in an index repository given with
+--index-repo) fetch only what containers read; images without one are fetched
+once, in order, without unpacking (stream mode). With --push-index-to
+REGISTRY/REPO, the index built from such a stream is pushed there, so the
+other nodes (given --index-repo REGISTRY/REPO) read that layer lazily.
 
 containerd 1.6 and 1.7 (/etc/containerd/config.toml, version = 2):
 

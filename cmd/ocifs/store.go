@@ -20,12 +20,14 @@ type storeOpts struct {
 	foreground bool
 	debugFUSE  bool
 	readyFD    int
+	pushIndex  repoName // --push-index-to: push the indexes of layers streamed here there
 }
 
 func storeFlags(set *pflag.FlagSet) runFunc {
 	o := &storeOpts{}
 	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
 	set.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request (at debug level; implies --log-level debug)")
+	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -59,6 +61,9 @@ func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
 	if o.debugFUSE {
 		args = append(args, "--debug-fuse")
 	}
+	if o.pushIndex != "" {
+		args = append(args, "--push-index-to="+string(o.pushIndex))
+	}
 	return startDaemon(ctx, e, abs, "store "+abs, append(args, "--", abs), func(pid int, log string) string {
 		return fmt.Sprintf("layer store at %s (pid %d, log %s)\n", abs, pid, log)
 	})
@@ -85,7 +90,7 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 	}
 	// The loads outlive the signal that ends ctx until Unmount cancels them.
 	s, err := store.Mount(context.WithoutCancel(ctx), dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)}})
 	if err != nil {
 		return withHint(err, needFUSE)
 	}
@@ -119,8 +124,10 @@ layer's diff/ is the layer as podman's own overlay driver would have unpacked
 it, served lazily from ocifs's verified reader, so 'podman run IMAGE' needs no
 prior step and starts without downloading the image.
 
-Layers with an ocifs index ('ocifs index build --push'), eStargz and
-zstd:chunked layers fetch only what containers read. Gzip layers without an
+Layers with an ocifs index ('ocifs index build --push', or in an index
+repository given with --index-repo), eStargz and zstd:chunked layers fetch only
+what containers read (--push-index-to REGISTRY/REPO pushes the index built from
+a layer streamed here, for other machines). Gzip layers without an
 index are served too, fetched once, in order, without unpacking (stream mode):
 podman's first lookup waits for the download, and nothing is unpacked to
 disk: measured faster than letting podman pull them (time to a container's
