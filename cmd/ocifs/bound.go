@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -94,6 +95,57 @@ func mountPins(im *fs.Image) []fetch.PinEntry {
 
 // defaultTrimEvery is how often a daemon with --cache-max trims the cache.
 const defaultTrimEvery = 10 * time.Second
+
+// setCacheMax makes a daemon's cache hold --cache-max at write time (each
+// entry it admits first removes the least recently used unpinned ones to
+// make room: fetch.Cache.SetMaxBytes). Call it before the daemon fetches
+// anything; boundCache then trims it, which also sees what other
+// processes added.
+func setCacheMax(cache *fetch.Cache, max int64) error {
+	if err := cache.SetMaxBytes(max); err != nil {
+		return fmt.Errorf("--cache-max: %w", err)
+	}
+	return nil
+}
+
+// loadedImages is what a daemon serving many images (the snapshotter, the
+// store) does with each image it loads: count it in the metrics, and pin
+// what it cannot do without in the cache until the daemon stops.
+type loadedImages struct {
+	e      *env
+	mx     *daemonMetrics
+	client *fetch.Client
+	what   string // names the pins: "snapshotter", "store"
+
+	// mu guards pins.
+	mu   sync.Mutex
+	pins []*fetch.Pin
+}
+
+// loaded is an OnLoad of fs/snapshotter and fs/store.
+func (l *loadedImages) loaded(im *fs.Image, took time.Duration) {
+	l.mx.add(l.client, im)
+	l.mx.ready(took)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	name := fmt.Sprintf("%s-%d-%d-%s", l.what, os.Getpid(), len(l.pins), im.Fetched().ManifestDigest.Encoded()[:12])
+	p, err := l.client.Cache().Pin(name, mountPins(im))
+	if err != nil {
+		l.e.log.Warn("pin an image's entries in the cache", "image", im.Ref(), "err", err)
+		return
+	}
+	l.pins = append(l.pins, p)
+}
+
+// release releases every pin.
+func (l *loadedImages) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.pins {
+		p.Release()
+	}
+	l.pins = nil
+}
 
 // boundCache keeps the cache under max bytes while ctx lives: it trims at
 // once, then every interval and soon after entries were added, least

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -100,6 +99,11 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	if err != nil {
 		return err
 	}
+	if o.cacheMax > 0 {
+		if err := setCacheMax(client.Cache(), int64(o.cacheMax)); err != nil {
+			return err
+		}
+	}
 	// Open first: it fails when another snapshotter has the root, before
 	// anything is mounted over that one's layers.
 	layers := &laterLayers{}
@@ -124,28 +128,8 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	// Each image loaded is counted by the metrics, and what it cannot do
 	// without (manifest, config, indexes) is pinned in the cache until the
 	// snapshotter stops, whatever trims it.
-	var pinMu sync.Mutex
-	var pins []*fetch.Pin
-	defer func() {
-		pinMu.Lock()
-		defer pinMu.Unlock()
-		for _, p := range pins {
-			p.Release()
-		}
-	}()
-	onLoad := func(im *fs.Image, took time.Duration) {
-		mx.add(client, im)
-		mx.ready(took)
-		pinMu.Lock()
-		defer pinMu.Unlock()
-		name := fmt.Sprintf("snapshotter-%d-%d-%s", os.Getpid(), len(pins), im.Fetched().ManifestDigest.Encoded()[:12])
-		p, err := client.Cache().Pin(name, mountPins(im))
-		if err != nil {
-			e.log.Warn("pin an image's entries in the cache", "image", im.Ref(), "err", err)
-			return
-		}
-		pins = append(pins, p)
-	}
+	loads := &loadedImages{e: e, mx: mx, client: client, what: "snapshotter"}
+	defer loads.release()
 	if o.cacheMax > 0 {
 		bg, stopBg := context.WithCancel(context.Background())
 		var bgWait sync.WaitGroup
@@ -156,7 +140,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnLoad: onLoad})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnLoad: loads.loaded})
 	if err != nil {
 		return err
 	}

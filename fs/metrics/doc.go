@@ -40,6 +40,8 @@
 //	                                          in flight), cache_write (fetched spans waiting for the disk)
 //	ocifs_mount_ready_seconds                 histogram: from start to a mount answering
 //	ocifs_cache_bytes{kind}, ocifs_cache_entries{kind}  the cache's size, scanned at most every CacheScanInterval
+//	ocifs_cache_max_bytes, ocifs_cache_bound_bytes,     with --cache-max: the bound, the entries as it counts them now,
+//	ocifs_cache_peak_bytes, ocifs_cache_evictions_total the highest count since start, entries removed to make room
 //
 // plus the Go runtime's and the process's own (go_*, process_*).
 package metrics

@@ -315,11 +315,15 @@ var (
 	descCacheBytes  = prometheus.NewDesc("ocifs_cache_bytes", "Bytes in the cache by kind (blob, index, tree), as of its last scan.", []string{"kind"}, nil)
 	descCacheEnts   = prometheus.NewDesc("ocifs_cache_entries", "Entries in the cache by kind, as of its last scan.", []string{"kind"}, nil)
 	descCacheErr    = prometheus.NewDesc("ocifs_cache_scan_errors", "1 when the last listing of the cache failed.", nil, nil)
+	descBoundMax    = prometheus.NewDesc("ocifs_cache_max_bytes", "The cache's bound (--cache-max), held at write time.", nil, nil)
+	descBoundBytes  = prometheus.NewDesc("ocifs_cache_bound_bytes", "The cache's entries as the bound counts them now (what this daemon admitted and removed, recounted at every trim).", nil, nil)
+	descBoundPeak   = prometheus.NewDesc("ocifs_cache_peak_bytes", "The highest ocifs_cache_bound_bytes since the daemon started.", nil, nil)
+	descEvictions   = prometheus.NewDesc("ocifs_cache_evictions_total", "Cache entries removed to make room for new ones under --cache-max (periodic trims not included).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descFetchBytes, descServed, descPassthrough, descHits, descMisses,
-		descFetchedFor, descFallbacks, descQueue,
+		descFetchedFor, descFallbacks, descQueue, descBoundMax, descBoundBytes, descBoundPeak, descEvictions,
 		descVerify, descImages, descLayers, descBgLayers, descPending, descCacheBytes, descCacheEnts, descCacheErr} {
 		ch <- d
 	}
@@ -397,6 +401,29 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descQueue, float64(queue.Streams), "stream")
 	gauge(descQueue, float64(queue.ReadAhead), "read_ahead")
 	gauge(descQueue, float64(queue.CacheWrites), "cache_write")
+
+	// The write-time bound of the clients' caches (one, in every daemon).
+	seenCache := map[*fetch.Cache]bool{}
+	var bs fetch.BoundStats
+	for c := range m.clients {
+		cache := c.Cache()
+		if seenCache[cache] {
+			continue
+		}
+		seenCache[cache] = true
+		if b := cache.Bound(); b.Max > 0 {
+			bs.Max += b.Max
+			bs.Bytes += b.Bytes
+			bs.Peak += b.Peak
+			bs.Evicted += b.Evicted
+		}
+	}
+	if bs.Max > 0 {
+		gauge(descBoundMax, float64(bs.Max))
+		gauge(descBoundBytes, float64(bs.Bytes))
+		gauge(descBoundPeak, float64(bs.Peak))
+		counter(descEvictions, bs.Evicted)
+	}
 
 	if m.cache != nil {
 		m.scanCache(time.Now())
