@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fetch"
@@ -109,32 +110,55 @@ func setCacheMax(cache *fetch.Cache, max int64) error {
 }
 
 // loadedImages is what a daemon serving many images (the snapshotter, the
-// store) does with each image it loads: count it in the metrics, and pin
-// what it cannot do without in the cache until the daemon stops.
+// store) does with each image it loads: pin what it cannot do without in
+// the cache, from its resolution (before its load fetches anything, which
+// under --cache-max could otherwise evict them) until the daemon stops,
+// and count it in the metrics once loaded.
 type loadedImages struct {
 	e      *env
 	mx     *daemonMetrics
 	client *fetch.Client
 	what   string // names the pins: "snapshotter", "store"
 
-	// mu guards pins.
+	// mu guards pins and n.
 	mu   sync.Mutex
-	pins []*fetch.Pin
+	pins map[digest.Digest]*fetch.Pin // by manifest digest
+	n    int                          // pins made, for their names
 }
 
-// loaded is an OnLoad of fs/snapshotter and fs/store.
+// resolved is an OnResolve of fs/snapshotter and fs/store: it pins what
+// the plan says the image needs (an image whose load then fails keeps its
+// pin until it is resolved again or the daemon stops).
+func (l *loadedImages) resolved(im *fs.Image) { l.pin(im) }
+
+// loaded is an OnLoad of fs/snapshotter and fs/store: the image is counted,
+// and pinned again with what its load settled on (a layer may stream
+// where its plan said index).
 func (l *loadedImages) loaded(im *fs.Image, took time.Duration) {
 	l.mx.add(l.client, im)
 	l.mx.ready(took)
+	l.pin(im)
+}
+
+// pin pins im's entries, replacing its earlier pin.
+func (l *loadedImages) pin(im *fs.Image) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	name := fmt.Sprintf("%s-%d-%d-%s", l.what, os.Getpid(), len(l.pins), im.Fetched().ManifestDigest.Encoded()[:12])
+	md := im.Fetched().ManifestDigest
+	l.n++
+	name := fmt.Sprintf("%s-%d-%d-%s", l.what, os.Getpid(), l.n, md.Encoded()[:12])
 	p, err := l.client.Cache().Pin(name, mountPins(im))
 	if err != nil {
 		l.e.log.Warn("pin an image's entries in the cache", "image", im.Ref(), "err", err)
 		return
 	}
-	l.pins = append(l.pins, p)
+	if old := l.pins[md]; old != nil {
+		old.Release() // after the new one holds them
+	}
+	if l.pins == nil {
+		l.pins = map[digest.Digest]*fetch.Pin{}
+	}
+	l.pins[md] = p
 }
 
 // release releases every pin.

@@ -35,6 +35,14 @@ func startMetrics(e *env, addr string) (*daemonMetrics, error) {
 	return &daemonMetrics{m: m, srv: srv}, nil
 }
 
+// addClient counts what client fetches (and its cache's bound) before any
+// image is loaded with it.
+func (d *daemonMetrics) addClient(client *fetch.Client) {
+	if d != nil {
+		d.m.AddClient(client)
+	}
+}
+
 // add counts what client fetches and im serves.
 func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) {
 	if d == nil {

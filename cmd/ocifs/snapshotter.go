@@ -128,6 +128,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	// Each image loaded is counted by the metrics, and what it cannot do
 	// without (manifest, config, indexes) is pinned in the cache until the
 	// snapshotter stops, whatever trims it.
+	mx.addClient(client)
 	loads := &loadedImages{e: e, mx: mx, client: client, what: "snapshotter"}
 	defer loads.release()
 	if o.cacheMax > 0 {
@@ -140,7 +141,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnLoad: loads.loaded})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnResolve: loads.resolved, OnLoad: loads.loaded})
 	if err != nil {
 		return err
 	}

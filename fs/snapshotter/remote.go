@@ -37,6 +37,10 @@ type RemoteOptions struct {
 	// Logger receives a line per image loaded and per layer served; each
 	// image logs its reads (and every EIO) here too. Nil discards.
 	Logger *slog.Logger
+	// OnResolve, when set, is called with each image once it is
+	// resolved, before its load fetches any layer (the daemon pins in its
+	// cache what the image cannot do without).
+	OnResolve func(im *fs.Image)
 	// OnLoad, when set, is called with each image once it is loaded,
 	// before any of its layers is served (the daemon's metrics count it).
 	OnLoad func(im *fs.Image, took time.Duration)
@@ -54,6 +58,7 @@ type Remote struct {
 	opts   fs.Options
 	log    *slog.Logger
 	onLoad func(*fs.Image, time.Duration)
+	onRes  func(*fs.Image)
 
 	ctx    context.Context // the loads' (shared by every waiter); Close cancels it
 	cancel context.CancelFunc
@@ -91,7 +96,7 @@ func NewRemote(ctx context.Context, opts RemoteOptions) (*Remote, error) {
 	io.Logger = log
 	io.Progressive = false
 	ctx, cancel := context.WithCancel(ctx)
-	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, ctx: ctx, cancel: cancel,
+	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
 		images: map[string]*remoteImage{}, held: map[string]*remoteImage{}}, nil
 }
 
@@ -283,6 +288,9 @@ func (r *Remote) load(ri *remoteImage) {
 	if err != nil {
 		ri.err = fmt.Errorf("resolve %s: %w", ri.pinned, err)
 		return
+	}
+	if r.onRes != nil {
+		r.onRes(im)
 	}
 	if err := im.Load(r.ctx); err != nil {
 		im.Close()
