@@ -230,7 +230,19 @@ func rotateLog(path string, max int64) (bool, error) {
 // ctx lives: when the file passes logMax it becomes .log.1 and a new one is
 // opened on fds 1 and 2.
 func keepLogRotated(ctx context.Context, log *slog.Logger, path string) {
-	t := time.NewTicker(time.Minute)
+	rotateEvery(ctx, log, path, logRotation{every: time.Minute, max: logMax, fds: []int{1, 2}})
+}
+
+// logRotation is how a log is kept rotated: checked every, rotated past
+// max bytes, the new file put on fds.
+type logRotation struct {
+	every time.Duration
+	max   int64
+	fds   []int
+}
+
+func rotateEvery(ctx context.Context, log *slog.Logger, path string, lr logRotation) {
+	t := time.NewTicker(lr.every)
 	defer t.Stop()
 	for {
 		select {
@@ -238,7 +250,7 @@ func keepLogRotated(ctx context.Context, log *slog.Logger, path string) {
 			return
 		case <-t.C:
 		}
-		rotated, err := rotateLog(path, logMax)
+		rotated, err := rotateLog(path, lr.max)
 		if err != nil {
 			log.Warn("rotate log", "path", path, "err", err)
 			continue
@@ -251,22 +263,49 @@ func keepLogRotated(ctx context.Context, log *slog.Logger, path string) {
 			log.Warn("rotate log: reopen", "path", path, "err", err)
 			continue
 		}
-		_ = unix.Dup3(int(f.Fd()), 1, 0)
-		_ = unix.Dup3(int(f.Fd()), 2, 0)
+		for _, fd := range lr.fds {
+			_ = unix.Dup3(int(f.Fd()), fd, 0)
+		}
 		f.Close()
 		log.Info("log rotated", "previous", path+".1")
 	}
 }
 
+// daemonLogs returns the files live ocifs daemons write their logs to (their
+// stdout and stderr), and those files' rotated names.
+func daemonLogs() map[string]bool {
+	out := map[string]bool{}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || !isDaemon(pid) {
+			continue
+		}
+		for _, fd := range []string{"1", "2"} {
+			if t, err := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd)); err == nil {
+				out[strings.TrimSuffix(t, ".1")] = true // just rotated, not reopened yet
+			}
+		}
+	}
+	return out
+}
+
 // pruneLogs removes the logs (and rotated logs) of mounts that no live
 // daemon serves and that were not written for age. It reports how many
-// files it removed and their bytes.
+// files it removed and their bytes. A log is live when its mount's state
+// names a live daemon, or when a live daemon writes it (its stdout): the
+// layer store's daemon keeps no mount state, and one that logged nothing
+// for a day must not lose its log.
 func pruneLogs(cacheDir string, age time.Duration, now time.Time) (n int, freed int64) {
 	dir := filepath.Join(cacheDir, "mounts")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, 0
 	}
+	written := daemonLogs()
 	for _, e := range ents {
 		name := e.Name()
 		base, ok := strings.CutSuffix(name, ".log")
@@ -278,6 +317,9 @@ func pruneLogs(cacheDir string, age time.Duration, now time.Time) (n int, freed 
 		}
 		if st, err := readStateFile(filepath.Join(dir, base+".json")); err == nil && isDaemon(st.PID) {
 			continue // a live mount's log
+		}
+		if written[filepath.Join(dir, base+".log")] {
+			continue // a live daemon writes it
 		}
 		fi, err := e.Info()
 		if err != nil || now.Sub(fi.ModTime()) < age {

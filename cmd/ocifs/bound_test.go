@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -242,6 +244,47 @@ func TestRotateLog(t *testing.T) {
 	}
 	if _, err := os.Stat(p); !os.IsNotExist(err) {
 		t.Errorf("%s still there after rotation (stat err %v)", p, err)
+	}
+}
+
+// TestKeepLogRotated: a daemon's log that grows past the limit while it
+// runs becomes .log.1, and what the daemon writes next (on its log's file
+// descriptors) goes to a new file under the log's name.
+func TestKeepLogRotated(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.log")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd()) // stands for the daemon's stdout
+	if _, err := f.Write(bytes.Repeat([]byte("x"), 2000)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rotateEvery(ctx, slog.New(slog.DiscardHandler), p, logRotation{every: 5 * time.Millisecond, max: 1000, fds: []int{fd}})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if fi, err := os.Stat(p); err == nil && fi.Size() == 0 {
+			break // rotated, and the new file is there
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not rotated after 10s", p)
+		}
+	}
+	cancel()
+	<-done
+	if _, err := f.Write([]byte("after\n")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p + ".1"); err != nil || len(b) != 2000 {
+		t.Errorf("%s.1: %d bytes, %v; want the 2000 written before", p, len(b), err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != "after\n" {
+		t.Errorf("%s after rotation = %q, %v; want what was written since", p, b, err)
 	}
 }
 

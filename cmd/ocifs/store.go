@@ -128,6 +128,22 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 	}
 	e.log.Info("layer store serving", "path", dir, "cache", e.g.cacheDir, "pid", os.Getpid(), "metrics", mx.address())
 	if ready != nil {
+		// A daemon 'ocifs store' started logs to a file of its own, as a
+		// mount's daemon does: keep it rotated (under systemd, stderr is
+		// the journal's).
+		p, err := pathsFor(e.g.cacheDir, dir)
+		if err != nil {
+			return err
+		}
+		bg, stopBg := context.WithCancel(context.Background())
+		var logWait sync.WaitGroup
+		defer func() {
+			stopBg()
+			logWait.Wait()
+		}()
+		logWait.Go(func() { keepLogRotated(bg, e.log, p.log) })
+	}
+	if ready != nil {
 		fmt.Fprint(ready, "ok\n")
 		ready.Close()
 		ready = nil

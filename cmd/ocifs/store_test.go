@@ -313,6 +313,26 @@ func TestStoreMetricsAndCacheMax(t *testing.T) {
 	if !c.Has(img.ConfigDesc.Digest) {
 		t.Errorf("the image's config, which the store pinned, was evicted")
 	}
+	// cache prune removes old logs of daemons that are gone, not the log
+	// the live store daemon writes, however long it has been quiet.
+	storeLog := namePaths(cache, mnt).log
+	gone := filepath.Join(cache, "mounts", "0123456789abcdef-gone.log")
+	if err := os.WriteFile(gone, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	for _, p := range []string{gone, storeLog} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := mustRun(t, "--cache-dir", cache, "cache", "prune", "--older-than", "1d")
+	if _, err := os.Stat(gone); !os.IsNotExist(err) || !strings.Contains(r.stdout, "removed 1 logs") {
+		t.Errorf("prune --older-than 1d: a gone daemon's log: stat err %v; stdout %q", err, r.stdout)
+	}
+	if _, err := os.Stat(storeLog); err != nil {
+		t.Errorf("prune removed the live store daemon's log: %v", err)
+	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
