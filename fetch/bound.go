@@ -51,6 +51,9 @@ type bound struct {
 	lru     *list.List
 	byKey   map[PinEntry]*list.Element
 	epoch   uint64 // bumped when a listing starts; entries admitted after it carry the new value
+	// gone holds the entries removed since the oldest listing under way
+	// began, with the epoch then: a listing may still show them.
+	gone map[PinEntry]uint64
 }
 
 type boundEntry struct {
@@ -74,7 +77,7 @@ func (c *Cache) SetMaxBytes(max int64) error {
 	if max <= 0 {
 		return errors.New("cache: bound must be positive")
 	}
-	b := &bound{max: max, lru: list.New(), byKey: map[PinEntry]*list.Element{}}
+	b := &bound{max: max, lru: list.New(), byKey: map[PinEntry]*list.Element{}, gone: map[PinEntry]uint64{}}
 	ep := b.beginListing()
 	// Counting before the listing: what is admitted while it runs is
 	// counted as admitted, and kept by the recount.
@@ -136,6 +139,9 @@ func (c *Cache) recount(b *bound, ep uint64, ents []CacheEntry) {
 		if el, ok := b.byKey[k]; ok && el.Value.(*boundEntry).epoch >= ep {
 			continue // admitted since the listing began: kept below, as it is now
 		}
+		if e, ok := b.gone[k]; ok && e >= ep {
+			continue // removed since the listing began
+		}
 		byKey[k] = lru.PushBack(&boundEntry{key: k, size: u.e.Size})
 		size += u.e.Size
 	}
@@ -148,6 +154,11 @@ func (c *Cache) recount(b *bound, ep uint64, ents []CacheEntry) {
 	}
 	b.lru, b.byKey, b.size = lru, byKey, size
 	b.peak = max(b.peak, size)
+	for k, e := range b.gone {
+		if e <= ep {
+			delete(b.gone, k) // no later listing can show it (a concurrent one is newer)
+		}
+	}
 }
 
 // admit installs an entry of kind and digest d, size bytes, by calling
@@ -194,6 +205,7 @@ func (c *Cache) evict(b *bound, need int64, keep PinEntry) {
 			if err := c.remove(be.key.Kind, be.key.Digest); err == nil || errors.Is(err, ErrNotFound) {
 				b.lru.Remove(el)
 				delete(b.byKey, be.key)
+				b.gone[be.key] = b.epoch
 				b.size -= be.size
 				need -= be.size
 				b.evicted++
@@ -217,6 +229,7 @@ func (b *bound) forget(kind string, d digest.Digest) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	k := PinEntry{kind, d}
+	b.gone[k] = b.epoch
 	if el, ok := b.byKey[k]; ok {
 		b.size -= el.Value.(*boundEntry).size
 		b.lru.Remove(el)

@@ -158,3 +158,35 @@ func TestBoundAtWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestBoundRecountDuringAdmissions: a listing (Trim's, SetMaxBytes's) made
+// while entries are evicted and admitted neither counts again an entry
+// removed after it began (a trim racing an admission counted 5.1 MB in a
+// 3 MiB bound: the evicted blob and the one admitted in its place) nor
+// loses one admitted after it began.
+func TestBoundRecountDuringAdmissions(t *testing.T) {
+	c, err := OpenCache(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetMaxBytes(3000); err != nil {
+		t.Fatal(err)
+	}
+	putBlobs(t, c, 3, 1000)
+	b := c.bound.Load()
+	ep := b.beginListing()
+	ents, err := c.List() // shows the three blobs
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // each evicts one of the listed blobs
+		d := bytes.Repeat([]byte{byte(200 + i)}, 1000)
+		if err := c.Put(digest.FromBytes(d), bytes.NewReader(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.recount(b, ep, ents)
+	if st, n := c.Bound(), listed(t, c); st.Bytes != n || st.Peak > 3000 {
+		t.Errorf("after a recount from a listing older than two admissions: the bound counts %d bytes (peak %d), the cache lists %d", st.Bytes, st.Peak, n)
+	}
+}
