@@ -43,6 +43,13 @@ func (d *daemonMetrics) addClient(client *fetch.Client) {
 	}
 }
 
+// addFallbacks counts a daemon's own fallbacks (Metrics.AddFallbacks).
+func (d *daemonMetrics) addFallbacks(reason string, count func() int64) {
+	if d != nil {
+		d.m.AddFallbacks(reason, count)
+	}
+}
+
 // add counts what client fetches and im serves.
 func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) {
 	if d == nil {

@@ -116,6 +116,8 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, cerr)
 		}
 	}()
+	// A layer ocifs cannot serve is downloaded by containerd: loudly.
+	mx.addFallbacks("runtime_download", func() int64 { return sn.Stats().Fallback })
 	lfs, err := fs.MountLayerFS(filepath.Join(o.root, "layers"), fs.LayerFSOptions{Logger: e.log})
 	if err != nil {
 		return withHint(err, "the layers are a FUSE mount at --root/layers; check /dev/fuse and that nothing else is mounted there")

@@ -31,7 +31,8 @@
 //	ocifs_verify_failures_total               bytes refused because their digest did not match (EIO)
 //	ocifs_fallbacks_total{reason}             layers served otherwise than planned, or refused: remote_index_unusable,
 //	                                          cached_index_unusable, toc_unusable, toc_unverified, toc_inexact_names,
-//	                                          table_disagrees, quarantine, not_cached, not_extracted (fs.Fallback*)
+//	                                          table_disagrees, quarantine, not_cached, not_extracted (fs.Fallback*);
+//	                                          the snapshotter adds runtime_download (layers containerd downloads itself)
 //	ocifs_images                              images being served
 //	ocifs_layers{mode,state}                  their layers: state complete (verified whole) or partial
 //	ocifs_background_layers{mode}             of those, the layers with background work left

@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -51,6 +52,8 @@ type Metrics struct {
 	scanned time.Time
 	usage   map[string]kindUsage
 	scanErr error
+	// extra are fallbacks a daemon counts itself (AddFallbacks), by reason.
+	extra map[string][]func() int64
 }
 
 // totals are the counters summed over every source since New.
@@ -152,6 +155,19 @@ func (m *Metrics) ObserveRange(r fetch.RangeRead) {
 		return
 	}
 	m.rangeTime.Observe(r.Duration.Seconds())
+}
+
+// AddFallbacks counts, under ocifs_fallbacks_total{reason}, the fallbacks
+// count reports: what the daemon counts itself, such as the snapshotter's
+// layers containerd had to download (reason "runtime_download"). count
+// must be monotonic.
+func (m *Metrics) AddFallbacks(reason string, count func() int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.extra == nil {
+		m.extra = map[string][]func() int64{}
+	}
+	m.extra[reason] = append(m.extra[reason], count)
 }
 
 // ObserveReady records how long a mount took to answer.
@@ -361,7 +377,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for p, n := range m.tot.fetchedFor {
 		counter(descFetchedFor, n, p)
 	}
-	for r, n := range m.tot.fallbacks {
+	fallbacks := maps.Clone(m.tot.fallbacks)
+	for r, fns := range m.extra {
+		for _, fn := range fns {
+			fallbacks[r] += fn()
+		}
+	}
+	for r, n := range fallbacks {
 		counter(descFallbacks, n, r)
 	}
 	counter(descVerify, m.tot.verifyFailures)
