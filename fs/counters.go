@@ -168,8 +168,8 @@ type BackgroundStats struct {
 	Streams int64 `json:"streams"`
 	// ReadAhead: read-ahead runs being fetched.
 	ReadAhead int64 `json:"read_ahead"`
-	// CacheWrites: runs of fetched spans waiting to be written to the
-	// disk cache.
+	// CacheWrites: runs of fetched spans being written to the disk
+	// cache, or waiting to be.
 	CacheWrites int64 `json:"cache_writes"`
 }
 

@@ -322,7 +322,7 @@ var (
 	descMisses      = prometheus.NewDesc("ocifs_cache_misses_total", "Reads that had to fetch, by kind: span, chunk, whole (a read that waited for its whole layer).", []string{"kind"}, nil)
 	descFetchedFor  = prometheus.NewDesc("ocifs_layer_fetch_bytes_total", "Layer bytes received from registries and layouts by why they were fetched: reader (a read or the mount waits on them), read_ahead (ahead of a sequential reader), background (prefetch).", []string{"purpose"}, nil)
 	descFallbacks   = prometheus.NewDesc("ocifs_fallbacks_total", "Layers served otherwise than planned, or refused, by reason (see 'ocifs stats' and the log for which layer).", []string{"reason"}, nil)
-	descQueue       = prometheus.NewDesc("ocifs_background_queue", "Background work under way: stream (whole-layer fetches running), read_ahead (read-ahead runs being fetched), cache_write (runs of fetched spans waiting to be written to the disk cache).", []string{"work"}, nil)
+	descQueue       = prometheus.NewDesc("ocifs_background_queue", "Background work under way: stream (whole-layer fetches running), read_ahead (read-ahead runs being fetched), cache_write (runs of fetched spans being written to the disk cache, or waiting to be).", []string{"work"}, nil)
 	descVerify      = prometheus.NewDesc("ocifs_verify_failures_total", "Reads refused because bytes did not match their digest (EIO to the reader).", nil, nil)
 	descImages      = prometheus.NewDesc("ocifs_images", "Images being served.", nil, nil)
 	descLayers      = prometheus.NewDesc("ocifs_layers", "Layers of the images being served, by lazy mode and state (complete: whole and verified; partial: not yet).", []string{"mode", "state"}, nil)
