@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fetch"
@@ -112,53 +111,73 @@ func setCacheMax(cache *fetch.Cache, max int64) error {
 // loadedImages is what a daemon serving many images (the snapshotter, the
 // store) does with each image it loads: pin what it cannot do without in
 // the cache, from its resolution (before its load fetches anything, which
-// under --cache-max could otherwise evict them) until the daemon stops,
-// and count it in the metrics once loaded.
+// under --cache-max could otherwise evict them) until it is closed or the
+// daemon stops, and count it in the metrics while it is served.
 type loadedImages struct {
 	e      *env
 	mx     *daemonMetrics
 	client *fetch.Client
 	what   string // names the pins: "snapshotter", "store"
 
-	// mu guards pins and n.
-	mu   sync.Mutex
-	pins map[digest.Digest]*fetch.Pin // by manifest digest
-	n    int                          // pins made, for their names
+	// mu guards everything below.
+	mu     sync.Mutex
+	pins   map[*fs.Image]*fetch.Pin
+	unmeta map[*fs.Image]func() // stop counting an image in the metrics
+	n      int                  // pins made, for their names
 }
 
 // resolved is an OnResolve of fs/snapshotter and fs/store: it pins what
-// the plan says the image needs (an image whose load then fails keeps its
-// pin until it is resolved again or the daemon stops).
+// the plan says the image needs (an image whose load fails keeps its pin
+// until the daemon stops).
 func (l *loadedImages) resolved(im *fs.Image) { l.pin(im) }
 
 // loaded is an OnLoad of fs/snapshotter and fs/store: the image is counted,
 // and pinned again with what its load settled on (a layer may stream
 // where its plan said index).
 func (l *loadedImages) loaded(im *fs.Image, took time.Duration) {
-	l.mx.add(l.client, im)
+	remove := l.mx.add(l.client, im)
 	l.mx.ready(took)
 	l.pin(im)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unmeta == nil {
+		l.unmeta = map[*fs.Image]func(){}
+	}
+	l.unmeta[im] = remove
+}
+
+// closing is an OnClose of fs/snapshotter: the image is no longer served.
+func (l *loadedImages) closing(im *fs.Image) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if remove := l.unmeta[im]; remove != nil {
+		remove()
+		delete(l.unmeta, im)
+	}
+	if p := l.pins[im]; p != nil {
+		p.Release()
+		delete(l.pins, im)
+	}
 }
 
 // pin pins im's entries, replacing its earlier pin.
 func (l *loadedImages) pin(im *fs.Image) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	md := im.Fetched().ManifestDigest
 	l.n++
-	name := fmt.Sprintf("%s-%d-%d-%s", l.what, os.Getpid(), l.n, md.Encoded()[:12])
+	name := fmt.Sprintf("%s-%d-%d-%s", l.what, os.Getpid(), l.n, im.Fetched().ManifestDigest.Encoded()[:12])
 	p, err := l.client.Cache().Pin(name, mountPins(im))
 	if err != nil {
 		l.e.log.Warn("pin an image's entries in the cache", "image", im.Ref(), "err", err)
 		return
 	}
-	if old := l.pins[md]; old != nil {
+	if old := l.pins[im]; old != nil {
 		old.Release() // after the new one holds them
 	}
 	if l.pins == nil {
-		l.pins = map[digest.Digest]*fetch.Pin{}
+		l.pins = map[*fs.Image]*fetch.Pin{}
 	}
-	l.pins[md] = p
+	l.pins[im] = p
 }
 
 // release releases every pin.

@@ -50,13 +50,14 @@ func (d *daemonMetrics) addFallbacks(reason string, count func() int64) {
 	}
 }
 
-// add counts what client fetches and im serves.
-func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) {
+// add counts what client fetches and im serves; remove folds im's last
+// counts into the totals and stops reading it (call it before im.Close).
+func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) (remove func()) {
 	if d == nil {
-		return
+		return func() {}
 	}
 	d.m.AddClient(client)
-	d.m.AddImage(im, client)
+	return d.m.AddImage(im, client)
 }
 
 func (d *daemonMetrics) ready(took time.Duration) {

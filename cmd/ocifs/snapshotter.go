@@ -143,7 +143,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnResolve: loads.resolved, OnLoad: loads.loaded})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnResolve: loads.resolved, OnLoad: loads.loaded, OnClose: loads.closing})
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,9 @@ type RemoteOptions struct {
 	// OnLoad, when set, is called with each image once it is loaded,
 	// before any of its layers is served (the daemon's metrics count it).
 	OnLoad func(im *fs.Image, took time.Duration)
+	// OnClose, when set, is called with each image OnLoad was called
+	// with, before it is closed (no layer of it is held any more).
+	OnClose func(im *fs.Image)
 }
 
 // Remote is the [Layers] of ocifs: each layer containerd unpacks is the
@@ -59,6 +62,7 @@ type Remote struct {
 	log    *slog.Logger
 	onLoad func(*fs.Image, time.Duration)
 	onRes  func(*fs.Image)
+	onClos func(*fs.Image)
 
 	ctx    context.Context // the loads' (shared by every waiter); Close cancels it
 	cancel context.CancelFunc
@@ -96,7 +100,7 @@ func NewRemote(ctx context.Context, opts RemoteOptions) (*Remote, error) {
 	io.Logger = log
 	io.Progressive = false
 	ctx, cancel := context.WithCancel(ctx)
-	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
+	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, onRes: opts.OnResolve, onClos: opts.OnClose, ctx: ctx, cancel: cancel,
 		images: map[string]*remoteImage{}, held: map[string]*remoteImage{}}, nil
 }
 
@@ -341,6 +345,9 @@ func (r *Remote) unref(ri *remoteImage) *fs.Image {
 }
 
 func (r *Remote) closeImage(im *fs.Image) {
+	if r.onClos != nil {
+		r.onClos(im)
+	}
 	if err := im.Close(); err != nil {
 		r.log.Warn("close image", "image", im.Ref(), "err", err)
 	}
