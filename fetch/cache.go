@@ -50,6 +50,8 @@ type Cache struct {
 	added chan struct{}
 
 	hashed atomic.Int64 // bytes read by Verify's hashing, for tests
+
+	bound atomic.Pointer[bound] // the write-time bound (SetMaxBytes, bound.go); nil for none
 }
 
 // OpenCache opens (creating with mode 0700) the cache rooted at dir, and
@@ -191,7 +193,7 @@ func (p *Pending) Commit() error {
 		return fmt.Errorf("cache: blob %s: %w", p.d, err)
 	}
 	dst, _ := p.c.path(blobsDir, p.d)
-	if err := p.c.install(p.f.Name(), dst); err != nil {
+	if err := p.c.admit(KindBlob, p.d, p.bytes, func() error { return p.c.install(p.f.Name(), dst) }); err != nil {
 		return fmt.Errorf("cache: blob %s: %w", p.d, err)
 	}
 	// The bytes were hashed as they were written: record the check.
@@ -270,7 +272,8 @@ func (c *Cache) WriteIndex(layer digest.Digest, data []byte) error {
 		werr = err
 	}
 	if werr == nil {
-		werr = c.install(f.Name(), dst)
+		size := int64(len(indexMagic) + len(sum) + len(data))
+		werr = c.admit(KindIndex, layer, size, func() error { return c.install(f.Name(), dst) })
 	}
 	if werr != nil {
 		return fmt.Errorf("cache: index %s: %w", layer, werr)
@@ -402,9 +405,18 @@ func (c *Cache) List() ([]CacheEntry, error) {
 	return append(out, trees...), nil
 }
 
-// Remove deletes a blob or index entry; the error wraps ErrNotFound if it
-// is absent.
+// Remove deletes a blob, index or tree entry; the error wraps ErrNotFound
+// if it is absent.
 func (c *Cache) Remove(kind string, d digest.Digest) error {
+	err := c.remove(kind, d)
+	if b := c.bound.Load(); b != nil && (err == nil || errors.Is(err, ErrNotFound)) {
+		b.forget(kind, d)
+	}
+	return err
+}
+
+// remove deletes an entry's files, and nothing else.
+func (c *Cache) remove(kind string, d digest.Digest) error {
 	var dir string
 	switch kind {
 	case KindBlob:

@@ -23,7 +23,12 @@
 //     registry or an OCI layout; in the image's own repository or, through
 //     [Image.InRepository], in another one (an index repository for images
 //     one cannot push to), still keyed and checked by the manifest digest.
-//   - The digest-addressed on-disk cache ([Cache]).
+//   - The digest-addressed on-disk cache ([Cache]): pins of what live
+//     processes use, least-recently-used trims ([Cache.Trim]), and a size
+//     bound held at write time ([Cache.SetMaxBytes], bound.go says exactly
+//     what it guarantees).
+//   - Counting blob bytes by what a caller fetched them for
+//     ([CountBytes]).
 //   - Registry mirrors as node engineers already configure them for
 //     containerd (a hosts.toml tree, [Options.HostsDir]) and podman
 //     (registries.conf, [Options.RegistriesConf]); see Mirrors below.

@@ -221,6 +221,7 @@ func (r *blobReader) readBody(p []byte) (int, error) {
 		r.skip -= n
 		if r.count {
 			r.c.stats.addBlob(r.desc.Digest, n)
+			countBytes(r.ctx, n)
 		}
 		if err != nil {
 			return 0, err
@@ -229,6 +230,7 @@ func (r *blobReader) readBody(p []byte) (int, error) {
 	n, err := r.body.Read(p)
 	if r.count {
 		r.c.stats.addBlob(r.desc.Digest, int64(n))
+		countBytes(r.ctx, int64(n))
 	}
 	return n, err
 }

@@ -54,6 +54,9 @@ const maxTouched = 4096
 
 // touch records that the entry of kind with digest d was just used.
 func (c *Cache) touch(kind string, d digest.Digest) {
+	if b := c.bound.Load(); b != nil {
+		b.used(kind, d)
+	}
 	p, err := c.path(filepath.Join(usedDir, kind), d)
 	if err != nil {
 		return
@@ -273,6 +276,11 @@ func (c *Cache) Trim(opts TrimOptions) (TrimResult, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
+	b := c.bound.Load()
+	var ep uint64
+	if b != nil {
+		ep = b.beginListing()
+	}
 	ents, err := c.List()
 	if err != nil {
 		return TrimResult{}, err
@@ -302,6 +310,7 @@ func (c *Cache) Trim(opts TrimOptions) (TrimResult, error) {
 		return strings.Compare(string(a.e.Digest), string(b.e.Digest))
 	})
 	var errs []error
+	removed := map[PinEntry]bool{}
 	for _, cd := range cands {
 		old := opts.OlderThan > 0 && now.Sub(cd.used) > opts.OlderThan
 		over := opts.MaxBytes > 0 && res.Left > opts.MaxBytes
@@ -313,12 +322,20 @@ func (c *Cache) Trim(opts TrimOptions) (TrimResult, error) {
 				errs = append(errs, err)
 			} else {
 				res.Left -= cd.e.Size // another trim got there first
+				removed[PinEntry{cd.e.Kind, cd.e.Digest}] = true
 			}
 			continue
 		}
 		res.Removed++
 		res.Freed += cd.e.Size
 		res.Left -= cd.e.Size
+		removed[PinEntry{cd.e.Kind, cd.e.Digest}] = true
+	}
+	if b != nil {
+		// The listing is the count from now on: it sees what other
+		// processes added and removed since the last one.
+		left := slices.DeleteFunc(ents, func(e CacheEntry) bool { return removed[PinEntry{e.Kind, e.Digest}] })
+		c.recount(b, ep, left)
 	}
 	return res, errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"context"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -26,5 +27,28 @@ type RangeRead struct {
 func (c *Client) observeRange(r RangeRead) {
 	if c.onRange != nil {
 		c.onRange(r)
+	}
+}
+
+// countKey is the context key of CountBytes.
+type countKey struct{}
+
+// CountBytes returns a context under which the blob body bytes a fetch
+// receives from a registry or a layout (not from the cache) are also
+// reported to count, as they arrive, whatever the reader of the blob does
+// with them: a caller tells apart what it fetched for whom (fs counts layer
+// bytes fetched for a reader, ahead of one, or in the background). Contexts
+// derived from one inherit its count; a nested CountBytes replaces it.
+func CountBytes(ctx context.Context, count func(n int64)) context.Context {
+	return context.WithValue(ctx, countKey{}, count)
+}
+
+// countBytes reports n bytes received under ctx to its CountBytes, if any.
+func countBytes(ctx context.Context, n int64) {
+	if n <= 0 {
+		return
+	}
+	if count, ok := ctx.Value(countKey{}).(func(int64)); ok {
+		count(n)
 	}
 }

@@ -197,6 +197,7 @@ func (im *Image) readRangeOnce(ctx context.Context, desc ocispec.Descriptor, off
 		im.c.log.Debug("source ignored Range; discarding prefix", "digest", desc.Digest, "off", off)
 		got, err := io.CopyN(io.Discard, body, skip)
 		im.c.stats.addBlob(desc.Digest, got)
+		countBytes(ctx, got)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -206,6 +207,7 @@ func (im *Image) readRangeOnce(ctx context.Context, desc ocispec.Descriptor, off
 	}
 	got, err := io.ReadFull(body, buf)
 	im.c.stats.addBlob(desc.Digest, int64(got))
+	countBytes(ctx, int64(got))
 	if err == io.EOF {
 		err = io.ErrUnexpectedEOF
 	}

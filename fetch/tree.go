@@ -246,7 +246,7 @@ func (p *PendingTree) Commit() error {
 	// taken above): an unsealed leftover of an interrupted Remove, or a
 	// tree another version of ocifs made.
 	removeTreeDir(dst)
-	if err := p.c.install(p.dir, dst); err != nil {
+	if err := p.c.admit(KindTree, p.d, treeBytes(p.dir), func() error { return p.c.install(p.dir, dst) }); err != nil {
 		if sealedWith(dst, p.fileMin) {
 			return nil // another process sealed it first
 		}
@@ -327,12 +327,7 @@ func (c *Cache) treeEntries() ([]CacheEntry, error) {
 			} else if fi, err := e.Info(); err == nil {
 				en.ModTime = fi.ModTime()
 			}
-			files, _ := os.ReadDir(dir)
-			for _, f := range files {
-				if fi, err := f.Info(); err == nil && fi.Mode().IsRegular() && !strings.HasPrefix(f.Name(), ".") {
-					en.Size += diskSize(fi)
-				}
-			}
+			en.Size = treeBytes(dir)
 			out = append(out, en)
 		}
 	}

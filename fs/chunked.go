@@ -114,6 +114,7 @@ func (l *layer) planChunked(ctx context.Context) error {
 		l.im.log.Warn("layer claims a lazy format but its TOC cannot be located; keeping the plan",
 			"layer", l.desc.Digest, "mode", l.mode, "err", err)
 		l.why = fmt.Sprintf("eStargz/zstd:chunked TOC not usable (%v); %s", err, l.why)
+		l.im.fellBack(fbTOCUnusable)
 		return nil
 	}
 	name := loc.Layout.String()
@@ -122,6 +123,7 @@ func (l *layer) planChunked(ctx context.Context) error {
 			"layer", l.desc.Digest, "layout", name, "mode", l.mode)
 		l.why = fmt.Sprintf("%s TOC found but unverified (no %s annotation binds it to the manifest): lazy serving refused (--insecure-lazy accepts it); %s",
 			name, toc.AnnotationTOCDigest, l.why)
+		l.im.fellBack(fbTOCUnverified)
 		return nil
 	}
 	l.setReader(&chunkReader{l: l, ranges: l.im.img, loc: loc, landmarkDone: make(chan struct{})})
@@ -246,6 +248,7 @@ func (c *chunkReader) unchunk(ctx context.Context, why string) error {
 	l.im.log.Warn("lazy layer refused: its TOC cannot give its names exactly; "+how+" instead",
 		"layer", l.desc.Digest, "layout", c.loc.Layout, "mode", l.mode, "err", why)
 	l.why = fmt.Sprintf("%s TOC not used: %s; %s", c.loc.Layout, why, how)
+	l.im.fellBack(fbTOCNames)
 	return l.load(ctx)
 }
 
@@ -334,6 +337,11 @@ func (s chunkSet) disk(i int) (digest.Digest, int64, string) {
 // fetch gets the missing chunks with one Range GET for each stretch of
 // adjacent ones (groupChunks).
 func (s chunkSet) fetch(ctx context.Context, run, missing []int, out []pieceBytes, foreground bool) {
+	if foreground {
+		ctx = s.c.l.im.countFetched(ctx, forReader)
+	} else {
+		ctx = s.c.l.im.countFetched(ctx, forBackground) // the landmark prefetch
+	}
 	for _, group := range groupChunks(s.c.toc.Chunks, run, missing, foreground) {
 		s.fetchGroup(ctx, run, group, out)
 	}
@@ -392,7 +400,7 @@ func (s chunkSet) fetchGroup(ctx context.Context, run, group []int, out []pieceB
 	}
 	cache := l.im.client.Cache()
 	for _, n := range group {
-		l.im.cacheMisses.Add(1)
+		l.im.miss(kindChunk)
 		if err != nil {
 			out[n] = pieceBytes{err: err}
 			continue

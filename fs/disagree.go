@@ -99,6 +99,7 @@ func (l *layer) disagree(ctx context.Context, what string, verified []index.Entr
 		d.refused = r
 	}
 	l.im.verifyFailures.Add(1)
+	l.im.fellBack(fbDisagree)
 	l.disagreed.Store(d)
 	l.im.publishRefusals()
 	l.im.log.Error("the "+what+" in use disagrees with the verified layer: the nodes it got wrong are refused, the rest is served from the verified bytes",

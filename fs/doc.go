@@ -111,7 +111,8 @@
 //     the names served and the slots given. add holds it while it makes a
 //     ServedTree, so it comes before every lock of an image.
 //  1. readAhead.mu (readahead.go), one per image: the sequential streams
-//     seen and the read-ahead runs in flight. Taken before pieceCache.mu.
+//     seen and the read-ahead runs in flight. Taken before pieceCache.mu
+//     (and alone by Stats, for the runs in flight: counters.go).
 //  2. pieceCache.mu (pieces.go), one per image: the decoded pieces (spans,
 //     chunks) in memory, their LRU order and size, and the fetches in
 //     flight. Leaf within the package (claimEach asks the disk cache,

@@ -92,6 +92,9 @@ func TestGapStreamTampered(t *testing.T) {
 	if l.quarantined() == nil {
 		t.Errorf("layer not quarantined after its assembled blob failed its digest")
 	}
+	if n := im.Stats().Fallbacks[FallbackQuarantine]; n != 1 {
+		t.Errorf("fallbacks[%s] = %d after one layer was quarantined, want 1", FallbackQuarantine, n)
+	}
 	if im.client.Cache().Has(img.LayerDescs[0].Digest) {
 		t.Errorf("a blob that failed its digest is in the cache")
 	}

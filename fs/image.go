@@ -119,8 +119,7 @@ type Image struct {
 	views            imageViews    // per-layer views, computed on first use (views.go)
 	podmanViews      podmanViews   // podman's flavour of them (views_podman.go)
 	keeping          chan struct{} // runs of fetched spans waiting to be written to the disk cache (layer.keep)
-	cacheHits        atomic.Int64
-	cacheMisses      atomic.Int64
+	counts           imageCounts   // by cache kind, fetch purpose, fallback reason (counters.go)
 	verifyFailures   atomic.Int64
 	refused          sync.Map // *Node whose EIO has been logged at Error (not the inode number: the views of two layers number their nodes alike)
 
@@ -383,10 +382,10 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	var err error
 	sparse := im.sparseMap(n)
 	if t := im.layers[n.Layer].tree.Load(); t != nil && !hasTreeFile(n.Size, sparse != nil) {
-		im.cacheHits.Add(1)
+		im.hit(kindFile)
 		got, err = t.ReadPack(p, n.Offset+off)
 	} else if f := im.openFile(n); f != nil {
-		im.cacheHits.Add(1)
+		im.hit(kindFile)
 		got, err = f.ReadAt(p, off)
 		f.Close()
 	} else if sparse != nil {
@@ -403,6 +402,7 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 			im.layers[n.Layer].desc.Digest, got, len(p), off, io.ErrUnexpectedEOF, err)
 	}
 	im.bytesServed.Add(int64(got))
+	im.layers[n.Layer].served.Add(int64(got))
 	if err == nil && got < want {
 		err = io.EOF
 	}
@@ -479,6 +479,7 @@ type LayerInfo struct {
 	Why          string        `json:"why"`
 	Size         int64         `json:"size"`
 	BytesFetched int64         `json:"bytes_fetched"`
+	BytesServed  int64         `json:"bytes_served"` // of the layer's files, through the daemon
 	Complete     bool          `json:"complete"`
 	Verified     bool          `json:"verified"`
 	// Extracted: the layer's files are extracted into the cache and opened
@@ -502,12 +503,24 @@ type Stats struct {
 	Requests         int64         `json:"requests"`
 	BytesServed      int64         `json:"bytes_served"`      // through the daemon; passthrough reads bypass it
 	PassthroughFiles int64         `json:"passthrough_files"` // files handed to the kernel to read itself
-	CacheHits        int64         `json:"cache_hits"`
-	CacheMisses      int64         `json:"cache_misses"`
+	CacheHits        int64         `json:"cache_hits"`        // every kind of Cache
+	CacheMisses      int64         `json:"cache_misses"`      // every kind of Cache
 	VerifyFailures   int64         `json:"verify_failures"`
-	ImageSize        int64         `json:"image_size"` // compressed bytes of all layers plus config
-	Inodes           int           `json:"inodes"`
-	Layers           []LayerInfo   `json:"layers"`
+	// Cache is the hits and misses by kind (CacheSpan, CacheChunk,
+	// CacheFile, CacheWhole).
+	Cache map[string]CacheCount `json:"cache"`
+	// FetchedFor is the layer bytes received (registry or layout, not
+	// the cache) by why they were fetched: FetchReader, FetchReadAhead,
+	// FetchBackground.
+	FetchedFor map[string]int64 `json:"fetched_for"`
+	// Fallbacks counts, by reason (the Fallback constants), the layers
+	// served otherwise than planned, or refused.
+	Fallbacks map[string]int64 `json:"fallbacks"`
+	// Background is the background work under way.
+	Background BackgroundStats `json:"background"`
+	ImageSize  int64           `json:"image_size"` // compressed bytes of all layers plus config
+	Inodes     int             `json:"inodes"`
+	Layers     []LayerInfo     `json:"layers"`
 }
 
 // Layers describes each layer's plan and progress.
@@ -523,6 +536,7 @@ func (im *Image) Layers() []LayerInfo {
 		out[i].Extracted = l.tree.Load() != nil
 		out[i].Settled = l.settled.Load() || l.quarantined() != nil
 		out[i].Refused = l.refusedCount()
+		out[i].BytesServed = l.served.Load()
 	}
 	return out
 }
@@ -537,12 +551,11 @@ func (im *Image) Stats() Stats {
 		Requests:         fs.Requests,
 		BytesServed:      im.bytesServed.Load(),
 		PassthroughFiles: im.passthroughFiles.Load(),
-		CacheHits:        im.cacheHits.Load(),
-		CacheMisses:      im.cacheMisses.Load(),
 		VerifyFailures:   im.verifyFailures.Load(),
 		ImageSize:        im.img.Manifest.Config.Size,
 		Layers:           im.Layers(),
 	}
+	im.fillStats(&s)
 	for _, l := range im.img.Layers() {
 		s.ImageSize += l.Size
 	}

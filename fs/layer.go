@@ -65,6 +65,8 @@ type layer struct {
 	// fetch then stops yielding and keeps no rate.
 	urgent atomic.Bool
 
+	served atomic.Int64 // bytes of its files read through the daemon (LayerInfo.BytesServed)
+
 	// tree is the layer's regular files, extracted from a stream checked
 	// against its DiffID, once unpack has made it (gzip layers whose blob
 	// is complete); nil again if its files turn out damaged.
@@ -173,6 +175,7 @@ func (l *layer) load(ctx context.Context) error {
 			return nil
 		}
 		l.im.log.Warn("registry index unusable; streaming the layer instead", "layer", l.desc.Digest, "source", l.indexImage().Source(), "err", err)
+		l.im.fellBack(fbRemoteIndex)
 		l.mode, l.why = ModeStream, "the index from "+l.im.indexWhere(l.indexImage())+" was unusable ("+err.Error()+"): streamed and indexed"
 	}
 	a := &attempt{done: make(chan struct{})}
@@ -238,6 +241,7 @@ func (l *layer) cachedIndex() *index.Table {
 		f.Close()
 	}
 	l.im.log.Warn("cached index unusable; rebuilding it", "layer", l.desc.Digest, "err", err)
+	l.im.fellBack(fbCachedIndex)
 	return nil
 }
 
@@ -284,6 +288,7 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 // a progressive load's reader learns of every span as it is indexed.
 func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader, stream *streamReader) (*index.Table, *os.File, error) {
 	start := time.Now()
+	ctx = l.countStream(ctx, pace != nil)
 	cache := l.im.client.Cache()
 	inUse := l.tbl()
 	var blob io.ReadCloser
@@ -356,6 +361,7 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader, 
 			return nil, nil, l.uncacheable(err)
 		}
 		l.im.log.Warn("layer verified but not cached; its reads fetch and verify its spans instead", "layer", l.desc.Digest, "err", err)
+		l.im.fellBack(fbNotCached)
 	}
 	if b, err := t.MarshalBinary(); err != nil {
 		l.im.log.Warn("encoding layer index", "layer", l.desc.Digest, "err", err)
@@ -563,9 +569,11 @@ func (l *layer) fill(ctx context.Context, key digest.Digest, w filler) (*os.File
 			l.im.log.Warn("removing damaged cache entry", "digest", key, "err", err)
 		}
 	}
-	t, f, err := w.fillFetch(ctx, func(r io.Reader) io.Reader {
+	l.im.counts.streams.Add(1)
+	t, f, err := w.fillFetch(l.countStream(ctx, true), func(r io.Reader) io.Reader {
 		return &prefetchReader{ctx: ctx, r: r, l: l, rate: l.im.opts.PrefetchRate, start: time.Now()}
 	})
+	l.im.counts.streams.Add(-1)
 	if err != nil {
 		return nil, err
 	}
@@ -745,6 +753,7 @@ func (l *layer) finish(a *attempt, f *os.File, err error) {
 	l.mu.Lock()
 	if err != nil && isVerification(err) && l.bad == nil {
 		l.bad = err
+		l.im.fellBack(fbQuarantine)
 	}
 	a.data, a.err = f, err
 	close(a.done)

@@ -90,7 +90,8 @@ func (h *fileHandle) read(n *Node, dest []byte, off int64) (fuse.ReadResult, sys
 		h.in.im.log.Error("reading an extracted layer file", "file", h.f.Name(), "err", err)
 		return nil, syscall.EIO
 	}
-	h.in.im.cacheHits.Add(1)
+	h.in.im.hit(kindFile)
 	h.in.im.bytesServed.Add(int64(got))
+	h.in.im.layers[n.Layer].served.Add(int64(got))
 	return fuse.ReadResultData(dest[:got]), 0
 }

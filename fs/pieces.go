@@ -242,7 +242,7 @@ func (l *layer) readPieces(ctx context.Context, s pieceSet, p []byte, off int64)
 func (l *layer) piece(ctx context.Context, s pieceSet, i, last int) ([]byte, error) {
 	k := s.key().at(i)
 	if data := l.im.spans.get(k); data != nil {
-		l.im.cacheHits.Add(1)
+		l.im.hit(pieceKind(s))
 		return data, nil
 	}
 	f, run := l.im.spans.claim(k, last, func(j, n int) bool { return s.join(i, j, n) })
@@ -287,13 +287,13 @@ func (l *layer) gather(ctx context.Context, s pieceSet, run []int, foreground bo
 		if f := s.file(i); f != nil {
 			out[n].raw, out[n].err = s.fromFile(f, i)
 			if out[n].err == nil {
-				l.im.cacheHits.Add(1)
+				l.im.hit(pieceKind(s))
 			}
 			continue
 		}
 		if b := l.cachedPiece(s.disk(i)); b != nil {
 			out[n].raw = b
-			l.im.cacheHits.Add(1)
+			l.im.hit(pieceKind(s))
 			continue
 		}
 		missing = append(missing, n)

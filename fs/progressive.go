@@ -314,6 +314,7 @@ func (l *layer) loadProgressive(prog *progress) {
 			// Served bytes may already have come from this stream: whatever
 			// the cause, the layer is not served again in this mount.
 			l.bad = err
+			l.im.fellBack(fbQuarantine)
 		}
 		l.mu.Unlock()
 		// A read of the temp file still under way fails and, seeing the

@@ -233,6 +233,9 @@ func TestProgressiveTamperQuarantines(t *testing.T) {
 	if err := im.layers[0].quarantined(); !errors.As(err, &de) {
 		t.Errorf("layer 0 quarantined for %v; want a digest mismatch", err)
 	}
+	if n := im.Stats().Fallbacks[FallbackQuarantine]; n != 1 {
+		t.Errorf("fallbacks[%s] = %d after the stream's layer was quarantined, want 1", FallbackQuarantine, n)
+	}
 }
 
 // TestProgressiveTruncatedTempFile: while a progressive stream is held

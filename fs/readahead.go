@@ -84,6 +84,7 @@ func (r *spanReader) readAhead(off, end, fileEnd int64) {
 		return
 	}
 	set := r.set()
+	set.ahead = true
 	key := set.key()
 	ra := &l.im.ahead
 	ra.mu.Lock()

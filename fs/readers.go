@@ -46,8 +46,9 @@ type wholeReader struct {
 func (r *wholeReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, error) {
 	l := r.l
 	f, ok := l.fetched()
-	if !ok {
-		l.im.cacheMisses.Add(1)
+	waited := !ok
+	if waited {
+		l.im.miss(kindWhole)
 		l.urgent.Store(true)
 		if err := l.ensure(ctx); err != nil {
 			return 0, err
@@ -62,6 +63,9 @@ func (r *wholeReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) 
 	if f == nil {
 		// fetchWhole fails a layer without spans that it cannot cache.
 		return 0, fmt.Errorf("layer %s: uncompressed tar not cached", l.desc.Digest)
+	}
+	if !waited {
+		l.im.hit(kindWhole)
 	}
 	return f.ReadAt(p, off)
 }

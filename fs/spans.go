@@ -84,6 +84,7 @@ type spanSet struct {
 	held        func(end int64) bool
 	parts       partsFetcher
 	keepFetched bool // write spans fetched from the registry to the disk cache
+	ahead       bool // fetched ahead of a sequential reader (readahead.go), for Stats.FetchedFor
 }
 
 func (s spanSet) size() int64                 { return s.t.TarSize }
@@ -117,6 +118,11 @@ func (s spanSet) disk(i int) (digest.Digest, int64, string) {
 // against its digest.
 func (s spanSet) fetch(ctx context.Context, run, missing []int, out []pieceBytes, _ bool) {
 	l := s.l
+	if s.ahead {
+		ctx = l.im.countFetched(ctx, forReadAhead)
+	} else {
+		ctx = l.im.countFetched(ctx, forReader)
+	}
 	parts := make([]fetch.Part, len(missing))
 	for k, n := range missing {
 		sp := s.t.Spans[run[n]]
@@ -131,7 +137,7 @@ func (s spanSet) fetch(ctx context.Context, run, missing []int, out []pieceBytes
 	data, errs := s.parts.FetchParts(ctx, l.desc, parts)
 	l.im.fetchSem.Release()
 	for k, n := range missing {
-		l.im.cacheMisses.Add(1)
+		l.im.miss(kindSpan)
 		out[n] = pieceBytes{raw: data[k], err: errs[k], fetched: errs[k] == nil}
 	}
 }

@@ -50,6 +50,7 @@ func (l *layer) unpack(ctx context.Context) {
 		if err != nil {
 			if ctx.Err() == nil {
 				l.im.log.Warn("not extracting the layer's files; reads decode its spans instead", "layer", l.desc.Digest, "err", err)
+				l.im.fellBack(fbNotExtracted)
 			}
 		} else {
 			l.tree.Store(t)

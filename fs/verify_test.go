@@ -99,6 +99,9 @@ func TestLyingIndexWithCachedBlob(t *testing.T) {
 	if st := im.Stats(); st.Layers[0].Verified || st.Layers[0].Refused != 1 {
 		t.Errorf("layer 0: verified %v, refused %d after the lie was caught; want false, 1", st.Layers[0].Verified, st.Layers[0].Refused)
 	}
+	if st := im.Stats(); st.Fallbacks[FallbackDisagree] != 1 || st.Fallbacks[FallbackQuarantine] != 0 {
+		t.Errorf("fallbacks %v after one lying index was caught; want %s 1 and no quarantine", st.Fallbacks, FallbackDisagree)
+	}
 }
 
 // failBlob answers 503 to every GET of one blob while fail is set.
@@ -140,7 +143,7 @@ func TestTransientErrorDoesNotQuarantine(t *testing.T) {
 	if got, err := readFile(t, im, "data/f0200.txt"); err != nil || !bytes.Equal(got, content["data/f0200.txt"]) {
 		t.Errorf("read after a failed background fetch: %d bytes, %v; want the file", len(got), err)
 	}
-	if st := im.Stats(); st.VerifyFailures != 0 {
-		t.Errorf("verify_failures = %d after a 503, want 0", st.VerifyFailures)
+	if st := im.Stats(); st.VerifyFailures != 0 || len(st.Fallbacks) != 0 {
+		t.Errorf("verify_failures = %d, fallbacks %v after a 503, want none", st.VerifyFailures, st.Fallbacks)
 	}
 }

@@ -2,12 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,27 +56,66 @@ func cacheBytes(t *testing.T, c *fetch.Cache) int64 {
 	return n
 }
 
-// TestCacheMax: a mount with --cache-max smaller than its image reads the
-// whole image, twice, right; the cache is back under the bound once the
-// background has settled and a trim has run; the entries the mount cannot
-// do without (manifest, config, layer indexes) are never removed; and
-// `cache prune --max-size` while it is mounted keeps them too.
+// TestCacheMax: a mount with --cache-max smaller than its image (three
+// layers of 2.5 MiB against 3 MiB) reads the whole image, twice, right,
+// while the bound holds at write time: the daemon's own count of the
+// cache's entries (ocifs_cache_peak_bytes, the highest it ever was) never
+// passes the bound, and the cache's listing after every read is within it
+// too, give or take the one entry that may be admitted while the listing
+// runs (an eviction in one directory and its admission in another); the
+// entries the mount cannot do without (manifest, config, layer indexes)
+// are never removed; and `cache prune --max-size` while it is mounted
+// keeps them too.
 func TestCacheMax(t *testing.T) {
 	requireFUSE(t)
 	bin := ocifsBinary(t)
 	img, want := boundImage(t)
 	ref := registryRef(t, img, nil)
 	cache := isolate(t)
-	const max = 3 << 20
+	const limit = 3 << 20
 	dir := t.TempDir()
 	cleanupMount(t, cache, dir)
-	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--cache-max=3M", "--cache-trim-interval=100ms", ref, dir)
+	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--cache-max=3M", "--cache-trim-interval=100ms",
+		"--metrics-address=127.0.0.1:0", ref, dir)
 	if code != 0 {
 		t.Fatalf("mount: exit %d\n%s%s", code, out, errs)
+	}
+	st, err := readState(namePaths(cache, dir))
+	if err != nil || st.Metrics == "" {
+		t.Fatalf("mount state records no metrics address: %+v, %v", st, err)
 	}
 	c, err := fetch.OpenCache(cache)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The largest entry: a layer's blob, or its extracted files.
+	var largest int64
+	for i, l := range img.LayerDescs {
+		var files int64
+		for name, b := range want {
+			if strings.HasPrefix(name, fmt.Sprintf("l%d/", i)) {
+				files += int64(len(b)) + 4<<10 // a file's last block
+			}
+		}
+		largest = max(largest, l.Size, files)
+	}
+	var listedPeak int64
+	bounded := func(when string) {
+		t.Helper()
+		fams := scrape(t, st.Metrics)
+		bmax, _ := metricValue(fams, "ocifs_cache_max_bytes")
+		peak, ok := metricValue(fams, "ocifs_cache_peak_bytes")
+		if !ok || bmax != limit {
+			t.Fatalf("%s: ocifs_cache_max_bytes %v, ocifs_cache_peak_bytes present %v; want the bound %d", when, bmax, ok, limit)
+		}
+		if peak > limit {
+			t.Errorf("%s: the cache's entries reached %v bytes, bound %d", when, peak, limit)
+		}
+		n := cacheBytes(t, c)
+		listedPeak = max(listedPeak, n)
+		if n > limit+largest {
+			t.Errorf("%s: the cache lists %d bytes, bound %d (+%d for one entry admitted while listing)", when, n, limit, largest)
+		}
 	}
 	essential := func(when string) {
 		t.Helper()
@@ -88,21 +128,6 @@ func TestCacheMax(t *testing.T) {
 			}
 		}
 	}
-	var peak int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			if n := cacheBytes(t, c); n > peak {
-				peak = n
-			}
-		}
-	})
 	readAll := func(round int) {
 		t.Helper()
 		for name, b := range want {
@@ -110,6 +135,7 @@ func TestCacheMax(t *testing.T) {
 			if err != nil || !bytes.Equal(got, b) {
 				t.Errorf("round %d: read %s: %d bytes, %v; want its %d bytes", round, name, len(got), err, len(b))
 			}
+			bounded(fmt.Sprintf("round %d, after reading %s", round, name))
 		}
 	}
 	readAll(1)
@@ -133,16 +159,21 @@ func TestCacheMax(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // a few trims
 	essential("after the background settled")
-	if n := cacheBytes(t, c); n > max {
-		t.Errorf("cache holds %d bytes with --cache-max 3M (%d)", n, max)
+	if n := cacheBytes(t, c); n > limit {
+		t.Errorf("cache holds %d bytes with --cache-max 3M (%d)", n, limit)
 	}
 	readAll(2)
-	close(stop)
-	wg.Wait()
 	if b, err := os.ReadFile(namePaths(cache, dir).log); err == nil && testing.Verbose() {
 		t.Logf("daemon log:\n%s", b)
 	}
-	t.Logf("image %d bytes compressed; cache peak %d bytes, bound %d (trimmed every 100ms)", imageBytes(img), peak, max)
+	fams := scrape(t, st.Metrics)
+	peak, _ := metricValue(fams, "ocifs_cache_peak_bytes")
+	evicted, _ := metricValue(fams, "ocifs_cache_evictions_total")
+	if evicted < 1 {
+		t.Errorf("ocifs_cache_evictions_total = %v: an image of %d bytes was read through a bound of %d without an eviction", evicted, imageBytes(img), limit)
+	}
+	t.Logf("image %d bytes compressed; cache peak %v bytes as the daemon counts, %d as listed after reads; bound %d; %v evictions",
+		imageBytes(img), peak, listedPeak, limit, evicted)
 
 	// cache prune --max-size below what the mount needs keeps what it uses.
 	r := mustRun(t, "--cache-dir", cache, "cache", "prune", "--max-size", "1")
@@ -213,6 +244,47 @@ func TestRotateLog(t *testing.T) {
 	}
 	if _, err := os.Stat(p); !os.IsNotExist(err) {
 		t.Errorf("%s still there after rotation (stat err %v)", p, err)
+	}
+}
+
+// TestKeepLogRotated: a daemon's log that grows past the limit while it
+// runs becomes .log.1, and what the daemon writes next (on its log's file
+// descriptors) goes to a new file under the log's name.
+func TestKeepLogRotated(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.log")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd()) // stands for the daemon's stdout
+	if _, err := f.Write(bytes.Repeat([]byte("x"), 2000)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rotateEvery(ctx, slog.New(slog.DiscardHandler), p, logRotation{every: 5 * time.Millisecond, max: 1000, fds: []int{fd}})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if fi, err := os.Stat(p); err == nil && fi.Size() == 0 {
+			break // rotated, and the new file is there
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not rotated after 10s", p)
+		}
+	}
+	cancel()
+	<-done
+	if _, err := f.Write([]byte("after\n")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p + ".1"); err != nil || len(b) != 2000 {
+		t.Errorf("%s.1: %d bytes, %v; want the 2000 written before", p, len(b), err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != "after\n" {
+		t.Errorf("%s after rotation = %q, %v; want what was written since", p, b, err)
 	}
 }
 

@@ -518,10 +518,12 @@ config, layer indexes, and the layers it serves whole: each daemon pins them
 for as long as it lives), nor an entry still being written; what a mount can
 fetch again and check (spans, chunks, blobs of layers read by span, extracted
 trees) may go, and is fetched again when read. An entry's age counts from its
-last use. A daemon started with --cache-max SIZE trims the cache so every
-10 seconds. Pruning also removes the logs of mounts that are gone (not
-written for --older-than; all of them with --all); a live daemon's log is
-rotated to <name>.log.1 past 8 MiB.
+last use. A daemon started with --cache-max SIZE (mount, snapshotter, store)
+holds the bound as it writes: each entry it admits first removes the least
+recently used unpinned ones until it fits; it also trims every 10 seconds.
+Pruning also removes the logs of daemons that are gone (not written for
+--older-than; all of them with --all), never one a live daemon writes; a
+live daemon's log is rotated to <name>.log.1 past 8 MiB.
 
 Examples:
   ocifs cache du

@@ -425,8 +425,21 @@ func printStats(w io.Writer, s *fs.Stats) error {
 	fmt.Fprintf(tw, "manifest\t%s\n", s.ManifestDigest)
 	fmt.Fprintf(tw, "fetched\t%s (%d bytes) in %d requests\n", humanBytes(s.BytesFetched), s.BytesFetched, s.Requests)
 	fmt.Fprintf(tw, "served\t%s (%d bytes)\n", humanBytes(s.BytesServed), s.BytesServed)
-	fmt.Fprintf(tw, "cache\t%d hits, %d misses\n", s.CacheHits, s.CacheMisses)
+	fmt.Fprintf(tw, "cache\t%d hits, %d misses%s\n", s.CacheHits, s.CacheMisses, cacheKinds(s.Cache))
+	if len(s.FetchedFor) > 0 {
+		fmt.Fprintf(tw, "layer bytes for\treader %s, read-ahead %s, background %s\n", humanBytes(s.FetchedFor[fs.FetchReader]),
+			humanBytes(s.FetchedFor[fs.FetchReadAhead]), humanBytes(s.FetchedFor[fs.FetchBackground]))
+	}
 	fmt.Fprintf(tw, "verify failures\t%d\n", s.VerifyFailures)
+	if len(s.Fallbacks) > 0 {
+		var fb []string
+		for _, r := range fs.FallbackReasons() {
+			if n := s.Fallbacks[r]; n > 0 {
+				fb = append(fb, fmt.Sprintf("%s %d", r, n))
+			}
+		}
+		fmt.Fprintf(tw, "fallbacks\t%s (the log says which layer and why)\n", strings.Join(fb, ", "))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -438,6 +451,21 @@ func printStats(w io.Writer, s *fs.Stats) error {
 			humanBytes(l.Size), humanBytes(l.BytesFetched), yesNo(l.Complete), yesNo(l.Verified))
 	}
 	return tw.Flush()
+}
+
+// cacheKinds says the hits and misses of each kind that had any:
+// " (span 389/6, file 2/0)".
+func cacheKinds(c map[string]fs.CacheCount) string {
+	var parts []string
+	for _, k := range []string{fs.CacheSpan, fs.CacheChunk, fs.CacheFile, fs.CacheWhole} {
+		if n := c[k]; n.Hits+n.Misses > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d/%d", k, n.Hits, n.Misses))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + " hits/misses)"
 }
 
 func yesNo(b bool) string {

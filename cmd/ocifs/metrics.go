@@ -35,10 +35,23 @@ func startMetrics(e *env, addr string) (*daemonMetrics, error) {
 	return &daemonMetrics{m: m, srv: srv}, nil
 }
 
-// add counts what client fetches and im serves.
-// add counts what im serves and client fetches; the func it returns
-// stops counting im (call it before im closes; its counts stay in the
-// totals).
+// addClient counts what client fetches (and its cache's bound) before any
+// image is loaded with it.
+func (d *daemonMetrics) addClient(client *fetch.Client) {
+	if d != nil {
+		d.m.AddClient(client)
+	}
+}
+
+// addFallbacks counts a daemon's own fallbacks (Metrics.AddFallbacks).
+func (d *daemonMetrics) addFallbacks(reason string, count func() int64) {
+	if d != nil {
+		d.m.AddFallbacks(reason, count)
+	}
+}
+
+// add counts what client fetches and im serves; remove folds im's last
+// counts into the totals and stops reading it (call it before im.Close).
 func (d *daemonMetrics) add(client *fetch.Client, im *fs.Image) (remove func()) {
 	if d == nil {
 		return func() {}

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -34,9 +39,9 @@ func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	return fams
 }
 
-// metricValue is the value of the sample of family name whose labels
-// include every pair of labels ("k", "v", ...); a histogram's is its count.
-// ok is false when there is no such sample.
+// metricValue is the sum of the samples of family name whose labels
+// include every pair of labels ("k", "v", ...); a histogram's value is its
+// count. ok is false when there is no such sample.
 func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) (v float64, ok bool) {
 	f := fams[name]
 	if f == nil {
@@ -55,16 +60,17 @@ next:
 				continue next
 			}
 		}
+		ok = true
 		switch {
 		case m.Counter != nil:
-			return m.Counter.GetValue(), true
+			v += m.Counter.GetValue()
 		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
+			v += m.Gauge.GetValue()
 		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
+			v += float64(m.Histogram.GetSampleCount())
 		}
 	}
-	return 0, false
+	return v, ok
 }
 
 // TestMountMetrics mounts an image whose layer has an index in the
@@ -130,6 +136,42 @@ func TestMountMetrics(t *testing.T) {
 	if d := delta("ocifs_cache_misses_total"); d < 1 {
 		t.Errorf("ocifs_cache_misses_total grew by %v over first reads", d)
 	}
+	if d := delta("ocifs_cache_misses_total", "kind", "span"); d < 1 {
+		t.Errorf("ocifs_cache_misses_total{kind=span} grew by %v over first reads of an index-mode layer", d)
+	}
+	if d := delta("ocifs_served_bytes_total", "mode", "index"); d < float64(len(fixtureBig)) {
+		t.Errorf("ocifs_served_bytes_total{mode=index} grew by %v reading big.bin (%d bytes)", d, len(fixtureBig))
+	}
+	if d := delta("ocifs_layer_fetch_bytes_total", "purpose", "reader"); d <= 0 {
+		t.Errorf("ocifs_layer_fetch_bytes_total{purpose=reader} grew by %v over first reads", d)
+	}
+	if d := delta("ocifs_layer_fetch_bytes_total", "purpose", "background"); d != 0 {
+		t.Errorf("ocifs_layer_fetch_bytes_total{purpose=background} grew by %v with --prefetch=none", d)
+	}
+
+	// big.bin again, its pages dropped from the kernel's cache: the
+	// daemon serves it again, from the span it decoded: span hits, no
+	// span miss, nothing fetched.
+	rereadDropped(t, filepath.Join(dir, "big.bin"), fixtureBig)
+	again := scrape(t, st.Metrics)
+	since := func(name string, labels ...string) float64 {
+		a, _ := metricValue(again, name, labels...)
+		b, _ := metricValue(after, name, labels...)
+		return a - b
+	}
+	if d := since("ocifs_served_bytes_total", "mode", "index"); d < float64(len(fixtureBig)) {
+		t.Fatalf("re-read of big.bin after dropping its pages: ocifs_served_bytes_total{mode=index} grew by %v, want %d (the kernel kept its pages?)", d, len(fixtureBig))
+	}
+	if d := since("ocifs_cache_hits_total", "kind", "span"); d < 1 {
+		t.Errorf("re-read of big.bin: ocifs_cache_hits_total{kind=span} grew by %v", d)
+	}
+	if d := since("ocifs_cache_misses_total", "kind", "span"); d != 0 {
+		t.Errorf("re-read of big.bin: ocifs_cache_misses_total{kind=span} grew by %v, want 0", d)
+	}
+	if d := since("ocifs_layer_fetch_bytes_total", "purpose", "reader"); d != 0 {
+		t.Errorf("re-read of big.bin: ocifs_layer_fetch_bytes_total{purpose=reader} grew by %v, want 0", d)
+	}
+	after = again
 	for _, want := range []struct {
 		name   string
 		labels []string
@@ -143,6 +185,11 @@ func TestMountMetrics(t *testing.T) {
 		{"ocifs_cache_entries", []string{"kind", "blob"}, 1},
 		{"ocifs_cache_bytes", []string{"kind", "blob"}, 1},
 		{"ocifs_fetch_bytes_total", []string{"mode", "metadata"}, 1},
+		{"ocifs_fallbacks_total", []string{"reason", "quarantine"}, 0},
+		{"ocifs_fallbacks_total", []string{"reason", "toc_unverified"}, 0},
+		{"ocifs_background_queue", []string{"work", "stream"}, 0},
+		{"ocifs_background_queue", []string{"work", "read_ahead"}, 0},
+		{"ocifs_cache_hits_total", []string{"kind", "chunk"}, 0},
 		{"process_resident_memory_bytes", nil, 1},
 	} {
 		if v, ok := metricValue(after, want.name, want.labels...); !ok || v < want.min {
@@ -151,6 +198,9 @@ func TestMountMetrics(t *testing.T) {
 	}
 	if v, _ := metricValue(after, "ocifs_verify_failures_total"); v != 0 {
 		t.Errorf("ocifs_verify_failures_total = %v after clean reads", v)
+	}
+	if v, _ := metricValue(after, "ocifs_fallbacks_total"); v != 0 {
+		t.Errorf("ocifs_fallbacks_total = %v for a clean image", v)
 	}
 	// Every ocifs family follows the naming conventions, and no label
 	// names a file, an image or a mountpoint.
@@ -163,7 +213,7 @@ func TestMountMetrics(t *testing.T) {
 		}
 		for _, m := range f.Metric {
 			for _, lp := range m.Label {
-				if n := lp.GetName(); n != "mode" && n != "state" && n != "kind" && n != "source" {
+				if n := lp.GetName(); !slices.Contains([]string{"mode", "state", "kind", "source", "purpose", "reason", "work"}, n) {
 					t.Errorf("%s has label %s=%q", name, n, lp.GetValue())
 				}
 			}
@@ -182,5 +232,23 @@ func TestMountMetrics(t *testing.T) {
 	}
 	if _, errs, code := execOcifs(t, bin, "unmount", dir); code != 0 {
 		t.Fatalf("unmount: %d %s", code, errs)
+	}
+}
+
+// rereadDropped drops path's pages from the kernel's page cache and reads
+// it again, so that the read goes to the daemon; the bytes must be want.
+func rereadDropped(t *testing.T, path string, want []byte) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatalf("fadvise(DONTNEED) %s: %v", path, err)
+	}
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("re-read %s: %d bytes (want %d), equal %v, %v", path, len(got), len(want), bytes.Equal(got, want), err)
 	}
 }

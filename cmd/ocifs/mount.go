@@ -382,6 +382,11 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if err != nil {
 		return err
 	}
+	if o.cacheMax > 0 {
+		if err := setCacheMax(client.Cache(), int64(o.cacheMax)); err != nil {
+			return err
+		}
+	}
 	rate, _ := parseRate(o.rate) // checked by runMount
 	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
 		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)})

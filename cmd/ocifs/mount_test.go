@@ -177,7 +177,8 @@ func TestMountDaemon(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &stats); err != nil {
 		t.Fatalf("stats --json does not parse: %v\n%s", err, out)
 	}
-	for _, k := range []string{"image", "manifest_digest", "bytes_fetched", "requests", "bytes_served", "passthrough_files", "cache_hits", "cache_misses", "verify_failures", "layers"} {
+	for _, k := range []string{"image", "manifest_digest", "bytes_fetched", "requests", "bytes_served", "passthrough_files", "cache_hits", "cache_misses", "verify_failures", "layers",
+		"cache", "fetched_for", "fallbacks", "background"} {
 		if _, ok := stats[k]; !ok {
 			t.Errorf("stats --json lacks %q: %s", k, out)
 		}
@@ -210,7 +211,7 @@ func TestMountDaemon(t *testing.T) {
 
 	// The human table, in-process.
 	r := mustRun(t, "--cache-dir", cache, "stats", dir)
-	for _, w := range []string{ref, img.ManifestDesc.Digest.String(), "verify failures", "LAYER", "stream", "whole"} {
+	for _, w := range []string{ref, img.ManifestDesc.Digest.String(), "verify failures", "layer bytes for", "hits/misses", "LAYER", "stream", "whole"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("stats lacks %q:\n%s", w, r.stdout)
 		}

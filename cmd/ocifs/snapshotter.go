@@ -41,7 +41,7 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.StringVar(&o.criImageService, "cri-image-service", "", "also serve CRI's image service on `SOCKET` in front of containerd's\n(kubelet --image-service-endpoint=unix://SOCKET), keeping each pull's\ncredentials in memory for the lazy reads of its layers")
 	set.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's CRI `SOCKET`, where --cri-image-service forwards")
 	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; default: none)")
-	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of images loaded since the snapshotter started (default: no bound)")
+	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of the images it serves (default: no bound)")
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
 	return func(ctx context.Context, e *env, args []string) error {
@@ -101,6 +101,11 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	if err != nil {
 		return err
 	}
+	if o.cacheMax > 0 {
+		if err := setCacheMax(client.Cache(), int64(o.cacheMax)); err != nil {
+			return err
+		}
+	}
 	// Open first: it fails when another snapshotter has the root, before
 	// anything is mounted over that one's layers.
 	layers := &laterLayers{}
@@ -113,6 +118,8 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, cerr)
 		}
 	}()
+	// A layer ocifs cannot serve is downloaded by containerd: loudly.
+	mx.addFallbacks("runtime_download", func() int64 { return sn.Stats().Fallback })
 	lfs, err := fs.MountLayerFS(filepath.Join(o.root, "layers"), fs.LayerFSOptions{Logger: e.log})
 	if err != nil {
 		return withHint(err, "the layers are a FUSE mount at --root/layers; check /dev/fuse and that nothing else is mounted there")
@@ -122,13 +129,14 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, uerr)
 		}
 	}()
-	// Each image loaded is counted by the metrics while it is served (the
-	// Remote pins its cache entries for as long).
-	onLoad := func(im *fs.Image, took time.Duration) func() {
-		unmeasure := mx.add(client, im)
-		mx.ready(took)
-		return unmeasure
-	}
+	// Each image loaded is counted by the metrics, and what it cannot do
+	// without (manifest, config, indexes) is pinned in the cache while it
+	// is served: once its last snapshot is removed (crictl rmi,
+	// containerd's GC) the pin goes and a trim or `ocifs cache prune` may
+	// free its bytes.
+	mx.addClient(client)
+	loads := &loadedImages{e: e, mx: mx, client: client, what: "snapshotter"}
+	defer loads.release()
 	if o.cacheMax > 0 {
 		bg, stopBg := context.WithCancel(context.Background())
 		var bgWait sync.WaitGroup
@@ -139,7 +147,8 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)}, OnLoad: onLoad})
+		Image:     fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)},
+		OnResolve: loads.resolved, OnLoad: loads.loaded, OnClose: loads.closing})
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ocifs/ocifs/fs/fstest"
+	"github.com/ocifs/ocifs/fs/snapshotter"
 )
 
 // TestSnapshotterHelp: the help gives the containerd configuration of 1.6
@@ -99,6 +100,27 @@ func TestSnapshotterCommand(t *testing.T) {
 	}
 	if !mounted(t, filepath.Join(root, "layers")) {
 		t.Errorf("%s/layers is not mounted while the snapshotter runs", root)
+	}
+	// A layer ocifs cannot serve (its registry answers nothing) falls
+	// back to containerd's download, and the metrics count it.
+	before := scrape(t, metricsAddr)
+	if v, ok := metricValue(before, "ocifs_fallbacks_total", "reason", "runtime_download"); !ok || v != 0 {
+		t.Errorf("ocifs_fallbacks_total{reason=runtime_download} = %v (present %v) before any Prepare, want 0", v, ok)
+	}
+	layer := "sha256:" + strings.Repeat("1", 64)
+	_, err = snapshotsapi.NewSnapshotsClient(conn).Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Snapshotter: "ocifs",
+		Key: "extract-1 " + layer, Labels: map[string]string{
+			"containerd.io/snapshot.ref":    layer,
+			snapshotter.LabelImageRef:       "127.0.0.1:1/nothing/here:v1",
+			snapshotter.LabelManifestDigest: "sha256:" + strings.Repeat("2", 64),
+			snapshotter.LabelLayerDigest:    layer,
+			snapshotter.LabelImageLayers:    layer,
+		}})
+	if err != nil {
+		t.Errorf("Prepare of a layer ocifs cannot serve: %v, want ordinary mounts for containerd to apply into", err)
+	}
+	if v, _ := metricValue(scrape(t, metricsAddr), "ocifs_fallbacks_total", "reason", "runtime_download"); v != 1 {
+		t.Errorf("ocifs_fallbacks_total{reason=runtime_download} = %v after one layer fell back, want 1", v)
 	}
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -17,10 +20,13 @@ import (
 
 // storeOpts are the flags of `ocifs store`.
 type storeOpts struct {
-	foreground bool
-	debugFUSE  bool
-	readyFD    int
-	pushIndex  repoName // --push-index-to: push the indexes of layers streamed here there
+	foreground  bool
+	debugFUSE   bool
+	readyFD     int
+	pushIndex   repoName  // --push-index-to: push the indexes of layers streamed here there
+	metricsAddr string    // --metrics-address: serve Prometheus metrics there
+	cacheMax    sizeValue // --cache-max: keep the cache under this many bytes
+	trimEvery   time.Duration
 }
 
 func storeFlags(set *pflag.FlagSet) runFunc {
@@ -28,6 +34,9 @@ func storeFlags(set *pflag.FlagSet) runFunc {
 	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
 	set.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request (at debug level; implies --log-level debug)")
 	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
+	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; default: none)")
+	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of images loaded since the store started (default: no bound)")
+	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -64,6 +73,12 @@ func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
 	if o.pushIndex != "" {
 		args = append(args, "--push-index-to="+string(o.pushIndex))
 	}
+	if o.metricsAddr != "" {
+		args = append(args, "--metrics-address="+o.metricsAddr)
+	}
+	if o.cacheMax > 0 {
+		args = append(args, "--cache-max="+strconv.FormatInt(int64(o.cacheMax), 10), "--cache-trim-interval="+o.trimEvery.String())
+	}
 	return startDaemon(ctx, e, abs, "store "+abs, append(args, "--", abs), func(pid int, log string) string {
 		return fmt.Sprintf("layer store at %s (pid %d, log %s)\n", abs, pid, log)
 	})
@@ -84,17 +99,56 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 			}
 		}()
 	}
+	mx, err := startMetrics(e, o.metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer mx.close()
 	client, err := newClient(e)
 	if err != nil {
 		return err
 	}
+	if o.cacheMax > 0 {
+		if err := setCacheMax(client.Cache(), int64(o.cacheMax)); err != nil {
+			return err
+		}
+		bg, stopBg := context.WithCancel(context.Background())
+		var bgWait sync.WaitGroup
+		defer func() {
+			stopBg()
+			bgWait.Wait()
+		}()
+		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
+	}
+	// Each image loaded is counted by the metrics and pinned in the cache
+	// until the store stops, as the snapshotter does.
+	mx.addClient(client)
+	loads := &loadedImages{e: e, mx: mx, client: client, what: "store"}
+	defer loads.release()
 	// The loads outlive the signal that ends ctx until Unmount cancels them.
 	s, err := store.Mount(context.WithoutCancel(ctx), dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)}})
+		Image:     fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)},
+		OnResolve: loads.resolved, OnLoad: loads.loaded})
 	if err != nil {
 		return withHint(err, needFUSE)
 	}
-	e.log.Info("layer store serving", "path", dir, "cache", e.g.cacheDir, "pid", os.Getpid())
+	e.log.Info("layer store serving", "path", dir, "cache", e.g.cacheDir, "pid", os.Getpid(), "metrics", mx.address())
+	if ready != nil {
+		// A daemon 'ocifs store' started logs to a file of its own, as a
+		// mount's daemon does: keep it rotated (under systemd, stderr is
+		// the journal's).
+		p, err := pathsFor(e.g.cacheDir, dir)
+		if err != nil {
+			return err
+		}
+		bg, stopBg := context.WithCancel(context.Background())
+		var logWait sync.WaitGroup
+		defer func() {
+			stopBg()
+			logWait.Wait()
+		}()
+		logWait.Go(func() { keepLogRotated(bg, e.log, p.log) })
+	}
 	if ready != nil {
 		fmt.Fprint(ready, "ok\n")
 		ready.Close()
@@ -155,7 +209,13 @@ The store is read-write only for podman's use and release notifications
 (create of <layer>/use, rmdir of <layer>), which it counts and answers ENOENT;
 every other write is refused. A SIGKILLed podman leaves it serving.
 
+With --metrics-address the store serves Prometheus metrics (the names are in
+README's Operations section); with --cache-max it keeps the cache under a size,
+least recently used entries first, never the manifests, configs and indexes of
+the images it serves. Both may be set in /etc/ocifs/config.toml under [store].
+
 Examples:
   ocifs store /var/lib/ocifs/store
   ocifs store --foreground --cache-dir /var/cache/ocifs /var/lib/ocifs/store
+  ocifs store --metrics-address 127.0.0.1:9464 --cache-max 20G /var/lib/ocifs/store
 `

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path"
@@ -196,6 +198,140 @@ func TestStoreDaemon(t *testing.T) {
 	_, errs, code = execOcifs(t, bin, "--cache-dir", cache, "store", mnt)
 	if code == 0 || !strings.Contains(errs, "already a mount point") {
 		t.Errorf("a second store on %s: exit %d, stderr %q; want a refusal", mnt, code, errs)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(50 * time.Millisecond) {
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		if time.Now().After(deadline) {
+			t.Fatalf("store daemon %d still running 20s after SIGTERM", pid)
+		}
+	}
+	if mounted(t, mnt) {
+		t.Errorf("%s still mounted after the daemon stopped", mnt)
+	}
+}
+
+// TestStoreMetricsAndCacheMax starts the store daemon (the real binary,
+// without --foreground) with --metrics-address and --cache-max from the
+// configuration file's [store] table, and reads every file of an image of
+// three 2.5 MiB layers through the store's diff/ directories against a
+// 3 MiB bound: every read is right; the scrape, parsed by Prometheus' text
+// parser, shows the image loaded, its bytes served and fetched for the
+// reader; and the daemon's own count of the cache (its peak) never passed
+// the bound although the image is larger, with entries evicted on the way
+// and none of what the store pinned (manifest, config, layer indexes).
+func TestStoreMetricsAndCacheMax(t *testing.T) {
+	requireRoot(t)
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	img, want := boundImage(t)
+	ref := registryRef(t, img, nil)
+	cache := isolate(t)
+	dir, err := os.MkdirTemp("", "ocsm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	mnt := filepath.Join(dir, "store")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	const limit = 3 << 20
+	cfg := writeConfig(t, fmt.Sprintf("[store]\nmetrics-address = %q\ncache-max = \"3M\"\ncache-trim-interval = \"100ms\"\n", addr))
+	out, errs, code := execOcifs(t, bin, "--config", cfg, "--cache-dir", cache, "store", mnt)
+	if code != 0 || !strings.HasPrefix(out, "layer store at "+mnt+" (pid ") {
+		t.Fatalf("ocifs store: exit %d, stdout %q, stderr %s", code, out, errs)
+	}
+	var pid int
+	fmt.Sscanf(strings.TrimPrefix(out, "layer store at "+mnt+" (pid "), "%d", &pid)
+	t.Cleanup(func() {
+		if pid > 0 && syscall.Kill(pid, 0) == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+			syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+	})
+	before := scrape(t, addr)
+	if v, ok := metricValue(before, "ocifs_cache_max_bytes"); !ok || v != limit {
+		t.Fatalf("ocifs_cache_max_bytes = %v (present %v), want the [store] cache-max %d", v, ok, limit)
+	}
+
+	c, err := fetch.OpenCache(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refDir := filepath.Join(mnt, base64.StdEncoding.EncodeToString([]byte(ref)))
+	var read int64
+	for round := range 2 {
+		for i, l := range img.LayerDescs {
+			for j := range 5 {
+				name := fmt.Sprintf("l%d/f%d", i, j)
+				got, err := os.ReadFile(filepath.Join(refDir, l.Digest.String(), "diff", name))
+				if err != nil || !bytes.Equal(got, want[name]) {
+					t.Fatalf("round %d: read %s through the store: %d bytes, %v; want its %d bytes", round, name, len(got), err, len(want[name]))
+				}
+				read += int64(len(got))
+				fams := scrape(t, addr)
+				if peak, _ := metricValue(fams, "ocifs_cache_peak_bytes"); peak > limit {
+					t.Errorf("round %d, after %s: the cache's entries reached %v bytes, bound %d", round, name, peak, limit)
+				}
+			}
+		}
+	}
+	after := scrape(t, addr)
+	for _, w := range []struct {
+		name   string
+		labels []string
+		min    float64
+	}{
+		{"ocifs_images", nil, 1},
+		{"ocifs_mount_ready_seconds", nil, 1},
+		{"ocifs_layers", []string{"mode", "stream"}, 3},
+		{"ocifs_layer_fetch_bytes_total", []string{"purpose", "reader"}, float64(imageBytes(img))},
+		{"ocifs_cache_evictions_total", nil, 1},
+		{"ocifs_cache_bound_bytes", nil, 1},
+	} {
+		if v, ok := metricValue(after, w.name, w.labels...); !ok || v < w.min {
+			t.Errorf("%s%v = %v (present %v), want at least %v", w.name, w.labels, v, ok, w.min)
+		}
+	}
+	// Reads podman's overlay would pass on: some through the daemon (the
+	// rest the kernel may serve from its page cache, or by passthrough).
+	if v, _ := metricValue(after, "ocifs_served_bytes_total"); v <= 0 || v > float64(read) {
+		t.Errorf("ocifs_served_bytes_total = %v after reading %d bytes through the store", v, read)
+	}
+	for _, l := range img.LayerDescs {
+		if !c.HasIndex(l.Digest) {
+			t.Errorf("the index of layer %s, which the store pinned, was evicted", l.Digest)
+		}
+	}
+	if !c.Has(img.ConfigDesc.Digest) {
+		t.Errorf("the image's config, which the store pinned, was evicted")
+	}
+	// cache prune removes old logs of daemons that are gone, not the log
+	// the live store daemon writes, however long it has been quiet.
+	storeLog := namePaths(cache, mnt).log
+	gone := filepath.Join(cache, "mounts", "0123456789abcdef-gone.log")
+	if err := os.WriteFile(gone, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	for _, p := range []string{gone, storeLog} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := mustRun(t, "--cache-dir", cache, "cache", "prune", "--older-than", "1d")
+	if _, err := os.Stat(gone); !os.IsNotExist(err) || !strings.Contains(r.stdout, "removed 1 logs") {
+		t.Errorf("prune --older-than 1d: a gone daemon's log: stat err %v; stdout %q", err, r.stdout)
+	}
+	if _, err := os.Stat(storeLog); err != nil {
+		t.Errorf("prune removed the live store daemon's log: %v", err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -51,14 +52,20 @@ type Metrics struct {
 	scanned time.Time
 	usage   map[string]kindUsage
 	scanErr error
+	// extra are fallbacks a daemon counts itself (AddFallbacks), by reason.
+	extra map[string][]func() int64
 }
 
 // totals are the counters summed over every source since New.
 type totals struct {
-	modeRequests                 map[string]int64 // by layer mode, and metadata
-	modeBytes                    map[string]int64 // by layer mode, and metadata
-	served, passthrough          int64
-	hits, misses, verifyFailures int64
+	modeRequests   map[string]int64 // by layer mode, and metadata
+	modeBytes      map[string]int64 // by layer mode, and metadata
+	served         map[string]int64 // by layer mode
+	passthrough    int64
+	hits, misses   map[string]int64 // by cache kind (fs.CacheSpan...)
+	fetchedFor     map[string]int64 // by purpose (fs.FetchReader...)
+	fallbacks      map[string]int64 // by reason (fs.Fallback...)
+	verifyFailures int64
 }
 
 type clientSeen struct {
@@ -86,7 +93,18 @@ func New(opts Options) *Metrics {
 		scanEach: opts.CacheScanInterval,
 		clients:  map[*fetch.Client]*clientSeen{},
 		images:   map[*fs.Image]*imageSeen{},
-		tot:      totals{modeBytes: map[string]int64{metadata: 0}, modeRequests: map[string]int64{metadata: 0}},
+		tot: totals{modeBytes: map[string]int64{metadata: 0}, modeRequests: map[string]int64{metadata: 0},
+			served: map[string]int64{}, hits: map[string]int64{}, misses: map[string]int64{},
+			fetchedFor: map[string]int64{}, fallbacks: map[string]int64{}},
+	}
+	for _, k := range []string{fs.CacheSpan, fs.CacheChunk, fs.CacheFile, fs.CacheWhole} {
+		m.tot.hits[k], m.tot.misses[k] = 0, 0
+	}
+	for _, p := range []string{fs.FetchReader, fs.FetchReadAhead, fs.FetchBackground} {
+		m.tot.fetchedFor[p] = 0
+	}
+	for _, r := range fs.FallbackReasons() {
+		m.tot.fallbacks[r] = 0
 	}
 	if m.scanEach <= 0 {
 		m.scanEach = DefaultCacheScanInterval
@@ -139,6 +157,19 @@ func (m *Metrics) ObserveRange(r fetch.RangeRead) {
 	m.rangeTime.Observe(r.Duration.Seconds())
 }
 
+// AddFallbacks counts, under ocifs_fallbacks_total{reason}, the fallbacks
+// count reports: what the daemon counts itself, such as the snapshotter's
+// layers containerd had to download (reason "runtime_download"). count
+// must be monotonic.
+func (m *Metrics) AddFallbacks(reason string, count func() int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.extra == nil {
+		m.extra = map[string][]func() int64{}
+	}
+	m.extra[reason] = append(m.extra[reason], count)
+}
+
 // ObserveReady records how long a mount took to answer.
 func (m *Metrics) ObserveReady(d time.Duration) { m.ready.Observe(d.Seconds()) }
 
@@ -181,11 +212,26 @@ func (m *Metrics) readImage(im *fs.Image) {
 		return
 	}
 	s := im.Stats()
-	m.tot.served += s.BytesServed - seen.stats.BytesServed
-	m.tot.passthrough += s.PassthroughFiles - seen.stats.PassthroughFiles
-	m.tot.hits += s.CacheHits - seen.stats.CacheHits
-	m.tot.misses += s.CacheMisses - seen.stats.CacheMisses
-	m.tot.verifyFailures += s.VerifyFailures - seen.stats.VerifyFailures
+	prev := seen.stats
+	for i, l := range s.Layers {
+		var before int64
+		if i < len(prev.Layers) {
+			before = prev.Layers[i].BytesServed
+		}
+		m.tot.served[l.Mode] += l.BytesServed - before
+	}
+	m.tot.passthrough += s.PassthroughFiles - prev.PassthroughFiles
+	for k, c := range s.Cache {
+		m.tot.hits[k] += c.Hits - prev.Cache[k].Hits
+		m.tot.misses[k] += c.Misses - prev.Cache[k].Misses
+	}
+	for p, n := range s.FetchedFor {
+		m.tot.fetchedFor[p] += n - prev.FetchedFor[p]
+	}
+	for r, n := range s.Fallbacks {
+		m.tot.fallbacks[r] += n - prev.Fallbacks[r]
+	}
+	m.tot.verifyFailures += s.VerifyFailures - prev.VerifyFailures
 	seen.stats = s
 	if cs := m.clients[seen.client]; cs != nil {
 		for _, l := range s.Layers {
@@ -270,10 +316,13 @@ type collector Metrics
 var (
 	descRequests    = prometheus.NewDesc("ocifs_fetch_requests_total", "HTTP requests sent to registries (each attempt counts), by the lazy mode of the layer asked for (metadata: manifests, configs, referrers, tokens).", []string{"mode"}, nil)
 	descFetchBytes  = prometheus.NewDesc("ocifs_fetch_bytes_total", "Body bytes received from registries and layouts, by the lazy mode of the layer they belong to (metadata: manifests, configs, referrers).", []string{"mode"}, nil)
-	descServed      = prometheus.NewDesc("ocifs_served_bytes_total", "Bytes read through the mount daemon (reads the kernel serves by passthrough bypass it).", nil, nil)
+	descServed      = prometheus.NewDesc("ocifs_served_bytes_total", "Bytes read through the mount daemon (reads the kernel serves by passthrough bypass it), by the lazy mode of the layer holding the file.", []string{"mode"}, nil)
 	descPassthrough = prometheus.NewDesc("ocifs_passthrough_files_total", "Files handed to the kernel to read itself (FUSE passthrough).", nil, nil)
-	descHits        = prometheus.NewDesc("ocifs_cache_hits_total", "Span and chunk reads answered from the cache.", nil, nil)
-	descMisses      = prometheus.NewDesc("ocifs_cache_misses_total", "Span and chunk reads that had to be fetched.", nil, nil)
+	descHits        = prometheus.NewDesc("ocifs_cache_hits_total", "Reads answered from what is cached (memory or disk), by kind: span, chunk, file (extracted from a verified layer), whole (a layer served whole).", []string{"kind"}, nil)
+	descMisses      = prometheus.NewDesc("ocifs_cache_misses_total", "Reads that had to fetch, by kind: span, chunk, whole (a read that waited for its whole layer).", []string{"kind"}, nil)
+	descFetchedFor  = prometheus.NewDesc("ocifs_layer_fetch_bytes_total", "Layer bytes received from registries and layouts by why they were fetched: reader (a read or the mount waits on them), read_ahead (ahead of a sequential reader), background (prefetch).", []string{"purpose"}, nil)
+	descFallbacks   = prometheus.NewDesc("ocifs_fallbacks_total", "Layers served otherwise than planned, or refused, by reason (see 'ocifs stats' and the log for which layer).", []string{"reason"}, nil)
+	descQueue       = prometheus.NewDesc("ocifs_background_queue", "Background work under way: stream (whole-layer fetches running), read_ahead (read-ahead runs being fetched), cache_write (runs of fetched spans being written to the disk cache, or waiting to be).", []string{"work"}, nil)
 	descVerify      = prometheus.NewDesc("ocifs_verify_failures_total", "Reads refused because bytes did not match their digest (EIO to the reader).", nil, nil)
 	descImages      = prometheus.NewDesc("ocifs_images", "Images being served.", nil, nil)
 	descLayers      = prometheus.NewDesc("ocifs_layers", "Layers of the images being served, by lazy mode and state (complete: whole and verified; partial: not yet).", []string{"mode", "state"}, nil)
@@ -282,10 +331,15 @@ var (
 	descCacheBytes  = prometheus.NewDesc("ocifs_cache_bytes", "Bytes in the cache by kind (blob, index, tree), as of its last scan.", []string{"kind"}, nil)
 	descCacheEnts   = prometheus.NewDesc("ocifs_cache_entries", "Entries in the cache by kind, as of its last scan.", []string{"kind"}, nil)
 	descCacheErr    = prometheus.NewDesc("ocifs_cache_scan_errors", "1 when the last listing of the cache failed.", nil, nil)
+	descBoundMax    = prometheus.NewDesc("ocifs_cache_max_bytes", "The cache's bound (--cache-max), held at write time.", nil, nil)
+	descBoundBytes  = prometheus.NewDesc("ocifs_cache_bound_bytes", "The cache's entries as the bound counts them now (what this daemon admitted and removed, recounted at every trim).", nil, nil)
+	descBoundPeak   = prometheus.NewDesc("ocifs_cache_peak_bytes", "The highest ocifs_cache_bound_bytes since the daemon started.", nil, nil)
+	descEvictions   = prometheus.NewDesc("ocifs_cache_evictions_total", "Cache entries removed to make room for new ones under --cache-max (periodic trims not included).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descFetchBytes, descServed, descPassthrough, descHits, descMisses,
+		descFetchedFor, descFallbacks, descQueue, descBoundMax, descBoundBytes, descBoundPeak, descEvictions,
 		descVerify, descImages, descLayers, descBgLayers, descPending, descCacheBytes, descCacheEnts, descCacheErr} {
 		ch <- d
 	}
@@ -308,10 +362,30 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for mode, n := range m.tot.modeBytes {
 		counter(descFetchBytes, n, mode)
 	}
-	counter(descServed, m.tot.served)
+	for mode, n := range m.tot.served {
+		counter(descServed, n, mode)
+	}
 	counter(descPassthrough, m.tot.passthrough)
-	counter(descHits, m.tot.hits)
-	counter(descMisses, m.tot.misses)
+	for kind, n := range m.tot.hits {
+		counter(descHits, n, kind)
+	}
+	for kind, n := range m.tot.misses {
+		if kind != fs.CacheFile { // an extracted file is never missed: it is there or not used
+			counter(descMisses, n, kind)
+		}
+	}
+	for p, n := range m.tot.fetchedFor {
+		counter(descFetchedFor, n, p)
+	}
+	fallbacks := maps.Clone(m.tot.fallbacks)
+	for r, fns := range m.extra {
+		for _, fn := range fns {
+			fallbacks[r] += fn()
+		}
+	}
+	for r, n := range fallbacks {
+		counter(descFallbacks, n, r)
+	}
 	counter(descVerify, m.tot.verifyFailures)
 
 	gauge(descImages, float64(len(m.images)))
@@ -319,7 +393,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	layers := map[key]int{}
 	background := map[string]int{}
 	var pending int64
+	var queue fs.BackgroundStats
 	for _, seen := range m.images {
+		b := seen.stats.Background
+		queue.Streams += b.Streams
+		queue.ReadAhead += b.ReadAhead
+		queue.CacheWrites += b.CacheWrites
 		for _, l := range seen.stats.Layers {
 			state := "partial"
 			if l.Complete && l.Verified {
@@ -341,6 +420,32 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descBgLayers, float64(n), mode)
 	}
 	gauge(descPending, float64(pending))
+	gauge(descQueue, float64(queue.Streams), "stream")
+	gauge(descQueue, float64(queue.ReadAhead), "read_ahead")
+	gauge(descQueue, float64(queue.CacheWrites), "cache_write")
+
+	// The write-time bound of the clients' caches (one, in every daemon).
+	seenCache := map[*fetch.Cache]bool{}
+	var bs fetch.BoundStats
+	for c := range m.clients {
+		cache := c.Cache()
+		if seenCache[cache] {
+			continue
+		}
+		seenCache[cache] = true
+		if b := cache.Bound(); b.Max > 0 {
+			bs.Max += b.Max
+			bs.Bytes += b.Bytes
+			bs.Peak += b.Peak
+			bs.Evicted += b.Evicted
+		}
+	}
+	if bs.Max > 0 {
+		gauge(descBoundMax, float64(bs.Max))
+		gauge(descBoundBytes, float64(bs.Bytes))
+		gauge(descBoundPeak, float64(bs.Peak))
+		counter(descEvictions, bs.Evicted)
+	}
 
 	if m.cache != nil {
 		m.scanCache(time.Now())

@@ -36,11 +36,15 @@ func scrape(t *testing.T, m *metrics.Metrics) map[string]*dto.MetricFamily {
 	return fams
 }
 
+// value is the sum of the samples of family name with label=want (every
+// sample for label ""); a histogram's value is its count. It is -1 when
+// there is no such sample.
 func value(fams map[string]*dto.MetricFamily, name, label, want string) float64 {
 	f := fams[name]
 	if f == nil {
 		return -1
 	}
+	sum, found := 0.0, false
 	for _, m := range f.Metric {
 		ok := label == ""
 		for _, lp := range m.Label {
@@ -51,16 +55,20 @@ func value(fams map[string]*dto.MetricFamily, name, label, want string) float64 
 		if !ok {
 			continue
 		}
+		found = true
 		switch {
 		case m.Counter != nil:
-			return m.Counter.GetValue()
+			sum += m.Counter.GetValue()
 		case m.Gauge != nil:
-			return m.Gauge.GetValue()
+			sum += m.Gauge.GetValue()
 		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
+			sum += float64(m.Histogram.GetSampleCount())
 		}
 	}
-	return -1
+	if !found {
+		return -1
+	}
+	return sum
 }
 
 // TestMetricsFold: what an image and a client counted stays in the totals

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -38,13 +37,16 @@ type RemoteOptions struct {
 	// Logger receives a line per image loaded and per layer served; each
 	// image logs its reads (and every EIO) here too. Nil discards.
 	Logger *slog.Logger
+	// OnResolve, when set, is called with each image once it is
+	// resolved, before its load fetches any layer (the daemon pins in its
+	// cache what the image cannot do without).
+	OnResolve func(im *fs.Image)
 	// OnLoad, when set, is called with each image once it is loaded,
-	// before any of its layers is served (the daemon's metrics count it,
-	// its cache entries are pinned). The func it returns, if not nil, is
-	// called once the image is no longer served, just before it is
-	// closed: when its last snapshot is removed (crictl rmi, containerd's
-	// GC) or the Remote closes.
-	OnLoad func(im *fs.Image, took time.Duration) (unload func())
+	// before any of its layers is served (the daemon's metrics count it).
+	OnLoad func(im *fs.Image, took time.Duration)
+	// OnClose, when set, is called with each image OnLoad was called
+	// with, before it is closed (no layer of it is held any more).
+	OnClose func(im *fs.Image)
 }
 
 // Remote is the [Layers] of ocifs: each layer containerd unpacks is the
@@ -58,17 +60,17 @@ type Remote struct {
 	lfs    *fs.LayerFS
 	opts   fs.Options
 	log    *slog.Logger
-	onLoad func(*fs.Image, time.Duration) func()
+	onLoad func(*fs.Image, time.Duration)
+	onRes  func(*fs.Image)
+	onClos func(*fs.Image)
 
 	ctx    context.Context // the loads' (shared by every waiter); Close cancels it
 	cancel context.CancelFunc
 
-	// mu guards images, held and unloads.
-	mu      sync.Mutex
-	images  map[string]*remoteImage // by pinned reference
-	held    map[string]*remoteImage // by snapshot id
-	unloads map[*fs.Image]func()    // what OnLoad returned and the cache pin, until the image closes
-	pins    int                     // pins taken, for their names
+	// mu guards images and held.
+	mu     sync.Mutex
+	images map[string]*remoteImage // by pinned reference
+	held   map[string]*remoteImage // by snapshot id
 }
 
 var _ Layers = (*Remote)(nil)
@@ -98,8 +100,8 @@ func NewRemote(ctx context.Context, opts RemoteOptions) (*Remote, error) {
 	io.Logger = log
 	io.Progressive = false
 	ctx, cancel := context.WithCancel(ctx)
-	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, ctx: ctx, cancel: cancel,
-		images: map[string]*remoteImage{}, held: map[string]*remoteImage{}, unloads: map[*fs.Image]func(){}}, nil
+	return &Remote{client: opts.Client, lfs: opts.FS, opts: io, log: log, onLoad: opts.OnLoad, onRes: opts.OnResolve, onClos: opts.OnClose, ctx: ctx, cancel: cancel,
+		images: map[string]*remoteImage{}, held: map[string]*remoteImage{}}, nil
 }
 
 // Prepare serves the layer the cri.* labels name as snapshot id, after
@@ -291,6 +293,9 @@ func (r *Remote) load(ri *remoteImage) {
 		ri.err = fmt.Errorf("resolve %s: %w", ri.pinned, err)
 		return
 	}
+	if r.onRes != nil {
+		r.onRes(im)
+	}
 	if err := im.Load(r.ctx); err != nil {
 		im.Close()
 		ri.err = fmt.Errorf("load %s: %w", ri.pinned, err)
@@ -306,34 +311,9 @@ func (r *Remote) load(ri *remoteImage) {
 	}
 	r.log.Info("image loaded", "image", ri.pinned, "layers", len(im.Layers()), "modes", strings.Join(ms, ","),
 		"bytes_fetched", r.client.Stats().BytesFetched-before, "duration", time.Since(start).Round(time.Millisecond))
-	// What the image cannot do without stays in the cache while it is
-	// served, whatever trims it; once its last snapshot is removed
-	// (crictl rmi, containerd's GC), a trim or `ocifs cache prune` may
-	// free it.
-	var pin *fetch.Pin
-	if c := r.client.Cache(); c != nil {
-		r.mu.Lock()
-		r.pins++
-		name := fmt.Sprintf("snapshotter-%d-%d-%s", os.Getpid(), r.pins, im.Fetched().ManifestDigest.Encoded())
-		r.mu.Unlock()
-		if pin, err = c.Pin(name, im.CacheEntries()); err != nil {
-			r.log.Warn("pin an image's entries in the cache", "image", ri.pinned, "err", err)
-		}
-	}
-	var unload func()
 	if r.onLoad != nil {
-		unload = r.onLoad(im, time.Since(start))
+		r.onLoad(im, time.Since(start))
 	}
-	r.mu.Lock()
-	r.unloads[im] = func() {
-		if unload != nil {
-			unload()
-		}
-		if pin != nil {
-			pin.Release()
-		}
-	}
-	r.mu.Unlock()
 	ri.im = im
 }
 
@@ -365,12 +345,8 @@ func (r *Remote) unref(ri *remoteImage) *fs.Image {
 }
 
 func (r *Remote) closeImage(im *fs.Image) {
-	r.mu.Lock()
-	unload := r.unloads[im]
-	delete(r.unloads, im)
-	r.mu.Unlock()
-	if unload != nil {
-		unload()
+	if r.onClos != nil {
+		r.onClos(im)
 	}
 	if err := im.Close(); err != nil {
 		r.log.Warn("close image", "image", im.Ref(), "err", err)

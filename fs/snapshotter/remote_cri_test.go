@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,7 +121,29 @@ func startOcifs(t *testing.T, root, sock, cache string) *ocifsDaemon {
 	}
 	od := &ocifsDaemon{lfs: lfs, client: c}
 	t.Cleanup(func() { od.stop(t) })
-	if od.remote, err = NewRemote(t.Context(), RemoteOptions{Client: c, FS: lfs, Logger: log}); err != nil {
+	// Pins as the daemon takes them (cmd/ocifs loadedImages): while an
+	// image is served, from its load to its OnClose.
+	var pinMu sync.Mutex
+	pins := map[*fs.Image]*fetch.Pin{}
+	onLoad := func(im *fs.Image, _ time.Duration) {
+		p, err := c.Cache().Pin(fmt.Sprintf("test-%p", im), im.CacheEntries())
+		if err != nil {
+			t.Errorf("pin %s: %v", im.Ref(), err)
+			return
+		}
+		pinMu.Lock()
+		pins[im] = p
+		pinMu.Unlock()
+	}
+	onClose := func(im *fs.Image) {
+		pinMu.Lock()
+		defer pinMu.Unlock()
+		if p := pins[im]; p != nil {
+			p.Release()
+			delete(pins, im)
+		}
+	}
+	if od.remote, err = NewRemote(t.Context(), RemoteOptions{Client: c, FS: lfs, Logger: log, OnLoad: onLoad, OnClose: onClose}); err != nil {
 		t.Fatal(err)
 	}
 	od.daemon = startDaemon(t, root, sock, od.remote)

@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
@@ -63,14 +65,18 @@ func newRemoteFixture(t *testing.T) *remoteFixture {
 
 // remote returns a new Remote with a fetch client of its own on the
 // fixture's cache, closed at cleanup.
-func (f *remoteFixture) remote(t *testing.T) *Remote {
+func (f *remoteFixture) remote(t *testing.T) *Remote { return f.remoteWith(t, RemoteOptions{}) }
+
+// remoteWith is remote with opts' hooks.
+func (f *remoteFixture) remoteWith(t *testing.T, opts RemoteOptions) *Remote {
 	t.Helper()
 	c, err := fetch.New(fetch.Options{CacheDir: f.cache, MaxAttempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(lockedWriter{f.logMu, f.log}, nil))
-	r, err := NewRemote(t.Context(), RemoteOptions{Client: c, FS: f.lfs, Logger: log})
+	opts.Client, opts.FS = c, f.lfs
+	opts.Logger = slog.New(slog.NewTextHandler(lockedWriter{f.logMu, f.log}, nil))
+	r, err := NewRemote(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,10 +130,26 @@ func (f *remoteFixture) manifestGETs() int {
 // TestRemotePrepare: concurrent Prepares of every layer of one image share
 // one load (one manifest GET); each layer's directory is its view through
 // the LayerFS, with real usage; Release of the last layer closes the image,
-// so the next Prepare loads it again.
+// so the next Prepare loads it again. The daemon hears of each image
+// resolved, loaded and closed, in that order (it pins and counts them).
 func TestRemotePrepare(t *testing.T) {
 	f := newRemoteFixture(t)
-	r := f.remote(t)
+	var hmu sync.Mutex
+	var events []string
+	seen := map[*fs.Image]int{}
+	note := func(what string, im *fs.Image) {
+		hmu.Lock()
+		defer hmu.Unlock()
+		if _, ok := seen[im]; !ok {
+			seen[im] = len(seen)
+		}
+		events = append(events, fmt.Sprintf("%s %d", what, seen[im]))
+	}
+	r := f.remoteWith(t, RemoteOptions{
+		OnResolve: func(im *fs.Image) { note("resolved", im) },
+		OnLoad:    func(im *fs.Image, _ time.Duration) { note("loaded", im) },
+		OnClose:   func(im *fs.Image) { note("closed", im) },
+	})
 	n := len(f.im.LayerDescs)
 	layers := make([]Layer, n)
 	errs := make([]error, n)
@@ -176,6 +198,12 @@ func TestRemotePrepare(t *testing.T) {
 	}
 	if got := f.manifestGETs(); got != 2 {
 		t.Errorf("%d manifest GETs after the image was closed and asked for again, want 2", got)
+	}
+	hmu.Lock()
+	got := strings.Join(events, ", ")
+	hmu.Unlock()
+	if want := "resolved 0, loaded 0, closed 0, resolved 1, loaded 1"; got != want {
+		t.Errorf("hooks: %s; want %s", got, want)
 	}
 }
 

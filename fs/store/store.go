@@ -43,6 +43,13 @@ type Options struct {
 	BlobDir string
 	// Debug logs every FUSE request at Debug.
 	Debug bool
+	// OnResolve, when set, is called with each image once it is
+	// resolved, before its load fetches any layer (the daemon pins in its
+	// cache what the image cannot do without). OnLoad, when set, is
+	// called with each image once it is loaded, before any of its layers
+	// is served (the daemon's metrics count it).
+	OnResolve func(im *fs.Image)
+	OnLoad    func(im *fs.Image, took time.Duration)
 }
 
 // Store is one FUSE mount serving any number of images as a
@@ -57,6 +64,8 @@ type Store struct {
 	log     *slog.Logger
 	blobDir string
 	server  *fuse.Server
+	onLoad  func(*fs.Image, time.Duration)
+	onRes   func(*fs.Image)
 
 	ctx    context.Context // the loads'; Unmount cancels it
 	cancel context.CancelFunc
@@ -119,7 +128,7 @@ func Mount(ctx context.Context, dir string, opts Options) (*Store, error) {
 	io.Logger = lg
 	io.Progressive = false
 	ctx, cancel := context.WithCancel(ctx)
-	s := &Store{Dir: dir, client: opts.Client, imgOpts: io, log: lg, blobDir: opts.BlobDir, ctx: ctx, cancel: cancel,
+	s := &Store{Dir: dir, client: opts.Client, imgOpts: io, log: lg, blobDir: opts.BlobDir, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
 		images: map[string]*image{}, ids: map[string]uint64{"": fuse.FUSE_ROOT_ID}, nextSlot: 1, uses: map[string]int{}}
 	timeout := time.Hour
 	zero := time.Duration(0)
@@ -275,6 +284,9 @@ func (s *Store) load(img *image) {
 		img.err = fmt.Errorf("resolve %s: %w", img.ref, err)
 		return
 	}
+	if s.onRes != nil {
+		s.onRes(im)
+	}
 	if err := im.Load(s.ctx); err != nil {
 		im.Close()
 		img.err = fmt.Errorf("load %s: %w", img.ref, err)
@@ -299,6 +311,9 @@ func (s *Store) load(img *image) {
 	}
 	s.log.Info("image loaded", "image", img.ref, "layers", len(views), "modes", strings.Join(modes, ","),
 		"bytes_fetched", s.client.Stats().BytesFetched-before, "duration", time.Since(start).Round(time.Millisecond))
+	if s.onLoad != nil {
+		s.onLoad(im, time.Since(start))
+	}
 	img.im, img.views, img.sizes = im, views, sizes
 }
 
