@@ -21,6 +21,7 @@ type command struct {
 	minArgs  int
 	maxArgs  int  // -1: no limit
 	daemon   bool // logs at info by default: its log is how it talks
+	hidden   bool // internal: not in the command list
 
 	// flags defines the command's flags on fs and returns the function that
 	// runs it. Nil for a command that is not built yet (notYet).
@@ -78,6 +79,15 @@ var commands = []group{
 		name: "unmount", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
 		short: "unmount and stop its daemon; the cache stays",
 		help:  unmountHelp, flags: unmountFlags,
+	}},
+	{cmd: &command{
+		name: "upgrade", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
+		short: "hand a --takeover mount over to a new daemon of the installed binary",
+		help:  upgradeHelp, flags: upgradeFlags,
+	}},
+	{cmd: &command{
+		name: "holder", argNames: "-- ARGS...", minArgs: 1, maxArgs: -1, daemon: true, hidden: true,
+		short: "internal: keeps a --takeover mount's FUSE connection", help: holderHelp, flags: holderFlags,
 	}},
 	{cmd: &command{
 		name: "stats", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
@@ -218,6 +228,9 @@ Run 'ocifs COMMAND --help' for a command's flags and examples.
 func printMainHelp(w io.Writer) error {
 	var list strings.Builder
 	for _, g := range commands {
+		if g.cmd.hidden {
+			continue
+		}
 		name := g.cmd.name
 		if g.cmd.argNames != "" && len(g.subs) > 0 {
 			name += " " + g.cmd.argNames
