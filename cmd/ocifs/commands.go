@@ -343,12 +343,22 @@ overlay it is visible to every user, subject to file permissions (--allow-other
 changes nothing). If the daemon is killed the overlay stays, and files not
 yet changed fail (ENOTCONN); ocifs unmount, or mounting again, cleans up.
 
+Surviving the daemon: --takeover keeps the mount's FUSE connection in a small
+holder process (ocifs holder). If the daemon dies, the holder starts another,
+which takes the connection over: open files stay open, and reads in flight
+are answered by the new daemon (Linux 6.9+), after a pause. 'ocifs upgrade
+MOUNTPOINT' hands over to the binary installed at the path the mount was made
+with. 'ocifs stats --json' gives the pid of the daemon serving now. Such a
+mount serves every read itself (no passthrough), and takes neither
+--writable nor --progressive.
+
 Examples:
   mkdir -p /mnt/app
   ocifs mount registry.example.com/app:1.4 /mnt/app
   ocifs mount --prefetch=none oci:./layout:v1 /mnt/app
   ocifs mount --foreground --log-level debug alpine:3.20 /mnt/alpine
   ocifs mount --writable alpine:3.20 /mnt/scratch
+  ocifs mount --takeover registry.example.com/app:1.4 /mnt/app
   ocifs mount --writable --upper /var/lib/app/upper registry.example.com/app:1.4 /mnt/app
   chroot /mnt/app /bin/sh
 

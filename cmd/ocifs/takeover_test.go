@@ -375,3 +375,80 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestTakeoverRefusedCombinations: --takeover says why it does not go with
+// --writable, --progressive or --foreground, before mounting anything.
+func TestTakeoverRefusedCombinations(t *testing.T) {
+	fstest.RequireFUSE(t)
+	cache := isolate(t)
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"writable", []string{"--writable"}, "does not go with --writable"},
+		{"progressive", []string{"--progressive"}, "numbers nodes in the order it sees them"},
+		{"foreground", []string{"--foreground"}, "drop --foreground"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			args := append([]string{"--cache-dir", cache, "mount", "--takeover"}, c.args...)
+			r := runCLI(t, append(args, "oci:/nonexistent:v1", dir)...)
+			if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("mount --takeover %s: exit %d, stderr %q; want exit 2 and %q", strings.Join(c.args, " "), r.code, r.stderr, c.want)
+			}
+			if _, ok, _ := findMount(dir); ok {
+				t.Errorf("mount --takeover %s mounted %s", strings.Join(c.args, " "), dir)
+			}
+		})
+	}
+}
+
+// TestTakeoverUpgradeNeedsTakeover: a mount made without --takeover cannot
+// be handed over, and `ocifs upgrade` says how to get one that can; its
+// stats name its daemon as the serving process.
+func TestTakeoverUpgradeNeedsTakeover(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	cache := isolate(t)
+	dir := mountedDaemon(t, bin, cache, layoutRef(t, fixtureImage(t)))
+	if got, want := servingPID(t, cache, dir), daemonPID(t, cache, dir); got != want {
+		t.Errorf("stats --json pid = %d, want the daemon's %d", got, want)
+	}
+	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "upgrade", dir)
+	if code != 1 || !strings.Contains(errs, "made without --takeover") || !strings.Contains(errs, "ocifs mount --takeover") {
+		t.Errorf("upgrade of a mount without --takeover: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	checkContent(t, dir)
+	if out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "unmount", dir); code != 0 {
+		t.Fatalf("ocifs unmount %s: exit %d\n%s%s", dir, code, out, errs)
+	}
+}
+
+// TestTakeoverEqualsUmoci: a --takeover mount (the raw protocol server) of
+// the corner image equals umoci's unpack, and still does after its daemon
+// was killed and another took over.
+func TestTakeoverEqualsUmoci(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	host := fstest.StartRegistry(t)
+	want := umociReference(t, fstest.Corners())
+	opts := fstest.CompareOptions{IgnoreMtimePaths: fstest.CornerUnstableMtimes}
+	img, err := fstest.Build(fstest.Corners(), fstest.Options{})
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	if err := img.Push(t.Context(), host, "takeover/corners", "v1"); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	cache := isolate(t)
+	dir := takeoverMount(t, bin, cache, host+"/takeover/corners:v1")
+	reportDiffs(t, "takeover mount", fstest.CompareTrees(dir, want, opts))
+	old := servingPID(t, cache, dir)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNewServer(t, cache, dir, old)
+	reportDiffs(t, "takeover mount after a takeover", fstest.CompareTrees(dir, want, opts))
+	unmountTakeover(t, bin, cache, dir)
+}
