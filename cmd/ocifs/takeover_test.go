@@ -452,3 +452,33 @@ func TestTakeoverEqualsUmoci(t *testing.T) {
 	reportDiffs(t, "takeover mount after a takeover", fstest.CompareTrees(dir, want, opts))
 	unmountTakeover(t, bin, cache, dir)
 }
+
+// TestTakeoverMountFails: a --takeover mount of an image that cannot be
+// loaded fails with the daemon's reason, mounts nothing, and leaves no
+// holder restarting daemons.
+func TestTakeoverMountFails(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	cache := isolate(t)
+	dir := t.TempDir()
+	cleanupMount(t, cache, dir)
+	missing := filepath.Join(t.TempDir(), "no-layout")
+	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--takeover", "oci:"+missing+":v1", dir)
+	if code != 1 || !strings.Contains(errs, missing) {
+		t.Errorf("mount --takeover of a missing layout: exit %d\nstdout: %s\nstderr: %s\nwant exit 1 naming %s", code, out, errs, missing)
+	}
+	if _, ok, _ := findMount(dir); ok {
+		t.Errorf("a failed mount --takeover left a mount at %s", dir)
+	}
+	sock := holderSocketPath(namePaths(cache, dir))
+	deadline := time.Now().Add(relGuard)
+	for {
+		if _, err := os.Stat(sock); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the holder's socket %s is still there %v after the mount failed: the holder lives on", sock, relGuard)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
