@@ -315,8 +315,9 @@ func TestTakeoverSIGKILL(t *testing.T) {
 }
 
 // TestTakeoverUpgrade: as TestTakeoverSIGKILL, but each mount is handed to
-// a freshly built binary, put where the first was, by `ocifs upgrade`: the
-// new daemon runs the new file, and no read fails.
+// a freshly built binary, put where the first was, by `ocifs upgrade` (the
+// last time by SIGHUP to the holder): the new daemon runs the new file,
+// and no read fails.
 func TestTakeoverUpgrade(t *testing.T) {
 	fstest.RequireFUSE(t)
 	built := ocifsBinary(t)
@@ -344,9 +345,16 @@ func TestTakeoverUpgrade(t *testing.T) {
 		}
 		d := dirs[k%2]
 		old := servingPID(t, cache, d)
-		out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "upgrade", d)
-		if code != 0 || !strings.HasPrefix(out, "upgraded "+d+": pid ") {
-			t.Fatalf("ocifs upgrade %s: exit %d\nstdout: %s\nstderr: %s", d, code, out, errs)
+		if k == 3 {
+			// The signal way: SIGHUP to the holder.
+			if err := syscall.Kill(mountStateOf(t, cache, d).HolderPID, syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "upgrade", d)
+			if code != 0 || !strings.HasPrefix(out, "upgraded "+d+": pid ") {
+				t.Fatalf("ocifs upgrade %s: exit %d\nstdout: %s\nstderr: %s", d, code, out, errs)
+			}
 		}
 		pid := waitNewServer(t, cache, d, old)
 		exe, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))

@@ -86,8 +86,8 @@ type holder struct {
 // that serve it: it starts a daemon, keeps the /dev/fuse fd that daemon
 // mounted with (and the INIT exchange) where the daemon's death cannot
 // close it, and when a daemon dies starts another (at once if the dead one
-// ran a while, else after a growing pause, up to 10s), which is handed the
-// fd over Socket. An upgrade (a message on the socket, or SIGHUP) starts a
+// had served, else after a pause that grows up to 10s), which is handed
+// the fd over Socket. An upgrade (a message on the socket, or SIGHUP) starts a
 // new daemon first and tells the serving one to stop only once the new
 // one is loaded and asks for the connection.
 //

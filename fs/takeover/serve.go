@@ -430,14 +430,29 @@ func (s *Server) Unmount() error {
 	return nil
 }
 
-// Stop stops reading requests and waits for those being answered, for a
-// hand-over: the connection lives on in the holder, and what was read
-// after Stop began is resent to the next daemon.
+// stopWait bounds how long Stop waits for the requests being answered: one
+// stuck on an unreachable registry must not hold up a hand-over, and the
+// next daemon is resent whatever is left unanswered.
+const stopWait = 2 * time.Second
+
+// Stop stops reading requests and waits (up to stopWait) for those being
+// answered, for a hand-over: the connection lives on in the holder, and
+// what was read after Stop began, or not answered by then, is resent to
+// the next daemon.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	s.stopping = true
 	s.mu.Unlock()
-	s.inflight.Wait()
+	done := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopWait):
+		s.log.Warn("handing over with requests still being answered; the next daemon answers them again", "path", s.dir)
+	}
 }
 
 type logWriter struct{ log *slog.Logger }
