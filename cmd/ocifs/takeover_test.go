@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -56,11 +57,12 @@ func takeoverImage(t *testing.T) (*fstest.Image, map[string][]byte) {
 
 // takeoverMount mounts ref at a fresh directory with --takeover, and makes
 // sure neither the mount, nor its daemon, nor its holder outlives the test.
-func takeoverMount(t *testing.T, bin, cache, ref string) string {
+func takeoverMount(t *testing.T, bin, cache, ref string, flags ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	cleanupMount(t, cache, dir)
-	out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--takeover", ref, dir)
+	args := append([]string{"--cache-dir", cache, "mount", "--takeover"}, flags...)
+	out, errs, code := execOcifs(t, bin, append(args, ref, dir)...)
 	if code != 0 {
 		t.Fatalf("ocifs mount --takeover: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
@@ -489,4 +491,55 @@ func TestTakeoverMountFails(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestTakeoverKillMidRead: the daemon is killed with SIGKILL while a read
+// waits in it on a stalled registry answer. The read is neither failed nor
+// left hanging: the new daemon has the kernel resend it, and answers it
+// with the file's bytes once the registry answers. (Without a holder the
+// same read fails: TestReliabilityKillMidRead.)
+func TestTakeoverKillMidRead(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := ocifsBinary(t)
+	cache := isolate(t)
+	ri := newRelImage(t, "", "")
+	ri.seedCache(t, cache)
+	ri.front.Add(&fstest.Rule{Method: "GET", Path: "/blobs/", Ranged: fstest.WithRange,
+		Fault: fstest.Fault{Kind: fstest.Stall, N: 10}})
+	dir := takeoverMount(t, bin, cache, ri.ref, "--prefetch=none")
+	old := servingPID(t, cache, dir)
+
+	readDone := make(chan error, 1)
+	var got []byte
+	go func() {
+		var err error
+		got, err = os.ReadFile(filepath.Join(dir, "b.bin"))
+		readDone <- err
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), relGuard)
+	defer cancel()
+	if _, err := ri.front.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
+		t.Fatalf("the read never reached the registry: %v", err)
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the daemon: %v", err)
+	}
+	waitNewServer(t, cache, dir, old)
+	select {
+	case err := <-readDone:
+		t.Fatalf("the read ended (%v) before the registry answered", err)
+	default:
+	}
+	ri.front.Clear()
+	ri.front.Release()
+	select {
+	case err := <-readDone:
+		if err != nil || !bytes.Equal(got, relFiles["b.bin"]) {
+			t.Errorf("read across the takeover: %d bytes, %v; want the image's %d bytes", len(got), err, len(relFiles["b.bin"]))
+		}
+	case <-time.After(relGuard):
+		t.Fatalf("the read is still blocked %v after the new daemon took over and the registry answered", relGuard)
+	}
+	checkRelFiles(t, dir)
+	unmountTakeover(t, bin, cache, dir)
 }
