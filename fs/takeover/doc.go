@@ -12,12 +12,15 @@
 //     (SOCK_SEQPACKET, the fd by SCM_RIGHTS). It does no FUSE work and
 //     holds no image state, so what can crash it is small; a crash of the
 //     daemon cannot close the fd, the holder's copy keeps the connection.
-//   - The daemon's side: [Dial] asks the holder for the connection; [Serve]
-//     either mounts (the first daemon: open /dev/fuse, mount(2), put the
-//     fd, read INIT, put the exchange, only then answer it) or takes the
-//     connection over (replay the saved INIT request into the protocol
-//     server so it knows what the kernel agreed to, then write
-//     FUSE_NOTIFY_RESEND).
+//   - The daemon's side: [Dial] asks the holder what it holds (whether a
+//     connection exists, and its [Init]: the pinned image to load and the
+//     generation its tree must have); the daemon loads the image; [Serve]
+//     then takes the connection, giving its tree's generation (the holder
+//     refuses another), and either mounts (the first daemon: open
+//     /dev/fuse, mount(2), put the fd, read INIT, put the exchange, only
+//     then answer it) or takes the connection over (replay the saved INIT
+//     request into the protocol server so it knows what the kernel agreed
+//     to, then write FUSE_NOTIFY_RESEND).
 //   - The server: go-fuse's fuse.ProtocolServer (experimental in v2.12.1),
 //     fed by our own read loop on the fd, over a fuse.RawFileSystem whose
 //     node ids are a function of the image (fs.RawFS). go-fuse's fuse.Server
@@ -52,8 +55,10 @@
 // only then is the old one told to stop: it stops reading, finishes what
 // it was answering, and exits 0. The holder then hands the fd to the new
 // one, which writes FUSE_NOTIFY_RESEND for whatever the old one read after
-// it stopped. Readers see one pause, no error. A new daemon that fails to
-// load leaves the old one serving.
+// it stopped (and whatever it had not answered within 2s). Readers see one
+// pause, no error. A new daemon that fails to load, or whose tree has
+// another generation (a binary that numbers trees otherwise), is refused
+// before the old one is told anything: the old one serves on.
 //
 // # What survives, what does not
 //

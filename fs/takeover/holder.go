@@ -167,7 +167,8 @@ func (h *holder) accept(ln *net.UnixListener) {
 			for {
 				m, fd, err := recv(c)
 				if err != nil {
-					return // the daemon's exit, not its socket, is what counts
+					c.Close() // the daemon's exit, not its socket, is what counts
+					return
 				}
 				h.events <- event{conn: c, msg: m, fd: fd}
 			}
@@ -232,6 +233,11 @@ func (h *holder) reply(c *net.UnixConn, m message, fd int) {
 
 func (h *holder) onMessage(c *net.UnixConn, m message, fd int) {
 	switch m.Op {
+	case opPeek:
+		if d := h.children[m.PID]; d != nil {
+			d.conn = c
+		}
+		h.reply(c, message{Op: opOK, Have: h.fd >= 0, Init: h.init}, -1)
 	case opGet:
 		d := h.children[m.PID]
 		if d == nil {
@@ -240,6 +246,11 @@ func (h *holder) onMessage(c *net.UnixConn, m message, fd int) {
 		}
 		d.conn = c
 		switch {
+		case h.init != nil && m.Generation != h.init.Generation:
+			// Checked before the serving daemon is told to stop: a binary
+			// that numbers the tree otherwise must not end the mount.
+			h.reply(c, message{Op: opError, Err: fmt.Sprintf("the kernel holds node ids of a tree with generation %08x, this daemon's has %08x "+
+				"(another image, or a binary that numbers trees otherwise): it cannot take over; unmount and mount again to serve it", h.init.Generation, m.Generation)}, -1)
 		case h.fd < 0 && h.current == nil:
 			h.current = d
 			h.reply(c, message{Op: opNone}, -1)

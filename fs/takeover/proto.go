@@ -13,6 +13,7 @@ import (
 // Ops of the holder's socket: one JSON message per packet (SOCK_SEQPACKET),
 // a file descriptor riding along with "put" and "have".
 const (
+	opPeek    = "peek"    // daemon: what do you hold? (ok, with Have and Init)
 	opGet     = "get"     // daemon: give me the connection (have or none)
 	opHave    = "have"    // holder: here it is, with its INIT, and its fd
 	opNone    = "none"    // holder: there is none yet: mount, then put
@@ -47,6 +48,10 @@ type message struct {
 	PID  int    `json:"pid,omitempty"`
 	Init *Init  `json:"init,omitempty"`
 	Err  string `json:"err,omitempty"`
+	// Have answers peek: the holder has a connection.
+	Have bool `json:"have,omitempty"`
+	// Generation, with get, is that of the tree the daemon serves.
+	Generation uint32 `json:"generation,omitempty"`
 }
 
 const maxMessage = 64 << 10

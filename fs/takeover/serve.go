@@ -19,58 +19,75 @@ import (
 // Client is a daemon's line to its holder.
 type Client struct {
 	c    *net.UnixConn
-	fd   int   // the connection, when the holder had one; else -1
+	have bool  // the holder has a connection (another daemon mounted)
 	init *Init // its INIT exchange, when it had one
+	fd   int   // the connection, once taken; else -1
 
 	mu      sync.Mutex // one request at a time
-	replies chan message
+	replies chan reply
 	stop    chan struct{}
 }
 
-// Dial connects to the holder at socket and asks for the connection: a
-// daemon started after another has it handed over (Have reports true), the
-// first daemon is told to mount (and then [Serve] puts the fd).
+type reply struct {
+	m  message
+	fd int
+}
+
+// Dial connects to the holder at socket and asks what it holds, without
+// taking it: whether a connection exists (Have), and its INIT exchange
+// (Init: the image to load, pinned, and the generation its tree must
+// have). The daemon loads the image, then [Serve] takes the connection,
+// and only then is a daemon serving it told to stop.
 func Dial(socket string) (*Client, error) {
 	c, err := dial(socket)
 	if err != nil {
 		return nil, err
 	}
-	if err := send(c, message{Op: opGet, PID: os.Getpid()}, -1); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// The holder answers a daemon started for an upgrade only once the old
-	// one has stopped: this waits for that.
-	m, fd, err := recv(c)
+	cl := &Client{c: c, fd: -1, replies: make(chan reply, 1), stop: make(chan struct{})}
+	go cl.read()
+	r, err := cl.request(message{Op: opPeek, PID: os.Getpid()}, -1)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	cl := &Client{c: c, fd: -1, replies: make(chan message, 1), stop: make(chan struct{})}
-	switch m.Op {
-	case opHave:
-		if fd < 0 {
-			c.Close()
-			return nil, errors.New("holder socket: the holder sent the connection without its fd")
-		}
-		cl.fd, cl.init = fd, m.Init
-	case opNone:
-	case opError:
-		c.Close()
-		return nil, fmt.Errorf("holder: %s", m.Err)
-	default:
-		c.Close()
-		return nil, fmt.Errorf("holder answered %q to get", m.Op)
-	}
-	go cl.read()
+	cl.have, cl.init = r.Have, r.Init
 	return cl, nil
 }
 
-// Have reports whether the holder handed over a connection another daemon
-// served.
-func (c *Client) Have() bool { return c.fd >= 0 }
+// take asks for the connection, saying which tree this daemon serves: the
+// holder refuses a daemon whose tree has another generation than the
+// connection's (the serving one then serves on), and answers a daemon
+// started for an upgrade once the serving one has stopped.
+func (c *Client) take(generation uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := send(c.c, message{Op: opGet, PID: os.Getpid(), Generation: generation}, -1); err != nil {
+		return err
+	}
+	r, ok := <-c.replies
+	switch {
+	case !ok:
+		return errors.New("holder socket: closed before it handed over the connection")
+	case r.m.Op == opHave && r.fd >= 0:
+		c.fd, c.have, c.init = r.fd, true, r.m.Init
+	case r.m.Op == opNone:
+		c.have = false
+	case r.m.Op == opError:
+		return fmt.Errorf("holder: %s", r.m.Err)
+	default:
+		if r.fd >= 0 {
+			unix.Close(r.fd)
+		}
+		return fmt.Errorf("holder answered %q to get", r.m.Op)
+	}
+	return nil
+}
 
-// Init returns the handed-over connection's INIT exchange (nil if none).
+// Have reports whether the holder has a connection another daemon mounted:
+// this daemon takes it over rather than mounting.
+func (c *Client) Have() bool { return c.have }
+
+// Init returns the held connection's INIT exchange (nil if none).
 func (c *Client) Init() *Init { return c.init }
 
 // StopRequested is closed when the holder asks this daemon to stop for a
@@ -82,42 +99,48 @@ func (c *Client) read() {
 	stopped := false
 	for {
 		m, fd, err := recv(c.c)
-		if fd >= 0 {
-			unix.Close(fd)
-		}
 		if err != nil {
 			return
 		}
 		if m.Op == opStop {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
 			if !stopped {
 				stopped = true
 				close(c.stop)
 			}
 			continue
 		}
-		c.replies <- m
+		c.replies <- reply{m, fd}
 	}
 }
 
 // request sends m (with fd) and waits for the holder's answer.
-func (c *Client) request(m message, fd int) error {
+func (c *Client) request(m message, fd int) (message, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := send(c.c, m, fd); err != nil {
-		return err
+		return message{}, err
 	}
 	r, ok := <-c.replies
+	if r.fd >= 0 {
+		unix.Close(r.fd)
+	}
 	switch {
 	case !ok:
-		return fmt.Errorf("holder socket: closed before it answered %s", m.Op)
-	case r.Op == opError:
-		return fmt.Errorf("holder: %s: %s", m.Op, r.Err)
+		return message{}, fmt.Errorf("holder socket: closed before it answered %s", m.Op)
+	case r.m.Op == opError:
+		return message{}, fmt.Errorf("holder: %s: %s", m.Op, r.m.Err)
 	}
-	return nil
+	return r.m, nil
 }
 
 // Serving tells the holder this daemon serves the connection now.
-func (c *Client) Serving() error { return c.request(message{Op: opServing, PID: os.Getpid()}, -1) }
+func (c *Client) Serving() error {
+	_, err := c.request(message{Op: opServing, PID: os.Getpid()}, -1)
+	return err
+}
 
 // Close closes the line to the holder (not the connection).
 func (c *Client) Close() error { return c.c.Close() }
@@ -193,7 +216,10 @@ func Serve(cl *Client, fs fuse.RawFileSystem, o Options) (*Server, error) {
 	}
 	s := &Server{ps: fuse.NewProtocolServer(fs, mo), log: o.Logger, dir: o.Dir, cl: cl, done: make(chan struct{})}
 	s.bufs.New = func() any { b := make([]byte, bufSize); return &b }
-	if cl.Have() {
+	if err := cl.take(o.Generation); err != nil {
+		return nil, fmt.Errorf("take over %s: %w", o.Dir, err)
+	}
+	if cl.fd >= 0 {
 		s.fd = cl.fd
 		s.Took = true
 		if err := s.resume(cl.init, o); err != nil {
@@ -281,7 +307,7 @@ func (s *Server) mount(o Options) error {
 		return fmt.Errorf("mount %s: %w", o.Dir, err)
 	}
 	s.fd = fd
-	if err := s.cl.request(message{Op: opPut}, fd); err != nil {
+	if _, err := s.cl.request(message{Op: opPut}, fd); err != nil {
 		_ = unix.Unmount(o.Dir, unix.MNT_DETACH)
 		unix.Close(fd)
 		return fmt.Errorf("mount %s: give the connection to the holder: %w", o.Dir, err)
@@ -314,7 +340,7 @@ func (s *Server) answerInit(o Options) error {
 			return fmt.Errorf("mount %s: answer INIT: %v", o.Dir, st)
 		}
 		in := &Init{Request: req, Reply: append([]byte(nil), out[:m]...), Generation: o.Generation, Ref: o.Ref}
-		if err := s.cl.request(message{Op: opInit, Init: in}, -1); err != nil {
+		if _, err := s.cl.request(message{Op: opInit, Init: in}, -1); err != nil {
 			return fmt.Errorf("mount %s: give INIT to the holder: %w", o.Dir, err)
 		}
 		s.init = in
