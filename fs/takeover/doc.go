@@ -81,6 +81,9 @@
 //   - The daemon's memory: the decoded piece cache, read-ahead state,
 //     counters of `ocifs stats` (they restart from zero), the background
 //     fetch (it starts again from what the disk cache has).
+//   - A daemon cannot be replaced while the registry is unreachable: a new
+//     one fetches the pinned manifest and config again (layers come from
+//     the cache). The holder retries with its backoff; the mount waits.
 //   - A crash of the holder itself ends the mount as a crash of a daemon
 //     without a holder does (readers get ENOTCONN).
 //   - The snapshotter (fs.LayerFS) and the layer store: not built yet.
