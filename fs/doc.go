@@ -8,7 +8,9 @@
 //     followed in parent paths, and hardlinks sharing one [Node].
 //   - Each layer's plan and state: where its entry table comes from (the
 //     index cache, or streaming the blob) and when its bytes are ready.
-//   - The FUSE nodes ([Image.Mount]), error-to-errno mapping, and Pull.
+//   - The FUSE nodes ([Image.Mount]), error-to-errno mapping, and Pull;
+//     the raw protocol of the same tree, for a connection one daemon hands
+//     to the next ([Image.RawFS]).
 //   - Per-layer views ([Image.LayerViews]) and [LayerFS], one mount serving
 //     many of them (a containerd snapshotter's lower directories): each
 //     tree in a slot of its own, node ids slot<<32 | the tree's numbers
@@ -53,8 +55,9 @@
 // generation), and keeps such handles beyond the daemon that gave them:
 // overlayfs records one in every file it copies up (trusted.overlay.origin)
 // and decodes it in the next mount over the same upper directory, and a
-// takeover of the FUSE connection by a new daemon (planned) leaves the
-// kernel holding every node id the old daemon gave. So a handle must name
+// takeover of the FUSE connection by a new daemon
+// ([github.com/ocifs/ocifs/fs/takeover]) leaves the kernel holding every
+// node id, file handle and directory offset the old daemon gave. So a handle must name
 // the same file in every daemon that accepts it, and no other file ever.
 //
 //   - Node ids are the inode numbers of the tree (go-fuse's ExternalNodeID),
@@ -71,6 +74,15 @@
 //     made unmistakable instead: its generation is random with the top bit
 //     set, so it matches no other load, progressive or not, and a node id
 //     it never gave decodes to nothing (ESTALE).
+//   - [RawFS], the raw protocol a connection handed from daemon to daemon
+//     is served with, keeps no table of what the kernel was told: a node
+//     id is the tree's number, the file handle of an open file or
+//     directory is its node id, a directory offset is an index into its
+//     sorted names, and FORGET does nothing. go-fuse's bridge cannot be
+//     told about nodes it did not create (it panics on such ids and on
+//     FORGETs of lookups it never counted), so a takeover mount does not
+//     use it. A progressive load is not offered takeover
+//     ([ErrNotDerivable]).
 //   - Generation 0 is never used (ocifs gave it to every node before these
 //     rules, in lookup order), except by the root, whose generation the
 //     kernel fixes at 0 and whose handle names the root in every mount.

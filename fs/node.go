@@ -140,24 +140,8 @@ func (in *inode) data() (*Node, error) {
 
 func (in *inode) fill(a *fuse.Attr) {
 	n := in.node()
+	fillAttr(n, a)
 	a.Ino = in.ino(n)
-	a.Mode = typeBits(n.Type) | n.Mode
-	a.Nlink = n.Nlink
-	a.Uid, a.Gid = uint32(n.UID), uint32(n.GID)
-	a.Size = uint64(n.Size)
-	if n.IsDir() {
-		a.Size = 4096
-	}
-	a.Blksize = 4096
-	a.Blocks = (uint64(n.Size) + 511) / 512
-	t := n.ModTime
-	sec, nsec := uint64(t.Unix()), uint32(t.Nanosecond())
-	a.Mtime, a.Mtimensec = sec, nsec
-	a.Atime, a.Atimensec = sec, nsec
-	a.Ctime, a.Ctimensec = sec, nsec
-	if n.Type == index.TypeChar || n.Type == index.TypeBlock {
-		a.Rdev = uint32(unix.Mkdev(uint32(n.Devmajor), uint32(n.Devminor)))
-	}
 }
 
 // Lookup finds a child in the merged tree; hardlinked names share one inode

@@ -21,6 +21,7 @@ type command struct {
 	minArgs  int
 	maxArgs  int  // -1: no limit
 	daemon   bool // logs at info by default: its log is how it talks
+	hidden   bool // internal: not in the command list
 
 	// flags defines the command's flags on fs and returns the function that
 	// runs it. Nil for a command that is not built yet (notYet).
@@ -78,6 +79,15 @@ var commands = []group{
 		name: "unmount", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
 		short: "unmount and stop its daemon; the cache stays",
 		help:  unmountHelp, flags: unmountFlags,
+	}},
+	{cmd: &command{
+		name: "upgrade", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
+		short: "hand a --takeover mount over to a new daemon of the installed binary",
+		help:  upgradeHelp, flags: upgradeFlags,
+	}},
+	{cmd: &command{
+		name: "holder", argNames: "-- ARGS...", minArgs: 1, maxArgs: -1, daemon: true, hidden: true,
+		short: "internal: keeps a --takeover mount's FUSE connection", help: holderHelp, flags: holderFlags,
 	}},
 	{cmd: &command{
 		name: "stats", argNames: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
@@ -218,6 +228,9 @@ Run 'ocifs COMMAND --help' for a command's flags and examples.
 func printMainHelp(w io.Writer) error {
 	var list strings.Builder
 	for _, g := range commands {
+		if g.cmd.hidden {
+			continue
+		}
 		name := g.cmd.name
 		if g.cmd.argNames != "" && len(g.subs) > 0 {
 			name += " " + g.cmd.argNames
@@ -343,12 +356,22 @@ overlay it is visible to every user, subject to file permissions (--allow-other
 changes nothing). If the daemon is killed the overlay stays, and files not
 yet changed fail (ENOTCONN); ocifs unmount, or mounting again, cleans up.
 
+Surviving the daemon: --takeover keeps the mount's FUSE connection in a small
+holder process (ocifs holder). If the daemon dies, the holder starts another,
+which takes the connection over: open files stay open, and reads in flight
+are answered by the new daemon (Linux 6.9+), after a pause. 'ocifs upgrade
+MOUNTPOINT' hands over to the binary installed at the path the mount was made
+with. 'ocifs stats --json' gives the pid of the daemon serving now. Such a
+mount serves every read itself (no passthrough), and takes neither
+--writable nor --progressive.
+
 Examples:
   mkdir -p /mnt/app
   ocifs mount registry.example.com/app:1.4 /mnt/app
   ocifs mount --prefetch=none oci:./layout:v1 /mnt/app
   ocifs mount --foreground --log-level debug alpine:3.20 /mnt/alpine
   ocifs mount --writable alpine:3.20 /mnt/scratch
+  ocifs mount --takeover registry.example.com/app:1.4 /mnt/app
   ocifs mount --writable --upper /var/lib/app/upper registry.example.com/app:1.4 /mnt/app
   ocifs mount --index-repo registry.example.com/ocifs-indexes python:3.13 /mnt/python
   chroot /mnt/app /bin/sh

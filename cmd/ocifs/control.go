@@ -108,6 +108,10 @@ type mountState struct {
 	CacheDir string `json:"cache_dir,omitempty"`
 	// Metrics is the address of its Prometheus metrics, if it serves them.
 	Metrics string `json:"metrics,omitempty"`
+	// Holder is the socket of the holder of a --takeover mount's FUSE
+	// connection (`ocifs upgrade` asks it), HolderPID its process.
+	Holder    string `json:"holder,omitempty"`
+	HolderPID int    `json:"holder_pid,omitempty"`
 }
 
 // publishState records st where commands look for it: in the cache's

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/fs/sdnotify"
+	"github.com/ocifs/ocifs/fs/takeover"
 )
 
 // needFUSE is the hint for a mount that cannot reach the kernel.
@@ -34,23 +35,26 @@ const needFUSE = "mounting needs root and /dev/fuse (run as root; modprobe fuse)
 
 // mountOpts are the flags of `ocifs mount`.
 type mountOpts struct {
-	foreground  bool
-	prefetch    string
-	rate        string // --prefetch-rate, e.g. "50M" (bytes per second)
-	allowOther  bool
-	suid        bool
-	dev         bool
-	debugFUSE   bool
-	writable    bool
-	upper       string
-	forceUpper  bool // --force-upper: reuse an upper made over another image
-	progressive bool
-	noPassthru  bool      // --no-passthrough
-	metricsAddr string    // --metrics-address: serve Prometheus metrics there
-	cacheMax    sizeValue // --cache-max: keep the cache under this many bytes
-	trimEvery   time.Duration
-	readyFD     int      // set by the parent for its daemon: where to say "ok\n"
-	pushIndex   repoName // --push-index-to: push the indexes of layers streamed here there
+	foreground   bool
+	prefetch     string
+	rate         string // --prefetch-rate, e.g. "50M" (bytes per second)
+	allowOther   bool
+	suid         bool
+	dev          bool
+	debugFUSE    bool
+	writable     bool
+	upper        string
+	forceUpper   bool // --force-upper: reuse an upper made over another image
+	progressive  bool
+	noPassthru   bool      // --no-passthrough
+	metricsAddr  string    // --metrics-address: serve Prometheus metrics there
+	cacheMax     sizeValue // --cache-max: keep the cache under this many bytes
+	trimEvery    time.Duration
+	readyFD      int      // set by the parent for its daemon: where to say "ok\n"
+	pushIndex    repoName // --push-index-to: push the indexes of layers streamed here there
+	takeover     bool     // --takeover: the FUSE connection lives in a holder process
+	holderSocket string   // set by spawnHolder for the daemons the holder starts
+	holder       *takeover.Client
 }
 
 func mountFlags(set *pflag.FlagSet) runFunc {
@@ -74,6 +78,9 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
+	set.BoolVar(&o.takeover, "takeover", false, "keep the mount's FUSE connection in a small holder process, so the daemon can crash or be upgraded\n(ocifs upgrade) without the mount going away: a new daemon takes over, and requests in flight are answered\n(Linux 6.9+). Reads all go through the daemon (no passthrough); not with --writable or --progressive")
+	set.StringVar(&o.holderSocket, "holder-socket", "", "the holder's socket (set for the daemons a holder starts)")
+	_ = set.MarkHidden("holder-socket")
 	return func(ctx context.Context, e *env, args []string) error {
 		return runMount(ctx, e, args[0], args[1], o)
 	}
@@ -92,12 +99,34 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	if o.forceUpper && o.upper == "" {
 		return &usageError{msg: "--force-upper needs --upper"}
 	}
+	if o.takeover && o.writable {
+		return &usageError{msg: "--takeover serves read-only mounts; it does not go with --writable (not built yet)"}
+	}
+	if o.takeover && o.progressive {
+		return &usageError{msg: "--takeover does not go with --progressive: " + fs.ErrNotDerivable.Error()}
+	}
+	if o.holderSocket != "" && !o.takeover {
+		return &usageError{msg: "--holder-socket needs --takeover"}
+	}
 	if o.debugFUSE && e.g.logLevel == "" {
 		e.log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("mountpoint %s: %w", dir, err)
+	}
+	if o.holderSocket != "" {
+		// A daemon started by a holder. A later one takes over a mount
+		// that is there and waits for it: looking at the mountpoint would
+		// wait for this very daemon.
+		cl, err := takeover.Dial(o.holderSocket)
+		if err != nil {
+			return err
+		}
+		o.holder = cl
+		if cl.Have() {
+			return serveMount(ctx, e, image, abs, false, o)
+		}
 	}
 	stale, err := checkMountpoint(abs)
 	if err != nil {
@@ -136,7 +165,13 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 		}
 	}
 	if o.foreground {
+		if o.takeover && o.holder == nil {
+			return &usageError{msg: "--takeover needs the daemon's holder: drop --foreground"}
+		}
 		return serveMount(ctx, e, image, abs, stale, o)
+	}
+	if o.takeover {
+		return spawnHolder(ctx, e, image, abs, o)
 	}
 	return spawnDaemon(ctx, e, image, abs, o)
 }
@@ -305,11 +340,14 @@ func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	}{
 		{o.allowOther, "--allow-other"}, {o.suid, "--suid"}, {o.dev, "--dev"}, {o.debugFUSE, "--debug-fuse"},
 		{o.progressive, "--progressive"}, {o.writable, "--writable"}, {o.forceUpper, "--force-upper"},
-		{o.noPassthru, "--no-passthrough"},
+		{o.noPassthru, "--no-passthrough"}, {o.takeover, "--takeover"},
 	} {
 		if f.on {
 			args = append(args, f.name)
 		}
+	}
+	if o.holderSocket != "" {
+		args = append(args, "--holder-socket="+o.holderSocket)
 	}
 	return append(args, "--", image, dir)
 }
@@ -363,7 +401,12 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		return err
 	}
 	log := e.log
-	log.Info("mount starting", "image", image, "path", dir, "pid", os.Getpid())
+	if o.holder != nil {
+		if in := o.holder.Init(); in != nil && in.Ref != "" {
+			image = in.Ref // the image the kernel's node ids are of, whatever its tag says now
+		}
+	}
+	log.Info("mount starting", "image", image, "path", dir, "pid", os.Getpid(), "takeover", o.holder != nil && o.holder.Have())
 	if stale {
 		log.Info("cleaning a stale mount left by a daemon that died", "path", dir)
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
@@ -437,9 +480,9 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		fuseDir = d.Lower
 	}
 	// fail undoes what was started when serving cannot begin.
-	fail := func(m *fs.Mount, err error) error {
+	fail := func(m servedMount, err error) error {
 		if m != nil {
-			unmountServed(log, m, m.Dir)
+			unmountServed(log, m, fuseDir)
 		}
 		if ul != nil {
 			ul.Release()
@@ -464,15 +507,28 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	// The merged tree holds what serving needs: a long-lived mount need not
 	// keep the layers' entry tables too.
 	im.ReleaseEntries()
-	m, err := im.Mount(ctx, fuseDir, fs.MountOptions{
-		AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE, NoPassthrough: o.noPassthru,
-	})
-	if err != nil {
-		return fail(nil, withHint(err, needFUSE))
+	var m servedMount
+	var fm *fs.Mount // go-fuse's, unless the raw server of a takeover serves
+	var stopReq <-chan struct{}
+	var tk *takeover.Server
+	if o.holder != nil {
+		tk, err = serveTakeover(log, im, fuseDir, o)
+		if err != nil {
+			return fail(nil, err)
+		}
+		m, stopReq = tk, o.holder.StopRequested()
+	} else {
+		fm, err = im.Mount(ctx, fuseDir, fs.MountOptions{
+			AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE, NoPassthrough: o.noPassthru,
+		})
+		if err != nil {
+			return fail(nil, withHint(err, needFUSE))
+		}
+		m = fm
 	}
 	if ul != nil {
 		if err := ul.Mount(fs.OverlayOptions{Suid: o.suid, Dev: o.dev}); err != nil {
-			undo(log, ul, m, dir)
+			undo(log, ul, fm, dir)
 			return fail(nil, err)
 		}
 	}
@@ -481,20 +537,32 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	srv, err := serveStats(p.sock, im)
 	if err == nil {
-		err = publishState(p, mountState{
+		st := mountState{
 			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ready != nil),
 			CacheDir: e.g.cacheDir, Metrics: mx.address(),
-		})
+		}
+		if o.holder != nil {
+			st.Holder, st.HolderPID = o.holderSocket, os.Getppid()
+		}
+		err = publishState(p, st)
 		if err != nil {
 			srv.close()
 		}
 	}
 	if err != nil {
 		if ul != nil {
-			undo(log, ul, m, dir)
+			undo(log, ul, fm, dir)
 			return fail(nil, err)
 		}
 		return fail(m, err)
+	}
+	if o.holder != nil {
+		if err := o.holder.Serving(); err != nil {
+			log.Warn("tell the holder this daemon serves", "err", err)
+		}
+		if tk.Took {
+			log.Info("took over the mount's FUSE connection", "path", dir, "pid", os.Getpid())
+		}
 	}
 	mx.ready(time.Since(start))
 	if ready != nil {
@@ -537,6 +605,15 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 			}
 			signal.Stop(again)
 		}
+	case <-stopReq:
+		// An upgrade: the new daemon is loaded and waits for the
+		// connection, which outlives this process in the holder.
+		log.Info("handing the mount over to a new daemon", "path", dir)
+		tk.Stop()
+		srv.close()
+		err = im.Close()
+		log.Info("handed over; exiting", "path", dir)
+		return err
 	case <-gone:
 		log.Info("unmounted from outside; exiting", "path", dir)
 	case <-outside:
@@ -565,7 +642,7 @@ func daemonLog(p mountPaths, daemon bool) string {
 // unmountServed unmounts m; when files are still open it detaches lazily,
 // and the kernel ends the mount when the last of them closes: it then
 // reports true, and the caller serves until then.
-func unmountServed(log *slog.Logger, m *fs.Mount, dir string) (lazy bool) {
+func unmountServed(log *slog.Logger, m servedMount, dir string) (lazy bool) {
 	err := m.Unmount()
 	switch {
 	case err == nil:
@@ -587,7 +664,7 @@ func unmountServed(log *slog.Logger, m *fs.Mount, dir string) (lazy bool) {
 // namespace keeps the connection, and exiting ends that copy too.
 // A writable mount's overlay hides which device a copy would list, so the
 // wait is also capped: the daemon has been told to stop.
-func waitGone(log *slog.Logger, m *fs.Mount, gone <-chan struct{}, dir string) {
+func waitGone(log *slog.Logger, m servedMount, gone <-chan struct{}, dir string) {
 	ended := make(chan error, 1)
 	go func() { ended <- m.WaitEnd() }()
 	select {
@@ -658,7 +735,12 @@ func serveStats(path string, im *fs.Image) (*statsServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(im.Stats())
+		// pid is the process serving the mount now: a --takeover mount's
+		// holder is another, and its daemon changes with every restart.
+		_ = json.NewEncoder(w).Encode(struct {
+			fs.Stats
+			PID int `json:"pid"`
+		}{im.Stats(), os.Getpid()})
 	})
 	s := &statsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
 	go func() {

@@ -1,0 +1,96 @@
+// Package takeover keeps a FUSE connection alive across the daemons that
+// serve it: a daemon may crash, or be replaced by a new binary, and the
+// mount stays, with its open files, and the requests it was answering are
+// answered by the next daemon.
+//
+// # The parts
+//
+//   - The holder ([Hold]): a small long-lived process (`ocifs holder`, named
+//     ocifs in the process table) that starts the daemon, keeps the
+//     connection's /dev/fuse fd and the INIT exchange ([Init]), and when
+//     the daemon dies starts another and hands it both over a unix socket
+//     (SOCK_SEQPACKET, the fd by SCM_RIGHTS). It does no FUSE work and
+//     holds no image state, so what can crash it is small; a crash of the
+//     daemon cannot close the fd, the holder's copy keeps the connection.
+//   - The daemon's side: [Dial] asks the holder what it holds (whether a
+//     connection exists, and its [Init]: the pinned image to load and the
+//     generation its tree must have); the daemon loads the image; [Serve]
+//     then takes the connection, giving its tree's generation (the holder
+//     refuses another), and either mounts (the first daemon: open
+//     /dev/fuse, mount(2), put the fd, read INIT, put the exchange, only
+//     then answer it) or takes the connection over (replay the saved INIT
+//     request into the protocol server so it knows what the kernel agreed
+//     to, then write FUSE_NOTIFY_RESEND).
+//   - The server: go-fuse's fuse.ProtocolServer (experimental in v2.12.1),
+//     fed by our own read loop on the fd, over a fuse.RawFileSystem whose
+//     node ids are a function of the image (fs.RawFS). go-fuse's fuse.Server
+//     cannot be used: it insists on reading INIT itself, and a taken-over
+//     connection was INITed long ago. Its fs bridge (fs.NewNodeFS) cannot
+//     either: it panics on node ids it did not hand out and on FORGETs of
+//     lookups it never counted. fs.RawFS keeps no table at all: the node id
+//     is the tree's depth-first number, the generation a digest of the
+//     tree, the file handle of an open file or directory is its node id, a
+//     directory offset is an index into the directory's sorted names, and
+//     FORGET is a no-op. So every id, handle and offset the kernel holds
+//     from any daemon of the image means the same thing in the next.
+//
+// # In-flight requests
+//
+// A request the dead daemon had read and not answered sits in the kernel's
+// processing queue. The new daemon writes FUSE_NOTIFY_RESEND (notify code
+// 7, Linux 6.9 and later) once it serves: the kernel puts every such
+// request back on the pending queue, its unique with bit 63 set, and the
+// new daemon reads and answers it like any other. An INIT the old daemon
+// read, saved and died before answering comes back the same way and is
+// answered with the saved reply. Without FUSE_NOTIFY_RESEND (older
+// kernels) such requests wait until interrupted (the reader's signal); the
+// rest of the mount works.
+//
+// # Hand-over on purpose (upgrade)
+//
+// An upgrade (opUpgrade on the socket: `ocifs upgrade`, or SIGHUP to the
+// holder) starts a new daemon from the binary at the path the mount was
+// made with, while the old one serves. The new one loads the image (from
+// the cache: a few hundred milliseconds), then asks for the connection;
+// only then is the old one told to stop: it stops reading, finishes what
+// it was answering, and exits 0. The holder then hands the fd to the new
+// one, which writes FUSE_NOTIFY_RESEND for whatever the old one read after
+// it stopped (and whatever it had not answered within 2s). Readers see one
+// pause, no error. A new daemon that fails to load, or whose tree has
+// another generation (a binary that numbers trees otherwise), is refused
+// before the old one is told anything: the old one serves on.
+//
+// # What survives, what does not
+//
+// Survive: the mount, the kernel's dentries, inodes, attributes and page
+// cache, open files and directories (handles are node ids), directory
+// listings in progress (offsets are indexes), requests in flight. The
+// image is served by its pinned digest ([Init].Ref), so a tag moved
+// meanwhile changes nothing; a daemon whose tree has another generation
+// than the kernel's refuses to serve (the kernel's node ids would name
+// other files).
+//
+// Do not survive, or are not offered:
+//   - A progressive load (fs.Options.Progressive): it numbers nodes in the
+//     order it first sees them, not as a function of the image, so no other
+//     daemon can derive the kernel's node ids (fs.ErrNotDerivable).
+//   - FUSE passthrough: a backing id belongs to the daemon that registered
+//     it, so a takeover-capable mount disables CAP_PASSTHROUGH and serves
+//     every read itself (slower for hot, fully cached files).
+//   - Writable mounts (overlayfs over the FUSE view): not built yet.
+//   - The daemon's memory: the decoded piece cache, read-ahead state,
+//     counters of `ocifs stats` (they restart from zero), the background
+//     fetch (it starts again from what the disk cache has).
+//   - A daemon cannot be replaced while the registry is unreachable: a new
+//     one fetches the pinned manifest and config again (layers come from
+//     the cache). The holder retries with its backoff; the mount waits.
+//   - A crash of the holder itself ends the mount as a crash of a daemon
+//     without a holder does (readers get ENOTCONN).
+//   - The snapshotter (fs.LayerFS) and the layer store: not built yet.
+//
+// # What it must not do
+//
+// Know images or trees: it serves any fuse.RawFileSystem whose ids are
+// derivable, and passes Init.Generation and Init.Ref through without
+// interpreting them beyond equality.
+package takeover
