@@ -318,6 +318,7 @@ func (im *Image) WaitTree(ctx context.Context) (*Tree, error) {
 // not cached yet. Close cancels it.
 func (im *Image) Prefetch() {
 	im.quietUntil.Store(time.Now().Add(startupWindow).UnixNano())
+	im.fg.touch() // the program's first reads are about to come: quiet first (prefetch.go)
 	for _, l := range im.layers {
 		im.bg.Go(func() error {
 			l.ensure(im.ctx)

@@ -287,7 +287,9 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader, 
 	inUse := l.tbl()
 	var blob io.ReadCloser
 	if inUse != nil && len(inUse.Spans) > 0 && stream == nil && !cache.Has(l.desc.Digest) {
-		blob = newGapStream(ctx, l, inUse) // skips what readers fetched already (gapstream.go)
+		blob = newGapStream(ctx, l, inUse, pace != nil) // skips what readers fetched already (gapstream.go)
+	} else if pace != nil && stream == nil && !cache.Has(l.desc.Digest) {
+		blob = newGapStream(ctx, l, nil, true) // in pieces that take turns with readers
 	} else {
 		var err error
 		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {

@@ -49,7 +49,10 @@ func (r *wholeReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) 
 	if !ok {
 		l.im.cacheMisses.Add(1)
 		l.urgent.Store(true)
-		if err := l.ensure(ctx); err != nil {
+		end := l.im.fg.begin() // the other layers' background fetches wait meanwhile
+		err := l.ensure(ctx)
+		end()
+		if err != nil {
 			return 0, err
 		}
 		if f, ok = l.fetched(); !ok {
