@@ -94,7 +94,7 @@ func (g *gapStream) next() ([]byte, error) {
 	if !g.paced || l.urgent.Load() {
 		return g.fetch(i, bgPieceUrgent)
 	}
-	size, done, err := l.im.fg.background(g.ctx, l.im.bgQuiet())
+	size, done, err := l.im.fg.background(g.ctx, l.im.bgQuiet(), l.urgentDone())
 	if err != nil {
 		return nil, err
 	}

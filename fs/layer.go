@@ -61,8 +61,11 @@ type layer struct {
 	bad error
 
 	// urgent is set once a reader waits for the whole layer: its background
-	// fetch then stops yielding and keeps no rate.
-	urgent atomic.Bool
+	// fetch then stops yielding and keeps no rate (setUrgent, which also
+	// closes urgentc: a background fetch waiting for its turn stops waiting).
+	urgent     atomic.Bool
+	urgentc    chan struct{}
+	urgentMake sync.Once
 
 	// tree is the layer's regular files, extracted from a stream checked
 	// against its DiffID, once unpack has made it (gzip layers whose blob
@@ -74,6 +77,19 @@ type layer struct {
 	// disagreed is set once the background check found the table in use
 	// disagreeing with the layer's verified bytes (disagree.go).
 	disagreed atomic.Pointer[disagreement]
+}
+
+// setUrgent marks the layer as one a reader waits for whole.
+func (l *layer) setUrgent() {
+	if !l.urgent.Swap(true) {
+		close(l.urgentDone())
+	}
+}
+
+// urgentDone is closed once the layer is urgent.
+func (l *layer) urgentDone() chan struct{} {
+	l.urgentMake.Do(func() { l.urgentc = make(chan struct{}) })
+	return l.urgentc
 }
 
 // tbl returns the layer's entry table (nil before load).

@@ -86,23 +86,36 @@ func (f *foreground) touch() {
 
 // wait returns once no reader waits on a fetch, or ctx is done.
 func (f *foreground) wait(ctx context.Context) error {
+	return f.waitOr(ctx, nil)
+}
+
+// waitOr returns once no reader waits on a fetch, stop is closed, or ctx is
+// done.
+func (f *foreground) waitOr(ctx context.Context, stop <-chan struct{}) error {
 	f.mu.Lock()
 	idle := f.idle
 	f.mu.Unlock()
 	select {
 	case <-idle:
 		return nil
+	case <-stop:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// waitQuiet returns once no reader has waited on a fetch for quiet, or ctx
-// is done.
-func (f *foreground) waitQuiet(ctx context.Context, quiet time.Duration) error {
+// waitQuiet returns once no reader has waited on a fetch for quiet, or
+// stop is closed (nil: never), or ctx is done.
+func (f *foreground) waitQuiet(ctx context.Context, quiet time.Duration, stop <-chan struct{}) error {
 	for {
-		if err := f.wait(ctx); err != nil {
+		if err := f.waitOr(ctx, stop); err != nil {
 			return err
+		}
+		select {
+		case <-stop:
+			return nil
+		default:
 		}
 		f.mu.Lock()
 		left := quiet - time.Since(f.last)
@@ -117,6 +130,9 @@ func (f *foreground) waitQuiet(ctx context.Context, quiet time.Duration) error {
 		t := time.NewTimer(left)
 		select {
 		case <-t.C:
+		case <-stop:
+			t.Stop()
+			return nil
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
@@ -125,14 +141,19 @@ func (f *foreground) waitQuiet(ctx context.Context, quiet time.Duration) error {
 }
 
 // background waits for the background's turn to send a request: the one
-// slot free, no reader waiting on a fetch and none for quiet. It returns
-// how many bytes the request may ask for and the func to call, with the
-// bytes received, once it has ended (which frees the slot).
-func (f *foreground) background(ctx context.Context, quiet time.Duration) (size int64, done func(n int64), err error) {
-	if err := f.turn.Acquire(ctx); err != nil {
-		return 0, nil, err
+// slot free, no reader waiting on a fetch and none for quiet (or stop
+// closed: a reader waits for this very fetch). It returns how many bytes
+// the request may ask for and the func to call, with the bytes received,
+// once it has ended (which frees the slot).
+func (f *foreground) background(ctx context.Context, quiet time.Duration, stop <-chan struct{}) (size int64, done func(n int64), err error) {
+	select {
+	case f.turn <- struct{}{}:
+	case <-stop:
+		return bgPieceUrgent, func(int64) {}, nil
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
 	}
-	if err := f.waitQuiet(ctx, quiet); err != nil {
+	if err := f.waitQuiet(ctx, quiet, stop); err != nil {
 		f.turn.Release()
 		return 0, nil, err
 	}
@@ -231,7 +252,7 @@ type prefetchReader struct {
 func (p *prefetchReader) Read(b []byte) (int, error) {
 	if !p.l.urgent.Load() {
 		t0 := time.Now()
-		if err := p.l.im.fg.waitQuiet(p.ctx, p.l.im.bgQuiet()); err != nil {
+		if err := p.l.im.fg.waitQuiet(p.ctx, p.l.im.bgQuiet(), p.l.urgentDone()); err != nil {
 			return 0, err
 		}
 		p.paused += time.Since(t0)

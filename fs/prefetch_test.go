@@ -56,3 +56,69 @@ func TestPrefetchYields(t *testing.T) {
 		t.Errorf("read of a cancelled stream succeeded")
 	}
 }
+
+// TestBackgroundTurn: the background sends one request at a time for the
+// image: a second waits until the first is done; none is sent while a
+// reader waits on a fetch, unless the layer becomes urgent (a reader waits
+// for this very fetch, which would otherwise never come); and the size of
+// a request follows the rate the transfers showed, less the round trip.
+func TestBackgroundTurn(t *testing.T) {
+	guard, cancel := context.WithTimeout(t.Context(), readGuard)
+	defer cancel()
+	f := newForeground()
+	size, done, err := f.background(guard, 0, nil)
+	if err != nil || size != bgPieceFirst {
+		t.Fatalf("first turn: size %d, err %v; want %d (rate not known yet)", size, err, bgPieceFirst)
+	}
+	second := make(chan error, 1)
+	go func() {
+		_, done2, err := f.background(guard, 0, nil)
+		if err == nil {
+			done2(0)
+		}
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		t.Fatalf("a second background request got its turn while the first was in flight (err %v)", err)
+	default:
+	}
+	done(0)
+	if err := <-second; err != nil {
+		t.Fatalf("second turn: %v", err)
+	}
+
+	end := f.begin() // a reader waits on a fetch
+	stop := make(chan struct{})
+	got := make(chan error, 1)
+	go func() {
+		_, done3, err := f.background(guard, 0, stop)
+		if err == nil {
+			done3(0)
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("a background request got its turn while a reader waited (err %v)", err)
+	default:
+	}
+	close(stop) // the layer became urgent
+	if err := <-got; err != nil {
+		t.Fatalf("urgent turn: %v", err)
+	}
+	end()
+
+	f.observe(4<<10, 10*time.Millisecond)                     // a small fetch: the round trip
+	f.observe(1<<20, 10*time.Millisecond+80*time.Millisecond) // 1 MiB in 80 ms past it
+	want := int64(float64(1<<20) / 0.080 * bgPieceTime.Seconds())
+	if got := f.pieceSize(); got != want {
+		t.Errorf("piece after 1 MiB in 80 ms past a 10 ms round trip: %d bytes, want %d", got, want)
+	}
+	f.observe(64<<20, time.Millisecond) // absurdly fast: capped
+	f.observe(64<<20, time.Millisecond)
+	f.observe(64<<20, time.Millisecond)
+	if got := f.pieceSize(); got != bgPieceMax {
+		t.Errorf("piece at a very high rate: %d, want the cap %d", got, bgPieceMax)
+	}
+}

@@ -48,7 +48,7 @@ func (r *wholeReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) 
 	f, ok := l.fetched()
 	if !ok {
 		l.im.cacheMisses.Add(1)
-		l.urgent.Store(true)
+		l.setUrgent()
 		end := l.im.fg.begin() // the other layers' background fetches wait meanwhile
 		err := l.ensure(ctx)
 		end()
