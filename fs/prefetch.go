@@ -28,27 +28,37 @@ type foreground struct {
 	idle chan struct{} // closed while n == 0
 	last time.Time     // when the latest fetch a reader waited on ended (or the mount began)
 	// What the transfers tell of the link (observe): rtt, the shortest
-	// small transfer seen (about one round trip); rate, a moving average
-	// of bytes per second over transfers of at least rateSampleMin bytes,
-	// 0 until one was seen.
-	rtt  time.Duration
-	rate float64
+	// small transfer seen (about one round trip); rate, bytes per second
+	// of the latest transfer of at least rateSampleMin bytes, 0 until one
+	// was seen. lastSize and lastEnd: the bytes of the latest background
+	// request and when it ended.
+	rtt      time.Duration
+	rate     float64
+	lastSize int64
+	lastEnd  time.Time
 
 	turn semaphore // the background request in flight (one slot)
 }
 
 // The sizes of a background request: bgPieceTime of the link at the rate
-// measured, within [bgPieceMin, bgPieceMax]; bgPieceFirst while the rate
-// is not known yet. bgPieceUrgent is the request size of a layer a reader
-// waits for whole: then the link is its own and round trips are the cost.
+// measured, within [bgPieceMin, bgPieceMax], and at most twice the one
+// before; bgPieceFirst while the rate is not known, and again after the
+// background was idle for bgPieceRestart. A shaped link lets a burst
+// through at once after an idle spell (the bench's tbf: 1 MB), which a
+// rate taken from one small transfer mistakes for the link's rate; a
+// piece that at most doubles stays near what the link really did (as TCP
+// restarts its slow start after idle). bgPieceUrgent is the request size
+// of a layer a reader waits for whole: then the link is its own and round
+// trips are the cost.
 const (
-	bgPieceTime   = 50 * time.Millisecond
-	bgPieceMin    = 64 << 10
-	bgPieceFirst  = 256 << 10
-	bgPieceMax    = 8 << 20
-	bgPieceUrgent = 32 << 20
-	rateSampleMin = 128 << 10
-	rttSampleMax  = 64 << 10
+	bgPieceTime    = 50 * time.Millisecond
+	bgPieceMin     = 64 << 10
+	bgPieceFirst   = 256 << 10
+	bgPieceMax     = 8 << 20
+	bgPieceUrgent  = 32 << 20
+	bgPieceRestart = 100 * time.Millisecond
+	rateSampleMin  = 128 << 10
+	rttSampleMax   = 64 << 10
 )
 
 func newForeground() *foreground {
@@ -158,20 +168,26 @@ func (f *foreground) background(ctx context.Context, quiet time.Duration, stop <
 		return 0, nil, err
 	}
 	start := time.Now()
-	return f.pieceSize(), func(n int64) {
-		f.observe(n, time.Since(start))
+	size = f.pieceSize(start)
+	return size, func(n int64) {
+		end := time.Now()
+		f.observe(n, end.Sub(start))
+		f.mu.Lock()
+		f.lastSize, f.lastEnd = n, end
+		f.mu.Unlock()
 		f.turn.Release()
 	}, nil
 }
 
-// pieceSize is the size of the next background request.
-func (f *foreground) pieceSize() int64 {
+// pieceSize is the size of a background request sent at now.
+func (f *foreground) pieceSize(now time.Time) int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.rate == 0 {
+	if f.rate == 0 || f.lastSize == 0 || now.Sub(f.lastEnd) > bgPieceRestart {
 		return bgPieceFirst
 	}
-	return min(max(int64(f.rate*bgPieceTime.Seconds()), bgPieceMin), bgPieceMax)
+	size := min(int64(f.rate*bgPieceTime.Seconds()), 2*f.lastSize)
+	return min(max(size, bgPieceMin), bgPieceMax)
 }
 
 // observe learns from a transfer of n bytes from the registry that took
@@ -192,12 +208,7 @@ func (f *foreground) observe(n int64, d time.Duration) {
 		return
 	}
 	busy := max(d-f.rtt, d/2)
-	r := float64(n) / busy.Seconds()
-	if f.rate == 0 {
-		f.rate = r
-	} else {
-		f.rate = (f.rate + r) / 2
-	}
+	f.rate = float64(n) / busy.Seconds()
 }
 
 // quietPeriod is how long background streams wait after the last fetch a

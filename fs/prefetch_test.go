@@ -109,16 +109,25 @@ func TestBackgroundTurn(t *testing.T) {
 	}
 	end()
 
-	f.observe(4<<10, 10*time.Millisecond)                     // a small fetch: the round trip
-	f.observe(1<<20, 10*time.Millisecond+80*time.Millisecond) // 1 MiB in 80 ms past it
+	// The piece follows the rate, at most doubling, and begins small again
+	// after an idle spell.
+	now := time.Now()
+	f.observe(4<<10, 10*time.Millisecond) // a small fetch: the round trip
+	f.observe(1<<20, 90*time.Millisecond) // 1 MiB in 80 ms past it
+	f.lastSize, f.lastEnd = 1<<20, now
 	want := int64(float64(1<<20) / 0.080 * bgPieceTime.Seconds())
-	if got := f.pieceSize(); got != want {
+	if got := f.pieceSize(now); got != want {
 		t.Errorf("piece after 1 MiB in 80 ms past a 10 ms round trip: %d bytes, want %d", got, want)
 	}
-	f.observe(64<<20, time.Millisecond) // absurdly fast: capped
-	f.observe(64<<20, time.Millisecond)
-	f.observe(64<<20, time.Millisecond)
-	if got := f.pieceSize(); got != bgPieceMax {
+	f.observe(1<<20, 11*time.Millisecond) // a burst: 1 MiB in 1 ms past the round trip
+	if got := f.pieceSize(now); got != 2<<20 {
+		t.Errorf("piece after a burst that followed a 1 MiB piece: %d bytes, want twice that piece", got)
+	}
+	if got := f.pieceSize(now.Add(bgPieceRestart + time.Millisecond)); got != bgPieceFirst {
+		t.Errorf("piece after an idle spell: %d bytes, want %d", got, bgPieceFirst)
+	}
+	f.lastSize = 6 << 20
+	if got := f.pieceSize(now); got != bgPieceMax {
 		t.Errorf("piece at a very high rate: %d, want the cap %d", got, bgPieceMax)
 	}
 }
