@@ -437,9 +437,10 @@ func (c *chunkReader) fillFetch(ctx context.Context, pace func(io.Reader) io.Rea
 	cache := l.im.client.Cache()
 	start := time.Now()
 	// In pieces that take turns with readers (gapstream.go), not one GET
-	// of the whole blob that no pause could stop.
+	// of the whole blob that no pause could stop (unless a reader waits
+	// for all of it).
 	var blob io.ReadCloser = newGapStream(ctx, l, nil, true)
-	if cache.Has(l.desc.Digest) {
+	if l.urgent.Load() || cache.Has(l.desc.Digest) {
 		var err error
 		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {
 			return nil, nil, err

@@ -25,7 +25,6 @@ import (
 // unless that is the layer digest, as OpenBlob's reader does; nothing it
 // delivers is served before that check (the cache admits the blob only
 // then).
-
 //
 // A layer without spans to skip (an eStargz or zstd:chunked one, a layer
 // fetched whole) is a gap stream without a table: all gap. A paced stream

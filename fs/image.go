@@ -352,6 +352,7 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	if err := im.refusedNode(n); err != nil {
 		return 0, err
 	}
+	im.fg.read() // the background waits for quiet (prefetch.go)
 	if off >= n.Size {
 		return 0, io.EOF
 	}

@@ -304,8 +304,10 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader, 
 	var blob io.ReadCloser
 	if inUse != nil && len(inUse.Spans) > 0 && stream == nil && !cache.Has(l.desc.Digest) {
 		blob = newGapStream(ctx, l, inUse, pace != nil) // skips what readers fetched already (gapstream.go)
-	} else if pace != nil && stream == nil && !cache.Has(l.desc.Digest) {
-		blob = newGapStream(ctx, l, nil, true) // in pieces that take turns with readers
+	} else if pace != nil && stream == nil && !l.urgent.Load() && !cache.Has(l.desc.Digest) {
+		// In pieces that take turns with readers; a layer a reader waits
+		// for whole is streamed in one GET instead.
+		blob = newGapStream(ctx, l, nil, true)
 	} else {
 		var err error
 		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {

@@ -9,7 +9,8 @@ import (
 
 // TestPrefetchYields: a background stream reads in steps while no reader
 // waits; while one waits it does not read at all, and after the reader's
-// fetch ends it waits quietPeriod more (within the start-up window); it does not pause for a layer a
+// fetch ends (or a read of a file without one) it waits quietPeriod more
+// (within the start-up window); it does not pause for a layer a
 // reader needs whole (urgent), and a cancelled stream stops.
 func TestPrefetchYields(t *testing.T) {
 	im := &Image{fg: newForeground()}
@@ -40,6 +41,16 @@ func TestPrefetchYields(t *testing.T) {
 	end()
 	if at := <-done; at.Sub(ended) < quietPeriod {
 		t.Errorf("the stream read %v after the reader's fetch ended, want at least %v", at.Sub(ended), quietPeriod)
+	}
+
+	// A read served without a fetch counts as well.
+	read := time.Now()
+	im.fg.read()
+	if _, err := p.Read(buf); err != nil {
+		t.Fatalf("read after a reader's read: %v", err)
+	}
+	if d := time.Since(read); d < quietPeriod {
+		t.Errorf("the stream read %v after a reader's read, want at least %v", d, quietPeriod)
 	}
 
 	defer im.fg.begin()()
