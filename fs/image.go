@@ -315,16 +315,25 @@ func (im *Image) WaitTree(ctx context.Context) (*Tree, error) {
 }
 
 // Prefetch starts fetching, in the background, every layer whose bytes are
-// not cached yet. Close cancels it.
+// not cached yet, once the reads that follow have paused (quietPeriod),
+// one small request at a time and never while a read waits (prefetch.go).
+// Close cancels it.
 func (im *Image) Prefetch() {
 	im.quietUntil.Store(time.Now().Add(startupWindow).UnixNano())
 	im.fg.touch() // the program's first reads are about to come: quiet first (prefetch.go)
-	for _, l := range im.layers {
-		im.bg.Go(func() error {
-			l.ensure(im.ctx)
+	im.bg.Go(func() error {
+		// Nothing of it runs before then, not even the setting up.
+		if im.fg.waitQuiet(im.ctx, im.bgQuiet(), nil) != nil {
 			return nil
-		})
-	}
+		}
+		for _, l := range im.layers {
+			im.bg.Go(func() error {
+				l.ensure(im.ctx)
+				return nil
+			})
+		}
+		return nil
+	})
 }
 
 // StopFetching cancels every fetch in flight and refuses new ones: reads are
