@@ -444,9 +444,15 @@ func (c *chunkReader) fillFetch(ctx context.Context, pace func(io.Reader) io.Rea
 	l := c.l
 	cache := l.im.client.Cache()
 	start := time.Now()
-	blob, err := l.im.img.OpenBlob(ctx, l.desc)
-	if err != nil {
-		return nil, nil, err
+	// In pieces that take turns with readers (gapstream.go), not one GET
+	// of the whole blob that no pause could stop (unless a reader waits
+	// for all of it).
+	var blob io.ReadCloser = newGapStream(ctx, l, nil, true)
+	if l.urgent.Load() || cache.Has(l.desc.Digest) {
+		var err error
+		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {
+			return nil, nil, err
+		}
 	}
 	defer blob.Close()
 	rc := pace(blob)

@@ -137,7 +137,10 @@
 //     the streams running, the snapshot tree and the inode numbers given
 //     by path. Leaf.
 //  5. foreground.mu (prefetch.go): the fetches readers wait on, for the
-//     background to yield to. Leaf.
+//     background to yield to, and what transfers told of the link. Leaf.
+//     The background's turn (foreground.turn, a one-slot semaphore like
+//     Image.fetchSem) is held while a background request is sent and
+//     received; foreground.mu is taken under it, nothing else.
 //  6. Image.rmu (disagree.go): serialises updates of the published
 //     refusals (read through an atomic pointer). Nothing but atomics is
 //     read under it.

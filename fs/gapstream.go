@@ -25,21 +25,27 @@ import (
 // unless that is the layer digest, as OpenBlob's reader does; nothing it
 // delivers is served before that check (the cache admits the blob only
 // then).
-
-// gapChunk bounds one Range request of a gap stream: what a stream buffers.
-const gapChunk = 8 << 20
+//
+// A layer without spans to skip (an eStargz or zstd:chunked one, a layer
+// fetched whole) is a gap stream without a table: all gap. A paced stream
+// (the background fetch) sends its Range requests one piece at a time, in
+// the image's background turn (foreground.background): each only once no
+// reader waits on a fetch, and each a small piece of the link's time, so
+// a reader's request never waits long behind it. Unpaced, or once a reader
+// needs the whole layer (urgent), the pieces are bgPieceUrgent.
 
 type gapStream struct {
-	ctx context.Context
-	l   *layer
-	t   *index.Table // the table in use, whose spans readers fetched
-	pos int64        // blob bytes delivered
-	buf []byte
-	h   hash.Hash
+	ctx   context.Context
+	l     *layer
+	t     *index.Table // the table in use, whose spans readers fetched; nil: no spans
+	paced bool         // a background fetch: take turns with readers
+	pos   int64        // blob bytes delivered
+	buf   []byte
+	h     hash.Hash
 }
 
-func newGapStream(ctx context.Context, l *layer, t *index.Table) *gapStream {
-	return &gapStream{ctx: ctx, l: l, t: t, h: l.desc.Digest.Algorithm().Hash()}
+func newGapStream(ctx context.Context, l *layer, t *index.Table, paced bool) *gapStream {
+	return &gapStream{ctx: ctx, l: l, t: t, paced: paced, h: l.desc.Digest.Algorithm().Hash()}
 }
 
 func (g *gapStream) Read(p []byte) (int, error) {
@@ -70,18 +76,41 @@ func (g *gapStream) Read(p []byte) (int, error) {
 func (g *gapStream) Close() error { return nil }
 
 // next returns the blob's bytes from pos on: the rest of a cached span that
-// holds pos, or else a Range GET up to the next cached span (at most
-// gapChunk).
+// holds pos, or else a Range GET up to the next cached span (at most one
+// piece).
 func (g *gapStream) next() ([]byte, error) {
 	l := g.l
-	spans := g.t.Spans
+	var spans []index.Span
+	if g.t != nil {
+		spans = g.t.Spans
+	}
 	i := sort.Search(len(spans), func(i int) bool { return spans[i].C > g.pos }) - 1
 	if i >= 0 && g.pos < spans[i].CEnd {
 		if b := g.cachedSpan(i); b != nil {
 			return b[g.pos-spans[i].C:], nil
 		}
 	}
-	end := min(g.pos+gapChunk, l.desc.Size)
+	if !g.paced || l.urgent.Load() {
+		return g.fetch(i, bgPieceUrgent)
+	}
+	size, done, err := l.im.fg.background(g.ctx, l.im.bgQuiet(), l.urgentDone())
+	if err != nil {
+		return nil, err
+	}
+	b, err := g.fetch(i, size)
+	done(int64(len(b)))
+	return b, err
+}
+
+// fetch gets the blob's bytes from pos, at most piece of them, up to the
+// first cached span after span i.
+func (g *gapStream) fetch(i int, piece int64) ([]byte, error) {
+	l := g.l
+	var spans []index.Span
+	if g.t != nil {
+		spans = g.t.Spans
+	}
+	end := min(g.pos+piece, l.desc.Size)
 	cache := l.im.client.Cache()
 	for j := i + 1; j < len(spans) && spans[j].C < end; j++ {
 		if cache.Has(spans[j].Digest) {

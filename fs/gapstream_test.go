@@ -119,7 +119,7 @@ func TestGapStreamCachedSpanChecks(t *testing.T) {
 	if err := cache.Put(tbl.Spans[0].Digest, bytes.NewReader(small)); err != nil {
 		t.Fatal(err)
 	}
-	g := newGapStream(t.Context(), l, &tbl)
+	g := newGapStream(t.Context(), l, &tbl, false)
 	if b := g.cachedSpan(0); b != nil {
 		t.Errorf("a cached file of %d bytes was used for a %d-byte span", len(b), tbl.Spans[0].CEnd-tbl.Spans[0].C)
 	}

@@ -335,15 +335,25 @@ func (im *Image) WaitTree(ctx context.Context) (*Tree, error) {
 }
 
 // Prefetch starts fetching, in the background, every layer whose bytes are
-// not cached yet. Close cancels it.
+// not cached yet, once the reads that follow have paused (quietPeriod),
+// one small request at a time and never while a read waits (prefetch.go).
+// Close cancels it.
 func (im *Image) Prefetch() {
 	im.quietUntil.Store(time.Now().Add(startupWindow).UnixNano())
-	for _, l := range im.layers {
-		im.bg.Go(func() error {
-			l.ensure(im.ctx)
+	im.fg.touch() // the program's first reads are about to come: quiet first (prefetch.go)
+	im.bg.Go(func() error {
+		// Nothing of it runs before then, not even the setting up.
+		if im.fg.waitQuiet(im.ctx, im.bgQuiet(), nil) != nil {
 			return nil
-		})
-	}
+		}
+		for _, l := range im.layers {
+			im.bg.Go(func() error {
+				l.ensure(im.ctx)
+				return nil
+			})
+		}
+		return nil
+	})
 }
 
 // StopFetching cancels every fetch in flight and refuses new ones: reads are
@@ -371,6 +381,7 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	if err := im.refusedNode(n); err != nil {
 		return 0, err
 	}
+	im.fg.read() // the background waits for quiet (prefetch.go)
 	if off >= n.Size {
 		return 0, io.EOF
 	}

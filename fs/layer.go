@@ -62,8 +62,11 @@ type layer struct {
 	bad error
 
 	// urgent is set once a reader waits for the whole layer: its background
-	// fetch then stops yielding and keeps no rate.
-	urgent atomic.Bool
+	// fetch then stops yielding and keeps no rate (setUrgent, which also
+	// closes urgentc: a background fetch waiting for its turn stops waiting).
+	urgent     atomic.Bool
+	urgentc    chan struct{}
+	urgentMake sync.Once
 
 	served atomic.Int64 // bytes of its files read through the daemon (LayerInfo.BytesServed)
 
@@ -77,6 +80,19 @@ type layer struct {
 	// disagreed is set once the background check found the table in use
 	// disagreeing with the layer's verified bytes (disagree.go).
 	disagreed atomic.Pointer[disagreement]
+}
+
+// setUrgent marks the layer as one a reader waits for whole.
+func (l *layer) setUrgent() {
+	if !l.urgent.Swap(true) {
+		close(l.urgentDone())
+	}
+}
+
+// urgentDone is closed once the layer is urgent.
+func (l *layer) urgentDone() chan struct{} {
+	l.urgentMake.Do(func() { l.urgentc = make(chan struct{}) })
+	return l.urgentc
 }
 
 // tbl returns the layer's entry table (nil before load).
@@ -293,7 +309,11 @@ func (l *layer) fetchWhole(ctx context.Context, pace func(io.Reader) io.Reader, 
 	inUse := l.tbl()
 	var blob io.ReadCloser
 	if inUse != nil && len(inUse.Spans) > 0 && stream == nil && !cache.Has(l.desc.Digest) {
-		blob = newGapStream(ctx, l, inUse) // skips what readers fetched already (gapstream.go)
+		blob = newGapStream(ctx, l, inUse, pace != nil) // skips what readers fetched already (gapstream.go)
+	} else if pace != nil && stream == nil && !l.urgent.Load() && !cache.Has(l.desc.Digest) {
+		// In pieces that take turns with readers; a layer a reader waits
+		// for whole is streamed in one GET instead.
+		blob = newGapStream(ctx, l, nil, true)
 	} else {
 		var err error
 		if blob, err = l.im.img.OpenBlob(ctx, l.desc); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -304,7 +305,20 @@ func (l *layer) gather(ctx context.Context, s pieceSet, run []int, foreground bo
 	if foreground {
 		defer l.im.fg.begin()()
 	}
+	start := time.Now()
 	s.fetch(ctx, run, missing, out, foreground)
+	var got int64
+	for _, n := range missing {
+		if out[n].fetched {
+			got += int64(len(out[n].raw))
+		}
+	}
+	// A small fetch tells the round trip (prefetch.go); the rate comes from
+	// the background's own pieces, whose bytes are those on the wire (a
+	// chunk's raw bytes here are decompressed) and which run alone.
+	if got <= rttSampleMax {
+		l.im.fg.observe(got, time.Since(start))
+	}
 	return out
 }
 

@@ -41,7 +41,7 @@ func (im *Image) Pull(ctx context.Context, dir string) error {
 				return err
 			}
 			// Read files from the layer's extracted tree rather than span by span.
-			l.urgent.Store(true)
+			l.setUrgent()
 			l.unpack(gctx)
 			return nil
 		})

@@ -49,8 +49,11 @@ func (r *wholeReader) readAt(ctx context.Context, p []byte, off, fileEnd int64) 
 	waited := !ok
 	if waited {
 		l.im.miss(kindWhole)
-		l.urgent.Store(true)
-		if err := l.ensure(ctx); err != nil {
+		l.setUrgent()
+		end := l.im.fg.begin() // the other layers' background fetches wait meanwhile
+		err := l.ensure(ctx)
+		end()
+		if err != nil {
 			return 0, err
 		}
 		if f, ok = l.fetched(); !ok {

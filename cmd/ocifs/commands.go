@@ -312,7 +312,10 @@ answers; a layer with no index anywhere is streamed once (verified, then
 indexed into the cache), so the first mount of such an image takes as long
 as fetching it, and every later one is immediate. After mounting, layers not
 yet cached are fetched in the background (--prefetch=none stops that),
-pausing while reads wait (--prefetch-rate caps it). When a layer is whole,
+one small request at a time (about 50 ms of the link at the rate measured),
+only while no read waits, and in the first seconds only after 200 ms
+without one, so a program's reads never queue behind more than one piece
+(--prefetch-rate caps it further). When a layer is whole,
 its digest and DiffID are checked and the index in use is compared with it.
 With --prefetch=none an index taken from the registry is trusted for its
 span digests alone until a layer is fetched whole: every span served is
