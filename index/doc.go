@@ -136,7 +136,10 @@
 // 33 KiB, and inflates to its length (at most 32 KiB, and at most U). The
 // windows come last and are covered by their own digests, not by the
 // checksum, so [Open] reads the head alone and [Table.Window] reads one
-// window when asked. The windows' lengths must add up to the rest of the
+// window when asked. [HeadLen] gives the head's length, and
+// [Table.WindowLocation] where each window lies and its sha256: a reader
+// that has checked the head (against a digest published beside the index)
+// can fetch each window alone, when its span is read. The windows' lengths must add up to the rest of the
 // file exactly.
 //
 // A string is a uvarint byte length and the bytes; a varint is zig-zag
