@@ -36,7 +36,7 @@
 // # Random access
 //
 // [BuildLayer] reads a whole blob once and cuts its uncompressed stream into
-// spans of about Options.SpanSize bytes ([DefaultSpanSize], 4 MiB). Each
+// spans of about Options.SpanSize bytes ([DefaultSpanSize], 1 MiB). Each
 // [Span] can be decoded alone from the blob bytes [C, CEnd) (plus, for gzip,
 // its window of the 32 KiB of output before it), and carries the sha256 of
 // those bytes. A reader of tar bytes [off, off+n):
