@@ -171,7 +171,10 @@ func FuzzParseReferrers(f *testing.F) {
 
 func FuzzParseReferrer(f *testing.F) {
 	for _, s := range []string{referrerManifest, ociManifest, strings.Replace(referrerManifest, `"io.ocifs.layer.digest"`, `"x"`, 1),
-		strings.Replace(referrerManifest, `"subject"`, `"subjekt"`, 1), `{"schemaVersion":2,"subject":null}`, `null`} {
+		strings.Replace(referrerManifest, `"subject"`, `"subjekt"`, 1), `{"schemaVersion":2,"subject":null}`, `null`,
+		withHead("sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "40"),
+		withHead("sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "0100"),
+		withHead("sha512:ee", "101")} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -193,9 +196,19 @@ func FuzzParseReferrer(f *testing.F) {
 				if err := digest.Digest(l.Annotations[AnnotationLayerDigest]).Validate(); err != nil {
 					t.Fatalf("accepted index blob without a layer digest: %+v", l)
 				}
+				_, hasHead := l.Annotations[AnnotationIndexHeadDigest]
+				if size, d, ok := IndexHead(l); ok != hasHead || ok && (size <= 0 || size > l.Size || d.Validate() != nil) {
+					t.Fatalf("accepted index blob head %d %q (ok %v) of %+v", size, d, ok, l)
+				}
 			}
 		}
 	})
+}
+
+// withHead returns referrerManifest with head annotations on its index blob.
+func withHead(d, size string) string {
+	return strings.Replace(referrerManifest, `"io.ocifs.layer.digest":`,
+		`"`+AnnotationIndexHeadDigest+`":"`+d+`","`+AnnotationIndexHeadSize+`":"`+size+`","io.ocifs.layer.digest":`, 1)
 }
 
 func FuzzNextLink(f *testing.F) {

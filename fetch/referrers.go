@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -28,7 +29,48 @@ const (
 	// AnnotationLayerDigest, on each index blob descriptor in the artifact
 	// manifest, names the layer digest it indexes.
 	AnnotationLayerDigest = "io.ocifs.layer.digest"
+	// AnnotationIndexHeadDigest and AnnotationIndexHeadSize, on an index
+	// blob descriptor, give the digest of the blob's first
+	// AnnotationIndexHeadSize bytes (decimal): the index's head, its entry
+	// table and spans with a sha256 of each window after it. A reader
+	// fetches the head alone with a Range GET and checks it against this
+	// digest, and each window when its span is read; without them it
+	// fetches the whole blob. The artifact manifest's digest covers them
+	// as it covers the blob's digest.
+	AnnotationIndexHeadDigest = "io.ocifs.index.head.digest"
+	AnnotationIndexHeadSize   = "io.ocifs.index.head.size"
 )
+
+// IndexHead returns the head of the index blob desc describes, from its
+// annotations (checked by [Image.FetchReferrer]): its first size bytes,
+// which must have digest d. ok is false when desc names no head.
+func IndexHead(desc ocispec.Descriptor) (size int64, d digest.Digest, ok bool) {
+	size, d, err := indexHead(desc)
+	return size, d, err == nil && d != ""
+}
+
+// indexHead parses the head annotations of an index blob descriptor: both
+// or neither, a sha256 digest and a decimal size in (0, desc.Size] written
+// without sign or leading zeros.
+func indexHead(desc ocispec.Descriptor) (int64, digest.Digest, error) {
+	ds, hasD := desc.Annotations[AnnotationIndexHeadDigest]
+	ss, hasS := desc.Annotations[AnnotationIndexHeadSize]
+	if !hasD && !hasS {
+		return 0, "", nil
+	}
+	if !hasD || !hasS {
+		return 0, "", fmt.Errorf("%s and %s must come together", AnnotationIndexHeadDigest, AnnotationIndexHeadSize)
+	}
+	d := digest.Digest(ds)
+	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
+		return 0, "", fmt.Errorf("%s %q is not a sha256 digest", AnnotationIndexHeadDigest, ds)
+	}
+	size, err := strconv.ParseInt(ss, 10, 64)
+	if err != nil || strconv.FormatInt(size, 10) != ss || size <= 0 || size > desc.Size {
+		return 0, "", fmt.Errorf("%s %q is not a size in 1..%d", AnnotationIndexHeadSize, ss, desc.Size)
+	}
+	return size, d, nil
+}
 
 // Caps on what a referrers answer may make us do.
 const (
@@ -526,6 +568,9 @@ func parseReferrer(b []byte, subject digest.Digest) (ocispec.Manifest, error) {
 		}
 		if err := digest.Digest(v).Validate(); err != nil {
 			return ocispec.Manifest{}, formatError("referrer manifest: blob %d (%s): %s %q: %v", i, l.Digest, AnnotationLayerDigest, v, err)
+		}
+		if _, _, err := indexHead(l); err != nil {
+			return ocispec.Manifest{}, formatError("referrer manifest: blob %d (%s): %v", i, l.Digest, err)
 		}
 	}
 	return m, nil

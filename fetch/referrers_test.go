@@ -548,3 +548,45 @@ func TestReferrersQuery(t *testing.T) {
 		t.Errorf("referrers query = %q, want %q", gotQuery, want)
 	}
 }
+
+// TestIndexHeadAnnotations: the head annotations of an index blob are
+// both there or neither, a sha256 digest and a canonical decimal size
+// within the blob; anything else refuses the artifact.
+func TestIndexHeadAnnotations(t *testing.T) {
+	const e = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+	for _, c := range []struct {
+		name     string
+		manifest string
+		ok       bool
+		size     int64
+	}{
+		{"none", referrerManifest, true, 0},
+		{"both", withHead(e, "40"), true, 40},
+		{"whole blob", withHead(e, "100"), true, 100},
+		{"past the blob", withHead(e, "101"), false, 0},
+		{"zero", withHead(e, "0"), false, 0},
+		{"leading zero", withHead(e, "040"), false, 0},
+		{"signed", withHead(e, "+40"), false, 0},
+		{"not sha256", withHead("sha512:"+strings.Repeat("e", 128), "40"), false, 0},
+		{"bad digest", withHead("sha256:xyz", "40"), false, 0},
+		{"digest alone", strings.Replace(withHead(e, "40"), AnnotationIndexHeadSize, "x", 1), false, 0},
+		{"size alone", strings.Replace(withHead(e, "40"), AnnotationIndexHeadDigest, "x", 1), false, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := parseReferrer([]byte(c.manifest), seedSubject)
+			if !c.ok {
+				if !errors.Is(err, ErrFormat) {
+					t.Fatalf("parseReferrer = %v, want an ErrFormat error", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseReferrer: %v", err)
+			}
+			size, d, ok := IndexHead(m.Layers[0])
+			if ok != (c.size > 0) || size != c.size || ok && d != e {
+				t.Fatalf("IndexHead = %d, %q, %v; want %d", size, d, ok, c.size)
+			}
+		})
+	}
+}

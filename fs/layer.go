@@ -41,7 +41,8 @@ type layer struct {
 	remoteFrom  *fetch.Image        // where remote is: the image's own repository or an index repository (indexImage)
 
 	indexFile *os.File          // the index file table reads windows from, if any
-	indexSrc  *io.SectionReader // the index itself within indexFile
+	indexSrc  *io.SectionReader // the index itself within indexFile, or lazy
+	lazy      *lazyIndex        // the registry's index, read piece by piece (indexes.go), if so
 	built     bool              // table was built here from verified bytes, now or by an earlier mount (local index cache), not taken from a registry
 
 	// mu guards table, rd, cur and bad.
@@ -265,6 +266,22 @@ func (l *layer) cachedIndex() *index.Table {
 // names this layer. Its span digests are what reads are verified against
 // until the whole blob has been fetched and compared with it (fill).
 func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
+	cache := l.im.client.Cache()
+	// An index with a published head is read piece by piece, unless it is
+	// cached whole already or its layer is fetched whole anyway (then every
+	// window is needed at once).
+	if size, d, ok := fetch.IndexHead(*l.remote); ok && l.mode != ModeWhole && !cache.Has(l.remote.Digest) {
+		t, li, err := l.openLazyIndex(ctx, *l.remote, size, d)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.valid(t); err != nil {
+			li.close()
+			return nil, fmt.Errorf("%w: %v", index.ErrFormat, err)
+		}
+		l.lazy, l.indexSrc = li, io.NewSectionReader(li, 0, l.remote.Size)
+		return t, nil
+	}
 	b, err := l.indexImage().FetchBlob(ctx, *l.remote)
 	if err != nil {
 		return nil, err
@@ -280,7 +297,6 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 	// index cache (fill writes it once the whole layer checks out). The
 	// registry's index blob is kept as a blob, by its own digest, so the
 	// next mount reads it from disk, still as the registry's index.
-	cache := l.im.client.Cache()
 	if err := cache.Put(l.remote.Digest, bytes.NewReader(b)); err != nil {
 		l.im.log.Warn("caching the registry's index blob", "layer", l.desc.Digest, "err", err)
 		return t, nil
@@ -663,6 +679,13 @@ func (l *layer) check(ctx context.Context, t *index.Table) error {
 	if t == nil || cur == t {
 		return nil
 	}
+	if l.lazy != nil {
+		// Every window is compared below: fetch the rest of the index
+		// at once and check it whole.
+		if err := l.lazy.complete(ctx); err != nil {
+			return fmt.Errorf("reading the registry's index whole: %w", err)
+		}
+	}
 	if cur.Entries == nil && len(t.Entries) > 0 && l.indexSrc != nil {
 		var err error
 		if cur, err = index.Open(l.indexSrc, l.indexSrc.Size()); err != nil {
@@ -849,6 +872,9 @@ func (l *layer) close() error {
 	var errs []error
 	if l.indexFile != nil {
 		errs = append(errs, l.indexFile.Close())
+	}
+	if l.lazy != nil {
+		errs = append(errs, l.lazy.close())
 	}
 	if t := l.tree.Load(); t != nil {
 		errs = append(errs, t.Close())

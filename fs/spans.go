@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -134,7 +135,18 @@ func (s spanSet) fetch(ctx context.Context, run, missing []int, out []pieceBytes
 		}
 		return
 	}
+	// A registry index read piece by piece: the spans' windows come from
+	// the index blob, in a request beside the spans' own.
+	var windows sync.WaitGroup
+	if li := l.lazy; li != nil && !s.verified {
+		spans := make([]int, len(missing))
+		for k, n := range missing {
+			spans[k] = run[n]
+		}
+		windows.Go(func() { li.prefetch(ctx, spans) })
+	}
 	data, errs := s.parts.FetchParts(ctx, l.desc, parts)
+	windows.Wait()
 	l.im.fetchSem.Release()
 	for k, n := range missing {
 		l.im.miss(kindSpan)

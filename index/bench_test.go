@@ -319,6 +319,7 @@ func referenceCases(tb testing.TB) []referenceCase {
 		{name: "single/span=16k", blob: single, spanSize: 16 << 10},
 		{name: "single/span=1k", blob: single, spanSize: 1 << 10},
 		{name: "single/default", blob: single},
+		{name: "single/span=4m", blob: single, spanSize: 4 << 20}, // the default before issue 16
 		{name: "level1", blob: gzipMember(tb, mixed, 1, false, hdrName), spanSize: 8 << 10},
 		{name: "level9", blob: gzipMember(tb, mixed, 9, false, 0), spanSize: 32 << 10},
 		{name: "stored", blob: gzipMember(tb, mixed, 0, false, hdrHCRC), spanSize: 4 << 10},
@@ -354,7 +355,8 @@ func referenceCases(tb testing.TB) []referenceCase {
 var referenceResults = map[string]string{
 	"single/span=16k":   "8995948fad37bdab ok d087f31276a97ed1b7fa72b3e59bdde8",
 	"single/span=1k":    "8995948fad37bdab ok 8e967a486ce63f9aa0e7a95a30889f09",
-	"single/default":    "8995948fad37bdab ok bcd9e043a5670151ad13f0fc17289065",
+	"single/default":    "8995948fad37bdab ok 311211a2ae5b3e26359cf7d018444fa2", // 1 MiB spans since issue 16
+	"single/span=4m":    "8995948fad37bdab ok bcd9e043a5670151ad13f0fc17289065",
 	"level1":            "6339f9ac08e91a24 ok 2db62bf7162ec8e27c55b4abac5c55cf",
 	"level9":            "c3bc1f6169d1d3af ok 3b9e5c59e82560f8b02a3b47310f23d0",
 	"stored":            "5f691e4bbd3f98f9 ok bd100028a1a536dc8d8c580ad291bf0e",

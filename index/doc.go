@@ -36,7 +36,7 @@
 // # Random access
 //
 // [BuildLayer] reads a whole blob once and cuts its uncompressed stream into
-// spans of about Options.SpanSize bytes ([DefaultSpanSize], 4 MiB). Each
+// spans of about Options.SpanSize bytes ([DefaultSpanSize], 1 MiB). Each
 // [Span] can be decoded alone from the blob bytes [C, CEnd) (plus, for gzip,
 // its window of the 32 KiB of output before it), and carries the sha256 of
 // those bytes. A reader of tar bytes [off, off+n):
@@ -136,7 +136,10 @@
 // 33 KiB, and inflates to its length (at most 32 KiB, and at most U). The
 // windows come last and are covered by their own digests, not by the
 // checksum, so [Open] reads the head alone and [Table.Window] reads one
-// window when asked. The windows' lengths must add up to the rest of the
+// window when asked. [HeadLen] gives the head's length, and
+// [Table.WindowLocation] where each window lies and its sha256: a reader
+// that has checked the head (against a digest published beside the index)
+// can fetch each window alone, when its span is read. The windows' lengths must add up to the rest of the
 // file exactly.
 //
 // A string is a uvarint byte length and the bytes; a varint is zig-zag

@@ -215,6 +215,34 @@ func checkHeader(b []byte) (uint16, error) {
 	return v, nil
 }
 
+// HeadLen returns how many leading bytes of the encoded index b [Open]
+// reads before any window: the head through its checksum (versions 2 and
+// 3). Version 1 has no windows section, so HeadLen returns len(b), and b
+// must then be the whole index. Those bytes
+// are all a table's entries and spans need; each window after them is
+// covered by its own sha256 in the head ([Table.WindowLocation]), so a
+// reader that can check the head prefix (a digest of it published beside
+// the index) can fetch the windows one by one. b may be just a prefix of
+// the index holding at least the magic, version and head length.
+func HeadLen(b []byte) (int64, error) {
+	v, err := checkHeader(b)
+	if err != nil {
+		return 0, err
+	}
+	if v == 1 {
+		return int64(len(b)), nil
+	}
+	fixed := headerLen + headLenLen
+	if len(b) < fixed {
+		return 0, formatErrorf("ocifs index truncated: %d bytes", len(b))
+	}
+	headLen := binary.BigEndian.Uint64(b[headerLen:])
+	if headLen > math.MaxInt64-uint64(fixed+checksumLen) {
+		return 0, formatErrorf("ocifs index head of %d bytes", headLen)
+	}
+	return int64(fixed) + int64(headLen) + checksumLen, nil
+}
+
 // maxOpenV1 caps the size of a version 1 index Open reads whole.
 const maxOpenV1 = 1 << 31
 
@@ -296,7 +324,7 @@ func open(r io.ReaderAt, size int64, whole []byte, version uint16) (*Table, erro
 		return nil, fmt.Errorf("%w: ocifs index: %w", ErrFormat, err)
 	}
 	if dir != nil {
-		t.windows = &storedWindows{r: r, base: base, dir: dir}
+		t.windows = &storedWindows{r: r, base: base, at: base, dir: dir}
 	}
 	return t, nil
 }

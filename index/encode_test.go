@@ -358,3 +358,82 @@ func TestUnmarshalNameArenaCap(t *testing.T) {
 		t.Errorf("round trip differs")
 	}
 }
+
+// readLog is an io.ReaderAt over b that records each read and refuses
+// reads at or past limit.
+type readLog struct {
+	b     []byte
+	limit int64
+	reads [][2]int64
+}
+
+func (r *readLog) ReadAt(p []byte, off int64) (int, error) {
+	r.reads = append(r.reads, [2]int64{off, int64(len(p))})
+	if off < 0 || off+int64(len(p)) > r.limit || off+int64(len(p)) > int64(len(r.b)) {
+		return 0, fmt.Errorf("read at %d+%d past %d", off, len(p), r.limit)
+	}
+	return copy(p, r.b[off:]), nil
+}
+
+// TestOpenHeadThenWindows: Open reads nothing past HeadLen, and each
+// Window reads exactly the bytes WindowLocation names, whose sha256 it
+// gives; a flipped byte there is an ErrFormat error, never a window.
+func TestOpenHeadThenWindows(t *testing.T) {
+	raw := tarOf(t, mixedData(2_000_000, 21))
+	blob := gzipSplit(t, raw, []int{1_200_000}, 6, true, 0)
+	enc := mustEncode(t, buildLayerT(t, blob, mtGzip, 16<<10))
+	head, err := HeadLen(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h2, err := HeadLen(enc[:headerLen+headLenLen]); err != nil || h2 != head {
+		t.Fatalf("HeadLen of the first %d bytes = %d, %v; want %d", headerLen+headLenLen, h2, err, head)
+	}
+	if head <= 0 || head >= int64(len(enc)) {
+		t.Fatalf("HeadLen = %d of %d bytes", head, len(enc))
+	}
+	r := &readLog{b: enc, limit: head}
+	tab, err := Open(r, int64(len(enc)))
+	if err != nil {
+		t.Fatalf("Open reading at most the head: %v", err)
+	}
+	r.limit = int64(len(enc))
+	windows := 0
+	for i := range tab.Spans {
+		off, n, sum := tab.WindowLocation(i)
+		r.reads = nil
+		w, err := tab.Window(i)
+		if err != nil {
+			t.Fatalf("Window(%d): %v", i, err)
+		}
+		if n == 0 {
+			if len(w) != 0 || len(r.reads) != 0 {
+				t.Fatalf("span %d: no stored window, yet Window read %v and returned %d bytes", i, r.reads, len(w))
+			}
+			continue
+		}
+		windows++
+		if len(r.reads) != 1 || r.reads[0] != [2]int64{off, n} {
+			t.Fatalf("Window(%d) read %v, want [%d %d]", i, r.reads, off, n)
+		}
+		if got := digest.FromBytes(enc[off : off+n]); got != sum {
+			t.Fatalf("WindowLocation(%d) sum %s, the bytes hash to %s", i, sum, got)
+		}
+		bad := bytes.Clone(enc)
+		bad[off+n/2] ^= 1
+		flipped, err := Open(bytes.NewReader(bad), int64(len(bad)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w, err := flipped.Window(i); !errors.Is(err, ErrFormat) {
+			t.Fatalf("Window(%d) with a flipped byte: %d bytes, err %v; want ErrFormat", i, len(w), err)
+		}
+	}
+	if windows < 5 {
+		t.Fatalf("fixture: %d stored windows", windows)
+	}
+	built := buildLayerT(t, blob, mtGzip, 16<<10)
+	if _, n, _ := built.WindowLocation(1); n != 0 {
+		t.Errorf("WindowLocation of a built table (windows in memory) = %d bytes, want 0", n)
+	}
+}

@@ -330,3 +330,49 @@ func FuzzGzipSpans(f *testing.F) {
 		checkRandomRanges(t, opened, blob, raw, 5, 1)
 	})
 }
+
+// FuzzHeadLen: HeadLen never panics, and where it and Open both accept an
+// index, Open reads nothing past the head: a reader that fetched only
+// HeadLen bytes opens the same table.
+func FuzzHeadLen(f *testing.F) {
+	for _, enc := range spanSeeds(f) {
+		f.Add(enc)
+		f.Add(enc[:headerLen+headLenLen])
+	}
+	f.Add(mustEncode(f, builtFixture(f)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, b := range [][]byte{b, resealV2(b)} {
+			head, err := HeadLen(b)
+			if err != nil {
+				if !errors.Is(err, ErrFormat) {
+					t.Fatalf("HeadLen error %q does not wrap ErrFormat", err)
+				}
+				continue
+			}
+			if head < 0 {
+				t.Fatalf("HeadLen = %d", head)
+			}
+			whole, err := Open(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				continue
+			}
+			if head > int64(len(b)) {
+				t.Fatalf("HeadLen = %d of an index Open accepts in %d bytes", head, len(b))
+			}
+			r := &readLog{b: b, limit: head}
+			tab, err := Open(r, int64(len(b)))
+			if err != nil {
+				t.Fatalf("Open reading only the %d-byte head: %v (reads %v)", head, err, r.reads)
+			}
+			if !reflect.DeepEqual(tab.Entries, whole.Entries) || !reflect.DeepEqual(tab.Spans, whole.Spans) {
+				t.Fatalf("the table opened from the head differs")
+			}
+			for i := range tab.Spans {
+				off, n, _ := tab.WindowLocation(i)
+				if n > 0 && (off < head || off+n > int64(len(b))) {
+					t.Fatalf("window %d at %d+%d: outside the windows section [%d, %d)", i, off, n, head, len(b))
+				}
+			}
+		}
+	})
+}

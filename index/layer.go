@@ -8,9 +8,15 @@ import (
 )
 
 // DefaultSpanSize is the span size [BuildLayer] aims at when
-// Options.SpanSize is zero: a read decodes at most about this much, and the
-// 32 KiB window each span keeps costs under 1% of the layer.
-const DefaultSpanSize = 4 << 20
+// Options.SpanSize is zero: a read fetches and decodes at most about this
+// much (a start-up of many small files pays about one span per file it
+// touches), and the window each span keeps (32 KiB, about 10 KiB stored)
+// costs about 1% of the tar. Measured on the bench's Debian python and Go
+// images (eight gzip layers, 397 MB of tar): the index is 0.35% of the tar
+// at 4 MiB, 0.57% at 2 MiB, 1.02% (at most 1.17% for one layer) at 1 MiB
+// and 1.81% at 512 KiB; the head (entries and spans, all a mount fetches
+// before a read) 0.13% at every size.
+const DefaultSpanSize = 1 << 20
 
 // minSpanSize is the smallest span size BuildLayer uses; smaller values are
 // raised to it. Each gzip span keeps a window of up to 32 KiB, so spans much

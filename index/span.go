@@ -47,6 +47,22 @@ func (t *Table) Window(i int) ([]byte, error) {
 	return t.windows.window(i)
 }
 
+// WindowLocation returns where span i's stored window lies in the encoding
+// the table was read from ([Open], [Unmarshal]): n bytes at off, whose
+// sha256 is sum, checked by [Table.Window] before the window is used. A
+// reader that holds only the head of an index (through [HeadLen]) fetches
+// a window's bytes from there when its span is read. n is 0 when span i
+// has no stored window, when i is out of range, or when t holds its
+// windows as [BuildLayer] made them.
+func (t *Table) WindowLocation(i int) (off, n int64, sum digest.Digest) {
+	w, ok := t.windows.(*storedWindows)
+	if !ok || i < 0 || i >= len(w.dir) || w.dir[i].n == 0 {
+		return 0, 0, ""
+	}
+	ref := w.dir[i]
+	return w.at + ref.off, ref.n, digest.NewDigestFromBytes(digest.SHA256, ref.sum[:])
+}
+
 // windowSource holds the windows of a table's spans.
 type windowSource interface {
 	// window returns window i, uncompressed.
@@ -84,6 +100,7 @@ func (w memWindows) stored(i int) ([]byte, int, error) {
 type storedWindows struct {
 	r    io.ReaderAt
 	base int64 // offset of the windows section in r
+	at   int64 // offset of the windows section in the encoding
 	dir  []windowRef
 }
 

@@ -50,7 +50,7 @@ type Options struct {
 
 	// SpanSize is the uncompressed size [BuildLayer] aims at for each span
 	// of a gzip or plain tar layer: a span ends at the first deflate block
-	// end at or after this many bytes. Zero means DefaultSpanSize (4 MiB);
+	// end at or after this many bytes. Zero means DefaultSpanSize (1 MiB);
 	// values below 1 KiB are raised to 1 KiB. Each gzip span keeps a
 	// window of up to 32 KiB, so small spans make large indexes.
 	SpanSize int64

@@ -14,7 +14,7 @@ import (
 // indexBuildFlags is `ocifs index build [--push] [--span-size N] IMAGE...`.
 func indexBuildFlags(set *pflag.FlagSet) runFunc {
 	push := set.Bool("push", false, "store the indexes in the registry as a referrer of the image manifest\n(in the first --index-repo when one is given, else in the image's repository)")
-	spanSize := set.Int64("span-size", 0, "uncompressed `BYTES` per random-access span (default 4 MiB)")
+	spanSize := set.Int64("span-size", 0, "uncompressed `BYTES` per random-access span (default 1 MiB)")
 	return func(ctx context.Context, e *env, args []string) error {
 		if *spanSize < 0 || (*spanSize > 0 && *spanSize < 64<<10) {
 			return &usageError{msg: fmt.Sprintf("--span-size: %d is below 64 KiB", *spanSize)}

@@ -188,7 +188,7 @@ var SparseTime = time.Date(2023, 11, 14, 22, 13, 20, 0, time.UTC)
 
 // SparseBigSegments are the data segments of "sparse/big.bin" (format 1.0,
 // logical size SparseBigSize): seeded random bytes, 13 MiB in all, so its
-// layer spans several 4 MiB spans and is streamed, not fetched whole.
+// layer spans several spans and is streamed, not fetched whole.
 var SparseBigSegments = []SparseSegment{{Off: 1 << 20, Len: 5 << 20}, {Off: 16 << 20, Len: 5 << 20}, {Off: 40 << 20, Len: 3<<20 + 1234}}
 
 // SparseBigSize is the logical size of "sparse/big.bin".

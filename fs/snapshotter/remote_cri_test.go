@@ -23,8 +23,8 @@ import (
 )
 
 // bigSize is the size of the random file of the remote test image's big
-// layer: eight 4 MiB spans, so that reading the small file beside it
-// fetches a fraction of the layer.
+// layer: 32 spans of 1 MiB (index.DefaultSpanSize), so that reading the
+// small file beside it fetches a fraction of the layer.
 const bigSize = 32 << 20
 
 // remoteImage builds the image TestCRIRemote runs: fs/fstest's corners
@@ -231,7 +231,7 @@ func runOut(t *testing.T, ctx context.Context, cl *critest.Client, pod *critest.
 //     file of the corners layers; every layer (and the pause image's) was
 //     served remotely, none fell back;
 //   - lazy: of the 32 MiB layer, the front saw GETs for well under a
-//     quarter of its bytes (one 4 MiB span and the index);
+//     quarter of its bytes (one span, the index head and a window);
 //   - restart: with the snapshotter (and its LayerFS) stopped and started
 //     again on the same root, a second container of the image starts and
 //     prints the same;
