@@ -50,7 +50,13 @@ func (g *requestGate) RoundTrip(r *http.Request) (*http.Response, error) {
 		return g.base.RoundTrip(r)
 	}
 	h := heldRequest{blob: r.URL.Path[i+len("/blobs/"):]}
-	h.n = g.sizes[h.blob]
+	size, layer := g.sizes[h.blob]
+	if !layer {
+		// An index's head or windows, fetched beside the span a read
+		// needs: not a background piece.
+		return g.base.RoundTrip(r)
+	}
+	h.n = size
 	if v, ok := strings.CutPrefix(r.Header.Get("Range"), "bytes="); ok {
 		a, b, _ := strings.Cut(v, "-")
 		h.off, _ = strconv.ParseInt(a, 10, 64)

@@ -210,8 +210,10 @@ func TestCLIIndexRepo(t *testing.T) {
 		if l.Complete || m.stats.VerifyFailures != 0 {
 			t.Errorf("layer complete %v, verify failures %d after one read with --prefetch=none", l.Complete, m.stats.VerifyFailures)
 		}
-		if n := front.sum("/v2/indexes/b/blobs/" + indexDigest.String()); n != int64(len(blob)) {
-			t.Errorf("%d bytes of the index blob from B at the front, want %d", n, len(blob))
+		// The index is read piece by piece from B: its head and the
+		// window of the span read, never from A.
+		if n := front.sum("/v2/indexes/b/blobs/" + indexDigest.String()); n == 0 || n > int64(len(blob)) {
+			t.Errorf("%d bytes of the %d-byte index blob from B at the front, want some and at most all", n, len(blob))
 		}
 		// Issue 3's bound for a first read is about one span: allow a fifth of the layer.
 		if n := front.sum(layer.Digest.String()); n == 0 || n > layer.Size/5 {
