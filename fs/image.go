@@ -59,8 +59,13 @@ type Options struct {
 	// FetchParallel bounds the Range requests in flight; 0 means 4.
 	FetchParallel int
 
-	// NoRemoteIndex skips looking for index artifacts in the registry.
+	// NoRemoteIndex skips looking for index artifacts (and start-up
+	// profiles) in the registry.
 	NoRemoteIndex bool
+
+	// NoProfile makes [Image.Replay] do nothing: no recorded start-up
+	// profile is looked for or replayed (profile.go).
+	NoProfile bool
 
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
@@ -107,7 +112,9 @@ type Image struct {
 	cacheHits        atomic.Int64
 	cacheMisses      atomic.Int64
 	verifyFailures   atomic.Int64
-	refused          sync.Map // inode numbers whose EIO has been logged at Error
+	refused          sync.Map                    // inode numbers whose EIO has been logged at Error
+	rec              atomic.Pointer[recorder]    // the start-up profile being recorded, if any (profile.go)
+	replay           atomic.Pointer[replayState] // the replay of a start-up profile, once Replay ran
 
 	// refusal is what verified bytes contradict in the tree, once a
 	// layer's check has found its table in use disagreeing with them
@@ -382,6 +389,7 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 			im.layers[n.Layer].desc.Digest, got, len(p), off, io.ErrUnexpectedEOF, err)
 	}
 	im.bytesServed.Add(int64(got))
+	im.record(n, off, got)
 	if err == nil && got < want {
 		err = io.EOF
 	}
@@ -487,6 +495,7 @@ type Stats struct {
 	ImageSize        int64         `json:"image_size"` // compressed bytes of all layers plus config
 	Inodes           int           `json:"inodes"`
 	Layers           []LayerInfo   `json:"layers"`
+	Profile          *ProfileStats `json:"profile,omitempty"` // the start-up profile's replay, when one ran
 }
 
 // Layers describes each layer's plan and progress.
@@ -527,6 +536,10 @@ func (im *Image) Stats() Stats {
 	}
 	if t := im.tree.Load(); t != nil {
 		s.Inodes = t.Nodes
+	}
+	if im.replay.Load() != nil {
+		ps := im.ProfileStats()
+		s.Profile = &ps
 	}
 	return s
 }
