@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -30,6 +31,7 @@ type snapshotterOpts struct {
 	metricsAddr     string    // --metrics-address: serve Prometheus metrics there
 	cacheMax        sizeValue // --cache-max: keep the cache under this many bytes
 	trimEvery       time.Duration
+	profile         string // --profile: auto or none
 }
 
 // snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
@@ -42,7 +44,11 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9464; default: none)")
 	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of images loaded since the snapshotter started (default: no bound)")
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
+	set.StringVar(&o.profile, "profile", "auto", "start-up profiles: `auto` fetches what an image's recorded profile lists as soon as it is\nloaded (see 'ocifs profile --help'); none does not look for one")
 	return func(ctx context.Context, e *env, args []string) error {
+		if o.profile != "auto" && o.profile != "none" {
+			return &usageError{msg: fmt.Sprintf("--profile: %q is not auto or none", o.profile)}
+		}
 		return runSnapshotter(ctx, e, o)
 	}
 }
@@ -137,7 +143,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image: fs.Options{InsecureLazy: e.g.insecureLazy}, OnLoad: onLoad})
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy, NoProfile: o.profile == "none"}, OnLoad: onLoad})
 	if err != nil {
 		return err
 	}
