@@ -485,7 +485,8 @@ Examples:
 
 const cacheHelp = `
 The cache holds, by digest: blobs (compressed layers, manifests, configs),
-uncompressed layers, layer indexes, and trees: the files of complete gzip
+uncompressed layers, layer indexes, start-up profiles (by manifest digest:
+'ocifs profile --help'), and trees: the files of complete gzip
 layers, extracted so that the kernel can read them itself (FUSE
 passthrough). It is shared by every mount and command using the same
 --cache-dir. Removing an entry a mount still has open is safe: the mount

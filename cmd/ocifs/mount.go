@@ -292,7 +292,10 @@ func startDaemon(ctx context.Context, e *env, dir, what string, args []string, s
 // with absolute paths, so nothing depends on how the user wrote them.
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	args := globalArgs(g)
-	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch, "--profile="+o.profile)
+	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
+	if o.profile == "none" {
+		args = append(args, "--profile=none")
+	}
 	if o.record > 0 {
 		args = append(args, "--record-profile="+o.record.String())
 	}
