@@ -8,9 +8,12 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/fs/fstest"
 	"github.com/ocifs/ocifs/index"
 )
@@ -244,4 +247,35 @@ func TestProfileOffAndAbsent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestProfileBadArtifactIgnored: a profile artifact in the registry whose
+// blob is not a profile (newer than a good one) is ignored with a warning;
+// the good one is replayed, and the mount serves as ever.
+func TestProfileBadArtifactIgnored(t *testing.T) {
+	fstest.RequireFUSE(t)
+	host := fstest.StartRegistry(t)
+	pc := profileCases()[0]
+	ref, content := pc.push(t, host)
+	im := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
+	good := &index.Profile{Layers: []digest.Digest{im.layers[0].desc.Digest}, Ranges: []index.ProfileRange{{Layer: 0, Off: 0, Len: 4096}}}
+	if _, err := im.PushProfile(t.Context(), good); err != nil {
+		t.Fatal(err)
+	}
+	junk := []byte("OCIFSPRF\x00\x01\xff\xff\xff\xff\x0f not a profile")
+	if _, err := im.Fetched().PushReferrer(t.Context(), fetch.ArtifactTypeProfile,
+		map[string]string{ocispec.AnnotationCreated: time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)},
+		[]fetch.Blob{{Data: junk, Desc: ocispec.Descriptor{MediaType: fetch.MediaTypeProfile, Digest: digest.FromBytes(junk), Size: int64(len(junk))}}}); err != nil {
+		t.Fatal(err)
+	}
+	fresh := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
+	fresh.Replay()
+	st, err := fresh.WaitReplay(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Source != ProfileRegistry || st.Ranges != 1 || st.Failed != 0 {
+		t.Errorf("replay = %+v, want the good profile's one range", st)
+	}
+	readFiles(t, mountImage(t, fresh), startupFiles, content)
 }
