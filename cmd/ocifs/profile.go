@@ -8,10 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path"
-	"path/filepath"
+	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -50,8 +48,8 @@ can only waste that much bandwidth. 'ocifs mount --profile=none' (or
 profile = "none" under [mount] in the config file) turns the replay off.
 
 'profile record' mounts IMAGE read-only at a temporary directory, runs CMD
-chrooted there (as root, with the image config's Env, but no /proc, /dev or
-network mounted inside: fine for 'python3 --version', not for a server),
+chrooted there with chroot(8), which finds CMD on the image's PATH (as root,
+with the image config's Env, but no /proc, /dev or network mounted inside: fine for 'python3 --version', not for a server),
 records what it reads until it exits (or --duration passes: then it is
 killed), and saves the profile in the cache; --push also stores it in the
 registry. A CMD that fails saves nothing. With --no-chroot, CMD runs on this
@@ -170,44 +168,32 @@ func profileRecord(ctx context.Context, e *env, ref string, argv []string, push 
 }
 
 // recordedCommand is argv run chrooted at root (the image's mountpoint),
-// found on the image's PATH, with the image config's environment; or,
-// noChroot, run here with $OCIFS_ROOT set to root.
+// with the image config's environment; or, noChroot, run here with
+// $OCIFS_ROOT set to root.
+//
+// It goes through chroot(8), not SysProcAttr.Chroot: Go starts a child
+// with vfork, which holds the starting thread until the child's execve
+// returns, and an execve of a program on this very mount needs this
+// process to serve it. chroot(8) is exec'd from this machine, then finds
+// and execs the program inside the image, on the image's PATH.
 func recordedCommand(im *fs.Image, root string, argv []string, noChroot bool) (*exec.Cmd, error) {
 	if noChroot {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), rootEnv+"="+root)
 		return cmd, nil
 	}
-	env := im.Fetched().Config.Config.Env
-	pathList := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			pathList = v
+	chroot, err := exec.LookPath("chroot")
+	if err != nil {
+		if chroot, err = exec.LookPath("/usr/sbin/chroot"); err != nil {
+			return nil, withHint(fmt.Errorf("profile record: chroot(8) not found: %w", err), "install coreutils, or use --no-chroot")
 		}
 	}
-	if len(env) == 0 {
-		env = []string{"PATH=" + pathList}
+	env := slices.Clone(im.Fetched().Config.Config.Env)
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
-	prog := argv[0]
-	if !strings.Contains(prog, "/") {
-		found := ""
-		for _, d := range filepath.SplitList(pathList) {
-			p := path.Join("/", d, prog)
-			// Resolved inside the mount: the image's own PATH, never
-			// this machine's (symlinks in it are the kernel's to follow,
-			// chrooted, when the command starts).
-			if st, err := os.Stat(filepath.Join(root, p)); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				found = p
-				break
-			}
-		}
-		if found == "" {
-			return nil, fmt.Errorf("profile record: %s: not found on the image's PATH (%s)", prog, pathList)
-		}
-		prog = found
-	}
-	cmd := &exec.Cmd{Path: prog, Args: argv, Env: env, Dir: "/",
-		SysProcAttr: &syscall.SysProcAttr{Chroot: root}}
+	cmd := exec.Command(chroot, append([]string{root}, argv...)...)
+	cmd.Env, cmd.Dir = env, "/"
 	return cmd, nil
 }
 
