@@ -427,6 +427,9 @@ func printStats(w io.Writer, s *fs.Stats) error {
 	fmt.Fprintf(tw, "served\t%s (%d bytes)\n", humanBytes(s.BytesServed), s.BytesServed)
 	fmt.Fprintf(tw, "cache\t%d hits, %d misses\n", s.CacheHits, s.CacheMisses)
 	fmt.Fprintf(tw, "verify failures\t%d\n", s.VerifyFailures)
+	if p := s.Profile; p != nil {
+		fmt.Fprintf(tw, "start-up profile\t%s\n", profileLine(p))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -438,6 +441,27 @@ func printStats(w io.Writer, s *fs.Stats) error {
 			humanBytes(l.Size), humanBytes(l.BytesFetched), yesNo(l.Complete), yesNo(l.Verified))
 	}
 	return tw.Flush()
+}
+
+// profileLine says what a mount's replay of its start-up profile did.
+func profileLine(p *fs.ProfileStats) string {
+	switch {
+	case p.Err != "":
+		return "not found: " + p.Err
+	case p.Source == "" && p.Done:
+		return "none"
+	}
+	line := fmt.Sprintf("from the %s: %d ranges, %s read", p.Source, p.Ranges, humanBytes(p.Bytes))
+	if p.Dropped > 0 {
+		line += fmt.Sprintf(", %d dropped", p.Dropped)
+	}
+	if p.Failed > 0 {
+		line += fmt.Sprintf(", %d failed", p.Failed)
+	}
+	if p.Done {
+		return line + ", done in " + p.Duration
+	}
+	return line + ", replaying"
 }
 
 func yesNo(b bool) string {
