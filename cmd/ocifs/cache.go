@@ -69,7 +69,7 @@ func cacheDuFlags(set *pflag.FlagSet) runFunc {
 			n    int
 			size int64
 		}
-		kinds := map[string]*usage{fetch.KindBlob: {}, fetch.KindIndex: {}, fetch.KindProfile: {}}
+		kinds := map[string]*usage{fetch.KindBlob: {}, fetch.KindIndex: {}}
 		var total usage
 		for _, en := range ents {
 			u := kinds[en.Kind]

@@ -189,7 +189,9 @@ layer ocifs cannot serve (unknown media type, a registry it cannot reach with
 the credentials it has) falls back to containerd's download: one Warn line
 "layer not served lazily" names it and why. Layers with an ocifs index in the
 registry ('ocifs index build --push') fetch only what containers read; images
-without one are fetched once, in order, without unpacking (stream mode).
+without one are fetched once, in order, without unpacking (stream mode). An
+image with a start-up profile ('ocifs profile --help') has what its program
+reads first fetched as soon as the image is loaded (--profile=none stops it).
 
 containerd 1.6 and 1.7 (/etc/containerd/config.toml, version = 2):
 
