@@ -41,6 +41,12 @@ const MaxReplayBytes = 2 << 30
 // replayPiece is the most one replay read asks of a layer at once.
 const replayPiece = 4 << 20
 
+// replayGap is the most uncompressed bytes between two ranges of a layer
+// that a replay reads as one: about what a 100 Mbit/s link carries in a
+// 10 ms round trip once compressed, so reading them costs less than asking
+// again.
+const replayGap = 128 << 10
+
 // recorder collects the ranges read while recording is on.
 type recorder struct {
 	// mu guards everything below. Leaf.
@@ -264,7 +270,7 @@ type replayState struct {
 type replayPlan struct {
 	l       *layer
 	off, n  int64
-	ranges  bool // first read of a range: count it
+	ranges  int  // the profile's ranges this read starts (counted in ProfileStats.Ranges)
 	kickOff bool // a layer served whole: fetch it instead of reading
 }
 
@@ -319,9 +325,15 @@ func (im *Image) Replay() {
 	})
 }
 
-// replayPlan turns p into the reads of its replay, in its order: ranges
-// of layers the image lacks, past a layer's end or past the byte cap are
-// dropped (counted), and long ranges cut into reads of replayPiece bytes.
+// replayPlan turns p into the reads of its replay. Ranges of layers the
+// image lacks or past a layer's end are dropped (counted). The others are
+// gathered into segments: ranges of one layer less than replayGap apart
+// are read as one, since reading the bytes between costs less than a round
+// trip, and a program's start-up reads many small files that lie side by
+// side (a directory's files in tar order). Each segment is due when its
+// first range is in the profile's order, and is cut into reads of at most
+// replayPiece bytes; the segments past the byte cap (the image's own size,
+// at most MaxReplayBytes) are dropped.
 func (im *Image) replayPlan(p *index.Profile) (plan []replayPlan, dropped int) {
 	byDigest := map[digest.Digest]*layer{}
 	var imageSize int64
@@ -329,35 +341,65 @@ func (im *Image) replayPlan(p *index.Profile) (plan []replayPlan, dropped int) {
 		byDigest[l.desc.Digest] = l
 		imageSize += l.contentSize()
 	}
-	budget := min(imageSize, MaxReplayBytes)
-	for _, r := range p.Ranges {
-		if r.Layer < 0 || r.Layer >= len(p.Layers) {
-			dropped++
-			continue
+	type segment struct {
+		l         *layer
+		off, end  int64
+		rank, all int // the profile's first range in it; how many it holds
+	}
+	var segs []segment
+	for i, r := range p.Ranges {
+		var l *layer
+		if r.Layer >= 0 && r.Layer < len(p.Layers) {
+			l = byDigest[p.Layers[r.Layer]]
 		}
-		l := byDigest[p.Layers[r.Layer]]
 		if l == nil {
 			dropped++
 			continue
 		}
-		size := l.contentSize()
-		end := min(r.Off+r.Len, size)
-		if r.Off >= end || budget <= 0 {
+		end := min(r.Off+r.Len, l.contentSize())
+		if r.Off >= end {
 			dropped++
 			continue
 		}
-		if _, whole := l.reader().(*wholeReader); whole {
-			// Its bytes come all at once: fetch them (once, the
-			// attempt is shared), read nothing.
-			end = min(end, r.Off+budget)
-			budget -= end - r.Off
-			plan = append(plan, replayPlan{l: l, off: r.Off, n: end - r.Off, ranges: true, kickOff: true})
+		segs = append(segs, segment{l: l, off: r.Off, end: end, rank: i, all: 1})
+	}
+	// Gather: by layer and offset, then back in the profile's order.
+	sort.Slice(segs, func(a, b int) bool {
+		if segs[a].l.idx != segs[b].l.idx {
+			return segs[a].l.idx < segs[b].l.idx
+		}
+		return segs[a].off < segs[b].off
+	})
+	var merged []segment
+	for _, sg := range segs {
+		if n := len(merged); n > 0 && merged[n-1].l == sg.l && sg.off <= merged[n-1].end+replayGap {
+			m := &merged[n-1]
+			m.end, m.rank, m.all = max(m.end, sg.end), min(m.rank, sg.rank), m.all+sg.all
 			continue
 		}
-		end = min(end, r.Off+budget)
-		budget -= end - r.Off
-		for off, first := r.Off, true; off < end; off, first = off+replayPiece, false {
-			plan = append(plan, replayPlan{l: l, off: off, n: min(replayPiece, end-off), ranges: first})
+		merged = append(merged, sg)
+	}
+	sort.Slice(merged, func(a, b int) bool { return merged[a].rank < merged[b].rank })
+	budget := min(imageSize, MaxReplayBytes)
+	for _, sg := range merged {
+		if budget <= 0 {
+			dropped += sg.all
+			continue
+		}
+		end := min(sg.end, sg.off+budget)
+		budget -= end - sg.off
+		if _, whole := sg.l.reader().(*wholeReader); whole {
+			// Its bytes come all at once: fetch them (once, the
+			// attempt is shared), read nothing.
+			plan = append(plan, replayPlan{l: sg.l, off: sg.off, n: end - sg.off, ranges: sg.all, kickOff: true})
+			continue
+		}
+		for off, first := sg.off, true; off < end; off, first = off+replayPiece, false {
+			rp := replayPlan{l: sg.l, off: off, n: min(replayPiece, end-off)}
+			if first {
+				rp.ranges = sg.all
+			}
+			plan = append(plan, rp)
 		}
 	}
 	return plan, dropped
@@ -407,9 +449,7 @@ func (im *Image) runReplay(plan []replayPlan, st *replayState) {
 					got, err = r.l.readAt(im.ctx, buf[:r.n], r.off, r.off+r.n)
 				}
 				st.mu.Lock()
-				if r.ranges {
-					st.stats.Ranges++
-				}
+				st.stats.Ranges += r.ranges
 				st.stats.Bytes += int64(got)
 				if err != nil && im.ctx.Err() == nil {
 					st.stats.Failed++

@@ -279,3 +279,50 @@ func TestProfileBadArtifactIgnored(t *testing.T) {
 	}
 	readFiles(t, mountImage(t, fresh), startupFiles, content)
 }
+
+// TestReplayPlan: ranges near each other in a layer are read as one
+// segment, due when its first range is; segments keep the profile's
+// order; long ones are cut into replayPiece reads; what lies outside the
+// image is dropped, and so is what passes the image's size.
+func TestReplayPlan(t *testing.T) {
+	mk := func(idx int, size int64) *layer {
+		l := &layer{idx: idx, table: &index.Table{TarSize: size}}
+		l.desc.Digest = digest.FromString(fmt.Sprint("layer ", idx))
+		l.rd = &spanReader{l: l}
+		return l
+	}
+	l0, l1 := mk(0, 64<<20), mk(1, 1<<20)
+	im := &Image{layers: []*layer{l0, l1}}
+	p := &index.Profile{
+		Layers: []digest.Digest{l1.desc.Digest, l0.desc.Digest, digest.FromString("elsewhere")},
+		Ranges: []index.ProfileRange{
+			{Layer: 1, Off: 10 << 20, Len: 100},          // l0 @10M: a segment of its own, first
+			{Layer: 0, Off: 0, Len: 4096},                // l1 @0 ...
+			{Layer: 1, Off: 1 << 20, Len: 10 << 20},      // l0 @1M, 10 MiB: joins the @10M one, cut in three
+			{Layer: 0, Off: 4096 + replayGap, Len: 4096}, // ... joins l1 @0 (exactly replayGap apart)
+			{Layer: 0, Off: 1<<20 - 10, Len: 1 << 30},    // cut at l1's end, joins too
+			{Layer: 0, Off: 1 << 20, Len: 1},             // past l1's end: dropped
+			{Layer: 2, Off: 0, Len: 1},                   // not this image's: dropped
+			{Layer: 1, Off: 30 << 20, Len: 100},          // l0 @30M, far: a segment of its own
+		},
+	}
+	plan, dropped := im.replayPlan(p)
+	type read struct {
+		layer  int
+		off, n int64
+		ranges int
+	}
+	var got []read
+	for _, r := range plan {
+		got = append(got, read{r.l.idx, r.off, r.n, r.ranges})
+	}
+	want := []read{
+		{0, 1 << 20, replayPiece, 2}, {0, 1<<20 + replayPiece, replayPiece, 0}, {0, 1<<20 + 2*replayPiece, 11<<20 - (1<<20 + 2*replayPiece), 0},
+		{1, 0, 4096 + replayGap + 4096, 2},
+		{1, 1<<20 - 10, 10, 1},
+		{0, 30 << 20, 100, 1},
+	}
+	if !reflect.DeepEqual(got, want) || dropped != 2 {
+		t.Errorf("plan = %v, dropped %d; want %v, dropped 2", got, dropped, want)
+	}
+}
