@@ -205,9 +205,18 @@ func (im *Image) FindProfile(ctx context.Context) (*index.Profile, string, error
 	if err != nil {
 		return nil, "", err
 	}
+	// Newest first, by what the list says (a registry copies the
+	// artifact's annotations into it); the manifest fetched is the truth.
+	sort.SliceStable(refs, func(a, b int) bool {
+		return refs[a].Annotations[ocispec.AnnotationCreated] > refs[b].Annotations[ocispec.AnnotationCreated]
+	})
 	var best *index.Profile
 	var bestWhen string
-	for _, r := range refs {
+	for n, r := range refs {
+		if n == maxProfileArtifacts {
+			im.log.Warn("more profile artifacts than are looked at; the rest ignored", "artifacts", len(refs), "looked_at", n)
+			break
+		}
 		m, err := im.img.FetchReferrer(ctx, r)
 		if err != nil {
 			im.log.Warn("profile artifact unusable; ignored", "digest", r.Digest, "err", err)
@@ -217,32 +226,44 @@ func (im *Image) FindProfile(ctx context.Context) (*index.Profile, string, error
 		if best != nil && when <= bestWhen {
 			continue
 		}
-		for _, d := range m.Layers {
-			if d.MediaType != fetch.MediaTypeProfile {
-				continue
+		if p, b := im.profileBlob(ctx, r.Digest, m.Layers); p != nil {
+			best, bestWhen = p, when
+			if err := cache.WriteProfile(im.img.ManifestDigest, b); err != nil {
+				im.log.Warn("keeping the start-up profile in the cache", "err", err)
 			}
-			if d.Size > index.MaxProfileSize {
-				im.log.Warn("profile artifact too large; ignored", "digest", r.Digest, "len", d.Size)
-				continue
-			}
-			b, err := im.img.FetchBlob(ctx, d)
-			if err == nil {
-				var p *index.Profile
-				if p, err = index.UnmarshalProfile(b); err == nil {
-					best, bestWhen = p, when
-					if err := cache.WriteProfile(im.img.ManifestDigest, b); err != nil {
-						im.log.Warn("keeping the start-up profile in the cache", "err", err)
-					}
-					break
-				}
-			}
-			im.log.Warn("profile artifact unusable; ignored", "digest", r.Digest, "err", err)
 		}
 	}
 	if best == nil {
 		return nil, "", nil
 	}
 	return best, ProfileRegistry, nil
+}
+
+// maxProfileArtifacts caps the profile artifacts one lookup reads, newest
+// first, so a registry listing thousands costs a few fetches.
+const maxProfileArtifacts = 4
+
+// profileBlob returns the first profile blob of an artifact's blobs that
+// decodes, and its bytes; nil when none does (each failure a warning).
+func (im *Image) profileBlob(ctx context.Context, artifact digest.Digest, blobs []ocispec.Descriptor) (*index.Profile, []byte) {
+	for _, d := range blobs {
+		if d.MediaType != fetch.MediaTypeProfile {
+			continue
+		}
+		if d.Size > index.MaxProfileSize {
+			im.log.Warn("profile artifact too large; ignored", "digest", artifact, "len", d.Size)
+			continue
+		}
+		b, err := im.img.FetchBlob(ctx, d)
+		if err == nil {
+			var p *index.Profile
+			if p, err = index.UnmarshalProfile(b); err == nil {
+				return p, b
+			}
+		}
+		im.log.Warn("profile artifact unusable; ignored", "digest", artifact, "err", err)
+	}
+	return nil, nil
 }
 
 // ProfileStats says what the replay of a start-up profile did, for `ocifs
