@@ -24,7 +24,7 @@ type Options struct {
 	Profiles  []string
 	Images    []string // python, go, model
 	Formats   []string // gzip, gzip+index, estargz, zstd:chunked
-	Methods   []string // ocifs-lazy, ocifs-warm, ocifs-pull, containerd
+	Methods   []string // ocifs-lazy, ocifs-demand, ocifs-profile, ocifs-warm, ocifs-pull, containerd, the container methods
 	Workloads []string // first-file, start-up, walk, read-all
 	// Reps is the number of repetitions of each cell (default 3).
 	Reps int
@@ -161,7 +161,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer net.close()
 	r := &runner{ocifs: o.Ocifs, work: work, net: net, log: o.Log, coldWorkloads: o.ColdWorkloads,
-		peers: o.Peers, containerd2: o.Containerd2, ocifsSnapshotter: o.OcifsSnapshotter, sociRefs: map[*builtImage]string{}}
+		peers: o.Peers, containerd2: o.Containerd2, ocifsSnapshotter: o.OcifsSnapshotter, sociRefs: map[*builtImage]string{},
+		profiled: map[*builtImage]bool{}}
 	if r.ocifsSnapshotter == "" {
 		r.ocifsSnapshotter = DefaultOcifsSnapshotter
 	}
@@ -286,6 +287,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				if m == mWarm && info.Format != warmFormat(o.Formats) && info.spec.Only == nil {
 					continue // a complete cache serves every format alike: measured on one
 				}
+				if m == mProfile {
+					if info.Format != fmtGzipIndex && info.Format != fmtEstargz {
+						continue // the lazy formats a start-up reads piece by piece
+					}
+					if err := r.recordProfile(ctx, info.built, info.spec); err != nil {
+						res.Skipped = append(res.Skipped, fmt.Sprintf("%s %s %s %s: profile record: %v", pn, info.Name, info.Format, m, err))
+						logf("  profile record failed: %v", err)
+						continue
+					}
+				}
 				var warm string
 				if m == mWarm {
 					warm = filepath.Join(work, "warm-cache")
@@ -302,13 +313,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 						return nil, ctx.Err()
 					}
 					switch m {
-					case mLazy, mDemand, mWarm:
+					case mLazy, mDemand, mProfile, mWarm:
 						for _, w := range o.Workloads {
 							if !info.spec.allows("workload", w) || (m == mLazy && !o.AllCells && !defaultCell(info.Format, w)) {
 								continue
 							}
 							if m == mDemand && (w != wStartup || info.Format != fmtGzipIndex) {
 								continue // what a program alone fetches: start-up, on the indexed image
+							}
+							if m == mProfile && w != wStartup {
+								continue // what the profile was recorded of
 							}
 							s := base
 							s.Method, s.Workload, s.Rep = m, w, rep

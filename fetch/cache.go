@@ -21,6 +21,7 @@ import (
 const (
 	blobsDir   = "blobs"
 	indexDir   = "index"
+	profileDir = "profiles"
 	tmpDir     = "tmp"
 	staleAfter = time.Hour
 	// indexMagic starts every index file; the sha256 of the payload follows.
@@ -29,14 +30,16 @@ const (
 
 // Cache kinds reported by List and taken by Remove.
 const (
-	KindBlob  = "blob"
-	KindIndex = "index"
+	KindBlob    = "blob"
+	KindIndex   = "index"
+	KindProfile = "profile"
 )
 
 // Cache is the digest-addressed cache shared by all mounts:
 //
 //	blobs/<alg>/<hex>   content whose digest is the name, admitted only after verification
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
+//	profiles/<alg>/<hex> opaque start-up profiles keyed by a manifest digest, with the same header
 //	trees/<alg>/<hex>/  a layer's files, extracted from its verified tar (see Tree)
 //	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
 //	tmp/                temp files; stale ones are removed by OpenCache
@@ -60,7 +63,7 @@ func OpenCache(dir string) (*Cache, error) {
 	if dir == "" {
 		return nil, errors.New("open cache: empty directory name")
 	}
-	for _, sub := range []string{blobsDir, indexDir, tmpDir} {
+	for _, sub := range []string{blobsDir, indexDir, profileDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
@@ -248,13 +251,41 @@ func (c *Cache) Put(d digest.Digest, r io.Reader) error {
 // WriteIndex stores an index file for layer, atomically, behind a header
 // that carries the sha256 of data.
 func (c *Cache) WriteIndex(layer digest.Digest, data []byte) error {
-	dst, err := c.path(indexDir, layer)
+	return c.writeChecked(KindIndex, indexDir, layer, data)
+}
+
+// WriteProfile stores the start-up profile of the image whose manifest
+// digest is manifest, as WriteIndex stores an index: atomically, behind a
+// checksum header. A profile stored before is replaced.
+func (c *Cache) WriteProfile(manifest digest.Digest, data []byte) error {
+	return c.writeChecked(KindProfile, profileDir, manifest, data)
+}
+
+// ReadProfile returns the profile stored for manifest, as ReadIndex does
+// for an index.
+func (c *Cache) ReadProfile(manifest digest.Digest) ([]byte, error) {
+	f, r, err := c.openChecked(KindProfile, profileDir, manifest)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, r.Size())
+	if _, err := r.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("cache: profile %s: %w", manifest, err)
+	}
+	return b, nil
+}
+
+// writeChecked writes data under dir/key behind a header that carries its
+// sha256: a temp file, synced, renamed into place.
+func (c *Cache) writeChecked(kind, dir string, key digest.Digest, data []byte) error {
+	dst, err := c.path(dir, key)
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Join(c.dir, tmpDir), "index-"+layer.Encoded()+".*")
+	f, err := os.CreateTemp(filepath.Join(c.dir, tmpDir), kind+"-"+key.Encoded()+".*")
 	if err != nil {
-		return fmt.Errorf("cache: index %s: %w", layer, err)
+		return fmt.Errorf("cache: %s %s: %w", kind, key, err)
 	}
 	defer os.Remove(f.Name()) // fails harmlessly once renamed
 	sum := sha256.Sum256(data)
@@ -273,10 +304,10 @@ func (c *Cache) WriteIndex(layer digest.Digest, data []byte) error {
 	}
 	if werr == nil {
 		size := int64(len(indexMagic) + len(sum) + len(data))
-		werr = c.admit(KindIndex, layer, size, func() error { return c.install(f.Name(), dst) })
+		werr = c.admit(kind, key, size, func() error { return c.install(f.Name(), dst) })
 	}
 	if werr != nil {
-		return fmt.Errorf("cache: index %s: %w", layer, werr)
+		return fmt.Errorf("cache: %s %s: %w", kind, key, werr)
 	}
 	return nil
 }
@@ -313,56 +344,62 @@ func (c *Cache) HasIndex(layer digest.Digest) bool {
 // The error wraps ErrNotFound if there is none; a file whose checksum does
 // not match is removed and reported as an ErrFormat error.
 func (c *Cache) OpenIndex(layer digest.Digest) (f *os.File, r *io.SectionReader, err error) {
-	p, err := c.path(indexDir, layer)
+	return c.openChecked(KindIndex, indexDir, layer)
+}
+
+// openChecked opens dir/key after checking its checksum header; see
+// OpenIndex.
+func (c *Cache) openChecked(kind, dir string, key digest.Digest) (f *os.File, r *io.SectionReader, err error) {
+	p, err := c.path(dir, key)
 	if err != nil {
 		return nil, nil, err
 	}
 	f, err = os.Open(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, fmt.Errorf("cache: index %s: %w", layer, ErrNotFound)
+			return nil, nil, fmt.Errorf("cache: %s %s: %w", kind, key, ErrNotFound)
 		}
-		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+		return nil, nil, fmt.Errorf("cache: %s %s: %w", kind, key, err)
 	}
-	c.touch(KindIndex, layer)
+	c.touch(kind, key)
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+		return nil, nil, fmt.Errorf("cache: %s %s: %w", kind, key, err)
 	}
 	hdr := int64(len(indexMagic) + sha256.Size)
 	head := make([]byte, hdr)
 	if fi.Size() < hdr {
 		f.Close()
 		os.Remove(p)
-		return nil, nil, formatError("cache: index %s: truncated (removed)", layer)
+		return nil, nil, formatError("cache: %s %s: truncated (removed)", kind, key)
 	}
 	if _, err := f.ReadAt(head, 0); err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+		return nil, nil, fmt.Errorf("cache: %s %s: %w", kind, key, err)
 	}
 	if string(head[:len(indexMagic)]) != indexMagic {
 		f.Close()
 		os.Remove(p)
-		return nil, nil, formatError("cache: index %s: bad header (removed)", layer)
+		return nil, nil, formatError("cache: %s %s: bad header (removed)", kind, key)
 	}
 	r = io.NewSectionReader(f, hdr, fi.Size()-hdr)
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(r, 0, r.Size())); err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("cache: index %s: %w", layer, err)
+		return nil, nil, fmt.Errorf("cache: %s %s: %w", kind, key, err)
 	}
 	if !bytes.Equal(h.Sum(nil), head[len(indexMagic):]) {
 		f.Close()
 		os.Remove(p)
-		return nil, nil, formatError("cache: index %s: checksum mismatch (removed)", layer)
+		return nil, nil, formatError("cache: %s %s: checksum mismatch (removed)", kind, key)
 	}
 	return f, r, nil
 }
 
 // CacheEntry describes one cached file.
 type CacheEntry struct {
-	Kind    string // KindBlob or KindIndex
+	Kind    string // KindBlob, KindIndex, KindProfile or KindTree
 	Digest  digest.Digest
 	Size    int64
 	ModTime time.Time
@@ -371,9 +408,12 @@ type CacheEntry struct {
 // List returns every blob, index and tree in the cache.
 func (c *Cache) List() ([]CacheEntry, error) {
 	var out []CacheEntry
-	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}} {
+	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}} {
 		root := filepath.Join(c.dir, k.dir)
 		algs, err := os.ReadDir(root)
+		if errors.Is(err, fs.ErrNotExist) && k.kind == KindProfile {
+			continue // a cache opened by a build without profiles
+		}
 		if err != nil {
 			return nil, fmt.Errorf("cache: list %s: %w", root, err)
 		}
@@ -423,6 +463,8 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		dir = blobsDir
 	case KindIndex:
 		dir = indexDir
+	case KindProfile:
+		dir = profileDir
 	case KindTree:
 		p, err := c.path(treesDir, d)
 		if err != nil {
@@ -437,7 +479,7 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		c.unuse(kind, d)
 		return nil
 	default:
-		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q or %q)", kind, KindBlob, KindIndex, KindTree)
+		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindTree)
 	}
 	p, err := c.path(dir, d)
 	if err != nil {

@@ -72,6 +72,19 @@ func indexHead(desc ocispec.Descriptor) (int64, digest.Digest, error) {
 	return size, d, nil
 }
 
+// The ocifs start-up profile artifact: an OCI image manifest whose subject
+// is an image manifest, with one blob, the profile (index.Profile's
+// encoding), beside the index artifact.
+const (
+	// ArtifactTypeProfile is the artifactType of a start-up profile artifact.
+	ArtifactTypeProfile = "application/vnd.ocifs.profile.v1"
+	// MediaTypeProfile is the media type of the profile blob in it.
+	MediaTypeProfile = "application/vnd.ocifs.profile.layer.v1"
+	// AnnotationProfileBytes, on the artifact manifest, is how many
+	// uncompressed bytes the profile's ranges cover, for listings.
+	AnnotationProfileBytes = "io.ocifs.profile.bytes"
+)
+
 // Caps on what a referrers answer may make us do.
 const (
 	// maxReferrerPages caps the Link-paginated pages of one referrers list.

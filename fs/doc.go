@@ -146,6 +146,8 @@
 //     read under it.
 //  7. inode.omu (node.go), one per FUSE inode: the io mode (passthrough or
 //     not) of its open files. Leaf.
+//  8. recorder.mu and replayState.mu (profile.go): the ranges a start-up
+//     profile being recorded has seen, and what a replay has done. Leaf.
 //
 // Besides, sync.Once values make a layer's extracted tree (layer.unpackOnce,
 // unpack.go), an image's node generation (nodeGen), a tree's index of

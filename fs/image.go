@@ -59,7 +59,8 @@ type Options struct {
 	// FetchParallel bounds the Range requests in flight; 0 means 4.
 	FetchParallel int
 
-	// NoRemoteIndex skips looking for index artifacts in the registry.
+	// NoRemoteIndex skips looking for index artifacts (and start-up
+	// profiles) in the registry.
 	NoRemoteIndex bool
 
 	// IndexRepos are repositories ("HOST/REPO") where index artifacts of
@@ -76,6 +77,9 @@ type Options struct {
 	// pays each stream once. It is also looked in, after IndexRepos. Off
 	// by default: it needs push access, and it writes to a registry.
 	PushIndexTo string
+	// NoProfile makes [Image.Replay] do nothing: no recorded start-up
+	// profile is looked for or replayed (profile.go).
+	NoProfile bool
 
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
@@ -121,7 +125,9 @@ type Image struct {
 	keeping          chan struct{} // runs of fetched spans waiting to be written to the disk cache (layer.keep)
 	counts           imageCounts   // by cache kind, fetch purpose, fallback reason (counters.go)
 	verifyFailures   atomic.Int64
-	refused          sync.Map // *Node whose EIO has been logged at Error (not the inode number: the views of two layers number their nodes alike)
+	refused          sync.Map                    // *Node whose EIO has been logged at Error (not the inode number: the views of two layers number their nodes alike)
+	rec              atomic.Pointer[recorder]    // the start-up profile being recorded, if any (profile.go)
+	replay           atomic.Pointer[replayState] // the replay of a start-up profile, once Replay ran
 
 	// refusal is what verified bytes contradict in the tree, once a
 	// layer's check has found its table in use disagreeing with them
@@ -414,6 +420,7 @@ func (im *Image) ReadAt(ctx context.Context, n *Node, p []byte, off int64) (int,
 	}
 	im.bytesServed.Add(int64(got))
 	im.layers[n.Layer].served.Add(int64(got))
+	im.record(n, off, got)
 	if err == nil && got < want {
 		err = io.EOF
 	}
@@ -532,6 +539,7 @@ type Stats struct {
 	ImageSize  int64           `json:"image_size"` // compressed bytes of all layers plus config
 	Inodes     int             `json:"inodes"`
 	Layers     []LayerInfo     `json:"layers"`
+	Profile    *ProfileStats   `json:"profile,omitempty"` // the start-up profile's replay, when one ran
 }
 
 // Layers describes each layer's plan and progress.
@@ -572,6 +580,10 @@ func (im *Image) Stats() Stats {
 	}
 	if t := im.tree.Load(); t != nil {
 		s.Inodes = t.Nodes
+	}
+	if im.replay.Load() != nil {
+		ps := im.ProfileStats()
+		s.Profile = &ps
 	}
 	return s
 }

@@ -127,6 +127,17 @@ var commands = []group{
 			help:  indexHelp, flags: indexBuildFlags,
 		}},
 	},
+	{
+		cmd: &command{name: "profile", argNames: "record|show|push", short: "record a start-up profile; every later mount prefetches it", help: profileHelp},
+		subs: []*command{
+			{name: "profile record", argNames: "IMAGE -- CMD [ARG...]", minArgs: 2, maxArgs: -1,
+				short: "run CMD in the image and record what it reads; --push stores it beside the image", help: profileHelp, flags: profileRecordFlags},
+			{name: "profile show", argNames: "IMAGE", minArgs: 1, maxArgs: 1,
+				short: "print the image's profile (from the cache, else the registry)", help: profileHelp, flags: profileShowFlags},
+			{name: "profile push", argNames: "IMAGE", minArgs: 1, maxArgs: 1,
+				short: "store the profile in the cache (from mount --record-profile) in the registry", help: profileHelp, flags: profilePushFlags},
+		},
+	},
 	{cmd: &command{
 		name: "bench", minArgs: 0, maxArgs: 0,
 		short: "lazy mount vs full pull + unpack vs overlayfs vs containerd",
@@ -181,7 +192,9 @@ the manifest and config) and kept in the cache, so nothing is fetched twice.
 A layer with no index anywhere is streamed once on the first mount, verified,
 and indexed into the cache; later mounts of any image sharing it are lazy.
 After mounting, the rest of each layer is fetched in the background, slowing
-down while reads wait (--prefetch=none stops it).
+down while reads wait (--prefetch=none stops it). An image with a recorded
+start-up profile ('ocifs profile record') has what its program reads first
+fetched right at mount, in parallel, before the program asks.
 
 Usage:
   ocifs [global flags] COMMAND [flags] [args]
@@ -317,6 +330,13 @@ only while no read waits, and in the first seconds only after 200 ms
 without one, so a program's reads never queue behind more than one piece
 (--prefetch-rate caps it further). When a layer is whole,
 its digest and DiffID are checked and the index in use is compared with it.
+A start-up profile of the image (in the cache, else in the registry beside
+the image: see 'ocifs profile --help') is replayed as soon as the file tables
+are known: what the recorded program read first is fetched, in parallel,
+before anything asks (--profile=none stops that). --record-profile records
+one from this mount's reads (for 30s, or =DURATION; files are then served
+through the daemon, not passthrough) and keeps it in the cache at the end;
+'ocifs profile push IMAGE' stores it in the registry.
 With --prefetch=none an index taken from the registry is trusted for its
 span digests alone until a layer is fetched whole: every span served is
 still checked against its digest, but the index itself is not re-checked.
@@ -372,6 +392,7 @@ Examples:
   mkdir -p /mnt/app
   ocifs mount registry.example.com/app:1.4 /mnt/app
   ocifs mount --prefetch=none oci:./layout:v1 /mnt/app
+  ocifs mount --record-profile=1m registry.example.com/app:1.4 /mnt/app
   ocifs mount --foreground --log-level debug alpine:3.20 /mnt/alpine
   ocifs mount --writable alpine:3.20 /mnt/scratch
   ocifs mount --takeover registry.example.com/app:1.4 /mnt/app
@@ -516,7 +537,8 @@ Examples:
 
 const cacheHelp = `
 The cache holds, by digest: blobs (compressed layers, manifests, configs),
-uncompressed layers, layer indexes, and trees: the files of complete gzip
+uncompressed layers, layer indexes, start-up profiles (by manifest digest:
+'ocifs profile --help'), and trees: the files of complete gzip
 layers, extracted so that the kernel can read them itself (FUSE
 passthrough). It is shared by every mount and command using the same
 --cache-dir. Removing an entry a mount still has open is safe: the mount

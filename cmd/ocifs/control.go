@@ -444,6 +444,9 @@ func printStats(w io.Writer, s *fs.Stats) error {
 		}
 		fmt.Fprintf(tw, "fallbacks\t%s (the log says which layer and why)\n", strings.Join(fb, ", "))
 	}
+	if p := s.Profile; p != nil {
+		fmt.Fprintf(tw, "start-up profile\t%s\n", profileLine(p))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -470,6 +473,27 @@ func cacheKinds(c map[string]fs.CacheCount) string {
 		return ""
 	}
 	return " (" + strings.Join(parts, ", ") + " hits/misses)"
+}
+
+// profileLine says what a mount's replay of its start-up profile did.
+func profileLine(p *fs.ProfileStats) string {
+	switch {
+	case p.Err != "":
+		return "not found: " + p.Err
+	case p.Source == "" && p.Done:
+		return "none"
+	}
+	line := fmt.Sprintf("from the %s: %d ranges, %s read", p.Source, p.Ranges, humanBytes(p.Bytes))
+	if p.Dropped > 0 {
+		line += fmt.Sprintf(", %d dropped", p.Dropped)
+	}
+	if p.Failed > 0 {
+		line += fmt.Sprintf(", %d failed", p.Failed)
+	}
+	if p.Done {
+		return line + ", done in " + p.Duration
+	}
+	return line + ", replaying"
 }
 
 func yesNo(b bool) string {

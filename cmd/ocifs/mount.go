@@ -37,7 +37,9 @@ const needFUSE = "mounting needs root and /dev/fuse (run as root; modprobe fuse)
 type mountOpts struct {
 	foreground   bool
 	prefetch     string
-	rate         string // --prefetch-rate, e.g. "50M" (bytes per second)
+	profile      string        // --profile: auto (replay a recorded start-up profile) or none
+	record       time.Duration // --record-profile: record a profile for this long (0: no)
+	rate         string        // --prefetch-rate, e.g. "50M" (bytes per second)
 	allowOther   bool
 	suid         bool
 	dev          bool
@@ -61,6 +63,9 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	o := &mountOpts{}
 	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
 	set.StringVar(&o.prefetch, "prefetch", "all", "background fetch after mounting: `all` layers not yet cached, or none (only what is read)")
+	set.StringVar(&o.profile, "profile", "auto", "start-up profile: `auto` fetches what the image's recorded profile lists at mount,\nbefore it is read (see 'ocifs profile --help'); none does not look for one")
+	set.DurationVar(&o.record, "record-profile", 0, "record a start-up profile of this mount's reads for `DURATION` (30s without a value),\nsaved in the cache (files are served through the daemon meanwhile, not passthrough)")
+	set.Lookup("record-profile").NoOptDefVal = defaultRecordFor.String()
 	set.StringVar(&o.rate, "prefetch-rate", "", "cap the background fetch at `RATE` bytes per second (e.g. 20M, 1G; default: no cap)")
 	set.BoolVar(&o.allowOther, "allow-other", false, "let users other than root see the mount")
 	set.BoolVar(&o.suid, "suid", false, "honour setuid/setgid bits (off: an image is untrusted)")
@@ -92,6 +97,12 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	}
 	if _, err := parseRate(o.rate); err != nil {
 		return &usageError{msg: "--prefetch-rate: " + err.Error()}
+	}
+	if o.profile != "auto" && o.profile != "none" {
+		return &usageError{msg: fmt.Sprintf("--profile: %q is not auto or none", o.profile)}
+	}
+	if o.record < 0 {
+		return &usageError{msg: "--record-profile: negative duration"}
 	}
 	if o.upper != "" && !o.writable {
 		return &usageError{msg: "--upper needs --writable"}
@@ -319,6 +330,12 @@ func startDaemon(ctx context.Context, e *env, dir, what string, args []string, s
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	args := globalArgs(g)
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
+	if o.profile == "none" {
+		args = append(args, "--profile=none")
+	}
+	if o.record > 0 {
+		args = append(args, "--record-profile="+o.record.String())
+	}
 	if o.rate != "" {
 		args = append(args, "--prefetch-rate="+o.rate)
 	}
@@ -432,7 +449,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	rate, _ := parseRate(o.rate) // checked by runMount
 	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
-		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)})
+		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex), NoProfile: o.profile == "none"})
 	if err != nil {
 		return err
 	}
@@ -507,6 +524,13 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	// The merged tree holds what serving needs: a long-lived mount need not
 	// keep the layers' entry tables too.
 	im.ReleaseEntries()
+	// What the image's start-up profile lists is fetched from now on,
+	// while the mount comes up and before the program asks.
+	im.Replay()
+	if o.record > 0 {
+		im.StartRecording()
+		bgWait.Go(func() { recordMount(bg, log, im, o.record) })
+	}
 	var m servedMount
 	var fm *fs.Mount // go-fuse's, unless the raw server of a takeover serves
 	var stopReq <-chan struct{}
@@ -519,7 +543,8 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 		m, stopReq = tk, o.holder.StopRequested()
 	} else {
 		fm, err = im.Mount(ctx, fuseDir, fs.MountOptions{
-			AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE, NoPassthrough: o.noPassthru,
+			AllowOther: o.allowOther, Suid: o.suid, Dev: o.dev, Debug: o.debugFUSE,
+			NoPassthrough: o.noPassthru || o.record > 0, // passthrough reads would not be recorded
 		})
 		if err != nil {
 			return fail(nil, withHint(err, needFUSE))

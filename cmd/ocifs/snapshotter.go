@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -31,6 +32,7 @@ type snapshotterOpts struct {
 	cacheMax        sizeValue // --cache-max: keep the cache under this many bytes
 	trimEvery       time.Duration
 	pushIndex       repoName // --push-index-to: push the indexes of layers streamed here there
+	profile         string   // --profile: auto or none
 }
 
 // snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
@@ -44,7 +46,11 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of the images it serves (default: no bound)")
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
+	set.StringVar(&o.profile, "profile", "auto", "start-up profiles: `auto` fetches what an image's recorded profile lists as soon as it is\nloaded (see 'ocifs profile --help'); none does not look for one")
 	return func(ctx context.Context, e *env, args []string) error {
+		if o.profile != "auto" && o.profile != "none" {
+			return &usageError{msg: fmt.Sprintf("--profile: %q is not auto or none", o.profile)}
+		}
 		return runSnapshotter(ctx, e, o)
 	}
 }
@@ -147,7 +153,8 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
-		Image:     fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)},
+		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex),
+			NoProfile: o.profile == "none"},
 		OnResolve: loads.resolved, OnLoad: loads.loaded, OnClose: loads.closing})
 	if err != nil {
 		return err
@@ -197,7 +204,9 @@ registry ('ocifs index build --push', or in an index repository given with
 --index-repo) fetch only what containers read; images without one are fetched
 once, in order, without unpacking (stream mode). With --push-index-to
 REGISTRY/REPO, the index built from such a stream is pushed there, so the
-other nodes (given --index-repo REGISTRY/REPO) read that layer lazily.
+other nodes (given --index-repo REGISTRY/REPO) read that layer lazily. An
+image with a start-up profile ('ocifs profile --help') has what its program
+reads first fetched as soon as the image is loaded (--profile=none stops it).
 
 containerd 1.6 and 1.7 (/etc/containerd/config.toml, version = 2):
 

@@ -301,6 +301,7 @@ func (r *Remote) load(ri *remoteImage) {
 		ri.err = fmt.Errorf("load %s: %w", ri.pinned, err)
 		return
 	}
+	im.Replay() // the image's start-up profile, fetched before the container asks
 	modes := map[string]int{}
 	for _, l := range im.Layers() {
 		modes[l.Mode]++

@@ -292,6 +292,7 @@ func (s *Store) load(img *image) {
 		img.err = fmt.Errorf("load %s: %w", img.ref, err)
 		return
 	}
+	im.Replay() // the image's start-up profile, fetched before the container asks
 	views, sizes, err := im.PodmanLayerViews()
 	if err != nil {
 		im.Close()
