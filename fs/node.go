@@ -226,24 +226,11 @@ func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Er
 	if err := in.refused(in.node()); err != nil {
 		return 0, in.im.errno(ctx, in.node(), 0, err)
 	}
-	xattrs := in.node().Xattrs
-	names := make([]string, 0, len(xattrs))
-	size := 0
-	for k := range xattrs {
-		names = append(names, k)
-		size += len(k) + 1
+	n, ok := listXattrs(in.node().Xattrs, dest)
+	if !ok {
+		return n, syscall.ERANGE
 	}
-	if len(dest) < size {
-		return uint32(size), syscall.ERANGE
-	}
-	sort.Strings(names)
-	off := 0
-	for _, k := range names {
-		off += copy(dest[off:], k)
-		dest[off] = 0
-		off++
-	}
-	return uint32(off), 0
+	return n, 0
 }
 
 func (in *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -311,4 +298,27 @@ func (in *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno 
 	}
 	out.Blocks = uint64(in.im.Stats().ImageSize+4095) / 4096
 	return 0
+}
+
+// listXattrs writes the names of xattrs into dest, sorted, each ended by a
+// NUL, as listxattr(2) wants them, and returns their length; ok is false,
+// with the length needed, when dest is too small.
+func listXattrs(xattrs map[string]string, dest []byte) (n uint32, ok bool) {
+	names := make([]string, 0, len(xattrs))
+	size := 0
+	for k := range xattrs {
+		names = append(names, k)
+		size += len(k) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), false
+	}
+	sort.Strings(names)
+	off := 0
+	for _, k := range names {
+		off += copy(dest[off:], k)
+		dest[off] = 0
+		off++
+	}
+	return uint32(off), true
 }

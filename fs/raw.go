@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"syscall"
 	"time"
 
@@ -260,23 +259,11 @@ func (r *RawFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte)
 	if err := r.im.refusedNode(n); err != nil {
 		return 0, r.status(cancel, n, 0, err)
 	}
-	names := make([]string, 0, len(n.Xattrs))
-	size := 0
-	for k := range n.Xattrs {
-		names = append(names, k)
-		size += len(k) + 1
+	size, ok := listXattrs(n.Xattrs, dest)
+	if !ok {
+		return size, fuse.ERANGE
 	}
-	if len(dest) < size {
-		return uint32(size), fuse.ERANGE
-	}
-	sort.Strings(names)
-	off := 0
-	for _, k := range names {
-		off += copy(dest[off:], k)
-		dest[off] = 0
-		off++
-	}
-	return uint32(off), fuse.OK
+	return size, fuse.OK
 }
 
 // OpenDir gives the node id as the handle, as Open does.
