@@ -232,7 +232,7 @@ func (l *layer) openLazyIndex(ctx context.Context, desc ocispec.Descriptor, head
 	}
 	if !cached {
 		var b []byte
-		if b, err = l.indexImage().FetchRange(ctx, desc, 0, headSize, headDigest); err != nil {
+		if b, err = l.indexImage().FetchRange(indexBytes(ctx), desc, 0, headSize, headDigest); err != nil {
 			return nil, nil, fmt.Errorf("index head: %w", err)
 		}
 		li.head = bytes.NewReader(b)
@@ -391,7 +391,7 @@ func (li *lazyIndex) fetch(ctx context.Context, spans []int) error {
 	var errs []error
 	var fetched []keptSpan
 	if len(parts) > 0 {
-		data, perrs := l.indexImage().FetchParts(ctx, li.desc, parts)
+		data, perrs := l.indexImage().FetchParts(indexBytes(ctx), li.desc, parts)
 		for k, i := range want {
 			if perrs[k] != nil {
 				errs = append(errs, fmt.Errorf("index window %d: %w", i, perrs[k]))
@@ -465,7 +465,7 @@ func (li *lazyIndex) complete(ctx context.Context) error {
 			return fmt.Errorf("reading the cached index head: %w", err)
 		}
 		if li.desc.Size > li.headSize {
-			rest, err := l.indexImage().FetchUnchecked(ctx, li.desc, li.headSize, li.desc.Size-li.headSize)
+			rest, err := l.indexImage().FetchUnchecked(indexBytes(ctx), li.desc, li.headSize, li.desc.Size-li.headSize)
 			if err != nil {
 				return fmt.Errorf("index windows: %w", err)
 			}
@@ -503,4 +503,11 @@ func (li *lazyIndex) close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// indexBytes is ctx for a fetch of an index blob's bytes: they are not the
+// layer's, so the reader, read-ahead or background purpose ctx counts
+// layer bytes for (Stats.FetchedFor) does not count them.
+func indexBytes(ctx context.Context) context.Context {
+	return fetch.CountBytes(ctx, func(int64) {})
 }

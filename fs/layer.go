@@ -282,7 +282,7 @@ func (l *layer) remoteIndex(ctx context.Context) (*index.Table, error) {
 		l.lazy, l.indexSrc = li, io.NewSectionReader(li, 0, l.remote.Size)
 		return t, nil
 	}
-	b, err := l.indexImage().FetchBlob(ctx, *l.remote)
+	b, err := l.indexImage().FetchBlob(indexBytes(ctx), *l.remote)
 	if err != nil {
 		return nil, err
 	}
