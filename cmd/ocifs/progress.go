@@ -114,7 +114,7 @@ func (r *reporter) bar(name string, bytes bool, poll work) func(bool) {
 	// Made with total 0, the bar completes only when stop says so, not
 	// when the bytes reach the total while the last check still runs.
 	b := r.bars.AddBar(0,
-		mpb.PrependDecorators(decor.Name(name, decor.WCSyncSpaceR), counters),
+		mpb.PrependDecorators(decor.Name(barName(name), decor.WCSyncSpaceR), counters),
 		mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace),
 			decor.Any(func(decor.Statistics) string { return " " + note.Load().(string) })),
 	)
@@ -379,4 +379,21 @@ func (lp *loadProgress) stop(ok bool) {
 		stop(ok)
 		lp.r.wait()
 	}
+}
+
+// barNameMax is the most of a bar's line its name takes, so that the
+// counters and the bar still fit an 80- or 100-column terminal.
+const barNameMax = 40
+
+// barName shortens a bar's name ("pull HOST/REPO@sha256:<64 hex>"): a
+// digest to its first 12 hex digits, then, if it is still long, its end,
+// where the repository's name is. Plain lines keep the whole name.
+func barName(name string) string {
+	if i := strings.Index(name, "@sha256:"); i >= 0 && len(name) >= i+8+64 {
+		name = name[:i+8+12] + name[i+8+64:]
+	}
+	if r := []rune(name); len(r) > barNameMax {
+		name = "…" + string(r[len(r)-barNameMax+1:])
+	}
+	return name
 }

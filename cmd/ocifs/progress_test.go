@@ -186,3 +186,18 @@ func TestMountProgress(t *testing.T) {
 		t.Errorf("index build --progress=plain: exit %d, stderr:\n%s", code, errs)
 	}
 }
+
+func TestBarName(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"pull alpine", "pull alpine"},
+		{"pull 127.0.0.1:5077/bench/python-gzip@sha256:4882552992628faa7adaa576677a6be320053b9a202ba3c0939fae060d0b376d", "…7/bench/python-gzip@sha256:488255299262"},
+		{"index registry.example.com/team/app:1.4", "index registry.example.com/team/app:1.4"},
+	} {
+		if got := barName(c.in); got != c.want {
+			t.Errorf("barName(%q) = %q, want %q", c.in, got, c.want)
+		}
+		if n := len([]rune(barName(c.in))); n > barNameMax {
+			t.Errorf("barName(%q) is %d runes, over %d", c.in, n, barNameMax)
+		}
+	}
+}
