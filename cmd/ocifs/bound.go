@@ -82,6 +82,25 @@ func setCacheMax(cache *fetch.Cache, max int64) error {
 	return nil
 }
 
+// holdCacheBound applies a daemon's --cache-max of max bytes (none when
+// max is 0): held at each write (setCacheMax), and trimmed by boundCache
+// every interval until the returned stop is called.
+func holdCacheBound(log *slog.Logger, cache *fetch.Cache, max int64, every time.Duration) (stop func(), err error) {
+	if max <= 0 {
+		return func() {}, nil
+	}
+	if err := setCacheMax(cache, max); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { boundCache(ctx, log, cache, max, every) })
+	return func() {
+		cancel()
+		wg.Wait()
+	}, nil
+}
+
 // loadedImages is what a daemon serving many images (the snapshotter, the
 // store) does with each image it loads: pin what it cannot do without in
 // the cache, from its resolution (before its load fetches anything, which

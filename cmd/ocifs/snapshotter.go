@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -107,11 +106,6 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	if err != nil {
 		return err
 	}
-	if o.cacheMax > 0 {
-		if err := setCacheMax(client.Cache(), int64(o.cacheMax)); err != nil {
-			return err
-		}
-	}
 	// Open first: it fails when another snapshotter has the root, before
 	// anything is mounted over that one's layers.
 	layers := &laterLayers{}
@@ -124,6 +118,11 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 			err = errors.Join(err, cerr)
 		}
 	}()
+	stopBound, err := holdCacheBound(e.log, client.Cache(), int64(o.cacheMax), o.trimEvery)
+	if err != nil {
+		return err
+	}
+	defer stopBound()
 	// A layer ocifs cannot serve is downloaded by containerd: loudly.
 	mx.addFallbacks("runtime_download", func() int64 { return sn.Stats().Fallback })
 	lfs, err := fs.MountLayerFS(filepath.Join(o.root, "layers"), fs.LayerFSOptions{Logger: e.log})
@@ -143,15 +142,6 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	mx.addClient(client)
 	loads := &loadedImages{e: e, mx: mx, client: client, what: "snapshotter"}
 	defer loads.release()
-	if o.cacheMax > 0 {
-		bg, stopBg := context.WithCancel(context.Background())
-		var bgWait sync.WaitGroup
-		defer func() {
-			stopBg()
-			bgWait.Wait()
-		}()
-		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
-	}
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
 		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex),
 			NoProfile: o.profile == "none"},

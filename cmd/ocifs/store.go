@@ -108,18 +108,11 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 	if err != nil {
 		return err
 	}
-	if o.cacheMax > 0 {
-		if err := setCacheMax(client.Cache(), int64(o.cacheMax)); err != nil {
-			return err
-		}
-		bg, stopBg := context.WithCancel(context.Background())
-		var bgWait sync.WaitGroup
-		defer func() {
-			stopBg()
-			bgWait.Wait()
-		}()
-		bgWait.Go(func() { boundCache(bg, e.log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
+	stopBound, err := holdCacheBound(e.log, client.Cache(), int64(o.cacheMax), o.trimEvery)
+	if err != nil {
+		return err
 	}
+	defer stopBound()
 	// Each image loaded is counted by the metrics and pinned in the cache
 	// until the store stops, as the snapshotter does.
 	mx.addClient(client)
