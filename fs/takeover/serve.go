@@ -152,7 +152,9 @@ type Options struct {
 	Dir string
 	// AllowOther, Suid and Dev are as fs.MountOptions has them.
 	AllowOther, Suid, Dev bool
-	// Generation and Ref identify the tree served: saved with the INIT
+	// Source is the mount's source in the mount table (default ocifs).
+	Source string
+	// Generation and Ref identify what is served: saved with the INIT
 	// exchange by the first daemon, checked by the next (see Init).
 	Generation uint32
 	Ref        string
@@ -302,7 +304,11 @@ func (s *Server) mount(o Options) error {
 	if o.AllowOther {
 		data += ",allow_other"
 	}
-	if err := unix.Mount("ocifs", o.Dir, "fuse.ocifs", flags, data); err != nil {
+	source := o.Source
+	if source == "" {
+		source = "ocifs"
+	}
+	if err := unix.Mount(source, o.Dir, "fuse.ocifs", flags, data); err != nil {
 		unix.Close(fd)
 		return fmt.Errorf("mount %s: %w", o.Dir, err)
 	}
