@@ -1,0 +1,386 @@
+package snapshotter
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ocifs/ocifs/fs/fstest"
+	"github.com/ocifs/ocifs/fs/snapshotter/critest"
+)
+
+// takeoverFiles is how many files of random bytes the takeover image's
+// data layer holds, each takeoverFileSize bytes.
+const (
+	takeoverFiles    = 8
+	takeoverFileSize = 512 << 10
+)
+
+// takeoverTestImage is busybox and a layer of random files /data/f0.. with
+// their sha256sum lines in /sums/f0..: a container checks each file
+// against its line.
+func takeoverTestImage(t *testing.T) (*fstest.Image, []string) {
+	t.Helper()
+	bb, err := critest.BusyboxLayer(fstest.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := func(name string, size int) tar.Header {
+		return tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(size), ModTime: fstest.CornerTime, Format: tar.FormatPAX}
+	}
+	var data, sums []fstest.File
+	var lines []string
+	for i := range takeoverFiles {
+		b := make([]byte, takeoverFileSize)
+		rand.Read(b)
+		sum := sha256.Sum256(b)
+		line := fmt.Sprintf("%s  /data/f%d\n", hex.EncodeToString(sum[:]), i)
+		lines = append(lines, line)
+		data = append(data, fstest.File{Header: hdr(fmt.Sprintf("data/f%d", i), len(b)), Data: b})
+		sums = append(sums, fstest.File{Header: hdr(fmt.Sprintf("sums/f%d", i), len(line)), Data: []byte(line)})
+	}
+	im, err := fstest.Build([]fstest.Layer{bb, {Compression: fstest.Gzip, Files: applicable(append(data, sums...))}}, fstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im, lines
+}
+
+// checkLoop is the command of the container that reads across the
+// takeovers: file after file, forever, it compares the file's sha256sum
+// with the line of /sums, printing "ok K" or "BAD K" with what it got.
+var checkLoop = []string{critest.BusyboxPath, "sh", "-c", fmt.Sprintf(`bb=%s; i=0
+while :; do
+  k=$((i %% %d)); i=$((i+1))
+  got=$($bb sha256sum /data/f$k 2>&1)
+  if [ "$got" = "$($bb cat /sums/f$k 2>&1)" ]; then echo "ok $i"; else echo "BAD $i $k: $got"; fi
+done`, critest.BusyboxPath, takeoverFiles)}
+
+// ocifsBinary builds cmd/ocifs into dir.
+func ocifsBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "ocifs")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ocifs/ocifs/cmd/ocifs").CombinedOutput(); err != nil {
+		t.Fatalf("build ocifs: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// takeoverDaemon is `ocifs snapshotter --takeover` run as containerd's
+// proxy snapshotter: the holder process, and through it the daemon.
+type takeoverDaemon struct {
+	bin, cache, root, sock string
+	holder                 *exec.Cmd
+	log                    string
+	exited                 chan struct{}
+}
+
+// startTakeoverDaemon starts the holder and waits until a daemon answers
+// `ocifs stats`; t.Cleanup stops it (register it before containerd's).
+func startTakeoverDaemon(t *testing.T, bin, dir string) *takeoverDaemon {
+	t.Helper()
+	d := &takeoverDaemon{bin: bin, cache: filepath.Join(dir, "cache"), root: filepath.Join(dir, "root"),
+		sock: filepath.Join(dir, "snapshotter.sock"), log: filepath.Join(dir, "ocifs.log"), exited: make(chan struct{})}
+	logf, err := os.Create(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	d.holder = exec.Command(bin, "--cache-dir", d.cache, "--hosts-dir", "", "snapshotter", "--takeover", "--root", d.root, "--address", d.sock)
+	d.holder.Stdout, d.holder.Stderr = logf, logf
+	d.holder.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := d.holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = d.holder.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		_ = d.holder.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(30 * time.Second):
+			t.Errorf("the holder (pid %d) runs on 30s after SIGTERM", d.holder.Process.Pid)
+			_ = d.holder.Process.Kill()
+			<-d.exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(d.log)
+			t.Logf("ocifs log:\n%s", tail(string(b), 60))
+		}
+	})
+	d.waitServer(t, 0)
+	return d
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// layers is the layer mount, the MOUNTPOINT of `ocifs stats` and `ocifs
+// upgrade`.
+func (d *takeoverDaemon) layers() string { return filepath.Join(d.root, "layers") }
+
+// servingPID asks `ocifs stats --json` which process serves the layers;
+// 0 while none answers.
+func (d *takeoverDaemon) servingPID(t *testing.T) int {
+	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.layers()).Output()
+	if err != nil {
+		return 0
+	}
+	var s struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	return s.PID
+}
+
+// waitServer waits until a daemon other than old serves, and returns it.
+func (d *takeoverDaemon) waitServer(t *testing.T, old int) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case <-d.exited:
+			b, _ := os.ReadFile(d.log)
+			t.Fatalf("the holder exited\n%s", tail(string(b), 40))
+		default:
+		}
+		if pid := d.servingPID(t); pid != 0 && pid != old && pid != d.holder.Process.Pid {
+			return pid
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no new daemon serves %s a minute after pid %d", d.layers(), old)
+	return 0
+}
+
+// servedAgain checks that daemon pid serves a layer: one the kernel
+// named after the takeover (the container's reads, and dropPages's
+// lookups), served again from the snapshotter's metadata; nothing else
+// asks a daemon for a layer while the container runs.
+func (d *takeoverDaemon) servedAgain(t *testing.T, pid int) {
+	t.Helper()
+	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.layers()).Output()
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	var s struct {
+		PID    int `json:"pid"`
+		Layers int `json:"layers_served"`
+	}
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	if s.PID != pid || s.Layers == 0 {
+		t.Fatalf("stats after the takeover: pid %d serving %d layers; want pid %d serving the container's", s.PID, s.Layers, pid)
+	}
+}
+
+// checkLog is what a running checkLoop container has printed so far.
+type checkLog struct {
+	oks     int
+	bad     []string
+	longest time.Duration // between two lines (containerd's timestamps)
+	last    time.Time
+}
+
+// readCheckLog reads the CRI log of a checkLoop container.
+func readCheckLog(t *testing.T, path string) checkLog {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("container log: %v", err)
+	}
+	var l checkLog
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		// <RFC 3339 time> <stream> <P|F> <text>
+		f := strings.SplitN(sc.Text(), " ", 4)
+		if len(f) < 4 {
+			continue // a line being written
+		}
+		at, err := time.Parse(time.RFC3339Nano, f[0])
+		if err != nil {
+			continue
+		}
+		if !l.last.IsZero() {
+			l.longest = max(l.longest, at.Sub(l.last))
+		}
+		l.last = at
+		switch {
+		case strings.HasPrefix(f[3], "ok "):
+			l.oks++
+		default:
+			l.bad = append(l.bad, f[3])
+		}
+	}
+	return l
+}
+
+// progress waits until the container has printed k more ok lines.
+func progress(t *testing.T, logPath string, k int) checkLog {
+	t.Helper()
+	target := readCheckLog(t, logPath).oks + k
+	deadline := time.Now().Add(time.Minute)
+	for {
+		l := readCheckLog(t, logPath)
+		if len(l.bad) > 0 {
+			t.Fatalf("the container's reads failed: %s", strings.Join(l.bad[:min(len(l.bad), 5)], "; "))
+		}
+		if l.oks >= target {
+			return l
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the container made no progress for a minute (%d checks, want %d): its reads hang", l.oks, target)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dropPages drops the page cache of the data files every few
+// milliseconds until stop is closed, so that the container's reads keep
+// reaching the daemon rather than the kernel's cache.
+func dropPages(root string, stop <-chan struct{}, wg *sync.WaitGroup) {
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			files, _ := filepath.Glob(filepath.Join(root, "snapshots", "*", "fs", "data", "f*"))
+			for _, p := range files {
+				if f, err := os.Open(p); err == nil {
+					_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+					f.Close()
+				}
+			}
+		}
+	})
+}
+
+// TestCRITakeover: a container started through `ocifs snapshotter
+// --takeover` keeps reading its lazy layer, every byte checked, while the
+// snapshotter's daemon is killed with SIGKILL five times, then handed
+// over by `ocifs upgrade` and by SIGHUP to the holder: no read fails or
+// returns other bytes, none hangs, the container still runs afterwards,
+// and a new container of the image starts. The longest pause between two
+// of its checks is logged.
+func TestCRITakeover(t *testing.T) {
+	for _, b := range containerdBinaries() {
+		t.Run(b.name, func(t *testing.T) {
+			requireCRI(t, b)
+			fstest.RequireFUSE(t)
+			f := newCRIFixture(t)
+			im, sums := takeoverTestImage(t)
+			if err := im.Push(t.Context(), f.host, "snap/takeover", "1"); err != nil {
+				t.Fatal(err)
+			}
+			pushIndex(t, f.host+"/snap/takeover:1")
+			ref := f.front + "/snap/takeover:1"
+			dir := tmpDir(t, "snapt-")
+			bin := ocifsBinary(t, dir)
+			d := startTakeoverDaemon(t, bin, dir)
+			c := startCRI(t, b, f, pullModes(t, b)[0], &critest.ProxySnapshotter{Name: "ocifs", Address: d.sock})
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+			defer cancel()
+			cl, err := c.Dial(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			if _, err := cl.PullImage(ctx, ref, nil); err != nil {
+				t.Fatal(err)
+			}
+			pod, err := cl.RunPod(ctx, "takeover")
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := cl.CreateContainer(ctx, pod, critest.ContainerSpec{Name: "check", Image: ref, Command: checkLoop})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cl.StartContainer(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			logPath := filepath.Join(pod.LogDir, "check.log")
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			dropPages(d.root, stop, &wg)
+			defer func() {
+				close(stop)
+				wg.Wait()
+			}()
+			progress(t, logPath, 20)
+
+			for k := range 5 {
+				old := d.servingPID(t)
+				if old == 0 || old == d.holder.Process.Pid {
+					t.Fatalf("stats names pid %d as the serving daemon (holder %d)", old, d.holder.Process.Pid)
+				}
+				if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+					t.Fatalf("kill %d: %v", old, err)
+				}
+				pid := d.waitServer(t, old)
+				l := progress(t, logPath, 20)
+				d.servedAgain(t, pid)
+				t.Logf("kill %d of pid %d: %d checks so far, longest pause %v", k+1, old, l.oks, l.longest)
+			}
+
+			// A hand-over on purpose: ocifs upgrade, then SIGHUP to the holder.
+			old := d.servingPID(t)
+			if out, err := exec.Command(bin, "--cache-dir", d.cache, "upgrade", d.layers()).CombinedOutput(); err != nil {
+				t.Fatalf("ocifs upgrade: %v\n%s", err, out)
+			}
+			old = d.waitServer(t, old)
+			progress(t, logPath, 20)
+			d.servedAgain(t, old)
+			if err := d.holder.Process.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			pid := d.waitServer(t, old)
+			l := progress(t, logPath, 20)
+			d.servedAgain(t, pid)
+
+			st, err := cl.ContainerStatus(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+				t.Fatalf("the container is %s after the takeovers, want running", st.State)
+			}
+			// A new container of the image starts and reads the same.
+			code, out := runOut(t, ctx, cl, pod, "after", ref, critest.BusyboxPath, "sha256sum", "/data/f3")
+			if code != 0 || string(out.Stdout) != sums[3] {
+				t.Fatalf("a new container after the takeovers: exit %d, stdout %q, stderr %q", code, out.Stdout, out.Stderr)
+			}
+			t.Logf("takeover under containerd %s: %d checks of %d KiB files, 5 SIGKILLs, an upgrade and a SIGHUP, no failure; longest pause between two checks %v",
+				c.Version.Raw, l.oks, takeoverFileSize>>10, l.longest)
+			if err := cl.RemovePod(ctx, pod.ID); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
