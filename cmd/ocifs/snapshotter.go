@@ -335,8 +335,24 @@ SIGTERM or SIGINT stops serving, releases the layers and unmounts
 lazy layers fail once the daemon is gone. After a restart the layers are
 served again on demand, so new containers of pulled images start.
 
+With --takeover, running containers survive the daemon too: this process
+becomes a small holder of the layer mount's FUSE connection and runs the
+daemon as its child (same flags). When the daemon dies (a crash, SIGKILL,
+the OOM killer) the holder starts another at once, which takes the connection
+over: containers see a pause in their reads, not an error (requests in
+flight are resent, Linux 6.9+), and each layer they read is served again from
+the snapshotter's metadata. To upgrade, install the new binary at the same
+path and run 'ocifs upgrade --root/layers' (or send SIGHUP to the holder,
+e.g. ExecReload=/bin/kill -HUP $MAINPID): the old daemon stops, the new one
+takes over. 'ocifs stats --json ROOT/layers' gives the pid of the daemon
+serving now. Every read goes through the daemon (no passthrough); the
+credentials of --cri-image-service do not survive a daemon. SIGTERM to the
+holder still ends the mount as above. The systemd unit needs
+NotifyAccess=all (the daemon, not the holder, says it is ready).
+
 Examples:
   ocifs snapshotter
   ocifs snapshotter --address /run/ocifs/snapshotter.sock --root /var/lib/ocifs/snapshotter --cache-dir /var/cache/ocifs
   ocifs snapshotter --cri-image-service /run/ocifs/cri-image.sock
+  ocifs snapshotter --takeover; ocifs upgrade /var/lib/ocifs/snapshotter/layers
 `

@@ -100,9 +100,14 @@ not an error. Only a mount made with --takeover can be handed over.
 
 Sending SIGHUP to the mount's holder process does the same.
 
+The layer mount of 'ocifs snapshotter --takeover' is handed over the same
+way: ocifs upgrade ROOT/layers (the snapshotter's --root, default
+/var/lib/ocifs/snapshotter), with the --cache-dir the snapshotter runs with.
+
 Examples:
   install -m 755 ./ocifs /usr/local/bin/ocifs
   ocifs upgrade /mnt/app
+  ocifs upgrade /var/lib/ocifs/snapshotter/layers
 `
 
 // runUpgrade asks the holder of the mount at dir to hand over to a new
