@@ -217,7 +217,12 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		_ = srv.Stop(context.WithoutCancel(ctx))
 		return err
 	}
-	defer stats.close()
+	defer func() {
+		if !handedOver {
+			stats.unpublish() // the next daemon's records replace these
+		}
+		stats.close()
+	}()
 	if lay != nil {
 		if err := lay.cl.Serving(); err != nil {
 			e.log.Warn("tell the holder this daemon serves", "err", err)
@@ -236,9 +241,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	select {
 	case <-ctx.Done():
 		e.log.Info("snapshotter stopping")
-		stats.unpublish()
 	case <-srv.Done():
-		stats.unpublish()
 	case <-stopReq:
 		// An upgrade: the new daemon waits for the connection, and for
 		// this one's metadata lock and sockets.

@@ -203,6 +203,7 @@ type checkLog struct {
 	oks     int
 	bad     []string
 	longest time.Duration // between two lines (containerd's timestamps)
+	first   time.Time
 	last    time.Time
 }
 
@@ -227,6 +228,8 @@ func readCheckLog(t *testing.T, path string) checkLog {
 		}
 		if !l.last.IsZero() {
 			l.longest = max(l.longest, at.Sub(l.last))
+		} else {
+			l.first = at
 		}
 		l.last = at
 		switch {
@@ -283,7 +286,8 @@ func dropPages(root string, stop <-chan struct{}, wg *sync.WaitGroup) {
 
 // TestCRITakeover: a container started through `ocifs snapshotter
 // --takeover` keeps reading its lazy layer, every byte checked, while the
-// snapshotter's daemon is killed with SIGKILL five times, then handed
+// snapshotter's daemon is killed with SIGKILL six times (the first while
+// the container's first read of the layer stalls in the registry), then handed
 // over by `ocifs upgrade` and by SIGHUP to the holder: no read fails or
 // returns other bytes, none hangs, the container still runs afterwards,
 // and a new container of the image starts. The longest pause between two
@@ -314,6 +318,11 @@ func TestCRITakeover(t *testing.T) {
 			if _, err := cl.PullImage(ctx, ref, nil); err != nil {
 				t.Fatal(err)
 			}
+			// The container's first read of the data layer stalls in the
+			// registry: the daemon is killed with that read in flight.
+			data := im.LayerDescs[len(im.LayerDescs)-1].Digest
+			f.faults.Add(&fstest.Rule{Method: "GET", Path: "/blobs/" + data.String(), Times: 1, Fault: fstest.Fault{Kind: fstest.Stall}})
+			t.Cleanup(f.faults.Release)
 			pod, err := cl.RunPod(ctx, "takeover")
 			if err != nil {
 				t.Fatal(err)
@@ -333,7 +342,19 @@ func TestCRITakeover(t *testing.T) {
 				close(stop)
 				wg.Wait()
 			}()
-			progress(t, logPath, 20)
+			if _, err := f.faults.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			stalled := d.servingPID(t)
+			killed := time.Now()
+			if err := syscall.Kill(stalled, syscall.SIGKILL); err != nil {
+				t.Fatalf("kill %d: %v", stalled, err)
+			}
+			pid := d.waitServer(t, stalled)
+			l := progress(t, logPath, 20)
+			d.servedAgain(t, pid)
+			t.Logf("a read stalled in the registry when pid %d was killed: answered by pid %d, its check printed %v after the kill", stalled, pid, l.first.Sub(killed))
 
 			for k := range 5 {
 				old := d.servingPID(t)
@@ -360,8 +381,8 @@ func TestCRITakeover(t *testing.T) {
 			if err := d.holder.Process.Signal(syscall.SIGHUP); err != nil {
 				t.Fatal(err)
 			}
-			pid := d.waitServer(t, old)
-			l := progress(t, logPath, 20)
+			pid = d.waitServer(t, old)
+			l = progress(t, logPath, 20)
 			d.servedAgain(t, pid)
 
 			st, err := cl.ContainerStatus(ctx, id)
@@ -376,7 +397,7 @@ func TestCRITakeover(t *testing.T) {
 			if code != 0 || string(out.Stdout) != sums[3] {
 				t.Fatalf("a new container after the takeovers: exit %d, stdout %q, stderr %q", code, out.Stdout, out.Stderr)
 			}
-			t.Logf("takeover under containerd %s: %d checks of %d KiB files, 5 SIGKILLs, an upgrade and a SIGHUP, no failure; longest pause between two checks %v",
+			t.Logf("takeover under containerd %s: %d checks of %d KiB files, 6 SIGKILLs, an upgrade and a SIGHUP, no failure; longest pause between two checks %v",
 				c.Version.Raw, l.oks, takeoverFileSize>>10, l.longest)
 			if err := cl.RemovePod(ctx, pod.ID); err != nil {
 				t.Error(err)
