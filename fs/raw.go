@@ -395,3 +395,18 @@ func (r *RawFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.Statf
 	out.Blocks = uint64(r.im.Stats().ImageSize+4095) / 4096
 	return fuse.OK
 }
+
+// Raw returns the raw file system of the served tree, for a connection of
+// many trees that its caller dispatches by slot (node id >> 32): its node
+// ids and handles are slot<<32 | the tree's numbers, every node has the
+// tree's generation. timeout is as [Image.RawFS]'s.
+func (s *ServedTree) Raw(timeout time.Duration) *RawFS {
+	if timeout == 0 {
+		timeout = time.Hour
+	}
+	return rawView(s, timeout)
+}
+
+// RootEntry fills out with the entry of the tree's root, for the lookup
+// of the directory it is served as.
+func (r *RawFS) RootEntry(out *fuse.EntryOut) { r.fillEntry(r.tree.Root, out) }

@@ -212,7 +212,11 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	if err != nil {
 		return err
 	}
-	stats, err := serveSnapshotterStats(e, o, lfs, lay)
+	holder := ""
+	if lay != nil {
+		holder = o.holderSocket
+	}
+	stats, err := serveDaemonStats(e, lfs.Dir, "snapshotter "+o.address, holder, func() int { return len(lfs.Names()) })
 	if err != nil {
 		_ = srv.Stop(context.WithoutCancel(ctx))
 		return err

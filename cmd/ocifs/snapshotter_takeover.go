@@ -129,19 +129,21 @@ func (l *layerServer) resolve(ctx context.Context, name string) error {
 	return l.sn.ServeAgain(ctx, name)
 }
 
-// snapshotterStats serves GET /stats for `ocifs stats ROOT/layers`, and
-// the records that find it (and, with a holder, `ocifs upgrade`).
-type snapshotterStats struct {
+// daemonStats serves GET /stats for `ocifs stats DIR` of a daemon of many
+// images (the snapshotter's layer mount, the layer store), and the
+// records that find it (and, with a holder, `ocifs upgrade`).
+type daemonStats struct {
 	p    mountPaths
 	srv  *http.Server
-	ln   net.Listener
 	done chan struct{}
 }
 
-// serveSnapshotterStats serves the snapshotter's stats on the socket of
-// its layer mount, recorded as `ocifs mount` records its mounts.
-func serveSnapshotterStats(e *env, o *snapshotterOpts, lfs *fs.LayerFS, lay *layerServer) (*snapshotterStats, error) {
-	p, err := pathsFor(e.g.cacheDir, lfs.Dir)
+// serveDaemonStats serves the stats of the daemon serving the mount at dir
+// on its socket, recorded as `ocifs mount` records its mounts: what names
+// the daemon, holder the socket of its holder ("" without one), served
+// how many trees it serves.
+func serveDaemonStats(e *env, dir, what, holder string, served func() int) (*daemonStats, error) {
+	p, err := pathsFor(e.g.cacheDir, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -160,18 +162,18 @@ func serveSnapshotterStats(e *env, o *snapshotterOpts, lfs *fs.LayerFS, lay *lay
 		_ = json.NewEncoder(w).Encode(struct {
 			Image    string `json:"image"`
 			PID      int    `json:"pid"`
-			Layers   int    `json:"layers_served"`
+			Served   int    `json:"layers_served"`
 			Takeover bool   `json:"takeover"`
-		}{"snapshotter " + o.address, os.Getpid(), len(lfs.Names()), lay != nil})
+		}{what, os.Getpid(), served(), holder != ""})
 	})
-	s := &snapshotterStats{p: p, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
+	s := &daemonStats{p: p, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		_ = s.srv.Serve(ln)
 	}()
-	st := mountState{PID: os.Getpid(), Image: "snapshotter " + o.address, Mountpoint: lfs.Dir, Socket: p.sock, CacheDir: e.g.cacheDir}
-	if lay != nil {
-		st.Holder, st.HolderPID = lay.o.holderSocket, os.Getppid()
+	st := mountState{PID: os.Getpid(), Image: what, Mountpoint: dir, Socket: p.sock, CacheDir: e.g.cacheDir}
+	if holder != "" {
+		st.Holder, st.HolderPID = holder, os.Getppid()
 	}
 	if err := publishState(p, st); err != nil {
 		s.close()
@@ -181,9 +183,9 @@ func serveSnapshotterStats(e *env, o *snapshotterOpts, lfs *fs.LayerFS, lay *lay
 }
 
 // unpublish removes the records: the snapshotter is ending, not handing over.
-func (s *snapshotterStats) unpublish() { removeState(s.p) }
+func (s *daemonStats) unpublish() { removeState(s.p) }
 
-func (s *snapshotterStats) close() {
+func (s *daemonStats) close() {
 	_ = s.srv.Close()
 	<-s.done
 }

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,8 +65,13 @@ type Store struct {
 	imgOpts fs.Options
 	log     *slog.Logger
 	blobDir string
-	server  *fuse.Server
+	server  interface{ Wait() } // go-fuse's, or the raw server's (SetServer)
 	onLoad  func(*fs.Image, time.Duration)
+	// Served raw (NewRaw): ids and slots from their file, and each
+	// slot's raw file system once served.
+	assign  *assignments
+	trees   map[uint64]*fs.RawFS
+	started chan struct{} // closed once assign is read (StartRaw)
 	onRes   func(*fs.Image)
 
 	ctx    context.Context // the loads'; Unmount cancels it
@@ -188,7 +195,18 @@ func (s *Store) Unmount() error {
 			img.close()
 		}
 	}
+	if s.assign != nil {
+		return s.assign.close()
+	}
 	return nil
+}
+
+// Generation identifies how a store served raw numbers its nodes, for a
+// takeover's check that the next daemon numbers them as the kernel was
+// told.
+func Generation() uint32 {
+	h := sha256.Sum256([]byte("ocifs store ids 1: slot 0 and slots as store-ids.jsonl gives them\n"))
+	return fs.LayerGeneration() ^ max(binary.BigEndian.Uint32(h[:4]), 1)
 }
 
 func (img *image) close() {
@@ -385,10 +403,18 @@ func (s *Store) servedTree(img *image, i int) (*fs.ServedTree, error) {
 	if st := img.served[i]; st != nil {
 		return st, nil
 	}
-	s.mu.Lock()
-	slot := s.nextSlot
-	s.nextSlot++
-	s.mu.Unlock()
+	var slot uint64
+	if s.assign != nil {
+		var err error
+		if slot, err = s.assign.slot(img.ref, i); err != nil {
+			return nil, err
+		}
+	} else {
+		s.mu.Lock()
+		slot = s.nextSlot
+		s.nextSlot++
+		s.mu.Unlock()
+	}
 	st, err := fs.NewServedTree(img.im, img.views[i], i, slot)
 	if err != nil {
 		return nil, err

@@ -154,6 +154,9 @@ type Options struct {
 	AllowOther, Suid, Dev bool
 	// Source is the mount's source in the mount table (default ocifs).
 	Source string
+	// Writable mounts read-write (the layer store's use notifications are
+	// writes; its file system refuses the rest); default read-only.
+	Writable bool
 	// Generation and Ref identify what is served: saved with the INIT
 	// exchange by the first daemon, checked by the next (see Init).
 	Generation uint32
@@ -294,6 +297,9 @@ func (s *Server) mount(o Options) error {
 		return fmt.Errorf("mount %s: open /dev/fuse: %w", o.Dir, err)
 	}
 	flags := uintptr(unix.MS_RDONLY)
+	if o.Writable {
+		flags = 0
+	}
 	if !o.Suid {
 		flags |= unix.MS_NOSUID
 	}

@@ -1,0 +1,295 @@
+package store
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ocifs/ocifs/fs/fstest"
+	"github.com/ocifs/ocifs/fs/snapshotter/critest"
+	"github.com/ocifs/ocifs/fs/store/podmantest"
+)
+
+// takeoverImage is busybox and a layer of files of random bytes /data/f0..
+// with their sha256sum lines in /sums/f0..; the lines are returned too.
+func takeoverImage(t *testing.T, files, size int) (*fstest.Image, []string) {
+	t.Helper()
+	bb, err := critest.BusyboxLayer(fstest.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := func(name string, n int) tar.Header {
+		return tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(n), ModTime: fstest.CornerTime, Format: tar.FormatPAX}
+	}
+	var data []fstest.File
+	var lines []string
+	for i := range files {
+		b := make([]byte, size)
+		rand.Read(b)
+		sum := sha256.Sum256(b)
+		line := fmt.Sprintf("%s  /data/f%d\n", hex.EncodeToString(sum[:]), i)
+		lines = append(lines, line)
+		data = append(data, fstest.File{Header: hdr(fmt.Sprintf("data/f%d", i), len(b)), Data: b},
+			fstest.File{Header: hdr(fmt.Sprintf("sums/f%d", i), len(line)), Data: []byte(line)})
+	}
+	im, err := fstest.Build([]fstest.Layer{bb, {Compression: fstest.Gzip, Files: data}}, fstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im, lines
+}
+
+// ocifsBinary builds cmd/ocifs into dir.
+func ocifsBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "ocifs")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ocifs/ocifs/cmd/ocifs").CombinedOutput(); err != nil {
+		t.Fatalf("build ocifs: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// storeDaemon is `ocifs store --takeover DIR` run with bin.
+type storeDaemon struct {
+	bin, cache, dir string
+}
+
+// servingPID asks `ocifs stats --json` which process serves the store; 0
+// while none answers.
+func (d *storeDaemon) servingPID(t *testing.T) int {
+	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.dir).Output()
+	if err != nil {
+		return 0
+	}
+	var s struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	return s.PID
+}
+
+// waitServer waits until a daemon other than old serves, and returns it.
+func (d *storeDaemon) waitServer(t *testing.T, old int) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if pid := d.servingPID(t); pid != 0 && pid != old {
+			return pid
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no new daemon serves %s a minute after pid %d", d.dir, old)
+	return 0
+}
+
+// serves checks that daemon pid serves the image: loaded again after a
+// takeover, for the kernel's requests about its layer.
+func (d *storeDaemon) serves(t *testing.T, pid int) {
+	t.Helper()
+	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.dir).Output()
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	var s struct {
+		PID    int `json:"pid"`
+		Images int `json:"layers_served"`
+	}
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	if s.PID != pid || s.Images == 0 {
+		t.Fatalf("stats after the takeover: pid %d serving %d images; want pid %d serving the container's", s.PID, s.Images, pid)
+	}
+}
+
+// parentPID is pid's parent.
+func parentPID(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ppid
+}
+
+// TestStoreTakeover: a container podman runs from a lazily served image,
+// reading its layer in a loop and checking every file's sha256, keeps
+// running without a failed or wrong read while the daemon of `ocifs store
+// --takeover` is killed with SIGKILL four times and then handed over by
+// `ocifs upgrade`; a new container of the image runs afterwards. The
+// longest pause between two checks is logged.
+func TestStoreTakeover(t *testing.T) {
+	requirePodman(t)
+	const files = 8
+	im, sums := takeoverImage(t, files, 512<<10)
+	reg := newRegistry(t)
+	if err := im.Push(t.Context(), reg.host, "store/takeover", "1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.host + "/store/takeover:1"
+	pushIndex(t, ref)
+	dir := shortDir(t)
+	d := &storeDaemon{bin: ocifsBinary(t, dir), cache: filepath.Join(dir, "cache"), dir: filepath.Join(dir, "store")}
+	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(d.bin, "--cache-dir", d.cache, "store", "--takeover", d.dir).CombinedOutput(); err != nil {
+		t.Fatalf("ocifs store --takeover: %v\n%s", err, out)
+	}
+	first := d.waitServer(t, 0)
+	holder := parentPID(t, first)
+	t.Cleanup(func() {
+		_ = syscall.Kill(holder, syscall.SIGTERM)
+		for deadline := time.Now().Add(30 * time.Second); syscall.Kill(holder, 0) == nil; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("the holder (pid %d) runs on 30s after SIGTERM", holder)
+				return
+			}
+		}
+	})
+	p := startPodman(t, podmantest.Options{Registries: []string{reg.host}, AdditionalLayerStore: d.dir})
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	loop := fmt.Sprintf(`bb=%s; i=0
+while :; do
+  k=$((i %% %d)); i=$((i+1))
+  got=$($bb sha256sum /data/f$k 2>&1)
+  if [ "$got" = "$($bb cat /sums/f$k 2>&1)" ]; then echo "ok $i"; else echo "BAD $i $k: $got"; fi
+done`, critest.BusyboxPath, files)
+	id, err := p.RunDetached(ctx, podmantest.RunSpec{Image: ref, Command: []string{critest.BusyboxPath, "sh", "-c", loop}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.RemoveContainer(context.WithoutCancel(ctx), id)
+
+	// Drop the page cache of the data files, so the container's reads
+	// keep reaching the daemon.
+	data := im.LayerDescs[len(im.LayerDescs)-1].Digest
+	layerDir := filepath.Join(d.dir, base64.StdEncoding.EncodeToString([]byte(ref)), data.String(), "diff")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var dropped atomic.Int64
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			for k := range files {
+				if f, err := os.Open(filepath.Join(layerDir, "data", "f"+strconv.Itoa(k))); err == nil {
+					_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+					f.Close()
+					dropped.Add(1)
+				}
+			}
+		}
+	})
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	// logs returns the ok lines so far, failing on a BAD one, and the
+	// longest pause between two.
+	logs := func() (int, time.Duration) {
+		t.Helper()
+		out, err := p.Output(ctx, "logs", "--timestamps", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oks := 0
+		var last time.Time
+		var longest time.Duration
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line) // <time> ok <n>, or <time> BAD ...
+			switch {
+			case len(f) == 0:
+			case len(f) == 3 && f[1] == "ok":
+				oks++
+				if at, err := time.Parse(time.RFC3339Nano, f[0]); err == nil {
+					if !last.IsZero() {
+						longest = max(longest, at.Sub(last))
+					}
+					last = at
+				}
+			default:
+				t.Fatalf("the container's read failed: %s", line)
+			}
+		}
+		return oks, longest
+	}
+	progress := func(k int) time.Duration {
+		t.Helper()
+		n, _ := logs()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			m, longest := logs()
+			if m >= n+k {
+				return longest
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the container made no progress for a minute (%d checks): its reads hang", m)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	progress(10)
+	old := first
+	for k := range 4 {
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %d: %v", old, err)
+		}
+		pid := d.waitServer(t, old)
+		longest := progress(10)
+		d.serves(t, pid)
+		t.Logf("kill %d of pid %d: pid %d serves; longest pause so far %v", k+1, old, pid, longest)
+		old = pid
+	}
+	if out, err := exec.Command(d.bin, "--cache-dir", d.cache, "upgrade", d.dir).CombinedOutput(); err != nil {
+		t.Fatalf("ocifs upgrade: %v\n%s", err, out)
+	}
+	pid := d.waitServer(t, old)
+	longest := progress(10)
+	d.serves(t, pid)
+	if dropped.Load() == 0 {
+		t.Fatalf("no data file of %s could be opened to drop its pages", layerDir)
+	}
+	running, err := p.Output(ctx, "inspect", "--format", "{{.State.Running}}", id)
+	if err != nil || strings.TrimSpace(running) != "true" {
+		t.Fatalf("the container after the takeovers: running %q (%v), want true", running, err)
+	}
+	res, err := p.Run(ctx, podmantest.RunSpec{Image: ref, Command: []string{critest.BusyboxPath, "sha256sum", "/data/f3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 0 || string(res.Stdout) != sums[3] {
+		t.Fatalf("a new container after the takeovers: exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	n, _ := logs()
+	t.Logf("store takeover under podman: %d checks, 4 SIGKILLs and an upgrade, no failure; longest pause between two checks %v", n, longest)
+}
