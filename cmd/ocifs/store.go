@@ -305,6 +305,15 @@ The store is read-write only for podman's use and release notifications
 (create of <layer>/use, rmdir of <layer>), which it counts and answers ENOENT;
 every other write is refused. A SIGKILLed podman leaves it serving.
 
+With --takeover the store's FUSE connection is kept by a small holder process,
+so its daemon can crash, be killed or be upgraded ('ocifs upgrade MOUNTPOINT',
+or SIGHUP to the holder) while containers keep reading their layers: a new
+daemon takes the connection over, and the node ids the kernel holds are kept
+in a file beside the mount's state. 'ocifs stats --json MOUNTPOINT' gives the
+pid of the daemon serving now. Every read goes through the daemon (no
+passthrough); use counts restart from zero with each daemon; not with
+--foreground.
+
 With --metrics-address the store serves Prometheus metrics (the names are in
 README's Operations section); with --cache-max it keeps the cache under a size,
 least recently used entries first, never the manifests, configs and indexes of
@@ -314,4 +323,5 @@ Examples:
   ocifs store /var/lib/ocifs/store
   ocifs store --foreground --cache-dir /var/cache/ocifs /var/lib/ocifs/store
   ocifs store --metrics-address 127.0.0.1:9464 --cache-max 20G /var/lib/ocifs/store
+  ocifs store --takeover /var/lib/ocifs/store; ocifs upgrade /var/lib/ocifs/store
 `

@@ -86,7 +86,21 @@
 //     the cache). The holder retries with its backoff; the mount waits.
 //   - A crash of the holder itself ends the mount as a crash of a daemon
 //     without a holder does (readers get ENOTCONN).
-//   - The layer store (fs/store): not built yet.
+//
+// # The layer store taken over (ocifs store --takeover)
+//
+// fs/store served raw (store.NewRaw) numbers its own nodes (slot 0: the
+// directories of references' base64, layers' directories, info, blob)
+// and gives layers their slots in the order podman first looks them up:
+// not a function of anything the next daemon could read, so every new id
+// and slot is appended to store-ids.jsonl in the mount's state directory
+// and fsynced before the kernel hears of it. A daemon taking over opens
+// the file only once it holds the connection (the one before writes it
+// until it stops), and answers requests only then; a slot it has not
+// served yet loads its image and view on demand, as the snapshotter does.
+// A mount made afresh starts the file afresh. Init.Ref is "store:" + the
+// mountpoint, Init.Generation store.Generation. The use counts of
+// podman's notifications are the daemon's memory: they restart from zero.
 //
 // # A layer mount taken over (ocifs snapshotter --takeover)
 //
