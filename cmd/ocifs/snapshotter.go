@@ -71,10 +71,7 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 // and when the holder asks it to stop for a hand-over, stops without
 // unmounting.
 func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error) {
-	if os.Geteuid() != 0 {
-		return errors.New("the snapshotter needs root (FUSE and overlay mounts): run it as root, e.g. from the systemd unit")
-	}
-	if err := checkFUSE(); err != nil {
+	if err := checkSnapshotterHost(); err != nil {
 		return err
 	}
 	root, err := filepath.Abs(o.root)

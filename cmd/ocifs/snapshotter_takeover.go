@@ -2,16 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	iofs "io/fs"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"time"
 
 	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/fs/snapshotter"
@@ -27,10 +22,7 @@ func snapshotterHolderSocket(root string) string { return filepath.Join(root, "h
 // its child with the same command line (and --holder-socket), starting
 // another whenever one dies.
 func holdSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) error {
-	if os.Geteuid() != 0 {
-		return errors.New("the snapshotter needs root (FUSE and overlay mounts): run it as root, e.g. from the systemd unit")
-	}
-	if err := checkFUSE(); err != nil {
+	if err := checkSnapshotterHost(); err != nil {
 		return err
 	}
 	root, err := filepath.Abs(o.root)
@@ -54,6 +46,15 @@ func holdSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) error {
 	return takeover.Hold(ctx, takeover.HolderOptions{
 		Socket: sock, Exe: exe, Name: daemonName, Args: args, Output: os.Stderr, Logger: e.log,
 	})
+}
+
+// checkSnapshotterHost checks that the snapshotter can run here: as root,
+// with /dev/fuse.
+func checkSnapshotterHost() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the snapshotter needs root (FUSE and overlay mounts): run it as root, e.g. from the systemd unit")
+	}
+	return checkFUSE()
 }
 
 // layerServer is the layer mount of a daemon its holder started: served
@@ -133,9 +134,8 @@ func (l *layerServer) resolve(ctx context.Context, name string) error {
 // images (the snapshotter's layer mount, the layer store), and the
 // records that find it (and, with a holder, `ocifs upgrade`).
 type daemonStats struct {
-	p    mountPaths
-	srv  *http.Server
-	done chan struct{}
+	*statsServer
+	p mountPaths
 }
 
 // serveDaemonStats serves the stats of the daemon serving the mount at dir
@@ -147,45 +147,29 @@ func serveDaemonStats(e *env, dir, what, holder string, served func() int) (*dae
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Remove(p.sock); err != nil && !errors.Is(err, iofs.ErrNotExist) {
-		return nil, fmt.Errorf("stats socket %s: %w", p.sock, err)
-	}
-	ln, err := net.Listen("unix", p.sock)
-	if err != nil {
-		return nil, fmt.Errorf("stats socket: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
+	srv, err := serveStatsJSON(p.sock, func() any {
 		// pid is the process serving now: with --takeover the holder is
 		// another, and the daemon changes with every restart.
-		_ = json.NewEncoder(w).Encode(struct {
+		return struct {
 			Image    string `json:"image"`
 			PID      int    `json:"pid"`
 			Served   int    `json:"layers_served"`
 			Takeover bool   `json:"takeover"`
-		}{what, os.Getpid(), served(), holder != ""})
+		}{what, os.Getpid(), served(), holder != ""}
 	})
-	s := &daemonStats{p: p, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln)
-	}()
+	if err != nil {
+		return nil, err
+	}
 	st := mountState{PID: os.Getpid(), Image: what, Mountpoint: dir, Socket: p.sock, CacheDir: e.g.cacheDir}
 	if holder != "" {
 		st.Holder, st.HolderPID = holder, os.Getppid()
 	}
 	if err := publishState(p, st); err != nil {
-		s.close()
+		srv.close()
 		return nil, err
 	}
-	return s, nil
+	return &daemonStats{statsServer: srv, p: p}, nil
 }
 
 // unpublish removes the records: the snapshotter is ending, not handing over.
 func (s *daemonStats) unpublish() { removeState(s.p) }
-
-func (s *daemonStats) close() {
-	_ = s.srv.Close()
-	<-s.done
-}

@@ -1,15 +1,9 @@
 package snapshotter
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,56 +26,6 @@ const (
 	takeoverFiles    = 8
 	takeoverFileSize = 512 << 10
 )
-
-// takeoverTestImage is busybox and a layer of random files /data/f0.. with
-// their sha256sum lines in /sums/f0..: a container checks each file
-// against its line.
-func takeoverTestImage(t *testing.T) (*fstest.Image, []string) {
-	t.Helper()
-	bb, err := critest.BusyboxLayer(fstest.Gzip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hdr := func(name string, size int) tar.Header {
-		return tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(size), ModTime: fstest.CornerTime, Format: tar.FormatPAX}
-	}
-	var data, sums []fstest.File
-	var lines []string
-	for i := range takeoverFiles {
-		b := make([]byte, takeoverFileSize)
-		rand.Read(b)
-		sum := sha256.Sum256(b)
-		line := fmt.Sprintf("%s  /data/f%d\n", hex.EncodeToString(sum[:]), i)
-		lines = append(lines, line)
-		data = append(data, fstest.File{Header: hdr(fmt.Sprintf("data/f%d", i), len(b)), Data: b})
-		sums = append(sums, fstest.File{Header: hdr(fmt.Sprintf("sums/f%d", i), len(line)), Data: []byte(line)})
-	}
-	im, err := fstest.Build([]fstest.Layer{bb, {Compression: fstest.Gzip, Files: applicable(append(data, sums...))}}, fstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return im, lines
-}
-
-// checkLoop is the command of the container that reads across the
-// takeovers: file after file, forever, it compares the file's sha256sum
-// with the line of /sums, printing "ok K" or "BAD K" with what it got.
-var checkLoop = []string{critest.BusyboxPath, "sh", "-c", fmt.Sprintf(`bb=%s; i=0
-while :; do
-  k=$((i %% %d)); i=$((i+1))
-  got=$($bb sha256sum /data/f$k 2>&1)
-  if [ "$got" = "$($bb cat /sums/f$k 2>&1)" ]; then echo "ok $i"; else echo "BAD $i $k: $got"; fi
-done`, critest.BusyboxPath, takeoverFiles)}
-
-// ocifsBinary builds cmd/ocifs into dir.
-func ocifsBinary(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "ocifs")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ocifs/ocifs/cmd/ocifs").CombinedOutput(); err != nil {
-		t.Fatalf("build ocifs: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // takeoverDaemon is `ocifs snapshotter --takeover` run as containerd's
 // proxy snapshotter: the holder process, and through it the daemon.
@@ -140,18 +84,12 @@ func tail(s string, n int) string {
 // upgrade`.
 func (d *takeoverDaemon) layers() string { return filepath.Join(d.root, "layers") }
 
-// servingPID asks `ocifs stats --json` which process serves the layers;
-// 0 while none answers.
+// servingPID is the daemon serving the layers, as `ocifs stats` says; 0
+// while none answers.
 func (d *takeoverDaemon) servingPID(t *testing.T) int {
-	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.layers()).Output()
+	s, err := critest.Stats(d.bin, d.cache, d.layers())
 	if err != nil {
 		return 0
-	}
-	var s struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal(out, &s); err != nil {
-		t.Fatalf("stats --json: %v\n%s", err, out)
 	}
 	return s.PID
 }
@@ -159,21 +97,14 @@ func (d *takeoverDaemon) servingPID(t *testing.T) int {
 // waitServer waits until a daemon other than old serves, and returns it.
 func (d *takeoverDaemon) waitServer(t *testing.T, old int) int {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case <-d.exited:
-			b, _ := os.ReadFile(d.log)
-			t.Fatalf("the holder exited\n%s", tail(string(b), 40))
-		default:
-		}
-		if pid := d.servingPID(t); pid != 0 && pid != old && pid != d.holder.Process.Pid {
-			return pid
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	pid, err := critest.WaitServer(ctx, d.bin, d.cache, d.layers(), old, d.holder.Process.Pid)
+	if err != nil {
+		b, _ := os.ReadFile(d.log)
+		t.Fatalf("%v\n%s", err, tail(string(b), 40))
 	}
-	t.Fatalf("no new daemon serves %s a minute after pid %d", d.layers(), old)
-	return 0
+	return pid
 }
 
 // servedAgain checks that daemon pid serves a layer: one the kernel
@@ -182,19 +113,12 @@ func (d *takeoverDaemon) waitServer(t *testing.T, old int) int {
 // asks a daemon for a layer while the container runs.
 func (d *takeoverDaemon) servedAgain(t *testing.T, pid int) {
 	t.Helper()
-	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.layers()).Output()
+	s, err := critest.Stats(d.bin, d.cache, d.layers())
 	if err != nil {
-		t.Fatalf("stats: %v", err)
+		t.Fatal(err)
 	}
-	var s struct {
-		PID    int `json:"pid"`
-		Layers int `json:"layers_served"`
-	}
-	if err := json.Unmarshal(out, &s); err != nil {
-		t.Fatalf("stats --json: %v\n%s", err, out)
-	}
-	if s.PID != pid || s.Layers == 0 {
-		t.Fatalf("stats after the takeover: pid %d serving %d layers; want pid %d serving the container's", s.PID, s.Layers, pid)
+	if s.PID != pid || s.Served == 0 {
+		t.Fatalf("stats after the takeover: pid %d serving %d layers; want pid %d serving the container's", s.PID, s.Served, pid)
 	}
 }
 
@@ -298,14 +222,20 @@ func TestCRITakeover(t *testing.T) {
 			requireCRI(t, b)
 			fstest.RequireFUSE(t)
 			f := newCRIFixture(t)
-			im, sums := takeoverTestImage(t)
+			im, sums, err := critest.ChecksumImage(takeoverFiles, takeoverFileSize)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := im.Push(t.Context(), f.host, "snap/takeover", "1"); err != nil {
 				t.Fatal(err)
 			}
 			pushIndex(t, f.host+"/snap/takeover:1")
 			ref := f.front + "/snap/takeover:1"
 			dir := tmpDir(t, "snapt-")
-			bin := ocifsBinary(t, dir)
+			bin, err := critest.BuildOcifs(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
 			d := startTakeoverDaemon(t, bin, dir)
 			c := startCRI(t, b, f, pullModes(t, b)[0], &critest.ProxySnapshotter{Name: "ocifs", Address: d.sock})
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -327,7 +257,7 @@ func TestCRITakeover(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			id, err := cl.CreateContainer(ctx, pod, critest.ContainerSpec{Name: "check", Image: ref, Command: checkLoop})
+			id, err := cl.CreateContainer(ctx, pod, critest.ContainerSpec{Name: "check", Image: ref, Command: critest.CheckLoop(takeoverFiles)})
 			if err != nil {
 				t.Fatal(err)
 			}

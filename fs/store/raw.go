@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,24 +33,12 @@ const AssignmentsFile = "store-ids.jsonl"
 // has read the ids of the store's nodes and the slots of its layers.
 // Passthrough is off (a backing id belongs to its daemon).
 func NewRaw(ctx context.Context, dir string, opts Options) (*Store, error) {
-	if opts.Client == nil {
-		return nil, errors.New("layer store: a fetch client is required")
-	}
-	dir, err := filepath.Abs(dir)
+	s, err := newStore(ctx, dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("layer store at %s: %w", dir, err)
+		return nil, err
 	}
-	lg := opts.Logger
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
-	imgOpts := opts.Image
-	imgOpts.Logger = lg
-	imgOpts.Progressive = false
-	ctx, cancel := context.WithCancel(ctx)
-	return &Store{Dir: dir, client: opts.Client, imgOpts: imgOpts, log: lg, blobDir: opts.BlobDir, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
-		images: map[string]*image{}, ids: map[string]uint64{}, nextSlot: 1, uses: map[string]int{},
-		trees: map[uint64]*fs.RawFS{}, started: make(chan struct{})}, nil
+	s.trees, s.started = map[uint64]*fs.RawFS{}, make(chan struct{})
+	return s, nil
 }
 
 // StartRaw reads the ids and slots a raw store gave (stateDir/
@@ -84,19 +71,7 @@ func (s *Store) StartRaw(stateDir string, fresh bool) error {
 // mounts afresh (never one being taken over: a look at a mount whose
 // daemon is being replaced waits for the replacement): a mount a dead
 // daemon without a holder left is detached, the directory created.
-func (s *Store) PrepareRawMount() error {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.Dir, &st); errors.Is(err, syscall.ENOTCONN) {
-		if err := syscall.Unmount(s.Dir, syscall.MNT_DETACH); err != nil {
-			return fmt.Errorf("layer store at %s: detach the mount a dead daemon left there: %w", s.Dir, err)
-		}
-		s.log.Warn("detached the layer store a dead daemon left", "path", s.Dir)
-	}
-	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
-		return fmt.Errorf("layer store at %s: %w", s.Dir, err)
-	}
-	return nil
-}
+func (s *Store) PrepareRawMount() error { return s.prepareMountpoint() }
 
 // SetServer names what serves a raw store's connection, for Unmount to
 // wait on.

@@ -1,13 +1,8 @@
 package store
 
 import (
-	"archive/tar"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,102 +17,37 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ocifs/ocifs/fs/fstest"
 	"github.com/ocifs/ocifs/fs/snapshotter/critest"
 	"github.com/ocifs/ocifs/fs/store/podmantest"
 )
-
-// takeoverImage is busybox and a layer of files of random bytes /data/f0..
-// with their sha256sum lines in /sums/f0..; the lines are returned too.
-func takeoverImage(t *testing.T, files, size int) (*fstest.Image, []string) {
-	t.Helper()
-	bb, err := critest.BusyboxLayer(fstest.Gzip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hdr := func(name string, n int) tar.Header {
-		return tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(n), ModTime: fstest.CornerTime, Format: tar.FormatPAX}
-	}
-	var data []fstest.File
-	var lines []string
-	for i := range files {
-		b := make([]byte, size)
-		rand.Read(b)
-		sum := sha256.Sum256(b)
-		line := fmt.Sprintf("%s  /data/f%d\n", hex.EncodeToString(sum[:]), i)
-		lines = append(lines, line)
-		data = append(data, fstest.File{Header: hdr(fmt.Sprintf("data/f%d", i), len(b)), Data: b},
-			fstest.File{Header: hdr(fmt.Sprintf("sums/f%d", i), len(line)), Data: []byte(line)})
-	}
-	im, err := fstest.Build([]fstest.Layer{bb, {Compression: fstest.Gzip, Files: data}}, fstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return im, lines
-}
-
-// ocifsBinary builds cmd/ocifs into dir.
-func ocifsBinary(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "ocifs")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ocifs/ocifs/cmd/ocifs").CombinedOutput(); err != nil {
-		t.Fatalf("build ocifs: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // storeDaemon is `ocifs store --takeover DIR` run with bin.
 type storeDaemon struct {
 	bin, cache, dir string
 }
 
-// servingPID asks `ocifs stats --json` which process serves the store; 0
-// while none answers.
-func (d *storeDaemon) servingPID(t *testing.T) int {
-	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.dir).Output()
-	if err != nil {
-		return 0
-	}
-	var s struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal(out, &s); err != nil {
-		t.Fatalf("stats --json: %v\n%s", err, out)
-	}
-	return s.PID
-}
-
 // waitServer waits until a daemon other than old serves, and returns it.
 func (d *storeDaemon) waitServer(t *testing.T, old int) int {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		if pid := d.servingPID(t); pid != 0 && pid != old {
-			return pid
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	pid, err := critest.WaitServer(ctx, d.bin, d.cache, d.dir, old, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no new daemon serves %s a minute after pid %d", d.dir, old)
-	return 0
+	return pid
 }
 
 // serves checks that daemon pid serves the image: loaded again after a
 // takeover, for the kernel's requests about its layer.
 func (d *storeDaemon) serves(t *testing.T, pid int) {
 	t.Helper()
-	out, err := exec.Command(d.bin, "--cache-dir", d.cache, "stats", "--json", d.dir).Output()
+	s, err := critest.Stats(d.bin, d.cache, d.dir)
 	if err != nil {
-		t.Fatalf("stats: %v", err)
+		t.Fatal(err)
 	}
-	var s struct {
-		PID    int `json:"pid"`
-		Images int `json:"layers_served"`
-	}
-	if err := json.Unmarshal(out, &s); err != nil {
-		t.Fatalf("stats --json: %v\n%s", err, out)
-	}
-	if s.PID != pid || s.Images == 0 {
-		t.Fatalf("stats after the takeover: pid %d serving %d images; want pid %d serving the container's", s.PID, s.Images, pid)
+	if s.PID != pid || s.Served == 0 {
+		t.Fatalf("stats after the takeover: pid %d serving %d images; want pid %d serving the container's", s.PID, s.Served, pid)
 	}
 }
 
@@ -145,7 +75,10 @@ func parentPID(t *testing.T, pid int) int {
 func TestStoreTakeover(t *testing.T) {
 	requirePodman(t)
 	const files = 8
-	im, sums := takeoverImage(t, files, 512<<10)
+	im, sums, err := critest.ChecksumImage(files, 512<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg := newRegistry(t)
 	if err := im.Push(t.Context(), reg.host, "store/takeover", "1"); err != nil {
 		t.Fatal(err)
@@ -153,7 +86,11 @@ func TestStoreTakeover(t *testing.T) {
 	ref := reg.host + "/store/takeover:1"
 	pushIndex(t, ref)
 	dir := shortDir(t)
-	d := &storeDaemon{bin: ocifsBinary(t, dir), cache: filepath.Join(dir, "cache"), dir: filepath.Join(dir, "store")}
+	bin, err := critest.BuildOcifs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &storeDaemon{bin: bin, cache: filepath.Join(dir, "cache"), dir: filepath.Join(dir, "store")}
 	if err := os.MkdirAll(d.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -174,13 +111,7 @@ func TestStoreTakeover(t *testing.T) {
 	p := startPodman(t, podmantest.Options{Registries: []string{reg.host}, AdditionalLayerStore: d.dir})
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	loop := fmt.Sprintf(`bb=%s; i=0
-while :; do
-  k=$((i %% %d)); i=$((i+1))
-  got=$($bb sha256sum /data/f$k 2>&1)
-  if [ "$got" = "$($bb cat /sums/f$k 2>&1)" ]; then echo "ok $i"; else echo "BAD $i $k: $got"; fi
-done`, critest.BusyboxPath, files)
-	id, err := p.RunDetached(ctx, podmantest.RunSpec{Image: ref, Command: []string{critest.BusyboxPath, "sh", "-c", loop}})
+	id, err := p.RunDetached(ctx, podmantest.RunSpec{Image: ref, Command: critest.CheckLoop(files)})
 	if err != nil {
 		t.Fatal(err)
 	}
