@@ -51,12 +51,12 @@ func TestRawLayerFS(t *testing.T) {
 	for k, v := range names {
 		known[k] = v
 	}
-	resolved := 0
+	resolved := map[string]bool{}
 	resolve := func(_ context.Context, name string) error {
 		mu.Lock()
 		layer, ok := known[name]
 		if ok {
-			resolved++
+			resolved[name] = true
 		}
 		mu.Unlock()
 		if !ok {
@@ -129,8 +129,11 @@ func TestRawLayerFS(t *testing.T) {
 			t.Errorf("layer %s: %d paths compared", name, compared)
 		}
 	}
-	if resolved != len(names) {
-		t.Errorf("resolve served %d names, want %d", resolved, len(names))
+	mu.Lock()
+	n := len(resolved)
+	mu.Unlock()
+	if n != len(names) {
+		t.Errorf("resolve served %d names, want %d", n, len(names))
 	}
 	if _, err := os.Stat(filepath.Join(raw.Dir, "9")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stat of a name resolve refuses: %v, want ENOENT", err)
