@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,7 +75,22 @@ func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
 		// very daemon.
 		return serveStore(ctx, e, abs, o)
 	case o.takeover && o.foreground:
-		return &usageError{msg: "--takeover needs the daemon's holder: drop --foreground"}
+		// This process stays in the foreground as the holder (a systemd
+		// unit's main process) and runs the daemon as its child.
+		p, err := pathsFor(e.g.cacheDir, abs)
+		if err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("store: find this binary: %w", err)
+		}
+		if err := os.Chdir("/"); err != nil { // keep no directory busy
+			return err
+		}
+		sock := holderSocketPath(p)
+		return takeover.Hold(ctx, takeover.HolderOptions{Socket: sock, Exe: exe, Name: daemonName,
+			Args: append(slices.Clone(os.Args[1:]), "--holder-socket="+sock), Output: os.Stderr, Logger: e.log})
 	}
 	if mi, ok, err := findMount(abs); err != nil {
 		return err
@@ -311,8 +327,9 @@ or SIGHUP to the holder) while containers keep reading their layers: a new
 daemon takes the connection over, and the node ids the kernel holds are kept
 in a file beside the mount's state. 'ocifs stats --json MOUNTPOINT' gives the
 pid of the daemon serving now. Every read goes through the daemon (no
-passthrough); use counts restart from zero with each daemon; not with
---foreground.
+passthrough); use counts restart from zero with each daemon. With
+--foreground this process is the holder and the daemon its child (for a
+systemd unit: add NotifyAccess=all, the daemon says when it is ready).
 
 With --metrics-address the store serves Prometheus metrics (the names are in
 README's Operations section); with --cache-max it keeps the cache under a size,
