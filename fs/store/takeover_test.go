@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ocifs/ocifs/fs/fstest"
 	"github.com/ocifs/ocifs/fs/snapshotter/critest"
 	"github.com/ocifs/ocifs/fs/store/podmantest"
 )
@@ -69,7 +70,8 @@ func parentPID(t *testing.T, pid int) int {
 // TestStoreTakeover: a container podman runs from a lazily served image,
 // reading its layer in a loop and checking every file's sha256, keeps
 // running without a failed or wrong read while the daemon of `ocifs store
-// --takeover` is killed with SIGKILL four times and then handed over by
+// --takeover` is killed with SIGKILL five times (the first while the container's first
+// read of its layer stalls in the registry) and then handed over by
 // `ocifs upgrade`; a new container of the image runs afterwards. The
 // longest pause between two checks is logged.
 func TestStoreTakeover(t *testing.T) {
@@ -111,6 +113,11 @@ func TestStoreTakeover(t *testing.T) {
 	p := startPodman(t, podmantest.Options{Registries: []string{reg.host}, AdditionalLayerStore: d.dir})
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
+	// The container's first read of the data layer stalls in the
+	// registry: the daemon is killed with that read in flight.
+	data := im.LayerDescs[len(im.LayerDescs)-1].Digest
+	reg.front.Add(&fstest.Rule{Method: "GET", Path: "/blobs/" + data.String(), Times: 1, Fault: fstest.Fault{Kind: fstest.Stall}})
+	t.Cleanup(reg.front.Release)
 	id, err := p.RunDetached(ctx, podmantest.RunSpec{Image: ref, Command: critest.CheckLoop(files)})
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +126,6 @@ func TestStoreTakeover(t *testing.T) {
 
 	// Drop the page cache of the data files, so the container's reads
 	// keep reaching the daemon.
-	data := im.LayerDescs[len(im.LayerDescs)-1].Digest
 	layerDir := filepath.Join(d.dir, base64.StdEncoding.EncodeToString([]byte(ref)), data.String(), "diff")
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -147,6 +153,7 @@ func TestStoreTakeover(t *testing.T) {
 
 	// logs returns the ok lines so far, failing on a BAD one, and the
 	// longest pause between two.
+	var firstAt time.Time // of the first ok line
 	logs := func() (int, time.Duration) {
 		t.Helper()
 		out, err := p.Output(ctx, "logs", "--timestamps", id)
@@ -165,6 +172,8 @@ func TestStoreTakeover(t *testing.T) {
 				if at, err := time.Parse(time.RFC3339Nano, f[0]); err == nil {
 					if !last.IsZero() {
 						longest = max(longest, at.Sub(last))
+					} else {
+						firstAt = at
 					}
 					last = at
 				}
@@ -189,8 +198,18 @@ func TestStoreTakeover(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	if _, err := reg.front.WaitRequest(ctx, func(r fstest.Request) bool { return r.Fault == fstest.Stall }); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	killed := time.Now()
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill %d: %v", first, err)
+	}
+	old := d.waitServer(t, first)
 	progress(10)
-	old := first
+	d.serves(t, old)
+	t.Logf("a read stalled in the registry when pid %d was killed: answered by pid %d, its check printed %v after the kill", first, old, firstAt.Sub(killed))
 	for k := range 4 {
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill %d: %v", old, err)
@@ -222,5 +241,5 @@ func TestStoreTakeover(t *testing.T) {
 		t.Fatalf("a new container after the takeovers: exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
 	}
 	n, _ := logs()
-	t.Logf("store takeover under podman: %d checks, 4 SIGKILLs and an upgrade, no failure; longest pause between two checks %v", n, longest)
+	t.Logf("store takeover under podman: %d checks, 5 SIGKILLs and an upgrade, no failure; longest pause between two checks %v", n, longest)
 }
