@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -75,3 +77,17 @@ func (s *ServedTree) Tree() *Tree { return s.tree }
 
 // Slot is the tree's slot.
 func (s *ServedTree) Slot() uint64 { return s.base >> 32 }
+
+// layerIDScheme names how a mount of many trees numbers its nodes (above)
+// and slots its trees (LayerFS.slot), besides each tree's own numbering
+// (idScheme).
+const layerIDScheme = "ocifs layer mount ids 1: slot<<32 | the view's node id; a snapshot id is its own slot\n"
+
+// LayerGeneration identifies the numbering of a [LayerFS] served raw, for
+// a takeover's check that the next daemon numbers the mount's trees as
+// the kernel was told (each tree's nodes have their own generation too,
+// which the kernel checks at every lookup).
+func LayerGeneration() uint32 {
+	h := sha256.Sum256([]byte(layerIDScheme + idScheme))
+	return max(binary.BigEndian.Uint32(h[:4]), 1)
+}

@@ -47,8 +47,9 @@ type LayerFS struct {
 	// Dir is the mountpoint.
 	Dir string
 
-	server        *fuse.Server
-	root          *layersRoot
+	server        interface{ Wait() } // go-fuse's, or the raw server's (SetServer)
+	root          *layersRoot         // nil when served raw
+	raw           bool                // served by Raw: every slot derivable
 	log           *slog.Logger
 	noPassthrough bool
 	timeout       time.Duration
@@ -60,6 +61,10 @@ type LayerFS struct {
 	// still hold nodes of a removed tree, so no slot serves two.
 	used     map[uint64]bool
 	nextSlot uint64 // the next slot for a name that is not a number, counting down
+	// Served raw: the raw file system of each slot, and the generation
+	// each slot has served in this daemon's life (a slot serves one tree).
+	slots map[uint64]*RawFS
+	gens  map[uint64]uint64
 }
 
 // numberedSlots bounds the slots named by their number (a containerd
@@ -155,6 +160,9 @@ func (l *LayerFS) Add(name string, im *Image, layer int) (string, error) {
 	}
 	// The kernel may keep a negative entry of the name from a lookup
 	// before (NegativeTimeout): drop it.
+	if l.raw {
+		return filepath.Join(l.Dir, name), nil // no negative entries at the root (layerraw_linux.go)
+	}
 	if errno := l.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
 		l.log.Warn("telling the kernel of a new layer", "name", name, "err", errno)
 	}
@@ -169,12 +177,22 @@ func (l *LayerFS) add(name string, im *Image, view *Tree, layer int) error {
 		return os.ErrExist
 	}
 	slot := l.slot(name)
+	if slot == 0 && l.raw {
+		return errors.New("a layer mount that may be taken over serves only snapshot ids (decimal names), whose slots the next daemon derives")
+	}
 	if slot == 0 {
 		return errors.New("no free slot")
 	}
 	st, err := NewServedTree(im, view, layer, slot)
 	if err != nil {
 		return err
+	}
+	if l.raw {
+		if g, ok := l.gens[slot]; ok && g != st.gen {
+			return fmt.Errorf("slot %d served a tree of generation %08x in this mount's life, this one has %08x", slot, g, st.gen)
+		}
+		l.gens[slot] = st.gen
+		l.slots[slot] = rawView(st, l.timeout)
 	}
 	l.used[slot] = true
 	if want := !l.noPassthrough; im.passthrough != want {
@@ -190,6 +208,14 @@ func (l *LayerFS) add(name string, im *Image, view *Tree, layer int) error {
 // the same handles, in every daemon; other names, and a number whose slot
 // this mount has given before, count down from MaxSlot. 0: none is free.
 func (l *LayerFS) slot(name string) uint64 {
+	if l.raw {
+		// Served raw, every slot must be derivable: the snapshot id's own,
+		// served again only with the same tree (add checks).
+		if n, err := strconv.ParseUint(name, 10, 64); err == nil && n >= 1 && n < numberedSlots {
+			return n
+		}
+		return 0
+	}
 	if n, err := strconv.ParseUint(name, 10, 64); err == nil && n >= 1 && n < numberedSlots && !l.used[n] {
 		return n
 	}
@@ -207,10 +233,15 @@ func (l *LayerFS) slot(name string) uint64 {
 // name not served is no error.
 func (l *LayerFS) Remove(name string) error {
 	l.mu.Lock()
-	_, ok := l.names[name]
+	st, ok := l.names[name]
 	delete(l.names, name)
+	if ok && l.raw {
+		delete(l.slots, st.Slot())
+	}
 	l.mu.Unlock()
-	if !ok {
+	if !ok || l.raw {
+		// Served raw, the kernel keeps the name at most rootEntryTimeout,
+		// and a request about its nodes then finds no slot: ESTALE.
 		return nil
 	}
 	l.root.RmChild(name)
@@ -256,7 +287,7 @@ func (l *LayerFS) Unmount() error {
 // connection to end and reports whether it did: overlay mounts of running
 // containers keep the connection (they hold private copies of their lower
 // directories' mount), however the mount itself goes.
-func UnmountServer(dir string, server *fuse.Server) (ended bool, err error) {
+func UnmountServer(dir string, server interface{ Wait() }) (ended bool, err error) {
 	for try, delay := 0, 5*time.Millisecond; try < 5; try, delay = try+1, delay*2 {
 		if err = syscall.Unmount(dir, 0); err != syscall.EBUSY {
 			break

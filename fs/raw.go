@@ -30,6 +30,11 @@ type RawFS struct {
 	tree    *Tree
 	gen     uint64
 	timeout time.Duration
+	// view is set when the tree is a layer's view among others in one
+	// connection (a [LayerFS] served raw): its node ids are view.base |
+	// the tree's numbers, and every node, its root too, has view.gen.
+	view *ServedTree
+	base uint64
 }
 
 // ErrNotDerivable is returned by [Image.RawFS] for a progressive load: it
@@ -65,10 +70,51 @@ func (r *RawFS) String() string { return "ocifs" }
 // node returns the node numbered id, or nil for an id the tree does not
 // have (a kernel that asks for one is talking to the wrong daemon).
 func (r *RawFS) node(id uint64) *Node {
+	if r.view != nil {
+		if id&^slotMask != r.base {
+			return nil
+		}
+		id &= slotMask
+	}
 	if id == fuse.FUSE_ROOT_ID {
 		return r.tree.Root
 	}
 	return r.tree.byID(id)
+}
+
+// slotMask keeps the node's own number of a node id of a mount of many
+// trees (layerfs.go).
+const slotMask = 1<<32 - 1
+
+// rawView is the raw file system of the served tree st, for a connection
+// of many trees (LayerFS.Raw).
+func rawView(st *ServedTree, timeout time.Duration) *RawFS {
+	return &RawFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), im: st.im, tree: st.tree, gen: st.gen, timeout: timeout, view: st, base: st.base}
+}
+
+// refused returns why n must not be served, or nil.
+func (r *RawFS) refused(n *Node) error {
+	if r.view != nil {
+		return r.im.refusedView(n, r.view.layer)
+	}
+	return r.im.refusedNode(n)
+}
+
+// refusedList returns why directory n's names must not be listed, or nil.
+func (r *RawFS) refusedList(n *Node) error {
+	if r.view != nil {
+		return r.im.refusedView(n, r.view.layer)
+	}
+	return r.im.refusedList(n)
+}
+
+// data is the node a read of n reads through: n, or for a sparse file of
+// a layer's view, the merged tree's (Image.viewNode).
+func (r *RawFS) data(n *Node) (*Node, error) {
+	if r.view == nil {
+		return n, nil
+	}
+	return r.im.viewNode(n)
 }
 
 // requestCtx is the context of one request: done when the kernel
@@ -101,14 +147,20 @@ func (r *RawFS) status(cancel <-chan struct{}, n *Node, off int64, err error) fu
 
 // lookupNode checks that n may be served and fills out for it.
 func (r *RawFS) fillEntry(n *Node, out *fuse.EntryOut) {
-	out.NodeId = n.ID
+	out.NodeId = r.base | n.ID
 	out.Generation = r.gen
-	if n.ID == fuse.FUSE_ROOT_ID {
+	if n.ID == fuse.FUSE_ROOT_ID && r.view == nil {
 		out.Generation = 0
 	}
-	fillAttr(n, &out.Attr)
+	r.fillAttr(n, &out.Attr)
 	out.SetEntryTimeout(r.timeout)
 	out.SetAttrTimeout(r.timeout)
+}
+
+// fillAttr is fillAttr with the node's id in the connection.
+func (r *RawFS) fillAttr(n *Node, a *fuse.Attr) {
+	fillAttr(n, a)
+	a.Ino = r.base | n.ID
 }
 
 // fillAttr is inode.fill for a node of the merged tree.
@@ -142,7 +194,7 @@ func (r *RawFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, ou
 	}
 	c := d.Child(name)
 	if c == nil {
-		if err := r.im.refusedList(d); err != nil {
+		if err := r.refusedList(d); err != nil {
 			return r.status(cancel, d, 0, err)
 		}
 		// A negative entry, cached as long as a positive one: the image
@@ -151,7 +203,7 @@ func (r *RawFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, ou
 		out.SetEntryTimeout(r.timeout)
 		return fuse.OK
 	}
-	if err := r.im.refusedNode(c); err != nil {
+	if err := r.refused(c); err != nil {
 		return r.status(cancel, c, 0, err)
 	}
 	r.fillEntry(c, out)
@@ -167,10 +219,10 @@ func (r *RawFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.At
 	if n == nil {
 		return fuse.Status(syscall.ESTALE)
 	}
-	if err := r.im.refusedNode(n); err != nil {
+	if err := r.refused(n); err != nil {
 		return r.status(cancel, n, 0, err)
 	}
-	fillAttr(n, &out.Attr)
+	r.fillAttr(n, &out.Attr)
 	out.SetTimeout(r.timeout)
 	return fuse.OK
 }
@@ -189,10 +241,10 @@ func (r *RawFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut)
 	if n.Type != index.TypeReg {
 		return fuse.EINVAL
 	}
-	if err := r.im.refusedNode(n); err != nil {
+	if err := r.refused(n); err != nil {
 		return r.status(cancel, n, 0, err)
 	}
-	out.Fh = n.ID
+	out.Fh = r.base | n.ID
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 	return fuse.OK
 }
@@ -207,7 +259,14 @@ func (r *RawFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.
 	if int(in.Size) < len(buf) {
 		buf = buf[:in.Size]
 	}
-	got, err := r.im.ReadAt(newRequestCtx(cancel), n, buf, int64(in.Offset))
+	if err := r.refused(n); err != nil {
+		return nil, r.status(cancel, n, int64(in.Offset), err)
+	}
+	dn, err := r.data(n)
+	if err != nil {
+		return nil, r.status(cancel, n, int64(in.Offset), err)
+	}
+	got, err := r.im.ReadAt(newRequestCtx(cancel), dn, buf, int64(in.Offset))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, r.status(cancel, n, int64(in.Offset), err)
 	}
@@ -224,7 +283,7 @@ func (r *RawFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse
 	if n == nil {
 		return nil, fuse.Status(syscall.ESTALE)
 	}
-	if err := r.im.refusedNode(n); err != nil {
+	if err := r.refused(n); err != nil {
 		return nil, r.status(cancel, n, 0, err)
 	}
 	if n.Type != index.TypeSymlink {
@@ -238,7 +297,7 @@ func (r *RawFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, 
 	if n == nil {
 		return 0, fuse.Status(syscall.ESTALE)
 	}
-	if err := r.im.refusedNode(n); err != nil {
+	if err := r.refused(n); err != nil {
 		return 0, r.status(cancel, n, 0, err)
 	}
 	v, ok := n.Xattrs[attr]
@@ -256,7 +315,7 @@ func (r *RawFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte)
 	if n == nil {
 		return 0, fuse.Status(syscall.ESTALE)
 	}
-	if err := r.im.refusedNode(n); err != nil {
+	if err := r.refused(n); err != nil {
 		return 0, r.status(cancel, n, 0, err)
 	}
 	size, ok := listXattrs(n.Xattrs, dest)
@@ -275,10 +334,10 @@ func (r *RawFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenO
 	if !n.IsDir() {
 		return fuse.Status(syscall.ENOTDIR)
 	}
-	if err := r.im.refusedList(n); err != nil {
+	if err := r.refusedList(n); err != nil {
 		return r.status(cancel, n, 0, err)
 	}
-	out.Fh = n.ID
+	out.Fh = r.base | n.ID
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_CACHE_DIR
 	return fuse.OK
 }
@@ -302,13 +361,13 @@ func (r *RawFS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 	if !d.IsDir() {
 		return fuse.Status(syscall.ENOTDIR)
 	}
-	if err := r.im.refusedList(d); err != nil {
+	if err := r.refusedList(d); err != nil {
 		return r.status(cancel, d, 0, err)
 	}
 	names := d.Names()
 	for i := in.Offset; i < uint64(len(names)); i++ {
 		c := d.dir.nodes[i]
-		e := fuse.DirEntry{Name: names[i], Ino: c.ID, Mode: typeBits(c.Type), Off: i + 1}
+		e := fuse.DirEntry{Name: names[i], Ino: r.base | c.ID, Mode: typeBits(c.Type), Off: i + 1}
 		if !plus {
 			if !out.AddDirEntry(e) {
 				break
@@ -319,7 +378,7 @@ func (r *RawFS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 		if eo == nil {
 			break
 		}
-		if r.im.refusedNode(c) == nil {
+		if r.refused(c) == nil {
 			r.fillEntry(c, eo)
 		} // else: no entry; a LOOKUP of the name gets the refusal
 	}
@@ -336,3 +395,18 @@ func (r *RawFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.Statf
 	out.Blocks = uint64(r.im.Stats().ImageSize+4095) / 4096
 	return fuse.OK
 }
+
+// Raw returns the raw file system of the served tree, for a connection of
+// many trees that its caller dispatches by slot (node id >> 32): its node
+// ids and handles are slot<<32 | the tree's numbers, every node has the
+// tree's generation. timeout is as [Image.RawFS]'s.
+func (s *ServedTree) Raw(timeout time.Duration) *RawFS {
+	if timeout == 0 {
+		timeout = time.Hour
+	}
+	return rawView(s, timeout)
+}
+
+// RootEntry fills out with the entry of the tree's root, for the lookup
+// of the directory it is served as.
+func (r *RawFS) RootEntry(out *fuse.EntryOut) { r.fillEntry(r.tree.Root, out) }

@@ -750,6 +750,19 @@ type statsServer struct {
 }
 
 func serveStats(path string, im *fs.Image) (*statsServer, error) {
+	return serveStatsJSON(path, func() any {
+		// pid is the process serving the mount now: a --takeover mount's
+		// holder is another, and its daemon changes with every restart.
+		return struct {
+			fs.Stats
+			PID int `json:"pid"`
+		}{im.Stats(), os.Getpid()}
+	})
+}
+
+// serveStatsJSON serves GET /stats on the unix socket path, the JSON of
+// what body returns at each request.
+func serveStatsJSON(path string, body func() any) (*statsServer, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 		return nil, fmt.Errorf("stats socket %s: %w", path, err)
 	}
@@ -760,12 +773,7 @@ func serveStats(path string, im *fs.Image) (*statsServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		// pid is the process serving the mount now: a --takeover mount's
-		// holder is another, and its daemon changes with every restart.
-		_ = json.NewEncoder(w).Encode(struct {
-			fs.Stats
-			PID int `json:"pid"`
-		}{im.Stats(), os.Getpid()})
+		_ = json.NewEncoder(w).Encode(body())
 	})
 	s := &statsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
 	go func() {

@@ -32,6 +32,8 @@ type snapshotterOpts struct {
 	trimEvery       time.Duration
 	pushIndex       repoName // --push-index-to: push the indexes of layers streamed here there
 	profile         string   // --profile: auto or none
+	takeover        bool     // --takeover: the layer mount's FUSE connection lives in a holder
+	holderSocket    string   // set for the daemons the holder starts
 }
 
 // snapshotterFlags is `ocifs snapshotter [--address SOCK] [--root DIR]`.
@@ -46,22 +48,52 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
 	set.StringVar(&o.profile, "profile", "auto", "start-up profiles: `auto` fetches what an image's recorded profile lists as soon as it is\nloaded (see 'ocifs profile --help'); none does not look for one")
+	set.BoolVar(&o.takeover, "takeover", false, "keep the layer mount's FUSE connection in a small holder process (this one; the daemon\nruns as its child), so the daemon can crash or be upgraded (ocifs upgrade ROOT/layers, or\nSIGHUP) while running containers keep reading their lazy layers (Linux 6.9+ for reads in\nflight). Reads all go through the daemon (no passthrough)")
+	set.StringVar(&o.holderSocket, "holder-socket", "", "the holder's socket (set for the daemons a holder starts)")
+	_ = set.MarkHidden("holder-socket")
 	return func(ctx context.Context, e *env, args []string) error {
 		if o.profile != "auto" && o.profile != "none" {
 			return &usageError{msg: fmt.Sprintf("--profile: %q is not auto or none", o.profile)}
+		}
+		if o.holderSocket != "" && !o.takeover {
+			return &usageError{msg: "--holder-socket needs --takeover"}
+		}
+		if o.takeover && o.holderSocket == "" {
+			return holdSnapshotter(ctx, e, o)
 		}
 		return runSnapshotter(ctx, e, o)
 	}
 }
 
 // runSnapshotter serves until ctx ends (SIGTERM, SIGINT), then stops
-// serving, releases the layers and unmounts the layer mount.
+// serving, releases the layers and unmounts the layer mount. A daemon a
+// holder started (--takeover) serves the holder's connection instead,
+// and when the holder asks it to stop for a hand-over, stops without
+// unmounting.
 func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error) {
-	if os.Geteuid() != 0 {
-		return errors.New("the snapshotter needs root (FUSE and overlay mounts): run it as root, e.g. from the systemd unit")
-	}
-	if err := checkFUSE(); err != nil {
+	if err := checkSnapshotterHost(); err != nil {
 		return err
+	}
+	root, err := filepath.Abs(o.root)
+	if err != nil {
+		return err
+	}
+	layersDir := filepath.Join(root, "layers")
+	// With a holder: a daemon taking over the connection takes it first,
+	// which for an upgrade stops the daemon serving it, whose metadata
+	// lock, sockets and metrics port this one needs; its requests wait
+	// until the snapshotter below can serve their layers again.
+	var lay *layerServer
+	if o.holderSocket != "" {
+		lay, err = dialLayers(e, o, layersDir)
+		if err != nil {
+			return err
+		}
+		if lay.cl.Have() {
+			if err := lay.serve(); err != nil {
+				return err
+			}
+		}
 	}
 	// Mirrors: the global --hosts-dir, else containerd's own config_path
 	// where it exists, so the snapshotter reads the registries as
@@ -125,11 +157,26 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	defer stopBound()
 	// A layer ocifs cannot serve is downloaded by containerd: loudly.
 	mx.addFallbacks("runtime_download", func() int64 { return sn.Stats().Fallback })
-	lfs, err := fs.MountLayerFS(filepath.Join(o.root, "layers"), fs.LayerFSOptions{Logger: e.log})
-	if err != nil {
-		return withHint(err, "the layers are a FUSE mount at --root/layers; check /dev/fuse and that nothing else is mounted there")
+	var lfs *fs.LayerFS
+	switch {
+	case lay == nil:
+		lfs, err = fs.MountLayerFS(layersDir, fs.LayerFSOptions{Logger: e.log})
+		if err != nil {
+			return withHint(err, "the layers are a FUSE mount at --root/layers; check /dev/fuse and that nothing else is mounted there")
+		}
+	case lay.srv == nil:
+		if err := lay.serve(); err != nil {
+			return err
+		}
+		fallthrough
+	default:
+		lfs = lay.lfs
 	}
+	handedOver := false
 	defer func() {
+		if handedOver {
+			return // the connection lives on in the holder, for the next daemon
+		}
 		if uerr := lfs.Unmount(); uerr != nil {
 			err = errors.Join(err, uerr)
 		}
@@ -155,25 +202,63 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 		}
 	}()
 	layers.Layers = remote // before Serve: nothing asks for a layer until then
+	if lay != nil {
+		lay.ready(sn) // the layers the kernel names are served again from here on
+	}
 	srv, err := snapshotter.Serve(o.address, sn)
 	if err != nil {
 		return err
 	}
-	e.log.Info("snapshotter serving", "address", o.address, "root", o.root, "cache", e.g.cacheDir)
+	holder := ""
+	if lay != nil {
+		holder = o.holderSocket
+	}
+	stats, err := serveDaemonStats(e, lfs.Dir, "snapshotter "+o.address, holder, func() int { return len(lfs.Names()) })
+	if err != nil {
+		_ = srv.Stop(context.WithoutCancel(ctx))
+		return err
+	}
+	defer func() {
+		if !handedOver {
+			stats.unpublish() // the next daemon's records replace these
+		}
+		stats.close()
+	}()
+	if lay != nil {
+		if err := lay.cl.Serving(); err != nil {
+			e.log.Warn("tell the holder this daemon serves", "err", err)
+		}
+		if lay.srv.Took {
+			e.log.Info("took over the layer mount's FUSE connection", "path", layersDir, "pid", os.Getpid())
+		}
+	}
+	e.log.Info("snapshotter serving", "address", o.address, "root", o.root, "cache", e.g.cacheDir, "takeover", lay != nil)
 	notify(e.log, func() (bool, error) { return sdnotify.Ready("serving snapshots at " + o.address) })
+	var stopReq <-chan struct{}
+	if lay != nil {
+		stopReq = lay.cl.StopRequested()
+	}
+	stopWait := 10 * time.Second
 	select {
 	case <-ctx.Done():
 		e.log.Info("snapshotter stopping")
 	case <-srv.Done():
+	case <-stopReq:
+		// An upgrade: the new daemon waits for the connection, and for
+		// this one's metadata lock and sockets.
+		e.log.Info("handing the layer mount over to a new daemon", "path", layersDir)
+		lay.srv.Stop()
+		handedOver = true
+		stopWait = 2 * time.Second
 	}
 	notify(e.log, sdnotify.Stopping)
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopWait)
 	defer cancel()
 	if err := srv.Stop(stopCtx); err != nil {
 		return err
 	}
 	s := sn.Stats()
-	e.log.Info("snapshotter stopped", "remote_layers", s.Remote, "fallbacks", s.Fallback, "bytes_fetched", client.Stats().BytesFetched)
+	e.log.Info("snapshotter stopped", "remote_layers", s.Remote, "fallbacks", s.Fallback, "bytes_fetched", client.Stats().BytesFetched, "handed_over", handedOver)
 	return nil
 }
 
@@ -254,8 +339,24 @@ SIGTERM or SIGINT stops serving, releases the layers and unmounts
 lazy layers fail once the daemon is gone. After a restart the layers are
 served again on demand, so new containers of pulled images start.
 
+With --takeover, running containers survive the daemon too: this process
+becomes a small holder of the layer mount's FUSE connection and runs the
+daemon as its child (same flags). When the daemon dies (a crash, SIGKILL,
+the OOM killer) the holder starts another at once, which takes the connection
+over: containers see a pause in their reads, not an error (requests in
+flight are resent, Linux 6.9+), and each layer they read is served again from
+the snapshotter's metadata. To upgrade, install the new binary at the same
+path and run 'ocifs upgrade --root/layers' (or send SIGHUP to the holder,
+e.g. ExecReload=/bin/kill -HUP $MAINPID): the old daemon stops, the new one
+takes over. 'ocifs stats --json ROOT/layers' gives the pid of the daemon
+serving now. Every read goes through the daemon (no passthrough); the
+credentials of --cri-image-service do not survive a daemon. SIGTERM to the
+holder still ends the mount as above. The systemd unit needs
+NotifyAccess=all (the daemon, not the holder, says it is ready).
+
 Examples:
   ocifs snapshotter
   ocifs snapshotter --address /run/ocifs/snapshotter.sock --root /var/lib/ocifs/snapshotter --cache-dir /var/cache/ocifs
   ocifs snapshotter --cri-image-service /run/ocifs/cri-image.sock
+  ocifs snapshotter --takeover; ocifs upgrade /var/lib/ocifs/snapshotter/layers
 `

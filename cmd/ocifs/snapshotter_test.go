@@ -29,7 +29,7 @@ func TestSnapshotterHelp(t *testing.T) {
 		`[proxy_plugins.ocifs]`, `type = "snapshot"`, `address = "/run/ocifs/snapshotter.sock"`,
 		`[plugins."io.containerd.grpc.v1.cri".containerd]`, `snapshotter = "ocifs"`, "disable_snapshot_annotations = false",
 		`[plugins."io.containerd.cri.v1.images"]`, `enable_remote_snapshot_annotations = "true"`,
-		`[[plugins."io.containerd.transfer.v1.local".unpack_config]]`, "crictl pull", "layer served lazily",
+		`[[plugins."io.containerd.transfer.v1.local".unpack_config]]`, "crictl pull", "layer served lazily", "--takeover", "ocifs upgrade",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("snapshotter --help lacks %q", want)

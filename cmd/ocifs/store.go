@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,17 +18,20 @@ import (
 	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/fs/sdnotify"
 	"github.com/ocifs/ocifs/fs/store"
+	"github.com/ocifs/ocifs/fs/takeover"
 )
 
 // storeOpts are the flags of `ocifs store`.
 type storeOpts struct {
-	foreground  bool
-	debugFUSE   bool
-	readyFD     int
-	pushIndex   repoName  // --push-index-to: push the indexes of layers streamed here there
-	metricsAddr string    // --metrics-address: serve Prometheus metrics there
-	cacheMax    sizeValue // --cache-max: keep the cache under this many bytes
-	trimEvery   time.Duration
+	foreground   bool
+	debugFUSE    bool
+	readyFD      int
+	pushIndex    repoName  // --push-index-to: push the indexes of layers streamed here there
+	metricsAddr  string    // --metrics-address: serve Prometheus metrics there
+	cacheMax     sizeValue // --cache-max: keep the cache under this many bytes
+	trimEvery    time.Duration
+	takeover     bool   // --takeover: the FUSE connection lives in a holder process
+	holderSocket string // set for the daemons the holder starts
 }
 
 func storeFlags(set *pflag.FlagSet) runFunc {
@@ -39,6 +44,9 @@ func storeFlags(set *pflag.FlagSet) runFunc {
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	set.IntVar(&o.readyFD, "ready-fd", 0, "file descriptor on which the daemon reports readiness")
 	_ = set.MarkHidden("ready-fd")
+	set.BoolVar(&o.takeover, "takeover", false, "keep the store's FUSE connection in a small holder process, so the daemon can crash or be\nupgraded (ocifs upgrade MOUNTPOINT) while running containers keep reading their layers (Linux 6.9+\nfor reads in flight). Reads all go through the daemon (no passthrough)")
+	set.StringVar(&o.holderSocket, "holder-socket", "", "the holder's socket (set for the daemons a holder starts)")
+	_ = set.MarkHidden("holder-socket")
 	return func(ctx context.Context, e *env, args []string) error {
 		return runStore(ctx, e, args[0], o)
 	}
@@ -57,6 +65,32 @@ func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", dir, err)
+	}
+	switch {
+	case o.holderSocket != "" && !o.takeover:
+		return &usageError{msg: "--holder-socket needs --takeover"}
+	case o.holderSocket != "":
+		// A daemon a holder started: a later one takes over a mount that
+		// is there and waits for it; looking at it would wait for this
+		// very daemon.
+		return serveStore(ctx, e, abs, o)
+	case o.takeover && o.foreground:
+		// This process stays in the foreground as the holder (a systemd
+		// unit's main process) and runs the daemon as its child.
+		p, err := pathsFor(e.g.cacheDir, abs)
+		if err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("store: find this binary: %w", err)
+		}
+		if err := os.Chdir("/"); err != nil { // keep no directory busy
+			return err
+		}
+		sock := holderSocketPath(p)
+		return takeover.Hold(ctx, takeover.HolderOptions{Socket: sock, Exe: exe, Name: daemonName,
+			Args: append(slices.Clone(os.Args[1:]), "--holder-socket="+sock), Output: os.Stderr, Logger: e.log})
 	}
 	if mi, ok, err := findMount(abs); err != nil {
 		return err
@@ -79,10 +113,30 @@ func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
 	if o.cacheMax > 0 {
 		args = append(args, "--cache-max="+strconv.FormatInt(int64(o.cacheMax), 10), "--cache-trim-interval="+o.trimEvery.String())
 	}
+	if o.takeover {
+		p, err := pathsFor(e.g.cacheDir, abs)
+		if err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("store: find this binary: %w", err)
+		}
+		sock := holderSocketPath(p)
+		args = append(args, "--takeover", "--holder-socket="+sock, "--", abs)
+		holder := append(globalArgs(e.g), "holder", "--socket="+sock, "--exe="+exe, "--ready-fd=3", "--")
+		return startDaemon(ctx, e, abs, "store "+abs, append(holder, args...), func(pid int, log string) string {
+			return fmt.Sprintf("layer store at %s (holder pid %d, log %s; the daemon may be restarted or upgraded without unmounting)\n", abs, pid, log)
+		})
+	}
 	return startDaemon(ctx, e, abs, "store "+abs, append(args, "--", abs), func(pid int, log string) string {
 		return fmt.Sprintf("layer store at %s (pid %d, log %s)\n", abs, pid, log)
 	})
 }
+
+// storeStateDir is where a --takeover store at dir keeps the ids of its
+// nodes (store.AssignmentsFile).
+func storeStateDir(p mountPaths) string { return strings.TrimSuffix(p.state, ".json") + ".store" }
 
 // serveStore is the store daemon (or --foreground): mount, say ok, serve
 // until a signal or until the mount goes away, unmount.
@@ -99,15 +153,48 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 			}
 		}()
 	}
+	client, err := newClient(e)
+	if err != nil {
+		return err
+	}
+	// With a holder, the connection is taken first: for an upgrade that
+	// stops the daemon serving it, whose metrics port and ids file this one
+	// needs. Its requests wait until StartRaw below.
+	var tk *takeover.Server
+	var cl *takeover.Client
+	var s *store.Store
+	var loads *loadedImages
+	storeOpts := store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
+		Image:     fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)},
+		OnResolve: func(im *fs.Image) { loads.resolved(im) }, OnLoad: func(im *fs.Image, took time.Duration) { loads.loaded(im, took) }}
+	if o.holderSocket != "" {
+		if cl, err = takeover.Dial(o.holderSocket); err != nil {
+			return err
+		}
+		ref := "store:" + dir
+		if in := cl.Init(); in != nil && in.Ref != ref {
+			return fmt.Errorf("the holder at %s keeps the connection of %q, not of the store at %s", o.holderSocket, in.Ref, dir)
+		}
+		if s, err = store.NewRaw(context.WithoutCancel(ctx), dir, storeOpts); err != nil {
+			return err
+		}
+		if !cl.Have() {
+			if err := s.PrepareRawMount(); err != nil {
+				return err
+			}
+		}
+		tk, err = takeover.Serve(cl, s.Raw(), takeover.Options{Dir: dir, AllowOther: true, Writable: true, Source: "ocifs-store",
+			Logger: e.log, Debug: o.debugFUSE, Generation: store.Generation(), Ref: ref})
+		if err != nil {
+			return withHint(err, needFUSE)
+		}
+		s.SetServer(tk)
+	}
 	mx, err := startMetrics(e, o.metricsAddr)
 	if err != nil {
 		return err
 	}
 	defer mx.close()
-	client, err := newClient(e)
-	if err != nil {
-		return err
-	}
 	stopBound, err := holdCacheBound(e.log, client.Cache(), int64(o.cacheMax), o.trimEvery)
 	if err != nil {
 		return err
@@ -116,14 +203,32 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 	// Each image loaded is counted by the metrics and pinned in the cache
 	// until the store stops, as the snapshotter does.
 	mx.addClient(client)
-	loads := &loadedImages{e: e, mx: mx, client: client, what: "store"}
+	loads = &loadedImages{e: e, mx: mx, client: client, what: "store"}
 	defer loads.release()
-	// The loads outlive the signal that ends ctx until Unmount cancels them.
-	s, err := store.Mount(context.WithoutCancel(ctx), dir, store.Options{Client: client, Logger: e.log, Debug: o.debugFUSE,
-		Image:     fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex)},
-		OnResolve: loads.resolved, OnLoad: loads.loaded})
-	if err != nil {
-		return withHint(err, needFUSE)
+	if s == nil {
+		// The loads outlive the signal that ends ctx until Unmount cancels them.
+		if s, err = store.Mount(context.WithoutCancel(ctx), dir, storeOpts); err != nil {
+			return withHint(err, needFUSE)
+		}
+	} else {
+		p, err := pathsFor(e.g.cacheDir, dir)
+		if err != nil {
+			return err
+		}
+		if err := s.StartRaw(storeStateDir(p), !tk.Took); err != nil {
+			return err
+		}
+		stats, err := serveDaemonStats(e, dir, "store "+dir, o.holderSocket, func() int { return len(s.Images()) })
+		if err != nil {
+			return err
+		}
+		defer stats.close()
+		if err := cl.Serving(); err != nil {
+			e.log.Warn("tell the holder this daemon serves", "err", err)
+		}
+		if tk.Took {
+			e.log.Info("took over the layer store's FUSE connection", "path", dir, "pid", os.Getpid())
+		}
 	}
 	e.log.Info("layer store serving", "path", dir, "cache", e.g.cacheDir, "pid", os.Getpid(), "metrics", mx.address())
 	if ready != nil {
@@ -148,11 +253,25 @@ func serveStore(ctx context.Context, e *env, dir string, o *storeOpts) (err erro
 		ready = nil
 	}
 	notify(e.log, func() (bool, error) { return sdnotify.Ready("serving the layer store at " + dir) })
+	var stopReq <-chan struct{}
+	if cl != nil {
+		stopReq = cl.StopRequested()
+	}
 	select {
 	case <-ctx.Done():
 		e.log.Info("layer store stopping")
 	case <-watchUnmounted(ctx, dir):
 		e.log.Info("layer store unmounted from outside")
+	case <-stopReq:
+		// An upgrade: the new daemon waits for the connection, which
+		// outlives this process in the holder.
+		e.log.Info("handing the layer store over to a new daemon", "path", dir)
+		tk.Stop()
+		return nil
+	}
+	if tk != nil {
+		p, _ := pathsFor(e.g.cacheDir, dir)
+		removeState(p)
 	}
 	notify(e.log, sdnotify.Stopping)
 	if err := s.Unmount(); err != nil {
@@ -202,6 +321,16 @@ The store is read-write only for podman's use and release notifications
 (create of <layer>/use, rmdir of <layer>), which it counts and answers ENOENT;
 every other write is refused. A SIGKILLed podman leaves it serving.
 
+With --takeover the store's FUSE connection is kept by a small holder process,
+so its daemon can crash, be killed or be upgraded ('ocifs upgrade MOUNTPOINT',
+or SIGHUP to the holder) while containers keep reading their layers: a new
+daemon takes the connection over, and the node ids the kernel holds are kept
+in a file beside the mount's state. 'ocifs stats --json MOUNTPOINT' gives the
+pid of the daemon serving now. Every read goes through the daemon (no
+passthrough); use counts restart from zero with each daemon. With
+--foreground this process is the holder and the daemon its child (for a
+systemd unit: add NotifyAccess=all, the daemon says when it is ready).
+
 With --metrics-address the store serves Prometheus metrics (the names are in
 README's Operations section); with --cache-max it keeps the cache under a size,
 least recently used entries first, never the manifests, configs and indexes of
@@ -211,4 +340,5 @@ Examples:
   ocifs store /var/lib/ocifs/store
   ocifs store --foreground --cache-dir /var/cache/ocifs /var/lib/ocifs/store
   ocifs store --metrics-address 127.0.0.1:9464 --cache-max 20G /var/lib/ocifs/store
+  ocifs store --takeover /var/lib/ocifs/store; ocifs upgrade /var/lib/ocifs/store
 `

@@ -100,9 +100,15 @@ not an error. Only a mount made with --takeover can be handed over.
 
 Sending SIGHUP to the mount's holder process does the same.
 
+The layer mount of 'ocifs snapshotter --takeover' is handed over the same
+way: ocifs upgrade ROOT/layers (the snapshotter's --root, default
+/var/lib/ocifs/snapshotter), with the --cache-dir the snapshotter runs with;
+so is the mountpoint of 'ocifs store --takeover'.
+
 Examples:
   install -m 755 ./ocifs /usr/local/bin/ocifs
   ocifs upgrade /mnt/app
+  ocifs upgrade /var/lib/ocifs/snapshotter/layers
 `
 
 // runUpgrade asks the holder of the mount at dir to hand over to a new
@@ -119,6 +125,10 @@ func runUpgrade(e *env, dir string) error {
 	if st == nil {
 		return withHint(fmt.Errorf("upgrade %s: no ocifs mount there (no record in %s)", abs, filepath.Dir(p.state)),
 			"mount with: ocifs mount --takeover IMAGE "+abs)
+	}
+	if st.Holder == "" && strings.HasPrefix(st.Image, "snapshotter ") {
+		return withHint(fmt.Errorf("upgrade %s: the snapshotter runs without --takeover: its daemon holds the FUSE connection and cannot hand it over", abs),
+			"run it with --takeover (ocifs snapshotter --help); a restart without it ends the reads of running containers")
 	}
 	if st.Holder == "" {
 		return withHint(fmt.Errorf("upgrade %s: the mount was made without --takeover: its daemon holds the FUSE connection and cannot hand it over", abs),

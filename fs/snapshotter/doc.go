@@ -94,6 +94,20 @@
 // so the first Prepare of such an image costs its download, without
 // containerd's decompress-and-write of every file.
 //
+// # Takeover (ocifs snapshotter --takeover)
+//
+// The layer mount's FUSE connection can outlive the daemon: a holder
+// keeps it and starts a new daemon, which takes it over (see
+// fs/takeover's doc.go, "A layer mount taken over"). The mount is then
+// served raw (fs.NewRawLayerFS): the kernel names a layer's nodes by
+// slot = snapshot id, and a request about a snapshot the new daemon does
+// not serve yet is answered after [Snapshotter.ServeAgain] looks the id
+// up in the metadata and serves the committed layer again through
+// [Layers.Dir], as a mount after a restart does. An id that is no
+// committed remote snapshot gets ESTALE. TestCRITakeover runs a container
+// reading its lazy layer across SIGKILLs of the daemon, `ocifs upgrade`
+// and SIGHUP.
+//
 // # Invariants
 //
 //   - The mounts of a chain are what containerd's overlayfs snapshotter

@@ -180,3 +180,35 @@ func (s *Snapshotter) unlink(id string) error {
 	}
 	return nil
 }
+
+// ServeAgain serves the remote snapshot of storage id id again, as a mount
+// of it would ([Layers.Dir]): for a layer mount another daemon answered
+// before this one (a takeover), whose kernel names the layer's nodes by
+// the id. An id that is no committed remote snapshot is an error.
+func (s *Snapshotter) ServeAgain(ctx context.Context, id string) error {
+	var c chained
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		ids, err := storage.IDMap(ctx)
+		if err != nil {
+			return err
+		}
+		name, ok := ids[id]
+		if !ok {
+			return fmt.Errorf("no snapshot has id %s: %w", id, errdefs.ErrNotFound)
+		}
+		_, info, _, err := storage.GetInfo(ctx, name)
+		if err != nil {
+			return err
+		}
+		if info.Kind != snapshots.KindCommitted || !isRemote(info.Labels) {
+			return fmt.Errorf("snapshot %s (id %s) is no committed remote layer: %w", name, id, errdefs.ErrNotFound)
+		}
+		c = chained{id: id, name: name, labels: info.Labels}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("serve snapshot id %s again: %w", id, err)
+	}
+	_, err = s.layerDir(ctx, c)
+	return err
+}

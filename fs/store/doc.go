@@ -50,4 +50,17 @@
 // went back to 0 is not done yet). An image with a sparse file is not
 // served (ENOENT for every layer): a view's sparse file reads through the
 // merged tree's map, which only containerd's views keep.
+//
+// # Takeover (ocifs store --takeover)
+//
+// Served raw ([NewRaw], [Store.Raw]) on a connection a holder keeps
+// (fs/takeover), the store's node ids outlive its daemon: the ids of its
+// own nodes and the slots of its layers, given in first-seen order, are
+// kept in store-ids.jsonl ([Store.StartRaw]), each written and fsynced
+// before the kernel hears of it; a line cut short by a crash is dropped
+// (the kernel never had that id), any other bad line refuses to start.
+// A request about a slot the daemon has not served loads its image and
+// layer view again; an id the file does not give is ESTALE, never another
+// node. TestStoreTakeover runs a podman container reading its layer
+// across SIGKILLs and an upgrade of the daemon.
 package store

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,8 +65,13 @@ type Store struct {
 	imgOpts fs.Options
 	log     *slog.Logger
 	blobDir string
-	server  *fuse.Server
+	server  interface{ Wait() } // go-fuse's, or the raw server's (SetServer)
 	onLoad  func(*fs.Image, time.Duration)
+	// Served raw (NewRaw): ids and slots from their file, and each
+	// slot's raw file system once served.
+	assign  *assignments
+	trees   map[uint64]*fs.RawFS
+	started chan struct{} // closed once assign is read (StartRaw)
 	onRes   func(*fs.Image)
 
 	ctx    context.Context // the loads'; Unmount cancels it
@@ -103,33 +110,18 @@ type image struct {
 // it: every write is answered ENOENT), nosuid, nodev, visible to every
 // user. It needs root and /dev/fuse.
 func Mount(ctx context.Context, dir string, opts Options) (*Store, error) {
-	if opts.Client == nil {
-		return nil, errors.New("layer store: a fetch client is required")
-	}
-	dir, err := filepath.Abs(dir)
+	s, err := newStore(ctx, dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("layer store at %s: %w", dir, err)
+		return nil, err
 	}
-	lg := opts.Logger
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
+	if err := s.prepareMountpoint(); err != nil {
+		s.cancel()
+		return nil, err
 	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); errors.Is(err, syscall.ENOTCONN) {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			return nil, fmt.Errorf("layer store at %s: detach the mount a dead daemon left there: %w", dir, err)
-		}
-		lg.Warn("detached the layer store a dead daemon left", "path", dir)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("layer store at %s: %w", dir, err)
-	}
-	io := opts.Image
-	io.Logger = lg
-	io.Progressive = false
-	ctx, cancel := context.WithCancel(ctx)
-	s := &Store{Dir: dir, client: opts.Client, imgOpts: io, log: lg, blobDir: opts.BlobDir, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
-		images: map[string]*image{}, ids: map[string]uint64{"": fuse.FUSE_ROOT_ID}, nextSlot: 1, uses: map[string]int{}}
+	s.ids[""] = fuse.FUSE_ROOT_ID
+	cancel := s.cancel
+	lg := s.log
+	dir = s.Dir
 	timeout := time.Hour
 	zero := time.Duration(0)
 	fo := &fusefs.Options{
@@ -163,6 +155,43 @@ func Mount(ctx context.Context, dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// newStore is a store at dir (absolute once returned), not mounted.
+func newStore(ctx context.Context, dir string, opts Options) (*Store, error) {
+	if opts.Client == nil {
+		return nil, errors.New("layer store: a fetch client is required")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("layer store at %s: %w", dir, err)
+	}
+	lg := opts.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	imgOpts := opts.Image
+	imgOpts.Logger = lg
+	imgOpts.Progressive = false
+	ctx, cancel := context.WithCancel(ctx)
+	return &Store{Dir: dir, client: opts.Client, imgOpts: imgOpts, log: lg, blobDir: opts.BlobDir, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
+		images: map[string]*image{}, ids: map[string]uint64{}, nextSlot: 1, uses: map[string]int{}}, nil
+}
+
+// prepareMountpoint detaches a mount at s.Dir whose daemon died (ENOTCONN)
+// and creates the directory.
+func (s *Store) prepareMountpoint() error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.Dir, &st); errors.Is(err, syscall.ENOTCONN) {
+		if err := syscall.Unmount(s.Dir, syscall.MNT_DETACH); err != nil {
+			return fmt.Errorf("layer store at %s: detach the mount a dead daemon left there: %w", s.Dir, err)
+		}
+		s.log.Warn("detached the layer store a dead daemon left", "path", s.Dir)
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return fmt.Errorf("layer store at %s: %w", s.Dir, err)
+	}
+	return nil
+}
+
 // Unmount unmounts the store, waits (at most a second) for its FUSE
 // connection to end, and closes every image. Containers still running
 // keep their overlay mounts, whose reads of the store fail once this
@@ -188,7 +217,18 @@ func (s *Store) Unmount() error {
 			img.close()
 		}
 	}
+	if s.assign != nil {
+		return s.assign.close()
+	}
 	return nil
+}
+
+// Generation identifies how a store served raw numbers its nodes, for a
+// takeover's check that the next daemon numbers them as the kernel was
+// told.
+func Generation() uint32 {
+	h := sha256.Sum256([]byte("ocifs store ids 1: slot 0 and slots as store-ids.jsonl gives them\n"))
+	return fs.LayerGeneration() ^ max(binary.BigEndian.Uint32(h[:4]), 1)
 }
 
 func (img *image) close() {
@@ -385,10 +425,18 @@ func (s *Store) servedTree(img *image, i int) (*fs.ServedTree, error) {
 	if st := img.served[i]; st != nil {
 		return st, nil
 	}
-	s.mu.Lock()
-	slot := s.nextSlot
-	s.nextSlot++
-	s.mu.Unlock()
+	var slot uint64
+	if s.assign != nil {
+		var err error
+		if slot, err = s.assign.slot(img.ref, i); err != nil {
+			return nil, err
+		}
+	} else {
+		s.mu.Lock()
+		slot = s.nextSlot
+		s.nextSlot++
+		s.mu.Unlock()
+	}
 	st, err := fs.NewServedTree(img.im, img.views[i], i, slot)
 	if err != nil {
 		return nil, err

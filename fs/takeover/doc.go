@@ -86,7 +86,68 @@
 //     the cache). The holder retries with its backoff; the mount waits.
 //   - A crash of the holder itself ends the mount as a crash of a daemon
 //     without a holder does (readers get ENOTCONN).
-//   - The snapshotter (fs.LayerFS) and the layer store: not built yet.
+//
+// # The layer store taken over (ocifs store --takeover)
+//
+// fs/store served raw (store.NewRaw) numbers its own nodes (slot 0: the
+// directories of references' base64, layers' directories, info, blob)
+// and gives layers their slots in the order podman first looks them up:
+// not a function of anything the next daemon could read, so every new id
+// and slot is appended to store-ids.jsonl in the mount's state directory
+// and fsynced before the kernel hears of it. A daemon taking over opens
+// the file only once it holds the connection (the one before writes it
+// until it stops), and answers requests only then; a slot it has not
+// served yet loads its image and view on demand, as the snapshotter does.
+// A mount made afresh starts the file afresh. Init.Ref is "store:" + the
+// mountpoint, Init.Generation store.Generation. The use counts of
+// podman's notifications are the daemon's memory: they restart from zero.
+//
+// # A layer mount taken over (ocifs snapshotter --takeover)
+//
+// The snapshotter serves every image layer of the node on one FUSE mount
+// (fs.LayerFS, --root/layers), each layer a directory named by its
+// containerd snapshot id. With --takeover the process systemd starts is
+// the holder (the same [Hold]), and the daemon its child, with the same
+// command line; the daemon serves the mount with fs.LayerFS.Raw over
+// [Serve], which keeps no table either: a node id is slot<<32 | the
+// node's number in the layer's view tree, and a layer's slot is its
+// snapshot id, which containerd never reuses. Init.Generation is
+// fs.LayerGeneration (how slots and views are numbered), Init.Ref
+// "layers:" + the root: the new daemon needs no image of its own, only
+// its flags, which the holder passes again.
+//
+// A new daemon starts with no layer loaded. A request about a slot it
+// does not serve yet (the kernel's node ids from the daemon before) is
+// resolved on demand: snapshot id -> its committed labels in the
+// snapshotter's metadata (io.ocifs.remote, io.ocifs.layer) -> the image,
+// pinned, loaded from the cache (manifest and config from the registry,
+// as after a restart) -> the layer's view, numbered as before, with the
+// same generation, which the kernel checks at every LOOKUP of a cached
+// dentry. A slot that is no committed remote snapshot gets ESTALE (ENOENT
+// for a name looked up at the root), never another layer's file. Only
+// decimal names are served raw: a slot counted down from the top (the
+// bridge's for other names) would not be derivable.
+//
+// Order of a hand-over: a daemon taking over takes the connection first
+// (for an upgrade that stops the daemon serving it, which finishes its
+// requests, stops its gRPC server and exits 0 without unmounting), and
+// only then opens the metadata (bbolt's lock), the gRPC socket, the
+// metrics port and the CRI image socket the old one held; requests read
+// meanwhile wait for it. containerd's proxy client reconnects to the
+// socket by itself; calls it makes in the gap fail with Unavailable and
+// are retried by kubelet.
+//
+// What survives: running containers (their overlay mounts keep their
+// lower directories on the connection), their open files, reads in
+// flight; new containers start as soon as the new daemon serves the
+// socket. What does not: the CRI image service's in-memory credentials
+// (--cri-image-service; a layer of a private registry then needs root's
+// auth file or credential helper to be served again), the daemon's
+// counters and decoded caches, passthrough (off: every read goes through
+// the daemon). A name removed from the mount stays visible to the
+// kernel for at most a second (no invalidation is sent), then ENOENT.
+// SIGTERM to the holder still stops everything, as without --takeover:
+// running containers' reads of lazy layers then fail.
 //
 // # What it must not do
 //

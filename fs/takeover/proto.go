@@ -38,8 +38,10 @@ type Init struct {
 	// fs.RawFS.Generation): a daemon whose tree has another must not
 	// answer for the kernel's node ids.
 	Generation uint32 `json:"generation"`
-	// Ref pins the image served (repository@digest, or a layout's), so a
-	// new daemon serves the same image even if its tag moved.
+	// Ref pins what is served: for `ocifs mount` the image
+	// (repository@digest, or a layout's), so a new daemon serves the same
+	// image even if its tag moved; for a layer mount (the snapshotter's)
+	// its root, whose metadata says what each slot serves.
 	Ref string `json:"ref,omitempty"`
 }
 

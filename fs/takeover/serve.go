@@ -152,7 +152,12 @@ type Options struct {
 	Dir string
 	// AllowOther, Suid and Dev are as fs.MountOptions has them.
 	AllowOther, Suid, Dev bool
-	// Generation and Ref identify the tree served: saved with the INIT
+	// Source is the mount's source in the mount table (default ocifs).
+	Source string
+	// Writable mounts read-write (the layer store's use notifications are
+	// writes; its file system refuses the rest); default read-only.
+	Writable bool
+	// Generation and Ref identify what is served: saved with the INIT
 	// exchange by the first daemon, checked by the next (see Init).
 	Generation uint32
 	Ref        string
@@ -292,6 +297,9 @@ func (s *Server) mount(o Options) error {
 		return fmt.Errorf("mount %s: open /dev/fuse: %w", o.Dir, err)
 	}
 	flags := uintptr(unix.MS_RDONLY)
+	if o.Writable {
+		flags = 0
+	}
 	if !o.Suid {
 		flags |= unix.MS_NOSUID
 	}
@@ -302,7 +310,11 @@ func (s *Server) mount(o Options) error {
 	if o.AllowOther {
 		data += ",allow_other"
 	}
-	if err := unix.Mount("ocifs", o.Dir, "fuse.ocifs", flags, data); err != nil {
+	source := o.Source
+	if source == "" {
+		source = "ocifs"
+	}
+	if err := unix.Mount(source, o.Dir, "fuse.ocifs", flags, data); err != nil {
 		unix.Close(fd)
 		return fmt.Errorf("mount %s: %w", o.Dir, err)
 	}
