@@ -22,8 +22,11 @@ const (
 	blobsDir   = "blobs"
 	indexDir   = "index"
 	profileDir = "profiles"
-	tmpDir     = "tmp"
-	staleAfter = time.Hour
+	// referrersDir holds the last referrers list a registry gave for an
+	// image, keyed by a digest of (repository, manifest, artifact type).
+	referrersDir = "referrers"
+	tmpDir       = "tmp"
+	staleAfter   = time.Hour
 	// indexMagic starts every index file; the sha256 of the payload follows.
 	indexMagic = "OCIFSIX1"
 )
@@ -33,6 +36,9 @@ const (
 	KindBlob    = "blob"
 	KindIndex   = "index"
 	KindProfile = "profile"
+	// KindReferrers is a saved referrers list (offline.go): what a
+	// registry last answered, for when it cannot be asked.
+	KindReferrers = "referrers"
 )
 
 // Cache is the digest-addressed cache shared by all mounts:
@@ -40,6 +46,7 @@ const (
 //	blobs/<alg>/<hex>   content whose digest is the name, admitted only after verification
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
 //	profiles/<alg>/<hex> opaque start-up profiles keyed by a manifest digest, with the same header
+//	referrers/<alg>/<hex> the last referrers list a registry gave, with the same header (offline.go)
 //	trees/<alg>/<hex>/  a layer's files, extracted from its verified tar (see Tree)
 //	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
 //	tmp/                temp files; stale ones are removed by OpenCache
@@ -63,7 +70,7 @@ func OpenCache(dir string) (*Cache, error) {
 	if dir == "" {
 		return nil, errors.New("open cache: empty directory name")
 	}
-	for _, sub := range []string{blobsDir, indexDir, profileDir, tmpDir} {
+	for _, sub := range []string{blobsDir, indexDir, profileDir, referrersDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
@@ -408,11 +415,11 @@ type CacheEntry struct {
 // List returns every blob, index and tree in the cache.
 func (c *Cache) List() ([]CacheEntry, error) {
 	var out []CacheEntry
-	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}} {
+	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}, {KindReferrers, referrersDir}} {
 		root := filepath.Join(c.dir, k.dir)
 		algs, err := os.ReadDir(root)
-		if errors.Is(err, fs.ErrNotExist) && k.kind == KindProfile {
-			continue // a cache opened by a build without profiles
+		if errors.Is(err, fs.ErrNotExist) && (k.kind == KindProfile || k.kind == KindReferrers) {
+			continue // a cache opened by an older build
 		}
 		if err != nil {
 			return nil, fmt.Errorf("cache: list %s: %w", root, err)
@@ -465,6 +472,8 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		dir = indexDir
 	case KindProfile:
 		dir = profileDir
+	case KindReferrers:
+		dir = referrersDir
 	case KindTree:
 		p, err := c.path(treesDir, d)
 		if err != nil {
@@ -479,7 +488,7 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		c.unuse(kind, d)
 		return nil
 	default:
-		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindTree)
+		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindReferrers, KindTree)
 	}
 	p, err := c.path(dir, d)
 	if err != nil {

@@ -1,0 +1,154 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// What a load can do without the registry. A manifest is content like any
+// blob: once verified against its digest it is kept in the blob cache
+// under that digest, and a reference pinned by digest (or an index's
+// child, or a referrer's artifact manifest) is read from there, checked
+// again, before any registry is asked. With the config (cached the same
+// way since the first mount) that is all Resolve needs, so a daemon that
+// restarts while the registry is down resolves its pinned image from the
+// cache. A tag is another matter: only the registry knows what it names
+// now, so resolving one still asks it.
+//
+// A referrers list is not content: it is what a registry answered when
+// asked. The last answer is kept (checksummed against damage, like an
+// index file) and given back when the registry cannot be asked; it stays
+// a hint, since everything listed is fetched and verified by digest.
+
+// ErrOffline is wrapped by the error of a request a Client did not send
+// because its context was made by [Offline].
+var ErrOffline = errors.New("not asking the registry (answering from the cache only)")
+
+type offlineKey struct{}
+
+// Offline returns a context under which a Client answers from its cache
+// alone: a manifest, blob or referrers request that would go to a registry
+// fails at once with an error wrapping [ErrOffline], and [Image.Referrers]
+// gives the list it saved last, if any. For a lookup that is worth doing
+// only if it costs nothing.
+func Offline(ctx context.Context) context.Context {
+	return context.WithValue(ctx, offlineKey{}, true)
+}
+
+func isOffline(ctx context.Context) bool {
+	v, _ := ctx.Value(offlineKey{}).(bool)
+	return v
+}
+
+// cachedManifest returns manifest d from the blob cache, verified against
+// d. A copy that does not check out is removed, with a warning, and
+// reported absent, so that the caller fetches it again.
+func (c *Client) cachedManifest(d digest.Digest) ([]byte, bool) {
+	f, err := c.cache.Open(d)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err == nil && len(b) > maxManifestSize {
+		err = formatError("cache: manifest %s is larger than 4 MiB", d)
+	}
+	if err == nil {
+		err = verifyBytes("cache: manifest "+d.String(), d, b)
+	}
+	if err != nil {
+		c.log.Warn("cached manifest damaged on disk; removed, asking the registry", "digest", d, "err", err)
+		c.cache.Remove(KindBlob, d)
+		return nil, false
+	}
+	return b, true
+}
+
+// keepManifest puts manifest bytes b, verified against d, into the blob
+// cache, so that a later load by digest needs no registry.
+func (c *Client) keepManifest(d digest.Digest, b []byte) {
+	if d.Validate() != nil || c.cache.Has(d) {
+		return
+	}
+	if err := c.cache.Put(d, bytes.NewReader(b)); err != nil && !errors.Is(err, ErrFormat) {
+		c.log.Warn("caching manifest", "digest", d, "err", err)
+	}
+}
+
+// tagError says why a tag could not be resolved when the registry could
+// not be asked: a tag names what the registry says it names now, so no
+// cached answer stands in for it.
+func tagError(ref Reference, err error) error {
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrFormat) {
+		return err
+	}
+	return fmt.Errorf("resolving tag %q needs the registry, which did not answer (name the image by digest, %s@sha256:…, to mount it from the local cache): %w",
+		ref.Tag, ref.repoName(), err)
+}
+
+// maxSavedReferrers caps the entries of a saved referrers list.
+const maxSavedReferrers = 4096
+
+// referrersKey is the cache key of the referrers list of im's manifest in
+// its repository, for artifactType.
+func (im *Image) referrersKey(artifactType string) digest.Digest {
+	h := sha256.New()
+	fmt.Fprintf(h, "ocifs referrers v1\x00%s\x00%s\x00%s", im.src, im.ManifestDigest, artifactType)
+	return digest.NewDigest(digest.SHA256, h)
+}
+
+// saveReferrers keeps descs as the last referrers answer for artifactType.
+func (im *Image) saveReferrers(artifactType string, descs []ocispec.Descriptor) {
+	if len(descs) > maxSavedReferrers {
+		return
+	}
+	b, err := json.Marshal(descs)
+	if err == nil {
+		err = im.c.cache.writeChecked(KindReferrers, referrersDir, im.referrersKey(artifactType), b)
+	}
+	if err != nil {
+		im.c.log.Warn("keeping the referrers list in the cache", "digest", im.ManifestDigest, "err", err)
+	}
+}
+
+// savedReferrers returns the referrers list saved for artifactType and when
+// it was saved; ok is false when none is (or it is damaged: then it is
+// removed).
+func (im *Image) savedReferrers(artifactType string) (descs []ocispec.Descriptor, saved time.Time, ok bool) {
+	key := im.referrersKey(artifactType)
+	f, r, err := im.c.cache.openChecked(KindReferrers, referrersDir, key)
+	if err != nil {
+		return nil, time.Time{}, false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil {
+		saved = fi.ModTime()
+	}
+	b := make([]byte, r.Size())
+	if _, err := r.ReadAt(b, 0); err != nil {
+		return nil, time.Time{}, false
+	}
+	if err := json.Unmarshal(b, &descs); err != nil || len(descs) > maxSavedReferrers {
+		im.c.cache.Remove(KindReferrers, key)
+		return nil, time.Time{}, false
+	}
+	out := descs[:0]
+	for _, d := range descs {
+		if checkDescriptor("referrer", d) == nil {
+			out = append(out, d)
+		}
+	}
+	if out == nil {
+		out = []ocispec.Descriptor{}
+	}
+	return out, saved, true
+}
