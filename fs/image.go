@@ -191,19 +191,31 @@ func (im *Image) plan(ctx context.Context) error {
 	cache := im.client.Cache()
 	var unindexed []*layer
 	for _, l := range im.layers {
-		if cache.HasIndex(l.desc.Digest) {
+		switch {
+		case cache.HasIndex(l.desc.Digest):
 			l.mode, l.why = ModeIndex, "ocifs index in the local cache"
-		} else {
+		case l.compression == "zstd" || cache.Has(l.desc.Digest):
+			// Nothing to look for: a zstd layer has no ocifs index,
+			// and a layer whose blob is cached is read (and indexed)
+			// from there.
+		default:
 			unindexed = append(unindexed, l)
 		}
 	}
 	if len(unindexed) > 0 && !im.opts.NoRemoteIndex {
-		remote, err := im.remoteIndexes(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return err
+		// What the registry answered before will do when it indexes
+		// every layer that wants an index: then the registry is not
+		// asked, and a daemon restarting while it is down loads at once.
+		remote, _ := im.remoteIndexes(fetch.Offline(ctx))
+		if !coversAll(remote, unindexed) {
+			var err error
+			remote, err = im.remoteIndexes(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return err
+				}
+				im.log.Warn("looking for index artifacts in the registry", "err", err)
 			}
-			im.log.Warn("looking for index artifacts in the registry", "err", err)
 		}
 		for _, l := range unindexed {
 			if d, ok := remote[l.desc.Digest]; ok {
@@ -223,6 +235,16 @@ func (im *Image) plan(ctx context.Context) error {
 		}
 	}
 	return im.planChunked(ctx)
+}
+
+// coversAll reports whether remote has an index for each of layers.
+func coversAll(remote map[digest.Digest]remoteIndex, layers []*layer) bool {
+	for _, l := range layers {
+		if _, ok := remote[l.desc.Digest]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Ref returns the fully qualified reference the image was resolved from.
