@@ -194,20 +194,20 @@ func (im *Image) plan(ctx context.Context) error {
 		switch {
 		case cache.HasIndex(l.desc.Digest):
 			l.mode, l.why = ModeIndex, "ocifs index in the local cache"
-		case l.compression == "zstd" || cache.Has(l.desc.Digest):
-			// Nothing to look for: a zstd layer has no ocifs index,
-			// and a layer whose blob is cached is read (and indexed)
-			// from there.
+		case l.compression == "zstd":
+			// Nothing to look for: a zstd layer has no ocifs index.
 		default:
 			unindexed = append(unindexed, l)
 		}
 	}
 	if len(unindexed) > 0 && !im.opts.NoRemoteIndex {
 		// What the registry answered before will do when it indexes
-		// every layer that wants an index: then the registry is not
+		// every layer that needs an index: then the registry is not
 		// asked, and a daemon restarting while it is down loads at once.
+		// A layer whose blob is cached needs none: without one it is
+		// read, and indexed, from the cache.
 		remote, _ := im.remoteIndexes(fetch.Offline(ctx))
-		if !coversAll(remote, unindexed) {
+		if !coversAll(remote, unindexed, cache) {
 			var err error
 			remote, err = im.remoteIndexes(ctx)
 			if err != nil {
@@ -237,10 +237,11 @@ func (im *Image) plan(ctx context.Context) error {
 	return im.planChunked(ctx)
 }
 
-// coversAll reports whether remote has an index for each of layers.
-func coversAll(remote map[digest.Digest]remoteIndex, layers []*layer) bool {
+// coversAll reports whether remote has an index for each of layers whose
+// blob is not in cache.
+func coversAll(remote map[digest.Digest]remoteIndex, layers []*layer, cache *fetch.Cache) bool {
 	for _, l := range layers {
-		if _, ok := remote[l.desc.Digest]; !ok {
+		if _, ok := remote[l.desc.Digest]; !ok && !cache.Has(l.desc.Digest) {
 			return false
 		}
 	}
