@@ -25,8 +25,10 @@ const (
 	// referrersDir holds the last referrers list a registry gave for an
 	// image, keyed by a digest of (repository, manifest, artifact type).
 	referrersDir = "referrers"
-	tmpDir       = "tmp"
-	staleAfter   = time.Hour
+	// rangesDir holds blob ranges a load needs each time (CheckRangeKept).
+	rangesDir  = "ranges"
+	tmpDir     = "tmp"
+	staleAfter = time.Hour
 	// indexMagic starts every index file; the sha256 of the payload follows.
 	indexMagic = "OCIFSIX1"
 )
@@ -39,6 +41,9 @@ const (
 	// KindReferrers is a saved referrers list (offline.go): what a
 	// registry last answered, for when it cannot be asked.
 	KindReferrers = "referrers"
+	// KindRange is a blob range kept for the loads that need it each
+	// time, an eStargz or zstd:chunked TOC ([Image.CheckRangeKept]).
+	KindRange = "range"
 )
 
 // Cache is the digest-addressed cache shared by all mounts:
@@ -47,6 +52,7 @@ const (
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
 //	profiles/<alg>/<hex> opaque start-up profiles keyed by a manifest digest, with the same header
 //	referrers/<alg>/<hex> the last referrers list a registry gave, with the same header (offline.go)
+//	ranges/<alg>/<hex>  blob ranges a load needs each time (a TOC), with the same header (CheckRangeKept)
 //	trees/<alg>/<hex>/  a layer's files, extracted from its verified tar (see Tree)
 //	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
 //	tmp/                temp files; stale ones are removed by OpenCache
@@ -70,7 +76,7 @@ func OpenCache(dir string) (*Cache, error) {
 	if dir == "" {
 		return nil, errors.New("open cache: empty directory name")
 	}
-	for _, sub := range []string{blobsDir, indexDir, profileDir, referrersDir, tmpDir} {
+	for _, sub := range []string{blobsDir, indexDir, profileDir, referrersDir, rangesDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
@@ -415,10 +421,10 @@ type CacheEntry struct {
 // List returns every blob, index and tree in the cache.
 func (c *Cache) List() ([]CacheEntry, error) {
 	var out []CacheEntry
-	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}, {KindReferrers, referrersDir}} {
+	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}, {KindReferrers, referrersDir}, {KindRange, rangesDir}} {
 		root := filepath.Join(c.dir, k.dir)
 		algs, err := os.ReadDir(root)
-		if errors.Is(err, fs.ErrNotExist) && (k.kind == KindProfile || k.kind == KindReferrers) {
+		if errors.Is(err, fs.ErrNotExist) && k.kind != KindBlob && k.kind != KindIndex {
 			continue // a cache opened by an older build
 		}
 		if err != nil {
@@ -474,6 +480,8 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		dir = profileDir
 	case KindReferrers:
 		dir = referrersDir
+	case KindRange:
+		dir = rangesDir
 	case KindTree:
 		p, err := c.path(treesDir, d)
 		if err != nil {
@@ -488,7 +496,7 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		c.unuse(kind, d)
 		return nil
 	default:
-		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindReferrers, KindTree)
+		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindReferrers, KindRange, KindTree)
 	}
 	p, err := c.path(dir, d)
 	if err != nil {

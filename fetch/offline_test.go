@@ -213,3 +213,74 @@ func TestReferrersSaved(t *testing.T) {
 		t.Errorf("Referrers of a type never listed, with the registry down: no error")
 	}
 }
+
+// TestCheckRangeKept: bytes check accepted are kept and read back, checked
+// again, with the registry down; a kept copy damaged on disk, or one check
+// rejects, is removed and fetched again.
+func TestCheckRangeKept(t *testing.T) {
+	var sw downSwitch
+	tr := newTestRegistry(t, sw.wrap)
+	layer := randomBytes(t, 64<<10)
+	img := testImage(t, types.OCIManifestSchema1, layer)
+	tr.push(t, "app:v1", img)
+	cache := t.TempDir()
+	c, _ := testClient(t, Options{CacheDir: cache})
+	im, err := c.Resolve(t.Context(), tr.host+"/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := im.Layers()[0]
+	const off, n = 1000, 3000
+	want := layer[off : off+n]
+	var checks int
+	check := func(b []byte) error {
+		checks++
+		if !bytes.Equal(b, want) {
+			return formatError("range differs")
+		}
+		return nil
+	}
+	if err := im.CheckRangeKept(t.Context(), desc, off, n, check); err != nil {
+		t.Fatal(err)
+	}
+	key := rangeKey(desc.Digest, off, n)
+	file := filepath.Join(cache, rangesDir, "sha256", key.Encoded())
+	if _, err := os.Stat(file); err != nil {
+		t.Fatalf("the range was not kept: %v", err)
+	}
+
+	sw.down.Store(true)
+	checks = 0
+	if err := im.CheckRangeKept(t.Context(), desc, off, n, check); err != nil || checks != 1 {
+		t.Errorf("CheckRangeKept with the registry down = %v after %d checks; want the kept bytes, checked once", err, checks)
+	}
+
+	// Damaged on disk: the checksum header catches it.
+	b, _ := os.ReadFile(file)
+	b[len(b)-1] ^= 1
+	os.WriteFile(file, b, 0o600)
+	if err := im.CheckRangeKept(t.Context(), desc, off, n, check); err == nil {
+		t.Errorf("CheckRangeKept over a damaged kept copy with the registry down succeeded")
+	}
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the damaged kept copy is still there: %v", err)
+	}
+
+	// Rejected by check (intact, but not what check wants): fetched again.
+	sw.down.Store(false)
+	if err := im.CheckRangeKept(t.Context(), desc, off, n, check); err != nil {
+		t.Fatal(err)
+	}
+	want = layer[:n] // what check accepts now differs from what was kept
+	gets := len(tr.faults.requests())
+	err = im.CheckRangeKept(t.Context(), desc, off, n, check)
+	if err == nil {
+		t.Errorf("CheckRangeKept accepted bytes its check rejects")
+	}
+	if len(tr.faults.requests()) == gets {
+		t.Errorf("a kept copy check rejected was not fetched again")
+	}
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the rejected kept copy is still there: %v", err)
+	}
+}

@@ -201,13 +201,16 @@ func (im *Image) plan(ctx context.Context) error {
 		}
 	}
 	if len(unindexed) > 0 && !im.opts.NoRemoteIndex {
-		// What the registry answered before will do when it indexes
-		// every layer that needs an index: then the registry is not
-		// asked, and a daemon restarting while it is down loads at once.
-		// A layer whose blob is cached needs none: without one it is
-		// read, and indexed, from the cache.
-		remote, _ := im.remoteIndexes(fetch.Offline(ctx))
-		if !coversAll(remote, unindexed, cache) {
+		// What the registry answered before (saved with the referrers
+		// list) will do when it indexes every layer that needs an index:
+		// then the registry is not asked, and a daemon restarting while
+		// it is down loads at once. A layer whose blob is cached needs
+		// none (without one it is read, and indexed, from the cache), nor
+		// one whose TOC its annotations bind.
+		offline := fetch.Offline(ctx)
+		remote, _ := im.remoteIndexes(offline)
+		_, unsaved := im.img.Referrers(offline, fetch.ArtifactTypeIndex)
+		if unsaved != nil || !coversAll(remote, unindexed, cache) {
 			var err error
 			remote, err = im.remoteIndexes(ctx)
 			if err != nil {
@@ -237,11 +240,12 @@ func (im *Image) plan(ctx context.Context) error {
 	return im.planChunked(ctx)
 }
 
-// coversAll reports whether remote has an index for each of layers whose
-// blob is not in cache.
+// coversAll reports whether remote has an index for each of layers that
+// needs one: not one whose blob is in cache, nor one whose annotations bind
+// an eStargz or zstd:chunked TOC (served lazily from that without one).
 func coversAll(remote map[digest.Digest]remoteIndex, layers []*layer, cache *fetch.Cache) bool {
 	for _, l := range layers {
-		if _, ok := remote[l.desc.Digest]; !ok && !cache.Has(l.desc.Digest) {
+		if _, ok := remote[l.desc.Digest]; !ok && !cache.Has(l.desc.Digest) && !l.boundTOC() {
 			return false
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,24 +17,55 @@ import (
 // the registry is down (a few retries with backoff, not a wait forever).
 const offlineGuard = 60 * time.Second
 
-// offlineSetup pushes the takeover image and its ocifs index (built with
-// another cache, so the test's cache starts cold) to a registry on
-// loopback, and returns the registry's stop function, the tag and pinned
-// references, and the merged contents.
-func offlineSetup(t *testing.T, bin string) (stop func(), ref, pinned string, want map[string][]byte) {
+// offlineSetup pushes the takeover image to a registry on loopback, as
+// gzip layers with an ocifs index in the registry (built with another
+// cache, so the test's cache starts cold) or, with estargz, as eStargz
+// layers whose TOCs the manifest binds; either way reads fetch only the
+// pieces they need, so some files stay uncached. It returns the registry's
+// stop function, the tag and pinned references, and the merged contents.
+func offlineSetup(t *testing.T, bin string, estargz bool) (stop func(), ref, pinned string, want map[string][]byte) {
 	t.Helper()
 	host, stop := fstest.StartStoppableRegistry(t)
 	img, want := takeoverImage(t)
+	if estargz {
+		img = lazyTakeoverImage(t, want)
+	}
 	if err := img.Push(t.Context(), host, "offline/app", "v1"); err != nil {
 		t.Fatalf("push: %v", err)
 	}
 	ref = host + "/offline/app:v1"
-	// An index in the registry: reads fetch only the spans they need, so
-	// some files stay uncached.
-	if out, errs, code := execOcifs(t, bin, "--cache-dir", filepath.Join(t.TempDir(), "c"), "index", "build", "--push", ref); code != 0 {
-		t.Fatalf("ocifs index build --push: exit %d\n%s%s", code, out, errs)
+	if !estargz {
+		if out, errs, code := execOcifs(t, bin, "--cache-dir", filepath.Join(t.TempDir(), "c"), "index", "build", "--push", ref); code != 0 {
+			t.Fatalf("ocifs index build --push: exit %d\n%s%s", code, out, errs)
+		}
 	}
 	return stop, ref, host + "/offline/app@" + img.ManifestDesc.Digest.String(), want
+}
+
+// lazyTakeoverImage is an eStargz image of the merged contents want: the
+// data directory in one layer, the more directory in another.
+func lazyTakeoverImage(t *testing.T, want map[string][]byte) *fstest.Image {
+	t.Helper()
+	var layers []fstest.Layer
+	for _, dir := range []string{"data", "more"} {
+		files := []fstest.File{tarDir(dir, 0o755)}
+		var names []string
+		for name := range want {
+			if strings.HasPrefix(name, dir+"/") {
+				names = append(names, name)
+			}
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			files = append(files, tarFile(name, 0o644, want[name]))
+		}
+		layers = append(layers, fstest.Layer{Files: files})
+	}
+	img, err := fstest.BuildLazy(layers, fstest.LazyOptions{Format: fstest.Estargz, ChunkSize: 256 << 10})
+	if err != nil {
+		t.Fatalf("build the eStargz image: %v", err)
+	}
+	return img
 }
 
 // Files of the bottom layer read while the registry is up, and one of the
@@ -73,35 +105,43 @@ func readFails(t *testing.T, dir string) {
 // TestTakeoverRegistryDown: a --takeover mount whose registry goes away
 // after some files were read: its daemon is killed, and the new one the
 // holder starts loads the pinned image from the cache (manifest, config,
-// the registry's index artifact and its head) and takes the mount over;
-// the files read before read back right, and a file never read fails with
-// EIO instead of hanging.
+// and the registry's index artifact and its head, or the layers' eStargz
+// TOCs) and takes the mount over without asking the registry; the files
+// read before read back right, and a file never read fails with EIO
+// instead of hanging.
 func TestTakeoverRegistryDown(t *testing.T) {
 	fstest.RequireFUSE(t)
 	bin := ocifsBinary(t)
-	stop, ref, _, want := offlineSetup(t, bin)
-	cache := isolate(t)
-	// No start-up profile is looked for: every request the new daemon
-	// makes before it serves is one the load needed.
-	dir := takeoverMount(t, bin, cache, ref, "--prefetch=none", "--profile=none")
-	readAndCompare(t, dir, offlineRead, want)
+	for _, tc := range []struct {
+		name    string
+		estargz bool
+	}{{"gzip", false}, {"estargz", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			stop, ref, _, want := offlineSetup(t, bin, tc.estargz)
+			cache := isolate(t)
+			// No start-up profile is looked for: every request the new
+			// daemon makes before it serves is one the load needed.
+			dir := takeoverMount(t, bin, cache, ref, "--prefetch=none", "--profile=none")
+			readAndCompare(t, dir, offlineRead, want)
 
-	stop()
-	old := servingPID(t, cache, dir)
-	if old == 0 {
-		t.Fatalf("no daemon answers stats for %s", dir)
+			stop()
+			old := servingPID(t, cache, dir)
+			if old == 0 {
+				t.Fatalf("no daemon answers stats for %s", dir)
+			}
+			if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+				t.Fatalf("kill the daemon: %v", err)
+			}
+			pid := waitNewServer(t, cache, dir, old)
+			readAndCompare(t, dir, offlineRead, want)
+			readFails(t, dir)
+			if got := servingPID(t, cache, dir); got != pid {
+				t.Errorf("after the failed read, pid %d serves the mount, want %d (the daemon must survive it)", got, pid)
+			}
+			checkLoadedOffline(t, mountStateOf(t, cache, dir).Log)
+			unmountTakeover(t, bin, cache, dir)
+		})
 	}
-	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill the daemon: %v", err)
-	}
-	pid := waitNewServer(t, cache, dir, old)
-	readAndCompare(t, dir, offlineRead, want)
-	readFails(t, dir)
-	if got := servingPID(t, cache, dir); got != pid {
-		t.Errorf("after the failed read, pid %d serves the mount, want %d (the daemon must survive it)", got, pid)
-	}
-	checkLoadedOffline(t, mountStateOf(t, cache, dir).Log)
-	unmountTakeover(t, bin, cache, dir)
 }
 
 // checkLoadedOffline checks, in the log of a --takeover mount, that the
@@ -138,7 +178,7 @@ func checkLoadedOffline(t *testing.T, logFile string) {
 func TestMountPinnedRegistryDown(t *testing.T) {
 	fstest.RequireFUSE(t)
 	bin := ocifsBinary(t)
-	stop, ref, pinned, want := offlineSetup(t, bin)
+	stop, ref, pinned, want := offlineSetup(t, bin, false)
 	cache := isolate(t)
 
 	warm := t.TempDir()
