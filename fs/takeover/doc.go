@@ -81,12 +81,18 @@
 //   - The daemon's memory: the decoded piece cache, read-ahead state,
 //     counters of `ocifs stats` (they restart from zero), the background
 //     fetch (it starts again from what the disk cache has).
-//   - A daemon cannot be replaced while the registry is unreachable: a new
-//     one fetches the pinned manifest and config again (layers come from
-//     the cache). The holder retries with its backoff; the mount waits.
+//   - Bytes not in the cache while the registry is unreachable: a read of
+//     them fails with EIO after the usual retries, as without a restart
+//     (the new daemon itself needs no registry: see below).
 //   - A crash of the holder itself ends the mount as a crash of a daemon
 //     without a holder does (readers get ENOTCONN).
 //   - The snapshotter (fs.LayerFS) and the layer store: not built yet.
+//
+// A restart while the registry is down works for what is cached: the new
+// daemon reads the pinned manifest and the config from the cache (checked
+// against their digests again), and the registry's index artifacts as last
+// listed, their heads and eStargz or zstd:chunked TOCs likewise, so it
+// loads and takes over at once (fetch's offline.go, fs.Image's plan).
 //
 // # What it must not do
 //
