@@ -386,7 +386,9 @@ are answered by the new daemon (Linux 6.9+), after a pause. 'ocifs upgrade
 MOUNTPOINT' hands over to the binary installed at the path the mount was made
 with. 'ocifs stats --json' gives the pid of the daemon serving now. Such a
 mount serves every read itself (no passthrough), and takes neither
---writable nor --progressive.
+--writable nor --progressive. With --foreground this command is the holder
+(as a systemd unit runs it: the main process, which says READY=1), and the
+daemons it starts log to its stderr.
 
 Examples:
   mkdir -p /mnt/app

@@ -177,7 +177,7 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	}
 	if o.foreground {
 		if o.takeover && o.holder == nil {
-			return &usageError{msg: "--takeover needs the daemon's holder: drop --foreground"}
+			return holdForeground(ctx, e, image, abs, o)
 		}
 		return serveMount(ctx, e, image, abs, stale, o)
 	}

@@ -93,6 +93,69 @@ func TestMountNotifiesSystemd(t *testing.T) {
 	}
 }
 
+// TestTakeoverForegroundNotifies: `ocifs mount --takeover --foreground`,
+// as the mount unit runs it, is the holder itself: the unit's main process.
+// It says READY=1 once the mount answers; its daemon, a child without
+// NOTIFY_SOCKET, can be killed and is replaced without the mount or the
+// main process going away; SIGTERM gives STOPPING=1, an unmount and exit 0.
+func TestTakeoverForegroundNotifies(t *testing.T) {
+	requireFUSE(t)
+	bin := ocifsBinary(t)
+	ref := layoutRef(t, fixtureImage(t))
+	cache := isolate(t)
+	sock, next := notifySocket(t)
+
+	dir := t.TempDir()
+	cleanupMount(t, cache, dir)
+	cmd := exec.Command(bin, "--cache-dir", cache, "mount", "--takeover", "--foreground", ref, dir)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if msg := next(); !strings.HasPrefix(msg, "READY=1\nSTATUS=serving "+ref+" at "+dir) {
+		t.Errorf("first notification %q, want READY=1 and a status", msg)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/os-release")); err != nil || string(b) != fixtureRelease {
+		t.Errorf("read right after READY=1: %q, %v", b, err)
+	}
+	st := mountStateOf(t, cache, dir)
+	if st.HolderPID != cmd.Process.Pid || st.PID == cmd.Process.Pid {
+		t.Fatalf("mount state: holder pid %d, daemon pid %d; want the holder to be the command (pid %d) and the daemon apart",
+			st.HolderPID, st.PID, cmd.Process.Pid)
+	}
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/environ")
+	if err != nil || bytes.Contains(env, []byte("NOTIFY_SOCKET=")) {
+		t.Errorf("the mount daemon's environment has NOTIFY_SOCKET (err %v): it would speak for the unit", err)
+	}
+
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNewServer(t, cache, dir, st.PID)
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/os-release")); err != nil || string(b) != fixtureRelease {
+		t.Errorf("read after the daemon was killed: %q, %v", b, err)
+	}
+	if cmd.ProcessState != nil {
+		t.Fatalf("the main process ended when its daemon was killed:\n%s", out.String())
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := next(); msg != "STOPPING=1" {
+		t.Errorf("on SIGTERM the holder said %q, want STOPPING=1", msg)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("foreground --takeover mount after SIGTERM: %v\n%s", err, out.String())
+	}
+	if _, ok, _ := findMount(dir); ok {
+		t.Errorf("%s is still mounted after SIGTERM", dir)
+	}
+}
+
 // TestMakeInstall: make install puts the binary and every unit of
 // cmd/ocifs/systemd under PREFIX, with @BINDIR@ replaced, and systemd's own
 // checker finds nothing wrong with the units.
