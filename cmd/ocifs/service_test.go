@@ -130,6 +130,9 @@ func TestTakeoverForegroundNotifies(t *testing.T) {
 	if err != nil || bytes.Contains(env, []byte("NOTIFY_SOCKET=")) {
 		t.Errorf("the mount daemon's environment has NOTIFY_SOCKET (err %v): it would speak for the unit", err)
 	}
+	if st.Log != "" {
+		t.Errorf("mount state names log %s; the daemon writes to its holder's stderr (the journal)", st.Log)
+	}
 
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
