@@ -34,6 +34,22 @@ func (s *downSwitch) wrap(h http.Handler) http.Handler {
 	})
 }
 
+// resolveOne pushes a one-layer image to a registry that can be taken
+// down and resolves it by tag with a client on a fresh cache.
+func resolveOne(t *testing.T, layer []byte) (sw *downSwitch, tr *testRegistry, cache string, im *Image) {
+	t.Helper()
+	sw = &downSwitch{}
+	tr = newTestRegistry(t, sw.wrap)
+	tr.push(t, "app:v1", testImage(t, types.OCIManifestSchema1, layer))
+	cache = t.TempDir()
+	c, _ := testClient(t, Options{CacheDir: cache})
+	im, err := c.Resolve(t.Context(), tr.host+"/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sw, tr, cache, im
+}
+
 // manifestGETs counts the GETs of /manifests/ the registry saw.
 func manifestGETs(tr *testRegistry) int {
 	n := 0
@@ -173,16 +189,7 @@ func TestCachedManifestDamaged(t *testing.T) {
 // back when it cannot be asked, and under Offline without asking; the
 // artifacts it lists are read, verified, from the cache.
 func TestReferrersSaved(t *testing.T) {
-	var sw downSwitch
-	tr := newTestRegistry(t, sw.wrap)
-	img := testImage(t, types.OCIManifestSchema1, randomBytes(t, 3000))
-	tr.push(t, "app:v1", img)
-	cache := t.TempDir()
-	c, _ := testClient(t, Options{CacheDir: cache})
-	im, err := c.Resolve(t.Context(), tr.host+"/app:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sw, tr, cache, im := resolveOne(t, randomBytes(t, 3000))
 	if _, err := im.Referrers(Offline(t.Context()), ArtifactTypeIndex); !errors.Is(err, ErrOffline) {
 		t.Errorf("Referrers offline before any answer: %v, want ErrOffline", err)
 	}
@@ -218,17 +225,8 @@ func TestReferrersSaved(t *testing.T) {
 // again, with the registry down; a kept copy damaged on disk, or one check
 // rejects, is removed and fetched again.
 func TestCheckRangeKept(t *testing.T) {
-	var sw downSwitch
-	tr := newTestRegistry(t, sw.wrap)
 	layer := randomBytes(t, 64<<10)
-	img := testImage(t, types.OCIManifestSchema1, layer)
-	tr.push(t, "app:v1", img)
-	cache := t.TempDir()
-	c, _ := testClient(t, Options{CacheDir: cache})
-	im, err := c.Resolve(t.Context(), tr.host+"/app:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sw, tr, cache, im := resolveOne(t, layer)
 	desc := im.Layers()[0]
 	const off, n = 1000, 3000
 	want := layer[off : off+n]
@@ -273,7 +271,7 @@ func TestCheckRangeKept(t *testing.T) {
 	}
 	want = layer[:n] // what check accepts now differs from what was kept
 	gets := len(tr.faults.requests())
-	err = im.CheckRangeKept(t.Context(), desc, off, n, check)
+	err := im.CheckRangeKept(t.Context(), desc, off, n, check)
 	if err == nil {
 		t.Errorf("CheckRangeKept accepted bytes its check rejects")
 	}

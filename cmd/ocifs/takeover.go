@@ -32,19 +32,28 @@ func holderSocketPath(p mountPaths) string {
 	return strings.TrimSuffix(p.sock, ".sock") + ".holder.sock"
 }
 
+// setHolderSocket sets the socket the holder of the mount at dir listens
+// at in o, and returns the binary daemons are started from.
+func setHolderSocket(e *env, dir string, o *mountOpts) (exe string, err error) {
+	p, err := pathsFor(e.g.cacheDir, dir)
+	if err != nil {
+		return "", err
+	}
+	if exe, err = os.Executable(); err != nil {
+		return "", fmt.Errorf("mount: find this binary: %w", err)
+	}
+	o.holderSocket = holderSocketPath(p)
+	return exe, nil
+}
+
 // spawnHolder starts `ocifs holder` in its own session, which starts the
 // mount daemon and keeps the mount's FUSE connection across its restarts,
 // and waits until the daemon reports that the mount answers.
 func spawnHolder(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
-	p, err := pathsFor(e.g.cacheDir, dir)
+	exe, err := setHolderSocket(e, dir, o)
 	if err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("mount: find this binary: %w", err)
-	}
-	o.holderSocket = holderSocketPath(p)
 	args := append(globalArgs(e.g), "holder", "--socket="+o.holderSocket, "--exe="+exe, "--ready-fd=3", "--")
 	args = append(args, daemonArgs(e.g, image, dir, o)...)
 	return startDaemon(ctx, e, dir, "mount "+image, args, func(pid int, log string) string {
@@ -59,19 +68,14 @@ func spawnHolder(ctx context.Context, e *env, image, dir string, o *mountOpts) e
 // SIGTERM or SIGINT (passed on to the serving daemon, which unmounts); the
 // daemons get no NOTIFY_SOCKET. Their logs go to this process's stderr.
 func holdForeground(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
-	p, err := pathsFor(e.g.cacheDir, dir)
+	exe, err := setHolderSocket(e, dir, o)
 	if err != nil {
 		return err
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("mount: find this binary: %w", err)
 	}
 	// Keep no directory busy (every path below is absolute).
 	if err := os.Chdir("/"); err != nil {
 		return err
 	}
-	o.holderSocket = holderSocketPath(p)
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("mount: ready pipe: %w", err)
