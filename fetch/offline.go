@@ -137,18 +137,30 @@ func (im *Image) savedReferrers(artifactType string) (descs []ocispec.Descriptor
 	if _, err := r.ReadAt(b, 0); err != nil {
 		return nil, time.Time{}, false
 	}
-	if err := json.Unmarshal(b, &descs); err != nil || len(descs) > maxSavedReferrers {
+	if descs, err = parseSavedReferrers(b); err != nil {
+		im.c.log.Warn("saved referrers list unusable; removed", "digest", im.ManifestDigest, "err", err)
 		im.c.cache.Remove(KindReferrers, key)
 		return nil, time.Time{}, false
 	}
-	out := descs[:0]
+	return descs, saved, true
+}
+
+// parseSavedReferrers decodes a saved referrers list (a JSON array of
+// descriptors), at most maxSavedReferrers of them; entries with a bad
+// digest or size are dropped. The list is never nil.
+func parseSavedReferrers(b []byte) ([]ocispec.Descriptor, error) {
+	var descs []ocispec.Descriptor
+	if err := json.Unmarshal(b, &descs); err != nil {
+		return nil, formatError("saved referrers list: %v", err)
+	}
+	if len(descs) > maxSavedReferrers {
+		return nil, formatError("saved referrers list: %d entries, more than %d", len(descs), maxSavedReferrers)
+	}
+	out := []ocispec.Descriptor{}
 	for _, d := range descs {
 		if checkDescriptor("referrer", d) == nil {
 			out = append(out, d)
 		}
 	}
-	if out == nil {
-		out = []ocispec.Descriptor{}
-	}
-	return out, saved, true
+	return out, nil
 }

@@ -282,3 +282,30 @@ func TestCheckRangeKept(t *testing.T) {
 		t.Errorf("the rejected kept copy is still there: %v", err)
 	}
 }
+
+// FuzzParseSavedReferrers: any bytes give a list of valid descriptors or
+// an ErrFormat error, never a panic.
+func FuzzParseSavedReferrers(f *testing.F) {
+	for _, s := range []string{`[]`, `null`, `{}`, `[{}]`, `[1]`, ``,
+		`[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":500,"artifactType":"application/vnd.ocifs.index.v1"}]`,
+		`[{"digest":"sha256:zz","size":-1}]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		descs, err := parseSavedReferrers(b)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) {
+				t.Fatalf("parseSavedReferrers error %v does not wrap ErrFormat", err)
+			}
+			return
+		}
+		if descs == nil {
+			t.Fatal("parseSavedReferrers gave a nil list")
+		}
+		for _, d := range descs {
+			if d.Digest.Validate() != nil || d.Size < 0 {
+				t.Fatalf("accepted descriptor %+v", d)
+			}
+		}
+	})
+}
