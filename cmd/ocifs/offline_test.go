@@ -129,12 +129,17 @@ func TestTakeoverRegistryDown(t *testing.T) {
 			if old == 0 {
 				t.Fatalf("no daemon answers stats for %s", dir)
 			}
+			killed := time.Now()
 			if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 				t.Fatalf("kill the daemon: %v", err)
 			}
 			pid := waitNewServer(t, cache, dir, old)
+			served := time.Since(killed)
 			readAndCompare(t, dir, offlineRead, want)
+			failing := time.Now()
 			readFails(t, dir)
+			t.Logf("registry down: a new daemon served %v after the SIGKILL; the read of an uncached file failed after %v",
+				served.Round(time.Millisecond), time.Since(failing).Round(time.Millisecond))
 			if got := servingPID(t, cache, dir); got != pid {
 				t.Errorf("after the failed read, pid %d serves the mount, want %d (the daemon must survive it)", got, pid)
 			}
