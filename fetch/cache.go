@@ -22,9 +22,9 @@ const (
 	blobsDir   = "blobs"
 	indexDir   = "index"
 	profileDir = "profiles"
-	// referrersDir holds the last referrers list a registry gave for an
-	// image, keyed by a digest of (repository, manifest, artifact type).
-	referrersDir = "referrers"
+	// answersDir holds what a registry last answered (a referrers list,
+	// the digest a tag named), keyed by a digest of the question.
+	answersDir = "answers"
 	// rangesDir holds blob ranges a load needs each time (CheckRangeKept).
 	rangesDir  = "ranges"
 	tmpDir     = "tmp"
@@ -38,9 +38,10 @@ const (
 	KindBlob    = "blob"
 	KindIndex   = "index"
 	KindProfile = "profile"
-	// KindReferrers is a saved referrers list (offline.go): what a
-	// registry last answered, for when it cannot be asked.
-	KindReferrers = "referrers"
+	// KindAnswer is what a registry last answered (offline.go): an
+	// image's referrers list, the digest a tag named; for when it cannot
+	// be asked.
+	KindAnswer = "answer"
 	// KindRange is a blob range kept for the loads that need it each
 	// time, an eStargz or zstd:chunked TOC ([Image.CheckRangeKept]).
 	KindRange = "range"
@@ -51,7 +52,7 @@ const (
 //	blobs/<alg>/<hex>   content whose digest is the name, admitted only after verification
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
 //	profiles/<alg>/<hex> opaque start-up profiles keyed by a manifest digest, with the same header
-//	referrers/<alg>/<hex> the last referrers list a registry gave, with the same header (offline.go)
+//	answers/<alg>/<hex> what a registry last answered (referrers, tags), with the same header (offline.go)
 //	ranges/<alg>/<hex>  blob ranges a load needs each time (a TOC), with the same header (CheckRangeKept)
 //	trees/<alg>/<hex>/  a layer's files, extracted from its verified tar (see Tree)
 //	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
@@ -76,7 +77,7 @@ func OpenCache(dir string) (*Cache, error) {
 	if dir == "" {
 		return nil, errors.New("open cache: empty directory name")
 	}
-	for _, sub := range []string{blobsDir, indexDir, profileDir, referrersDir, rangesDir, tmpDir} {
+	for _, sub := range []string{blobsDir, indexDir, profileDir, answersDir, rangesDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
@@ -421,7 +422,7 @@ type CacheEntry struct {
 // List returns every blob, index and tree in the cache.
 func (c *Cache) List() ([]CacheEntry, error) {
 	var out []CacheEntry
-	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}, {KindReferrers, referrersDir}, {KindRange, rangesDir}} {
+	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}, {KindAnswer, answersDir}, {KindRange, rangesDir}} {
 		root := filepath.Join(c.dir, k.dir)
 		algs, err := os.ReadDir(root)
 		if errors.Is(err, fs.ErrNotExist) && k.kind != KindBlob && k.kind != KindIndex {
@@ -478,8 +479,8 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		dir = indexDir
 	case KindProfile:
 		dir = profileDir
-	case KindReferrers:
-		dir = referrersDir
+	case KindAnswer:
+		dir = answersDir
 	case KindRange:
 		dir = rangesDir
 	case KindTree:
@@ -496,7 +497,7 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		c.unuse(kind, d)
 		return nil
 	default:
-		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindReferrers, KindRange, KindTree)
+		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindAnswer, KindRange, KindTree)
 	}
 	p, err := c.path(dir, d)
 	if err != nil {

@@ -305,7 +305,7 @@ func (c *Client) fetchTop(ctx context.Context, rs *chainSource, ref Reference) (
 	raw, mt, claimed, err = rs.manifest(ctx, ident)
 	if err != nil {
 		if ref.Digest == "" && ctx.Err() == nil {
-			err = tagError(ref, err)
+			err = c.tagError(ref, err)
 		}
 		return nil, "", "", err
 	}
@@ -326,6 +326,9 @@ func (c *Client) fetchTop(ctx context.Context, rs *chainSource, ref Reference) (
 		dgst = digest.FromBytes(raw)
 	}
 	c.keepManifest(dgst, raw)
+	if ref.Digest == "" {
+		c.saveTag(ref, dgst)
+	}
 	return raw, mt, dgst, nil
 }
 

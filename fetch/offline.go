@@ -25,9 +25,11 @@ import (
 // now, so resolving one still asks it.
 //
 // A referrers list is not content: it is what a registry answered when
-// asked. The last answer is kept (checksummed against damage, like an
-// index file) and given back when the registry cannot be asked; it stays
-// a hint, since everything listed is fetched and verified by digest.
+// asked. The last answer is kept (kind answer, checksummed against damage
+// like an index file) and given back when the registry cannot be asked; it
+// stays a hint, since everything listed is fetched and verified by digest.
+// What a tag last named is kept too, but only to say, when the tag cannot
+// be resolved, which digest to mount instead.
 
 // ErrOffline is wrapped by the error of a request a Client did not send
 // because its context was made by [Offline].
@@ -86,13 +88,55 @@ func (c *Client) keepManifest(d digest.Digest, b []byte) {
 
 // tagError says why a tag could not be resolved when the registry could
 // not be asked: a tag names what the registry says it names now, so no
-// cached answer stands in for it.
-func tagError(ref Reference, err error) error {
+// cached answer stands in for it. What it named when last resolved is
+// given as the way out, when that image is in the cache.
+func (c *Client) tagError(ref Reference, err error) error {
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrFormat) {
 		return err
 	}
-	return fmt.Errorf("resolving tag %q needs the registry, which did not answer (name the image by digest, %s@sha256:…, to mount it from the local cache): %w",
-		ref.Tag, ref.repoName(), err)
+	hint := "name the image by digest, " + ref.repoName() + "@sha256:…, to mount it from the local cache"
+	if d, when, ok := c.lastTag(ref); ok && c.cache.Has(d) {
+		hint = fmt.Sprintf("it named %s when last resolved, %s; %s@%s mounts that from the local cache",
+			d, when.UTC().Format(time.RFC3339), ref.repoName(), d)
+	}
+	return fmt.Errorf("resolving tag %q needs the registry, which did not answer (%s): %w", ref.Tag, hint, err)
+}
+
+// tagKey is the cache key of what tag ref last named.
+func tagKey(ref Reference) digest.Digest {
+	h := sha256.New()
+	fmt.Fprintf(h, "ocifs tag v1\x00%s\x00%s", ref.repoName(), ref.Tag)
+	return digest.NewDigest(digest.SHA256, h)
+}
+
+// saveTag records that tag ref named manifest d, for tagError's hint only:
+// it is never used to resolve the tag.
+func (c *Client) saveTag(ref Reference, d digest.Digest) {
+	if err := c.cache.writeChecked(KindAnswer, answersDir, tagKey(ref), []byte(d.String())); err != nil {
+		c.log.Warn("keeping what a tag named in the cache", "image", ref.String(), "err", err)
+	}
+}
+
+// lastTag returns what tag ref named when last resolved, and when.
+func (c *Client) lastTag(ref Reference) (digest.Digest, time.Time, bool) {
+	f, r, err := c.cache.openChecked(KindAnswer, answersDir, tagKey(ref))
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || r.Size() > 200 {
+		return "", time.Time{}, false
+	}
+	b := make([]byte, r.Size())
+	if _, err := r.ReadAt(b, 0); err != nil {
+		return "", time.Time{}, false
+	}
+	d, err := digest.Parse(string(b))
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return d, fi.ModTime(), true
 }
 
 // maxSavedReferrers caps the entries of a saved referrers list.
@@ -113,7 +157,7 @@ func (im *Image) saveReferrers(artifactType string, descs []ocispec.Descriptor) 
 	}
 	b, err := json.Marshal(descs)
 	if err == nil {
-		err = im.c.cache.writeChecked(KindReferrers, referrersDir, im.referrersKey(artifactType), b)
+		err = im.c.cache.writeChecked(KindAnswer, answersDir, im.referrersKey(artifactType), b)
 	}
 	if err != nil {
 		im.c.log.Warn("keeping the referrers list in the cache", "digest", im.ManifestDigest, "err", err)
@@ -125,7 +169,7 @@ func (im *Image) saveReferrers(artifactType string, descs []ocispec.Descriptor) 
 // removed).
 func (im *Image) savedReferrers(artifactType string) (descs []ocispec.Descriptor, saved time.Time, ok bool) {
 	key := im.referrersKey(artifactType)
-	f, r, err := im.c.cache.openChecked(KindReferrers, referrersDir, key)
+	f, r, err := im.c.cache.openChecked(KindAnswer, answersDir, key)
 	if err != nil {
 		return nil, time.Time{}, false
 	}
@@ -139,7 +183,7 @@ func (im *Image) savedReferrers(artifactType string) (descs []ocispec.Descriptor
 	}
 	if descs, err = parseSavedReferrers(b); err != nil {
 		im.c.log.Warn("saved referrers list unusable; removed", "digest", im.ManifestDigest, "err", err)
-		im.c.cache.Remove(KindReferrers, key)
+		im.c.cache.Remove(KindAnswer, key)
 		return nil, time.Time{}, false
 	}
 	return descs, saved, true

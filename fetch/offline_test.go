@@ -126,8 +126,13 @@ func TestResolvePinnedOffline(t *testing.T) {
 	if err == nil {
 		t.Fatalf("Resolve(%s) by tag with the registry down succeeded", ref)
 	}
-	if !strings.Contains(err.Error(), "needs the registry") || !strings.Contains(err.Error(), "by digest") {
-		t.Errorf("Resolve by tag with the registry down: %v; want it to say a tag needs the registry and a digest does not", err)
+	if !strings.Contains(err.Error(), "needs the registry") || !strings.Contains(err.Error(), tr.host+"/app@"+ixd.String()) {
+		t.Errorf("Resolve by tag with the registry down: %v; want it to say a tag needs the registry, and name what it named last", err)
+	}
+	// Without a record of the tag, the hint is the digest form.
+	fresh, _ := testClient(t, Options{CacheDir: t.TempDir()})
+	if _, err := fresh.Resolve(t.Context(), ref); err == nil || !strings.Contains(err.Error(), "by digest") {
+		t.Errorf("Resolve by tag with the registry down and a cold cache: %v; want the hint to name the image by digest", err)
 	}
 }
 

@@ -540,9 +540,10 @@ Examples:
 const cacheHelp = `
 The cache holds, by digest: blobs (compressed layers, manifests, configs),
 uncompressed layers, layer indexes, start-up profiles (by manifest digest:
-'ocifs profile --help'), the last referrers list a registry gave for an
-image, the TOCs of eStargz and zstd:chunked layers (kind range: a mount by
-digest loads from the cache when the registry is down), and trees: the files of complete gzip
+'ocifs profile --help'), what a registry last answered (kind answer: an
+image's referrers list, the digest a tag named), the TOCs of eStargz and
+zstd:chunked layers (kind range; with these a mount by digest loads from
+the cache when the registry is down), and trees: the files of complete gzip
 layers, extracted so that the kernel can read them itself (FUSE
 passthrough). It is shared by every mount and command using the same
 --cache-dir. Removing an entry a mount still has open is safe: the mount

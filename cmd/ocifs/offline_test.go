@@ -212,8 +212,8 @@ func TestMountPinnedRegistryDown(t *testing.T) {
 	tagDir := t.TempDir()
 	cleanupMount(t, cache, tagDir)
 	_, errs, code := execOcifs(t, bin, "--cache-dir", cache, "mount", "--prefetch=none", ref, tagDir)
-	if code != 1 || !strings.Contains(errs, "needs the registry") {
-		t.Errorf("ocifs mount %s (a tag) with the registry down: exit %d\n%s\nwant 1 and an error saying a tag needs the registry", ref, code, errs)
+	if code != 1 || !strings.Contains(errs, "needs the registry") || !strings.Contains(errs, pinned) {
+		t.Errorf("ocifs mount %s (a tag) with the registry down: exit %d\n%s\nwant 1 and an error saying a tag needs the registry and naming %s", ref, code, errs, pinned)
 	}
 
 	d := pinned[strings.LastIndex(pinned, ":")+1:]
