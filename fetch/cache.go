@@ -22,6 +22,11 @@ const (
 	blobsDir   = "blobs"
 	indexDir   = "index"
 	profileDir = "profiles"
+	// answersDir holds what a registry last answered (a referrers list,
+	// the digest a tag named), keyed by a digest of the question.
+	answersDir = "answers"
+	// rangesDir holds blob ranges a load needs each time (CheckRangeKept).
+	rangesDir  = "ranges"
 	tmpDir     = "tmp"
 	staleAfter = time.Hour
 	// indexMagic starts every index file; the sha256 of the payload follows.
@@ -33,6 +38,13 @@ const (
 	KindBlob    = "blob"
 	KindIndex   = "index"
 	KindProfile = "profile"
+	// KindAnswer is what a registry last answered (offline.go): an
+	// image's referrers list, the digest a tag named; for when it cannot
+	// be asked.
+	KindAnswer = "answer"
+	// KindRange is a blob range kept for the loads that need it each
+	// time, an eStargz or zstd:chunked TOC ([Image.CheckRangeKept]).
+	KindRange = "range"
 )
 
 // Cache is the digest-addressed cache shared by all mounts:
@@ -40,6 +52,8 @@ const (
 //	blobs/<alg>/<hex>   content whose digest is the name, admitted only after verification
 //	index/<alg>/<hex>   opaque index files keyed by a layer digest, with a checksum header
 //	profiles/<alg>/<hex> opaque start-up profiles keyed by a manifest digest, with the same header
+//	answers/<alg>/<hex> what a registry last answered (referrers, tags), with the same header (offline.go)
+//	ranges/<alg>/<hex>  blob ranges a load needs each time (a TOC), with the same header (CheckRangeKept)
 //	trees/<alg>/<hex>/  a layer's files, extracted from its verified tar (see Tree)
 //	verified/<alg>/<hex> the identity of a blob file whose digest was checked (see Verify)
 //	tmp/                temp files; stale ones are removed by OpenCache
@@ -63,7 +77,7 @@ func OpenCache(dir string) (*Cache, error) {
 	if dir == "" {
 		return nil, errors.New("open cache: empty directory name")
 	}
-	for _, sub := range []string{blobsDir, indexDir, profileDir, tmpDir} {
+	for _, sub := range []string{blobsDir, indexDir, profileDir, answersDir, rangesDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open cache %s: %w", dir, err)
 		}
@@ -408,11 +422,11 @@ type CacheEntry struct {
 // List returns every blob, index and tree in the cache.
 func (c *Cache) List() ([]CacheEntry, error) {
 	var out []CacheEntry
-	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}} {
+	for _, k := range []struct{ kind, dir string }{{KindBlob, blobsDir}, {KindIndex, indexDir}, {KindProfile, profileDir}, {KindAnswer, answersDir}, {KindRange, rangesDir}} {
 		root := filepath.Join(c.dir, k.dir)
 		algs, err := os.ReadDir(root)
-		if errors.Is(err, fs.ErrNotExist) && k.kind == KindProfile {
-			continue // a cache opened by a build without profiles
+		if errors.Is(err, fs.ErrNotExist) && k.kind != KindBlob && k.kind != KindIndex {
+			continue // a cache opened by an older build
 		}
 		if err != nil {
 			return nil, fmt.Errorf("cache: list %s: %w", root, err)
@@ -465,6 +479,10 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		dir = indexDir
 	case KindProfile:
 		dir = profileDir
+	case KindAnswer:
+		dir = answersDir
+	case KindRange:
+		dir = rangesDir
 	case KindTree:
 		p, err := c.path(treesDir, d)
 		if err != nil {
@@ -479,7 +497,7 @@ func (c *Cache) remove(kind string, d digest.Digest) error {
 		c.unuse(kind, d)
 		return nil
 	default:
-		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindTree)
+		return fmt.Errorf("cache: remove: unknown kind %q (want %q, %q, %q, %q, %q or %q)", kind, KindBlob, KindIndex, KindProfile, KindAnswer, KindRange, KindTree)
 	}
 	p, err := c.path(dir, d)
 	if err != nil {

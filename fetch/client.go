@@ -272,32 +272,18 @@ func (c *Client) Resolve(ctx context.Context, refStr string) (*Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		ident := ref.Tag
-		if ref.Digest != "" {
-			ident = ref.Digest.String()
-		}
-		var claimed digest.Digest
-		raw, mt, claimed, err = rs.manifest(ctx, ident)
-		if err != nil {
-			return nil, err
-		}
-		c.stats.bytes.Add(int64(len(raw)))
-		what := "manifest " + ref.String()
-		switch {
-		case ref.Digest != "":
-			err = verifyBytes(what, ref.Digest, raw)
-			dgst = ref.Digest
-		case claimed != "":
-			err = verifyBytes(what+" (Docker-Content-Digest)", claimed, raw)
-			dgst = claimed
-		}
-		if err != nil {
-			return nil, err
-		}
-		if dgst == "" || dgst.Algorithm() != digest.SHA256 {
-			dgst = digest.FromBytes(raw)
-		}
 		src = rs
+		if ref.Digest != "" {
+			// A pinned manifest is content: the cache's verified copy
+			// serves as well as the registry's (offline.go).
+			raw, _ = c.cachedManifest(ref.Digest)
+			dgst = ref.Digest
+		}
+		if raw == nil {
+			if raw, mt, dgst, err = c.fetchTop(ctx, rs, ref); err != nil {
+				return nil, err
+			}
+		}
 	}
 	im, err := c.finish(ctx, src, raw, mt, dgst)
 	if err != nil {
@@ -305,6 +291,71 @@ func (c *Client) Resolve(ctx context.Context, refStr string) (*Image, error) {
 	}
 	im.Ref = ref.String()
 	return im, nil
+}
+
+// fetchTop fetches the manifest ref names from the registry, verifies it
+// against the pinned digest or the registry's Docker-Content-Digest, and
+// keeps it in the cache under its digest.
+func (c *Client) fetchTop(ctx context.Context, rs *chainSource, ref Reference) (raw []byte, mt string, dgst digest.Digest, err error) {
+	ident := ref.Tag
+	if ref.Digest != "" {
+		ident = ref.Digest.String()
+	}
+	var claimed digest.Digest
+	raw, mt, claimed, err = rs.manifest(ctx, ident)
+	if err != nil {
+		if ref.Digest == "" && ctx.Err() == nil {
+			err = c.tagError(ref, err)
+		}
+		return nil, "", "", err
+	}
+	c.stats.bytes.Add(int64(len(raw)))
+	what := "manifest " + ref.String()
+	switch {
+	case ref.Digest != "":
+		err = verifyBytes(what, ref.Digest, raw)
+		dgst = ref.Digest
+	case claimed != "":
+		err = verifyBytes(what+" (Docker-Content-Digest)", claimed, raw)
+		dgst = claimed
+	}
+	if err != nil {
+		return nil, "", "", err
+	}
+	if dgst == "" || dgst.Algorithm() != digest.SHA256 {
+		dgst = digest.FromBytes(raw)
+	}
+	c.keepManifest(dgst, raw)
+	if ref.Digest == "" {
+		c.saveTag(ref, dgst)
+	}
+	return raw, mt, dgst, nil
+}
+
+// childManifest reads the manifest an index entry names: from the cache
+// when it is there (checked again), else from src, verified against the
+// descriptor and then kept in the cache. A copy from the cache has no
+// Content-Type ("").
+func (c *Client) childManifest(ctx context.Context, src source, child ocispec.Descriptor) ([]byte, string, error) {
+	if _, ok := src.(*chainSource); ok {
+		if b, ok := c.cachedManifest(child.Digest); ok {
+			if verifyDescriptor("cache: manifest "+child.Digest.String(), child, b) == nil {
+				return b, "", nil
+			}
+		}
+	}
+	b, ctype, _, err := src.manifest(ctx, child.Digest.String())
+	if err != nil {
+		return nil, "", err
+	}
+	c.stats.bytes.Add(int64(len(b)))
+	if err := verifyDescriptor(fmt.Sprintf("manifest %s from %s", child.Digest, src), child, b); err != nil {
+		return nil, "", err
+	}
+	if _, ok := src.(*chainSource); ok {
+		c.keepManifest(child.Digest, b)
+	}
+	return b, ctype, nil
 }
 
 // verifyDescriptor checks b's size and digest against desc.
@@ -356,12 +407,8 @@ func (c *Client) finish(ctx context.Context, src source, raw []byte, mt string, 
 		if child.Size > maxManifestSize {
 			return nil, formatError("manifest %s is larger than 4 MiB (%d bytes)", child.Digest, child.Size)
 		}
-		b, ctype, _, err := src.manifest(ctx, child.Digest.String())
+		b, ctype, err := c.childManifest(ctx, src, child)
 		if err != nil {
-			return nil, err
-		}
-		c.stats.bytes.Add(int64(len(b)))
-		if err := verifyDescriptor(fmt.Sprintf("manifest %s from %s", child.Digest, src), child, b); err != nil {
 			return nil, err
 		}
 		raw, dgst, mt = b, child.Digest, ctype

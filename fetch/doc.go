@@ -79,6 +79,18 @@
 // cache admits a blob only after its digest matched, by rename from a temp
 // file, so a bad or failed write never replaces or shadows a good entry.
 //
+// # Without the registry
+//
+// A manifest fetched and verified is kept in the cache under its digest,
+// like the config, so a reference pinned by digest (and an index's child,
+// and a referrer's artifact manifest) resolves from the cache, checked
+// again, without a request: a daemon restarting while the registry is down
+// loads its pinned image. A tag is resolved by the registry only. The last
+// referrers list of an image is saved and given back when the registry
+// does not answer, and [Image.CheckRangeKept] keeps ranges a load needs
+// each time (a TOC). Under an [Offline] context nothing is asked of any
+// registry (offline.go).
+//
 // Errors caused by outside bytes wrap [ErrFormat] and read "invalid input:
 // …"; a digest mismatch is a [*DigestError], which wraps [ErrDigest] and
 // ErrFormat. Absent things wrap [ErrNotFound], refused credentials

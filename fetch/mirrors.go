@@ -160,6 +160,9 @@ func (s *chainSource) candidatesFor(want capability, d digest.Digest) []*endpoin
 // once ctx is done, is returned, naming the mirrors that failed before.
 func (s *chainSource) try(ctx context.Context, want capability, d digest.Digest, what string,
 	do func(ctx context.Context, e *endpoint, rs *registrySource, final bool) error) error {
+	if isOffline(ctx) {
+		return fmt.Errorf("%s %s: %w", what, s.name, ErrOffline)
+	}
 	eps := s.candidatesFor(want, d)
 	if len(eps) == 0 {
 		return fmt.Errorf("%s %s: no host in the mirror configuration has the %q capability: %w", what, s.name, want.String(), ErrNotFound)

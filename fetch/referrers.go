@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
@@ -136,6 +137,22 @@ func (im *Image) Referrers(ctx context.Context, artifactType string) ([]ocispec.
 	switch s := im.src.(type) {
 	case *chainSource:
 		descs, err = im.chainReferrers(ctx, s, artifactType)
+		switch {
+		case err == nil:
+			im.saveReferrers(artifactType, descs)
+		case ctx.Err() == nil:
+			// The registry cannot be asked: its last answer, if
+			// any, is a hint as good as a new one (offline.go).
+			saved, when, ok := im.savedReferrers(artifactType)
+			if !ok {
+				break
+			}
+			if !isOffline(ctx) {
+				im.c.log.Warn("referrers: the registry did not answer; using the list it gave before",
+					"image", im.Ref, "digest", im.ManifestDigest, "saved", when.UTC().Format(time.RFC3339), "err", err)
+			}
+			descs, err = saved, nil
+		}
 	case *layoutSource:
 		descs, err = im.layoutReferrers(ctx, s, artifactType)
 	default:
@@ -476,6 +493,12 @@ func (im *Image) FetchManifest(ctx context.Context, desc ocispec.Descriptor) ([]
 	if desc.Size > maxManifestSize {
 		return nil, formatError("%s: size %d is larger than 4 MiB", what, desc.Size)
 	}
+	_, remote := im.src.(*chainSource)
+	if remote {
+		if b, ok := im.c.cachedManifest(desc.Digest); ok && verifyDescriptor(what, desc, b) == nil {
+			return b, nil
+		}
+	}
 	b, _, _, err := im.src.manifest(ctx, desc.Digest.String())
 	if err != nil {
 		return nil, err
@@ -483,6 +506,9 @@ func (im *Image) FetchManifest(ctx context.Context, desc ocispec.Descriptor) ([]
 	im.c.stats.addBlob(desc.Digest, int64(len(b)))
 	if err := verifyDescriptor(what, desc, b); err != nil {
 		return nil, err
+	}
+	if remote {
+		im.c.keepManifest(desc.Digest, b)
 	}
 	return b, nil
 }

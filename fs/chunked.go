@@ -43,9 +43,11 @@ const (
 	maxPrefetchRequest = 64 << 20
 )
 
-// rangeChecker fetches a range of a blob and hands it to check (fetch.Image).
+// rangeChecker fetches a range of a blob and hands it to check (fetch.Image);
+// CheckRangeKept keeps what check accepted for the next load.
 type rangeChecker interface {
 	CheckRange(ctx context.Context, desc ocispec.Descriptor, off, n int64, check func(b []byte) error) error
+	CheckRangeKept(ctx context.Context, desc ocispec.Descriptor, off, n int64, check func(b []byte) error) error
 }
 
 // chunkReader serves a lazy eStargz or zstd:chunked layer chunk by chunk:
@@ -90,6 +92,17 @@ func (im *Image) planChunked(ctx context.Context) error {
 	return g.Wait()
 }
 
+// boundTOC reports whether the layer's annotations bind an eStargz or
+// zstd:chunked TOC by digest: then it is likely served lazily from that
+// TOC, without an ocifs index (planChunked decides, after the footer).
+func (l *layer) boundTOC() bool {
+	if l.desc.Size < l.im.opts.WholeThreshold {
+		return false
+	}
+	a := l.desc.Annotations
+	return a[toc.AnnotationTOCDigest] != "" || a[toc.AnnotationManifestChecksum] != ""
+}
+
 // planChunked sets the layer's mode to ModeEstargz or ModeZstdChunked when
 // its annotations or footer locate a TOC the manifest binds (or any TOC,
 // with Options.InsecureLazy); otherwise it keeps the plan and says why in
@@ -99,7 +112,7 @@ func (l *layer) planChunked(ctx context.Context) error {
 	loc, err := toc.Locate(l.desc, nil, opts)
 	if errors.Is(err, toc.ErrNeedTail) {
 		n := min(toc.TailSize(), l.desc.Size)
-		err = l.im.img.CheckRange(ctx, l.desc, l.desc.Size-n, n, func(tail []byte) error {
+		err = l.im.img.CheckRangeKept(ctx, l.desc, l.desc.Size-n, n, func(tail []byte) error {
 			var lerr error
 			loc, lerr = toc.Locate(l.desc, tail, opts)
 			return lerr
@@ -166,7 +179,10 @@ func (c *chunkReader) load(ctx context.Context) error {
 	useSplit := func(lt *toc.Layer, raw []byte) {
 		named, splitErr = toc.ApplyTarSplit(lt, c.loc, raw, opts)
 	}
-	err := c.ranges.CheckRange(ctx, l.desc, off, n, func(raw []byte) error {
+	// The TOC (and its tar-split) are kept in the cache once checked,
+	// so that the next load of the layer, a daemon restarting while the
+	// registry is down, say, needs no registry for them.
+	err := c.ranges.CheckRangeKept(ctx, l.desc, off, n, func(raw []byte) error {
 		var derr error
 		lt, derr = toc.Decode(c.loc, raw[:c.loc.Size], opts)
 		if derr == nil && together && lt.TarSplitDigest != "" {
@@ -186,7 +202,7 @@ func (c *chunkReader) load(ctx context.Context) error {
 	}
 	hasSplit := lt.TarSplitDigest != "" && splitSize > 0
 	if hasSplit && !together {
-		err := c.ranges.CheckRange(ctx, l.desc, splitOff, splitSize, func(raw []byte) error {
+		err := c.ranges.CheckRangeKept(ctx, l.desc, splitOff, splitSize, func(raw []byte) error {
 			useSplit(lt, raw)
 			return nil
 		})

@@ -191,19 +191,34 @@ func (im *Image) plan(ctx context.Context) error {
 	cache := im.client.Cache()
 	var unindexed []*layer
 	for _, l := range im.layers {
-		if cache.HasIndex(l.desc.Digest) {
+		switch {
+		case cache.HasIndex(l.desc.Digest):
 			l.mode, l.why = ModeIndex, "ocifs index in the local cache"
-		} else {
+		case l.compression == "zstd":
+			// Nothing to look for: a zstd layer has no ocifs index.
+		default:
 			unindexed = append(unindexed, l)
 		}
 	}
 	if len(unindexed) > 0 && !im.opts.NoRemoteIndex {
-		remote, err := im.remoteIndexes(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return err
+		// What the registry answered before (saved with the referrers
+		// list) will do when it indexes every layer that needs an index:
+		// then the registry is not asked, and a daemon restarting while
+		// it is down loads at once. A layer whose blob is cached needs
+		// none (without one it is read, and indexed, from the cache), nor
+		// one whose TOC its annotations bind.
+		offline := fetch.Offline(ctx)
+		remote, _ := im.remoteIndexes(offline)
+		_, unsaved := im.img.Referrers(offline, fetch.ArtifactTypeIndex)
+		if unsaved != nil || !coversAll(remote, unindexed, cache) {
+			var err error
+			remote, err = im.remoteIndexes(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return err
+				}
+				im.log.Warn("looking for index artifacts in the registry", "err", err)
 			}
-			im.log.Warn("looking for index artifacts in the registry", "err", err)
 		}
 		for _, l := range unindexed {
 			if d, ok := remote[l.desc.Digest]; ok {
@@ -223,6 +238,18 @@ func (im *Image) plan(ctx context.Context) error {
 		}
 	}
 	return im.planChunked(ctx)
+}
+
+// coversAll reports whether remote has an index for each of layers that
+// needs one: not one whose blob is in cache, nor one whose annotations bind
+// an eStargz or zstd:chunked TOC (served lazily from that without one).
+func coversAll(remote map[digest.Digest]remoteIndex, layers []*layer, cache *fetch.Cache) bool {
+	for _, l := range layers {
+		if _, ok := remote[l.desc.Digest]; !ok && !cache.Has(l.desc.Digest) && !l.boundTOC() {
+			return false
+		}
+	}
+	return true
 }
 
 // Ref returns the fully qualified reference the image was resolved from.

@@ -43,7 +43,9 @@ func (im *Image) remoteIndexes(ctx context.Context) (map[digest.Digest]remoteInd
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			im.log.Warn("looking for index artifacts", "source", src.Source(), "err", err)
+			if !errors.Is(err, fetch.ErrOffline) { // nothing saved to look at: no news
+				im.log.Warn("looking for index artifacts", "source", src.Source(), "err", err)
+			}
 			continue
 		}
 		for ld, d := range found {
@@ -65,6 +67,9 @@ func (im *Image) remoteIndexesIn(ctx context.Context, src *fetch.Image) (map[dig
 	created := map[digest.Digest]string{}
 	for _, r := range refs {
 		m, err := src.FetchReferrer(ctx, r)
+		if errors.Is(err, fetch.ErrOffline) {
+			continue // not in the cache, and the registry is not asked
+		}
 		if err != nil {
 			im.log.Warn("index artifact unusable; ignored", "source", src.Source(), "digest", r.Digest, "err", err)
 			continue

@@ -386,7 +386,9 @@ are answered by the new daemon (Linux 6.9+), after a pause. 'ocifs upgrade
 MOUNTPOINT' hands over to the binary installed at the path the mount was made
 with. 'ocifs stats --json' gives the pid of the daemon serving now. Such a
 mount serves every read itself (no passthrough), and takes neither
---writable nor --progressive.
+--writable nor --progressive. With --foreground this command is the holder
+(as a systemd unit runs it: the main process, which says READY=1), and the
+daemons it starts log to its stderr.
 
 Examples:
   mkdir -p /mnt/app
@@ -538,7 +540,10 @@ Examples:
 const cacheHelp = `
 The cache holds, by digest: blobs (compressed layers, manifests, configs),
 uncompressed layers, layer indexes, start-up profiles (by manifest digest:
-'ocifs profile --help'), and trees: the files of complete gzip
+'ocifs profile --help'), what a registry last answered (kind answer: an
+image's referrers list, the digest a tag named), the TOCs of eStargz and
+zstd:chunked layers (kind range; with these a mount by digest loads from
+the cache when the registry is down), and trees: the files of complete gzip
 layers, extracted so that the kernel can read them itself (FUSE
 passthrough). It is shared by every mount and command using the same
 --cache-dir. Removing an entry a mount still has open is safe: the mount

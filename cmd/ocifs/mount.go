@@ -177,7 +177,7 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	}
 	if o.foreground {
 		if o.takeover && o.holder == nil {
-			return &usageError{msg: "--takeover needs the daemon's holder: drop --foreground"}
+			return holdForeground(ctx, e, image, abs, o)
 		}
 		return serveMount(ctx, e, image, abs, stale, o)
 	}
@@ -471,7 +471,11 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if o.cacheMax > 0 {
 		bgWait.Go(func() { boundCache(bg, log, client.Cache(), int64(o.cacheMax), o.trimEvery) })
 	}
-	if ready != nil {
+	// A daemon started by `ocifs mount` writes its log file; one whose
+	// holder runs attached (mount --takeover --foreground, a systemd unit)
+	// writes where the holder does, the journal, and rotates nothing.
+	ownLog := ready != nil && writesTo(os.Stderr, p.log)
+	if ownLog {
 		bgWait.Go(func() { keepLogRotated(bg, log, p.log) })
 	}
 	// A writable mount serves the image at a private lower directory and
@@ -563,7 +567,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	srv, err := serveStats(p.sock, im)
 	if err == nil {
 		st := mountState{
-			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ready != nil),
+			PID: os.Getpid(), Image: im.Ref(), Mountpoint: dir, Socket: p.sock, Log: daemonLog(p, ownLog),
 			CacheDir: e.g.cacheDir, Metrics: mx.address(),
 		}
 		if o.holder != nil {
@@ -657,6 +661,16 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 
 // daemonLog is the log path the state file records: the daemon's log file,
 // or "" for --foreground, which logs to the terminal.
+// writesTo reports whether f is the file at path.
+func writesTo(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(path)
+	return err == nil && os.SameFile(a, b)
+}
+
 func daemonLog(p mountPaths, daemon bool) string {
 	if daemon {
 		return p.log

@@ -37,26 +37,56 @@ func notifySocket(t *testing.T) (string, func() string) {
 	}
 }
 
+// notified is a foreground mount of the fixture image started as a
+// Type=notify unit's main process, with the socket it notifies.
+type notified struct {
+	bin, ref, cache, dir, sock string
+	next                       func() string // the next notification
+	cmd                        *exec.Cmd
+	out                        *bytes.Buffer // its stdout and stderr
+}
+
+// startNotified starts `ocifs mount FLAGS` of the fixture image with
+// NOTIFY_SOCKET set; the cleanup kills it and unmounts.
+func startNotified(t *testing.T, flags ...string) *notified {
+	t.Helper()
+	requireFUSE(t)
+	m := &notified{bin: ocifsBinary(t), ref: layoutRef(t, fixtureImage(t)), cache: isolate(t), dir: t.TempDir()}
+	m.sock, m.next = notifySocket(t)
+	cleanupMount(t, m.cache, m.dir)
+	args := append([]string{"--cache-dir", m.cache, "mount"}, flags...)
+	m.cmd = exec.Command(m.bin, append(args, m.ref, m.dir)...)
+	m.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+m.sock)
+	m.out = &bytes.Buffer{}
+	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.cmd.Process.Kill(); _ = m.cmd.Wait() })
+	return m
+}
+
+// stopNotified stops cmd as systemd does, with SIGTERM, and checks that it
+// says STOPPING=1 and exits 0.
+func stopNotified(t *testing.T, cmd *exec.Cmd, out *bytes.Buffer, next func() string) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := next(); msg != "STOPPING=1" {
+		t.Errorf("on SIGTERM %s said %q, want STOPPING=1", cmd.Args[1:], msg)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("%s after SIGTERM: %v\n%s", cmd.Args[1:], err, out.String())
+	}
+}
+
 // TestMountNotifiesSystemd: `ocifs mount --foreground` under a Type=notify
 // unit says READY=1 once the mount answers and STOPPING=1 on SIGTERM; a
 // daemon started by `ocifs mount` does not speak for the unit.
 func TestMountNotifiesSystemd(t *testing.T) {
-	requireFUSE(t)
-	bin := ocifsBinary(t)
-	ref := layoutRef(t, fixtureImage(t))
-	cache := isolate(t)
-	sock, next := notifySocket(t)
-
-	dir := t.TempDir()
-	cleanupMount(t, cache, dir)
-	cmd := exec.Command(bin, "--cache-dir", cache, "mount", "--foreground", ref, dir)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	m := startNotified(t, "--foreground")
+	bin, ref, cache, dir, sock, next, cmd, out := m.bin, m.ref, m.cache, m.dir, m.sock, m.next, m.cmd, m.out
 	msg := next()
 	if !strings.HasPrefix(msg, "READY=1\nSTATUS=serving "+ref+" at "+dir) {
 		t.Errorf("first notification %q, want READY=1 and a status", msg)
@@ -65,15 +95,7 @@ func TestMountNotifiesSystemd(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "etc/os-release")); err != nil || string(b) != fixtureRelease {
 		t.Errorf("read right after READY=1: %q, %v", b, err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if msg := next(); msg != "STOPPING=1" {
-		t.Errorf("on SIGTERM the daemon said %q, want STOPPING=1", msg)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("foreground mount after SIGTERM: %v\n%s", err, out.String())
-	}
+	stopNotified(t, cmd, out, next)
 
 	// Started by `ocifs mount`, the daemon does not inherit NOTIFY_SOCKET.
 	dir2 := t.TempDir()
@@ -90,6 +112,50 @@ func TestMountNotifiesSystemd(t *testing.T) {
 	}
 	if _, errs, code := execOcifs(t, bin, "unmount", dir2); code != 0 {
 		t.Fatalf("unmount: %d %s", code, errs)
+	}
+}
+
+// TestTakeoverForegroundNotifies: `ocifs mount --takeover --foreground`,
+// as the mount unit runs it, is the holder itself: the unit's main process.
+// It says READY=1 once the mount answers; its daemon, a child without
+// NOTIFY_SOCKET, can be killed and is replaced without the mount or the
+// main process going away; SIGTERM gives STOPPING=1, an unmount and exit 0.
+func TestTakeoverForegroundNotifies(t *testing.T) {
+	m := startNotified(t, "--takeover", "--foreground")
+	ref, cache, dir, next, cmd, out := m.ref, m.cache, m.dir, m.next, m.cmd, m.out
+	if msg := next(); !strings.HasPrefix(msg, "READY=1\nSTATUS=serving "+ref+" at "+dir) {
+		t.Errorf("first notification %q, want READY=1 and a status", msg)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/os-release")); err != nil || string(b) != fixtureRelease {
+		t.Errorf("read right after READY=1: %q, %v", b, err)
+	}
+	st := mountStateOf(t, cache, dir)
+	if st.HolderPID != cmd.Process.Pid || st.PID == cmd.Process.Pid {
+		t.Fatalf("mount state: holder pid %d, daemon pid %d; want the holder to be the command (pid %d) and the daemon apart",
+			st.HolderPID, st.PID, cmd.Process.Pid)
+	}
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/environ")
+	if err != nil || bytes.Contains(env, []byte("NOTIFY_SOCKET=")) {
+		t.Errorf("the mount daemon's environment has NOTIFY_SOCKET (err %v): it would speak for the unit", err)
+	}
+	if st.Log != "" {
+		t.Errorf("mount state names log %s; the daemon writes to its holder's stderr (the journal)", st.Log)
+	}
+
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNewServer(t, cache, dir, st.PID)
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/os-release")); err != nil || string(b) != fixtureRelease {
+		t.Errorf("read after the daemon was killed: %q, %v", b, err)
+	}
+	if cmd.ProcessState != nil {
+		t.Fatalf("the main process ended when its daemon was killed:\n%s", out.String())
+	}
+
+	stopNotified(t, cmd, out, next)
+	if _, ok, _ := findMount(dir); ok {
+		t.Errorf("%s is still mounted after SIGTERM", dir)
 	}
 }
 

@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/spf13/pflag"
 
 	"github.com/ocifs/ocifs/fs"
+	"github.com/ocifs/ocifs/fs/sdnotify"
 	"github.com/ocifs/ocifs/fs/takeover"
 )
 
@@ -27,24 +32,97 @@ func holderSocketPath(p mountPaths) string {
 	return strings.TrimSuffix(p.sock, ".sock") + ".holder.sock"
 }
 
+// setHolderSocket sets the socket the holder of the mount at dir listens
+// at in o, and returns the binary daemons are started from.
+func setHolderSocket(e *env, dir string, o *mountOpts) (exe string, err error) {
+	p, err := pathsFor(e.g.cacheDir, dir)
+	if err != nil {
+		return "", err
+	}
+	if exe, err = os.Executable(); err != nil {
+		return "", fmt.Errorf("mount: find this binary: %w", err)
+	}
+	o.holderSocket = holderSocketPath(p)
+	return exe, nil
+}
+
 // spawnHolder starts `ocifs holder` in its own session, which starts the
 // mount daemon and keeps the mount's FUSE connection across its restarts,
 // and waits until the daemon reports that the mount answers.
 func spawnHolder(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
-	p, err := pathsFor(e.g.cacheDir, dir)
+	exe, err := setHolderSocket(e, dir, o)
 	if err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("mount: find this binary: %w", err)
-	}
-	o.holderSocket = holderSocketPath(p)
 	args := append(globalArgs(e.g), "holder", "--socket="+o.holderSocket, "--exe="+exe, "--ready-fd=3", "--")
 	args = append(args, daemonArgs(e.g, image, dir, o)...)
 	return startDaemon(ctx, e, dir, "mount "+image, args, func(pid int, log string) string {
 		return fmt.Sprintf("mounted %s at %s (holder pid %d, log %s; the daemon may be restarted or upgraded without unmounting)\n", image, dir, pid, log)
 	})
+}
+
+// holdForeground is `ocifs mount --takeover --foreground`: this process is
+// the holder (a systemd unit's main process, which a daemon's crash or an
+// upgrade leaves running) and starts the daemons itself. It speaks for the
+// unit: READY=1 once the first daemon says the mount answers, STOPPING=1 on
+// SIGTERM or SIGINT (passed on to the serving daemon, which unmounts); the
+// daemons get no NOTIFY_SOCKET. Their logs go to this process's stderr.
+func holdForeground(ctx context.Context, e *env, image, dir string, o *mountOpts) error {
+	exe, err := setHolderSocket(e, dir, o)
+	if err != nil {
+		return err
+	}
+	// Keep no directory busy (every path below is absolute).
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("mount: ready pipe: %w", err)
+	}
+	notifySocket := os.Getenv(sdnotify.Env)
+	sdnotify.Unset()
+
+	// The first daemon's word on its ready pipe: "ok", or why it gave up.
+	said := make(chan string, 1)
+	go func() {
+		defer r.Close()
+		lp := newLoadProgress(e, "mount "+image)
+		msg := string(lp.read(r))
+		lp.stop(msg == "ok\n")
+		if msg == "ok\n" {
+			fmt.Fprintf(e.stdout, "mounted %s at %s (holder pid %d; the daemon may be restarted or upgraded without unmounting)\n", image, dir, os.Getpid())
+			notify(e.log, func() (bool, error) {
+				return sdnotify.NotifyAt(notifySocket, "READY=1\nSTATUS=serving "+image+" at "+dir)
+			})
+		}
+		said <- msg
+	}()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	held := make(chan struct{})
+	var stopping sync.WaitGroup
+	stopping.Go(func() {
+		select {
+		case <-sigs:
+			notify(e.log, func() (bool, error) { return sdnotify.NotifyAt(notifySocket, "STOPPING=1") })
+		case <-held:
+		}
+	})
+	err = takeover.Hold(ctx, takeover.HolderOptions{
+		Socket: o.holderSocket, Exe: exe, Name: daemonName, Args: daemonArgs(e.g, image, dir, o),
+		Output: os.Stderr, Ready: w, Logger: e.log,
+	})
+	w.Close() // Hold closes it once a daemon has it; not if it failed before
+	close(held)
+	stopping.Wait()
+	if msg := <-said; msg != "ok\n" {
+		if text := strings.TrimSpace(strings.TrimPrefix(msg, "error: ")); text != "" {
+			return errors.New(text)
+		}
+	}
+	return err
 }
 
 // holderOpts are the flags of the internal `ocifs holder`.

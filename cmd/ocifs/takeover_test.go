@@ -387,7 +387,8 @@ func copyFile(t *testing.T, from, to string) {
 }
 
 // TestTakeoverRefusedCombinations: --takeover says why it does not go with
-// --writable, --progressive or --foreground, before mounting anything.
+// --writable or --progressive, before mounting anything. (With --foreground
+// it runs the holder attached: TestTakeoverForegroundNotifies.)
 func TestTakeoverRefusedCombinations(t *testing.T) {
 	fstest.RequireFUSE(t)
 	cache := isolate(t)
@@ -398,7 +399,6 @@ func TestTakeoverRefusedCombinations(t *testing.T) {
 	}{
 		{"writable", []string{"--writable"}, "does not go with --writable"},
 		{"progressive", []string{"--progressive"}, "numbers nodes in the order it sees them"},
-		{"foreground", []string{"--foreground"}, "drop --foreground"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()

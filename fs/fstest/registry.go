@@ -24,24 +24,38 @@ const registryStartTimeout = 30 * time.Second
 // failed. Without the binary the test is skipped (failed when CI=true).
 func StartRegistry(t TB) (host string) {
 	t.Helper()
+	host, _ = StartStoppableRegistry(t)
+	return host
+}
+
+// StartStoppableRegistry is [StartRegistry] for a test that takes the
+// registry away while mounts use it: stop kills it (its port then refuses
+// connections); the cleanup stops it if the test did not.
+func StartStoppableRegistry(t TB) (host string, stop func()) {
+	t.Helper()
 	if _, err := os.Stat(RegistryBinary); err != nil {
 		skipOrFail(t, "docker-registry not installed (apt-get install docker-registry)")
 	}
 	dir := t.TempDir()
-	host, stop, err := RunRegistry(t.Context(), dir)
+	host, kill, err := RunRegistry(t.Context(), dir)
 	if err != nil {
 		logFile(t, filepath.Join(dir, "registry.log"))
 		t.Fatalf("start registry: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := stop(); err != nil {
+		if err := kill(); err != nil {
 			t.Errorf("stop registry: %v", err)
 		}
 		if t.Failed() {
 			logFile(t, filepath.Join(dir, "registry.log"))
 		}
 	})
-	return host
+	return host, func() {
+		t.Helper()
+		if err := kill(); err != nil {
+			t.Errorf("stop registry: %v", err)
+		}
+	}
 }
 
 func logFile(t TB, p string) {

@@ -28,6 +28,16 @@ func Notify(state string) (sent bool, err error) {
 	return send(path, state)
 }
 
+// NotifyAt is Notify to the socket at path (a value $NOTIFY_SOCKET had),
+// for a process that took the variable out of its environment so that its
+// children do not speak for the unit. An empty path does nothing.
+func NotifyAt(path, state string) (sent bool, err error) {
+	if path == "" {
+		return false, nil
+	}
+	return send(path, state)
+}
+
 func send(path, state string) (bool, error) {
 	switch {
 	case strings.HasPrefix(path, "@"):

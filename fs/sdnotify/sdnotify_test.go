@@ -80,3 +80,19 @@ func TestNotifyWithout(t *testing.T) {
 		t.Errorf("after Unset %s = %q", Env, v)
 	}
 }
+
+// TestNotifyAt: the socket is named by the caller, not the environment.
+func TestNotifyAt(t *testing.T) {
+	addr := filepath.Join(t.TempDir(), "notify")
+	conn := listen(t, addr)
+	t.Setenv(Env, "")
+	if sent, err := NotifyAt(addr, "READY=1"); !sent || err != nil {
+		t.Fatalf("NotifyAt = %v, %v", sent, err)
+	}
+	if got := receive(t, conn); got != "READY=1" {
+		t.Errorf("NotifyAt sent %q, want READY=1", got)
+	}
+	if sent, err := NotifyAt("", "READY=1"); sent || err != nil {
+		t.Errorf("NotifyAt(\"\") = %v, %v; want nothing sent, no error", sent, err)
+	}
+}

@@ -81,9 +81,9 @@
 //   - The daemon's memory: the decoded piece cache, read-ahead state,
 //     counters of `ocifs stats` (they restart from zero), the background
 //     fetch (it starts again from what the disk cache has).
-//   - A daemon cannot be replaced while the registry is unreachable: a new
-//     one fetches the pinned manifest and config again (layers come from
-//     the cache). The holder retries with its backoff; the mount waits.
+//   - Bytes not in the cache while the registry is unreachable: a read of
+//     them fails with EIO after the usual retries, as without a restart
+//     (the new daemon itself needs no registry: see below).
 //   - A crash of the holder itself ends the mount as a crash of a daemon
 //     without a holder does (readers get ENOTCONN).
 //
@@ -120,8 +120,8 @@
 // does not serve yet (the kernel's node ids from the daemon before) is
 // resolved on demand: snapshot id -> its committed labels in the
 // snapshotter's metadata (io.ocifs.remote, io.ocifs.layer) -> the image,
-// pinned, loaded from the cache (manifest and config from the registry,
-// as after a restart) -> the layer's view, numbered as before, with the
+// pinned, loaded from the cache (manifest and config too, see below)
+// -> the layer's view, numbered as before, with the
 // same generation, which the kernel checks at every LOOKUP of a cached
 // dentry. A slot that is no committed remote snapshot gets ESTALE (ENOENT
 // for a name looked up at the root), never another layer's file. Only
@@ -148,6 +148,12 @@
 // kernel for at most a second (no invalidation is sent), then ENOENT.
 // SIGTERM to the holder still stops everything, as without --takeover:
 // running containers' reads of lazy layers then fail.
+//
+// A restart while the registry is down works for what is cached: the new
+// daemon reads the pinned manifest and the config from the cache (checked
+// against their digests again), and the registry's index artifacts as last
+// listed, their heads and eStargz or zstd:chunked TOCs likewise, so it
+// loads and takes over at once (fetch's offline.go, fs.Image's plan).
 //
 // # What it must not do
 //
