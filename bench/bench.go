@@ -162,7 +162,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	defer net.close()
 	r := &runner{ocifs: o.Ocifs, work: work, net: net, log: o.Log, coldWorkloads: o.ColdWorkloads,
 		peers: o.Peers, containerd2: o.Containerd2, ocifsSnapshotter: o.OcifsSnapshotter, sociRefs: map[*builtImage]string{},
-		profiled: map[*builtImage]bool{}}
+		profiled: map[*builtImage]string{}}
 	if r.ocifsSnapshotter == "" {
 		r.ocifsSnapshotter = DefaultOcifsSnapshotter
 	}
@@ -250,6 +250,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 					if _, seen := notAvailable[m]; !seen {
 						notAvailable[m] = r.available(ctx, m)
 					}
+					if m == mCRIOcifsProf && notAvailable[m] == nil {
+						if err := r.recordProfile(ctx, info.built, info.spec.Container); err != nil {
+							res.Skipped = append(res.Skipped, fmt.Sprintf("%s %s %s %s: profile record: %v", pn, info.Name, info.Format, m, err))
+							logf("  profile record failed: %v", err)
+							continue
+						}
+					}
 					if m == mCRISoci && notAvailable[m] == nil && r.sociRefs[info.built] == "" {
 						logf("%s %s %s: soci-convert (SOCI index, pushed)", pn, info.Name, info.Format)
 						ref, err := r.sociIndex(ctx, c, info.built)
@@ -291,9 +298,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 					if info.Format != fmtGzipIndex && info.Format != fmtEstargz {
 						continue // the lazy formats a start-up reads piece by piece
 					}
-					if err := r.recordProfile(ctx, info.built, info.spec); err != nil {
+					if err := r.recordProfile(ctx, info.built, info.spec.Startup); err != nil {
 						res.Skipped = append(res.Skipped, fmt.Sprintf("%s %s %s %s: profile record: %v", pn, info.Name, info.Format, m, err))
 						logf("  profile record failed: %v", err)
+						continue
+					}
+				}
+				if m == mStargzStore {
+					if info.Format != fmtEstargz {
+						continue // the format stargz-store reads lazily
+					}
+					if _, seen := notAvailable[m]; !seen {
+						notAvailable[m] = r.available(ctx, m)
+					}
+					if err := notAvailable[m]; err != nil {
+						res.Skipped = append(res.Skipped, fmt.Sprintf("%s %s %s %s: %v", pn, info.Name, info.Format, m, err))
 						continue
 					}
 				}
@@ -313,19 +332,27 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 						return nil, ctx.Err()
 					}
 					switch m {
-					case mLazy, mDemand, mProfile, mWarm:
+					case mLazy, mDemand, mProfile, mStargzStore, mWarm:
 						for _, w := range o.Workloads {
 							if !info.spec.allows("workload", w) || (m == mLazy && !o.AllCells && !defaultCell(info.Format, w)) {
 								continue
 							}
-							if m == mDemand && (w != wStartup || info.Format != fmtGzipIndex) {
-								continue // what a program alone fetches: start-up, on the indexed image
+							if m == mDemand && (w != wStartup || (info.Format != fmtGzipIndex && info.Format != fmtEstargz)) {
+								continue // what a program alone fetches: start-up, on the formats read piece by piece
 							}
 							if m == mProfile && w != wStartup {
 								continue // what the profile was recorded of
 							}
 							s := base
 							s.Method, s.Workload, s.Rep = m, w, rep
+							if m == mStargzStore {
+								if err := r.stargzStore(ctx, &s, info.built, info.spec); err != nil {
+									s.Err = err.Error()
+								}
+								res.Samples = append(res.Samples, s)
+								logSample(logf, s)
+								continue
+							}
 							cache := warm
 							if m != mWarm {
 								cache = filepath.Join(work, "cold-cache")

@@ -30,23 +30,31 @@ import (
 // repetition: a new containerd or podman root, a new snapshotter or store
 // with an empty cache, the page cache dropped.
 const (
-	mCRIOverlay  = "cri-overlayfs" // containerd 2.x, its own overlayfs snapshotter (plain gzip)
-	mCRIStargz   = "cri-stargz"    // containerd 2.x + stargz-snapshotter (eStargz image)
-	mCRISoci     = "cri-soci"      // containerd 2.x + SOCI snapshotter (plain gzip + its index)
-	mCRIOcifs    = "cri-ocifs"     // containerd 2.x + `ocifs snapshotter` (gzip + ocifs index)
-	mPodmanPull  = "podman-pull"   // podman run with podman's own pull (plain gzip)
-	mPodmanStarz = "podman-stargz" // podman run through stargz-store as additional layer store (eStargz)
-	wContainer   = "container"     // the workload of the container-start methods
+	mCRIOverlay = "cri-overlayfs" // containerd 2.x, its own overlayfs snapshotter (plain gzip)
+	mCRIStargz  = "cri-stargz"    // containerd 2.x + stargz-snapshotter (eStargz image)
+	mCRISoci    = "cri-soci"      // containerd 2.x + SOCI snapshotter (plain gzip + its index)
+	mCRIOcifs   = "cri-ocifs"     // containerd 2.x + `ocifs snapshotter` (gzip + ocifs index), no start-up profile
+	// containerd 2.x + `ocifs snapshotter` replaying a start-up profile of
+	// the container's program, recorded (`ocifs profile record --push`)
+	// and pushed beside the image before the first repetition
+	mCRIOcifsProf = "cri-ocifs-profile"
+	// containerd 2.x + `ocifs snapshotter` on the eStargz image cri-stargz
+	// starts, no start-up profile: the two snapshotters on the same bytes
+	mCRIOcifsEstargz = "cri-ocifs-estargz"
+	mPodmanPull      = "podman-pull"   // podman run with podman's own pull (plain gzip)
+	mPodmanStarz     = "podman-stargz" // podman run through stargz-store as additional layer store (eStargz)
+	wContainer       = "container"     // the workload of the container-start methods
 )
 
-var containerMethods = []string{mCRIOverlay, mCRIStargz, mCRISoci, mCRIOcifs, mPodmanPull, mPodmanStarz}
+var containerMethods = []string{mCRIOverlay, mCRIStargz, mCRISoci, mCRIOcifs, mCRIOcifsProf, mCRIOcifsEstargz, mPodmanPull, mPodmanStarz}
 
 // containerFormat is the one image format each container-start method is
 // measured on: what that system is built to start lazily (or, for the
 // full pulls, plain gzip).
 var containerFormat = map[string]string{
-	mCRIOverlay: fmtGzip, mCRIStargz: fmtEstargz, mCRISoci: fmtGzip, mCRIOcifs: fmtGzipIndex,
-	mPodmanPull: fmtGzip, mPodmanStarz: fmtEstargz,
+	mCRIOverlay: fmtGzip, mCRIStargz: fmtEstargz, mCRISoci: fmtGzip, mCRIOcifs: fmtGzipIndex, mCRIOcifsProf: fmtGzipIndex,
+	mCRIOcifsEstargz: fmtEstargz,
+	mPodmanPull:      fmtGzip, mPodmanStarz: fmtEstargz,
 }
 
 func isContainerMethod(m string) bool {
@@ -81,7 +89,7 @@ func (r *runner) snapshotterCmd(ctx context.Context, m string) ([]string, error)
 			return nil, err
 		}
 		return peer("soci-snapshotter-grpc", "--address", "{address}", "--root", "{root}")
-	case mCRIOcifs:
+	case mCRIOcifs, mCRIOcifsProf, mCRIOcifsEstargz:
 		// the command and its subcommands (the words before the first
 		// flag) must answer --help: an ocifs without the snapshotter
 		// command makes the method "not available"
@@ -94,8 +102,22 @@ func (r *runner) snapshotterCmd(ctx context.Context, m string) ([]string, error)
 			n++
 		}
 		help := append(slices.Clone(argv[1:n]), "--help")
-		if out, err := exec.CommandContext(ctx, argv[0], help...).CombinedOutput(); err != nil {
+		out, err := exec.CommandContext(ctx, argv[0], help...).CombinedOutput()
+		if err != nil {
 			return nil, fmt.Errorf("not available: %s %s: %v: %s", argv[0], strings.Join(help, " "), err, lastLines(string(out), 2))
+		}
+		// The registry may hold a profile of the image (recorded by the
+		// profile methods): cri-ocifs measures the snapshotter without
+		// one, cri-ocifs-profile with it. A snapshotter from before
+		// profiles replays none anyway.
+		hasProfile := strings.Contains(string(out), "--profile")
+		switch {
+		case m == mCRIOcifsProf && !hasProfile:
+			return nil, fmt.Errorf("not available: %s %s lists no --profile", argv[0], strings.Join(help, " "))
+		case m == mCRIOcifsProf:
+			argv = append(argv, "--profile=auto")
+		case hasProfile:
+			argv = append(argv, "--profile=none")
 		}
 		return argv, nil
 	}
@@ -105,6 +127,11 @@ func (r *runner) snapshotterCmd(ctx context.Context, m string) ([]string, error)
 // available says whether method m can run here, and if not why.
 func (r *runner) available(ctx context.Context, m string) error {
 	switch m {
+	case mStargzStore:
+		if _, err := os.Stat(filepath.Join(r.peers, "stargz-store")); err != nil {
+			return fmt.Errorf("not available: %s is not built (make peers)", filepath.Join(r.peers, "stargz-store"))
+		}
+		return nil
 	case mPodmanPull, mPodmanStarz:
 		if _, err := exec.LookPath(podmantest.DebianPodman); err != nil {
 			return fmt.Errorf("not available: podman (apt-get install --no-install-recommends podman): %v", err)
@@ -256,7 +283,11 @@ func (r *runner) criRun(ctx context.Context, s *sample, b *builtImage, spec imag
 		if err := sn.waitFor(ctx, "socket "+sock, time.Minute, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
 			return err
 		}
-		opts.Proxy = &critest.ProxySnapshotter{Name: strings.TrimPrefix(s.Method, "cri-"), Address: sock}
+		name := strings.TrimPrefix(s.Method, "cri-")
+		if s.Method == mCRIOcifsProf || s.Method == mCRIOcifsEstargz {
+			name = "ocifs"
+		}
+		opts.Proxy = &critest.ProxySnapshotter{Name: name, Address: sock}
 	}
 	c, err := critest.Start(ctx, opts)
 	if err != nil {
@@ -393,7 +424,7 @@ func writeContainerStart(b *strings.Builder, res *Result, ok map[cellKey][]sampl
 	for _, p := range res.Profiles {
 		fmt.Fprintf(b, "\n### Profile %s\n\n| image | method | format | to output | PullImage (CRI) · whole run (podman) | bytes | × best peer |\n|---|---|---|---|---|---|---|\n", p.Name)
 		for _, im := range res.Options.Images {
-			for _, group := range [][]string{{mCRIOverlay, mCRIStargz, mCRISoci, mCRIOcifs}, {mPodmanPull, mPodmanStarz}} {
+			for _, group := range [][]string{{mCRIOverlay, mCRIStargz, mCRISoci, mCRIOcifs, mCRIOcifsProf, mCRIOcifsEstargz}, {mPodmanPull, mPodmanStarz}} {
 				peers := map[string]bool{mCRIStargz: true, mCRISoci: true, mPodmanStarz: true}
 				best := math.NaN()
 				for _, m := range group {

@@ -16,7 +16,10 @@
 // for slow; this kernel has no netem).
 //
 // Methods: ocifs lazy mount on an empty cache, the same with
-// --prefetch=none for start-up only (what the program alone fetches),
+// --prefetch=none for start-up only (what the program alone fetches), the
+// same with a start-up profile recorded and pushed beside the image
+// (ocifs-profile), stargz-store with its defaults, its layers stacked by
+// overlayfs (stargz-store, eStargz: the lazy peer of the same workloads),
 // ocifs on a cache the background fetch completed, `ocifs pull` then overlayfs over the tree,
 // and containerd (started with its own root and socket, `ctr images pull`
 // into the overlayfs snapshotter, `ctr images mount`). Workloads:
@@ -31,8 +34,11 @@
 // program's exit seen with its output, for containerd's overlayfs
 // (cri-overlayfs, plain gzip), stargz-snapshotter (cri-stargz, eStargz),
 // SOCI (cri-soci, plain gzip with a SOCI index built and pushed once) and
-// `ocifs snapshotter` (cri-ocifs, gzip+index; --ocifs-snapshotter is its
-// command line, so another build can be measured); and podman run to the
+// `ocifs snapshotter` (cri-ocifs, gzip+index, --profile=none; and
+// cri-ocifs-profile, replaying a profile of the container's program
+// recorded beforehand; cri-ocifs-estargz, on cri-stargz's eStargz image;
+// --ocifs-snapshotter is its command line, so another
+// build can be measured); and podman run to the
 // first output with podman's own pull (podman-pull) or stargz-store as
 // additional layer store (podman-stargz). The peers are small mains of our
 // own over each project's library module, pinned in nested modules under

@@ -24,7 +24,7 @@ import (
 // Methods and workloads, as the tables name them.
 const (
 	mLazy       = "ocifs-lazy"    // ocifs mount on an empty cache
-	mDemand     = "ocifs-demand"  // the same with --prefetch=none: what the workload alone fetches (start-up, gzip+index)
+	mDemand     = "ocifs-demand"  // the same with --prefetch=none: what the workload alone fetches (start-up, gzip+index and eStargz)
 	mWarm       = "ocifs-warm"    // ocifs mount on a cache the background fetch completed
 	mProfile    = "ocifs-profile" // ocifs mount on an empty cache, with a start-up profile recorded and pushed beside the image
 	mPull       = "ocifs-pull"    // ocifs pull, then overlayfs over the unpacked tree
@@ -36,7 +36,7 @@ const (
 )
 
 var (
-	allMethods   = []string{mLazy, mDemand, mProfile, mWarm, mPull, mContainerd}
+	allMethods   = []string{mLazy, mDemand, mProfile, mStargzStore, mWarm, mPull, mContainerd}
 	allWorkloads = []string{wFirst, wStartup, wWalk, wReadAll}
 )
 
@@ -64,6 +64,12 @@ type sample struct {
 	// fetched (indexes, manifests and configs not counted).
 	OcifsServed     int64 `json:"ocifs_bytes_served,omitempty"`
 	OcifsLayerBytes int64 `json:"ocifs_layer_bytes_fetched,omitempty"`
+	// What the start-up profile's replay had done when the workload
+	// finished (ocifs-profile): the source it came from, the uncompressed
+	// bytes it read, and how long it took (0 while still running).
+	ProfileSource string  `json:"profile_source,omitempty"`
+	ProfileBytes  int64   `json:"profile_bytes,omitempty"`
+	ProfileS      float64 `json:"profile_s,omitempty"`
 	// PeakRSSKB: VmHWM of the ocifs daemon or containerd, or the max RSS
 	// of `ocifs pull`. CPUS: user+system seconds of the daemon (from the
 	// start), the commands run (mount, pull, ctr) and the workload itself.
@@ -87,8 +93,9 @@ type runner struct {
 	peers, containerd2, ocifsSnapshotter, pause string
 	// sociRefs are the SOCI-converted images of the cri-soci method.
 	sociRefs map[*builtImage]string
-	// profiled are the images whose start-up profile is in the registry.
-	profiled map[*builtImage]bool
+	// profiled is, per image, the command whose start-up profile is the
+	// newest in the registry (the one a mount replays).
+	profiled map[*builtImage]string
 }
 
 func dropCaches() error {
@@ -167,7 +174,7 @@ func workload(ctx context.Context, w string, root string, startup []string) (flo
 		// of a binary on the mount waits for the proxy to deliver it.
 		cmd := exec.CommandContext(ctx, "/usr/sbin/chroot", append([]string{root}, startup...)...)
 		cmd.Dir = "/"
-		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp", "GOROOT=/usr/local/go", "GOTOOLCHAIN=local", "GOTELEMETRY=off"}
+		cmd.Env = startupEnv
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return 0, fmt.Errorf("start-up %v: %v: %s", startup, err, lastLines(string(out), 3))
@@ -202,6 +209,10 @@ func workload(ctx context.Context, w string, root string, startup []string) (flo
 	}
 	return 0, fmt.Errorf("unknown workload %q", w)
 }
+
+// startupEnv is the environment of a start-up chrooted into an image (no
+// /proc there: Go's trimmed binary needs GOROOT to find itself).
+var startupEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp", "GOROOT=/usr/local/go", "GOTOOLCHAIN=local", "GOTELEMETRY=off"}
 
 // threadCPU runs f on one locked OS thread and returns its CPU seconds.
 func threadCPU(f func() error) (float64, error) {
@@ -251,7 +262,13 @@ type ocifsStats struct {
 	Requests       int64 `json:"requests"`
 	BytesServed    int64 `json:"bytes_served"`
 	VerifyFailures int64 `json:"verify_failures"`
-	Layers         []struct {
+	Profile        *struct {
+		Source   string `json:"source"`
+		Bytes    int64  `json:"bytes"`
+		Done     bool   `json:"done"`
+		Duration string `json:"duration"`
+	} `json:"profile"`
+	Layers []struct {
 		Mode         string `json:"mode"`
 		BytesFetched int64  `json:"bytes_fetched"`
 		Complete     bool   `json:"complete"`
@@ -290,20 +307,29 @@ func isMounted(p string) bool {
 	return ok
 }
 
-// recordProfile records a start-up profile of b (what spec.Startup reads)
-// with `ocifs profile record --push`, on a throwaway cache, so that the
-// mounts of the profile method find it in the registry. Once per image.
-func (r *runner) recordProfile(ctx context.Context, b *builtImage, spec imageSpec) error {
-	if r.profiled[b] {
+// recordProfile records a start-up profile of b (what argv reads, run
+// chrooted into the image) with `ocifs profile record --push`, on a
+// throwaway cache, so that the mounts of the profile methods find it in
+// the registry. A mount replays the newest profile, so it is recorded
+// again only when the newest is of another command: the chroot start-up
+// (ocifs-profile) and the container's program (cri-ocifs-profile) differ.
+func (r *runner) recordProfile(ctx context.Context, b *builtImage, argv []string) error {
+	key := strings.Join(argv, "\x00")
+	if r.profiled[b] == key {
 		return nil
 	}
 	cache := filepath.Join(r.work, "profile-cache")
 	defer os.RemoveAll(cache)
-	args := append([]string{"--cache-dir", cache, "profile", "record", "--push", b.ref(r.net.Host()), "--"}, spec.Startup...)
+	// --no-chroot and chroot(8) from here: the command runs with
+	// startupEnv, as the start-up workload does, not with the image
+	// config's environment only
+	script := `exec /usr/bin/env -i "$@" /usr/sbin/chroot "$OCIFS_ROOT" ` + shellQuote(argv)
+	args := append([]string{"--cache-dir", cache, "profile", "record", "--push", "--no-chroot", b.ref(r.net.Host()), "--",
+		"/bin/sh", "-c", script, "sh"}, startupEnv...)
 	if _, _, _, err := r.run(ctx, r.ocifs, args...); err != nil {
 		return err
 	}
-	r.profiled[b] = true
+	r.profiled[b] = key
 	return nil
 }
 
@@ -332,11 +358,7 @@ func (r *runner) lazy(ctx context.Context, s *sample, b *builtImage, spec imageS
 	}
 	defer r.unmount(mnt, cache)
 	s.ReadyS = time.Since(t0).Seconds()
-	watchdog := time.AfterFunc(workloadTimeout, func() { abortFUSE(mnt) })
-	wcpu, werr := workload(ctx, s.Workload, mnt, spec.Startup)
-	if !watchdog.Stop() {
-		werr = fmt.Errorf("%s did not finish in %v: aborted the FUSE connection (%v)", s.Workload, workloadTimeout, werr)
-	}
+	wcpu, werr := watchedWorkload(ctx, s.Workload, mnt, mnt, spec.Startup)
 	s.DoneS = time.Since(t0).Seconds()
 	c := r.net.proxy.counters().sub(c0)
 	s.Bytes, s.Requests = c.BytesDown, c.Requests
@@ -347,8 +369,26 @@ func (r *runner) lazy(ctx context.Context, s *sample, b *builtImage, spec imageS
 		for _, l := range st.Layers {
 			s.OcifsLayerBytes += l.BytesFetched
 		}
+		if p := st.Profile; p != nil {
+			s.ProfileSource, s.ProfileBytes = p.Source, p.Bytes
+			if d, err := time.ParseDuration(p.Duration); err == nil && p.Done {
+				s.ProfileS = d.Seconds()
+			}
+		}
 	}
 	return werr
+}
+
+// watchedWorkload runs workload w on the tree at root; past
+// workloadTimeout it aborts the FUSE connection mounted at fuse, so that a
+// hung mount fails its cell instead of the run.
+func watchedWorkload(ctx context.Context, w, root, fuse string, startup []string) (float64, error) {
+	watchdog := time.AfterFunc(workloadTimeout, func() { abortFUSE(fuse) })
+	cpu, err := workload(ctx, w, root, startup)
+	if !watchdog.Stop() {
+		err = fmt.Errorf("%s did not finish in %v: aborted the FUSE connection (%v)", w, workloadTimeout, err)
+	}
+	return cpu, err
 }
 
 // workloadTimeout bounds one workload on an ocifs mount; past it the FUSE
@@ -582,4 +622,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 			return 0, nil, errors.New("containerd did not answer in 30s")
 		}
 	}
+}
+
+// shellQuote quotes each word of argv for sh.
+func shellQuote(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
 }

@@ -74,3 +74,28 @@ func TestMarkdownRatios(t *testing.T) {
 		}
 	}
 }
+
+// The start-up goals of issue 16: the profile method against its floor
+// (mount + layer bytes at the link's rate) and against stargz-store.
+func TestMarkdownProfileGoals(t *testing.T) {
+	res := &Result{
+		Options:  Options{Images: []string{"python"}, Workloads: []string{wStartup}, Formats: allFormats, Reps: 1},
+		Profiles: []profile{profiles["slow"]},
+	}
+	res.Samples = []sample{
+		{Profile: "slow", Image: "python", Format: fmtEstargz, Method: mProfile, Workload: wStartup, ReadyS: 0.25, DoneS: 1.2, OcifsLayerBytes: 8_750_000},
+		{Profile: "slow", Image: "python", Format: fmtEstargz, Method: mStargzStore, Workload: wStartup, ReadyS: 0.2, DoneS: 1.8},
+	}
+	md := writeMarkdown(res)
+	for _, want := range []string{
+		"| slow, python, estargz | 1.26× — met: yes (1.20 s for a floor of 250 ms + 8.8 MB) |",
+		"| slow, python | 1.50× — met: no (1.20 s against 1.80 s) |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if r := linkRate(profiles["slow"]); r != 12.5e6 {
+		t.Errorf("linkRate(slow) = %v, want 12.5e6", r)
+	}
+}
