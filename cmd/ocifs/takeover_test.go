@@ -273,9 +273,14 @@ func takeoverSetup(t *testing.T, bin string) (cache string, dirs []string, want 
 // holder ends too.
 func unmountTakeover(t *testing.T, bin, cache, dir string) {
 	t.Helper()
-	holder := mountStateOf(t, cache, dir).HolderPID
+	st := mountStateOf(t, cache, dir)
+	holder := st.HolderPID
 	if out, errs, code := execOcifs(t, bin, "--cache-dir", cache, "unmount", dir); code != 0 {
-		t.Fatalf("ocifs unmount %s: exit %d\n%s%s", dir, code, out, errs)
+		logTail, _ := os.ReadFile(st.Log)
+		if len(logTail) > 8<<10 {
+			logTail = logTail[len(logTail)-8<<10:]
+		}
+		t.Fatalf("ocifs unmount %s: exit %d\n%s%s\nthe daemon's log ends:\n%s", dir, code, out, errs, logTail)
 	}
 	if err := waitExit(t.Context(), holder, relGuard); err != nil {
 		t.Errorf("the holder (pid %d) still runs %v after the unmount: %v", holder, relGuard, err)
