@@ -7,9 +7,9 @@
 //     spans (fetched from the index blob);
 //   - span prefixes from the span start to just past the last byte read
 //     (what prefix digests would allow at best), and the same rounded up to
-//     checkpoints every K compressed bytes, either fetching only the rest of
-//     a span when a later read needs more of it, or fetching the longer
-//     prefix again from the span start;
+//     checkpoints every K compressed bytes, when a later read needs more of
+//     a span: fetching only the rest of it, fetching the longer prefix
+//     again from the span start, or fetching the whole span;
 //   - the exact compressed extent of the bytes read;
 //   - with -images (bench/.cache/images), the chunks and TOCs the eStargz
 //     image of the same tars needs for the same files;
@@ -140,6 +140,7 @@ func main() {
 	var totWhole, totIdeal, totUnc, totExact, totWin, totIndex, totTar, totHead int64
 	totK := make([]int64, len(ks))
 	totKRefetch := make([]int64, len(ks))
+	totKOnce := make([]int64, len(ks))
 	for li, l := range p.Layers {
 		hex := l.Digest[len("sha256:"):]
 		path := filepath.Join(*blobs, "sha256", hex[:2], hex, "data")
@@ -158,6 +159,10 @@ func main() {
 		pts, err := curve(path)
 		check(err)
 		need := map[int]int64{} // span -> max uncompressed end needed
+		onceWhole := make([]map[int]bool, len(ks))
+		for k := range ks {
+			onceWhole[k] = map[int]bool{}
+		}
 		levelK := make([]map[int]int64, len(ks))
 		for k := range ks {
 			levelK[k] = map[int]int64{}
@@ -182,6 +187,13 @@ func main() {
 					got := sp.C + ((c-sp.C+K-1)/K)*K
 					got = min(got, sp.CEnd)
 					if got > levelK[k][i] {
+						// prefix once, then the whole span
+						if levelK[k][i] == 0 {
+							totKOnce[k] += got - sp.C
+						} else if onceWhole[k][i] == false {
+							totKOnce[k] += sp.CEnd - sp.C
+							onceWhole[k][i] = true
+						}
 						if levelK[k][i] == 0 {
 							levelK[k][i] = sp.C
 						}
@@ -290,7 +302,7 @@ func main() {
 	fmt.Printf("estargz (chunks and TOCs of the layers read) %d\n", totEsg)
 	fmt.Printf("windows of the spans read %d; index of the layers read %d (%.2f%% of their tar), head %d\n", totWin, totIndex, 100*float64(totIndex)/float64(totTar), totHead)
 	for k, K := range ks {
-		fmt.Printf("  checkpoints every %3d KiB: %d (extend: fetch the rest only), %d (refetch from span start)\n", K>>10, totK[k], totKRefetch[k])
+		fmt.Printf("  checkpoints every %3d KiB: %d (extend: fetch the rest only), %d (refetch from span start), %d (a prefix, then the whole span)\n", K>>10, totK[k], totKRefetch[k], totKOnce[k])
 	}
 }
 
