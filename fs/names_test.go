@@ -104,6 +104,9 @@ func settleAll(t *testing.T, im *Image) {
 // cannot say the names: the layer is streamed (gzip) or fetched whole
 // (zstd), verified against its digest, and its why says so.
 //
+// The refusal of a TOC is one Warn line per layer (both layers have such a
+// name), none when the tar-split gives the names.
+//
 // Before the fix, every variant failed the first comparison (the lazy tree
 // had "caf\ufffd.txt", one file for two names, and no "caf\xe9.txt"), and
 // the background check then quarantined the layer: every file of it EIO.
@@ -126,7 +129,10 @@ func TestLazyNonUTF8Names(t *testing.T) {
 			layers := nonUTF8Layers()
 			ref, img := pushLazy(t, host, fmt.Sprintf("names/nonutf8-%d", n), layers, tt.opts)
 			want := umociOfBlobs(t, img)
-			im := resolveLoad(t, newClient(t, "", nil), ref, lazyOpts(t))
+			log, lines := capturingLogger(t)
+			opts := lazyOpts(t)
+			opts.Logger = log
+			im := resolveLoad(t, newClient(t, "", nil), ref, opts)
 			l := im.Layers()[0]
 			if l.Mode != tt.mode || !strings.Contains(l.Why, tt.whyHas) {
 				t.Errorf("layer 0: mode %s (%s), want %s saying %q", l.Mode, l.Why, tt.mode, tt.whyHas)
@@ -143,6 +149,66 @@ func TestLazyNonUTF8Names(t *testing.T) {
 			for _, l := range st.Layers {
 				if !l.Complete || !l.Verified {
 					t.Errorf("layer %s: complete %v, verified %v after the background check", l.Digest, l.Complete, l.Verified)
+				}
+			}
+			refusals := len(layers)
+			if tt.mode == ModeZstdChunked {
+				refusals = 0
+			}
+			if n := lines.count(namesRefusedLine); n != refusals {
+				t.Errorf("%d log lines say %q, want %d (one per layer whose TOC cannot say its names)", n, namesRefusedLine, refusals)
+			}
+		})
+	}
+}
+
+// namesRefusedLine is what the one Warn line about a TOC that cannot give
+// its layer's names exactly says.
+const namesRefusedLine = "lazy layer refused: its TOC cannot give its names exactly"
+
+// TestIndexNonUTF8Names: an ocifs index holds names as the tar's bytes, so
+// gzip layers whose names are not UTF-8 are served lazily in index mode,
+// from the registry's index and from the local one a stream left, exactly
+// as umoci unpacks them, before the background check and after it, with
+// nothing refused or failed.
+func TestIndexNonUTF8Names(t *testing.T) {
+	fstest.RequireFUSE(t)
+	host := fstest.StartRegistry(t)
+	layers := nonUTF8Layers()
+	for i := range layers {
+		layers[i].Compression = fstest.Gzip
+	}
+	ref, _ := pushPlain(t, host, "names/index", layers)
+	want := reference(t, nonUTF8Layers())
+	pushIndexOf(t, ref, Options{Logger: testLogger(t), SpanSize: lazySpan})
+	streamed := t.TempDir()
+	loadOn(t, streamed, ref, Options{WholeThreshold: 1, NoRemoteIndex: true}) // streams, leaves a local index
+	for _, v := range []struct {
+		name  string
+		cache string
+		opts  Options
+	}{
+		{"registry index", "", lazyOpts(t)},
+		{"local index left by a stream", streamed, Options{Logger: testLogger(t), WholeThreshold: 1, NoRemoteIndex: true}},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			im := resolveLoad(t, newClient(t, v.cache, nil), ref, v.opts)
+			for i, l := range im.Layers() {
+				if l.Mode != ModeIndex {
+					t.Fatalf("layer %d: mode %s (%s), want %s", i, l.Mode, l.Why, ModeIndex)
+				}
+			}
+			mnt := mountImage(t, im)
+			compare(t, "before the background check", mnt, want)
+			settleAll(t, im)
+			compare(t, "after the background check", mnt, want)
+			st := im.Stats()
+			if st.VerifyFailures != 0 {
+				t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
+			}
+			for _, l := range st.Layers {
+				if !l.Verified || l.Refused != 0 {
+					t.Errorf("layer %s: verified %v, refused %d after the background check; want true, 0", l.Digest, l.Verified, l.Refused)
 				}
 			}
 		})
