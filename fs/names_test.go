@@ -95,6 +95,26 @@ func settleAll(t *testing.T, im *Image) {
 	}
 }
 
+// exactBeforeAndAfter mounts im and compares it with want before the
+// background check (no Prefetch) and after it; then every layer must be
+// complete and verified, nothing refused, no verification failed.
+func exactBeforeAndAfter(t *testing.T, im *Image, want string) {
+	t.Helper()
+	mnt := mountImage(t, im)
+	compare(t, "before the background check", mnt, want)
+	settleAll(t, im)
+	compare(t, "after the background check", mnt, want)
+	st := im.Stats()
+	if st.VerifyFailures != 0 {
+		t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
+	}
+	for _, l := range st.Layers {
+		if !l.Complete || !l.Verified || l.Refused != 0 {
+			t.Errorf("layer %s: complete %v, verified %v, refused %d after the background check; want true, true, 0", l.Digest, l.Complete, l.Verified, l.Refused)
+		}
+	}
+}
+
 // TestLazyNonUTF8Names: a layer whose tar holds names that are not UTF-8
 // reads exactly as umoci unpacks it, before the background check and after
 // it, and nothing is EIO. A TOC (JSON) holds such names with U+FFFD in
@@ -137,20 +157,7 @@ func TestLazyNonUTF8Names(t *testing.T) {
 			if l.Mode != tt.mode || !strings.Contains(l.Why, tt.whyHas) {
 				t.Errorf("layer 0: mode %s (%s), want %s saying %q", l.Mode, l.Why, tt.mode, tt.whyHas)
 			}
-			mnt := mountImage(t, im) // no Prefetch: before the background check
-			compare(t, "before the background check", mnt, want)
-
-			settleAll(t, im)
-			compare(t, "after the background check", mnt, want)
-			st := im.Stats()
-			if st.VerifyFailures != 0 {
-				t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
-			}
-			for _, l := range st.Layers {
-				if !l.Complete || !l.Verified {
-					t.Errorf("layer %s: complete %v, verified %v after the background check", l.Digest, l.Complete, l.Verified)
-				}
-			}
+			exactBeforeAndAfter(t, im, want)
 			refusals := len(layers)
 			if tt.mode == ModeZstdChunked {
 				refusals = 0
@@ -174,10 +181,7 @@ const namesRefusedLine = "lazy layer refused: its TOC cannot give its names exac
 func TestIndexNonUTF8Names(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
-	layers := nonUTF8Layers()
-	for i := range layers {
-		layers[i].Compression = fstest.Gzip
-	}
+	layers := withCompression(nonUTF8Layers(), fstest.Gzip)
 	ref, _ := pushPlain(t, host, "names/index", layers)
 	want := reference(t, nonUTF8Layers())
 	pushIndexOf(t, ref, Options{Logger: testLogger(t), SpanSize: lazySpan})
@@ -198,19 +202,7 @@ func TestIndexNonUTF8Names(t *testing.T) {
 					t.Fatalf("layer %d: mode %s (%s), want %s", i, l.Mode, l.Why, ModeIndex)
 				}
 			}
-			mnt := mountImage(t, im)
-			compare(t, "before the background check", mnt, want)
-			settleAll(t, im)
-			compare(t, "after the background check", mnt, want)
-			st := im.Stats()
-			if st.VerifyFailures != 0 {
-				t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
-			}
-			for _, l := range st.Layers {
-				if !l.Verified || l.Refused != 0 {
-					t.Errorf("layer %s: verified %v, refused %d after the background check; want true, 0", l.Digest, l.Verified, l.Refused)
-				}
-			}
+			exactBeforeAndAfter(t, im, want)
 		})
 	}
 }
@@ -225,10 +217,7 @@ func TestIndexNonUTF8Names(t *testing.T) {
 func TestSkopeoZstdChunkedNonUTF8Names(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
-	layers := nonUTF8Layers()
-	for i := range layers {
-		layers[i].Compression = fstest.Gzip
-	}
+	layers := withCompression(nonUTF8Layers(), fstest.Gzip)
 	img, err := fstest.Build(layers, fstest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -250,11 +239,5 @@ func TestSkopeoZstdChunkedNonUTF8Names(t *testing.T) {
 	if l := im.Layers()[0]; l.Mode != ModeWhole || !strings.Contains(l.Why, "U+FFFD") {
 		t.Errorf("layer 0: mode %s (%s), want %s saying why the TOC cannot be used", l.Mode, l.Why, ModeWhole)
 	}
-	mnt := mountImage(t, im)
-	compare(t, "before the background check", mnt, want)
-	settleAll(t, im)
-	compare(t, "after the background check", mnt, want)
-	if st := im.Stats(); st.VerifyFailures != 0 {
-		t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
-	}
+	exactBeforeAndAfter(t, im, want)
 }
