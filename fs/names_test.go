@@ -95,6 +95,26 @@ func settleAll(t *testing.T, im *Image) {
 	}
 }
 
+// exactBeforeAndAfter mounts im and compares it with want before the
+// background check (no Prefetch) and after it; then every layer must be
+// complete and verified, nothing refused, no verification failed.
+func exactBeforeAndAfter(t *testing.T, im *Image, want string) {
+	t.Helper()
+	mnt := mountImage(t, im)
+	compare(t, "before the background check", mnt, want)
+	settleAll(t, im)
+	compare(t, "after the background check", mnt, want)
+	st := im.Stats()
+	if st.VerifyFailures != 0 {
+		t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
+	}
+	for _, l := range st.Layers {
+		if !l.Complete || !l.Verified || l.Refused != 0 {
+			t.Errorf("layer %s: complete %v, verified %v, refused %d after the background check; want true, true, 0", l.Digest, l.Complete, l.Verified, l.Refused)
+		}
+	}
+}
+
 // TestLazyNonUTF8Names: a layer whose tar holds names that are not UTF-8
 // reads exactly as umoci unpacks it, before the background check and after
 // it, and nothing is EIO. A TOC (JSON) holds such names with U+FFFD in
@@ -103,6 +123,9 @@ func settleAll(t *testing.T, im *Image) {
 // is served lazily with them. eStargz and a zstd:chunked TOC without a tar-split
 // cannot say the names: the layer is streamed (gzip) or fetched whole
 // (zstd), verified against its digest, and its why says so.
+//
+// The refusal of a TOC is one Warn line per layer (both layers have such a
+// name), none when the tar-split gives the names.
 //
 // Before the fix, every variant failed the first comparison (the lazy tree
 // had "caf\ufffd.txt", one file for two names, and no "caf\xe9.txt"), and
@@ -126,25 +149,60 @@ func TestLazyNonUTF8Names(t *testing.T) {
 			layers := nonUTF8Layers()
 			ref, img := pushLazy(t, host, fmt.Sprintf("names/nonutf8-%d", n), layers, tt.opts)
 			want := umociOfBlobs(t, img)
-			im := resolveLoad(t, newClient(t, "", nil), ref, lazyOpts(t))
+			log, lines := capturingLogger(t)
+			opts := lazyOpts(t)
+			opts.Logger = log
+			im := resolveLoad(t, newClient(t, "", nil), ref, opts)
 			l := im.Layers()[0]
 			if l.Mode != tt.mode || !strings.Contains(l.Why, tt.whyHas) {
 				t.Errorf("layer 0: mode %s (%s), want %s saying %q", l.Mode, l.Why, tt.mode, tt.whyHas)
 			}
-			mnt := mountImage(t, im) // no Prefetch: before the background check
-			compare(t, "before the background check", mnt, want)
-
-			settleAll(t, im)
-			compare(t, "after the background check", mnt, want)
-			st := im.Stats()
-			if st.VerifyFailures != 0 {
-				t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
+			exactBeforeAndAfter(t, im, want)
+			refusals := len(layers)
+			if tt.mode == ModeZstdChunked {
+				refusals = 0
 			}
-			for _, l := range st.Layers {
-				if !l.Complete || !l.Verified {
-					t.Errorf("layer %s: complete %v, verified %v after the background check", l.Digest, l.Complete, l.Verified)
+			if n := lines.count(namesRefusedLine); n != refusals {
+				t.Errorf("%d log lines say %q, want %d (one per layer whose TOC cannot say its names)", n, namesRefusedLine, refusals)
+			}
+		})
+	}
+}
+
+// namesRefusedLine is what the one Warn line about a TOC that cannot give
+// its layer's names exactly says.
+const namesRefusedLine = "lazy layer refused: its TOC cannot give its names exactly"
+
+// TestIndexNonUTF8Names: an ocifs index holds names as the tar's bytes, so
+// gzip layers whose names are not UTF-8 are served lazily in index mode,
+// from the registry's index and from the local one a stream left, exactly
+// as umoci unpacks them, before the background check and after it, with
+// nothing refused or failed.
+func TestIndexNonUTF8Names(t *testing.T) {
+	fstest.RequireFUSE(t)
+	host := fstest.StartRegistry(t)
+	layers := withCompression(nonUTF8Layers(), fstest.Gzip)
+	ref, _ := pushPlain(t, host, "names/index", layers)
+	want := reference(t, nonUTF8Layers())
+	pushIndexOf(t, ref, Options{Logger: testLogger(t), SpanSize: lazySpan})
+	streamed := t.TempDir()
+	loadOn(t, streamed, ref, Options{WholeThreshold: 1, NoRemoteIndex: true}) // streams, leaves a local index
+	for _, v := range []struct {
+		name  string
+		cache string
+		opts  Options
+	}{
+		{"registry index", "", lazyOpts(t)},
+		{"local index left by a stream", streamed, Options{Logger: testLogger(t), WholeThreshold: 1, NoRemoteIndex: true}},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			im := resolveLoad(t, newClient(t, v.cache, nil), ref, v.opts)
+			for i, l := range im.Layers() {
+				if l.Mode != ModeIndex {
+					t.Fatalf("layer %d: mode %s (%s), want %s", i, l.Mode, l.Why, ModeIndex)
 				}
 			}
+			exactBeforeAndAfter(t, im, want)
 		})
 	}
 }
@@ -159,10 +217,7 @@ func TestLazyNonUTF8Names(t *testing.T) {
 func TestSkopeoZstdChunkedNonUTF8Names(t *testing.T) {
 	fstest.RequireFUSE(t)
 	host := fstest.StartRegistry(t)
-	layers := nonUTF8Layers()
-	for i := range layers {
-		layers[i].Compression = fstest.Gzip
-	}
+	layers := withCompression(nonUTF8Layers(), fstest.Gzip)
 	img, err := fstest.Build(layers, fstest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -184,11 +239,5 @@ func TestSkopeoZstdChunkedNonUTF8Names(t *testing.T) {
 	if l := im.Layers()[0]; l.Mode != ModeWhole || !strings.Contains(l.Why, "U+FFFD") {
 		t.Errorf("layer 0: mode %s (%s), want %s saying why the TOC cannot be used", l.Mode, l.Why, ModeWhole)
 	}
-	mnt := mountImage(t, im)
-	compare(t, "before the background check", mnt, want)
-	settleAll(t, im)
-	compare(t, "after the background check", mnt, want)
-	if st := im.Stats(); st.VerifyFailures != 0 {
-		t.Errorf("verify_failures = %d, want 0", st.VerifyFailures)
-	}
+	exactBeforeAndAfter(t, im, want)
 }

@@ -14,7 +14,10 @@
 // ("host/repo:tag", "host/repo@sha256:..."), in the standard base64, whose
 // '/' is a path separator: the store's directories are the elements of a
 // base64 as far as they go, and a name with a ':' (a digest, which base64
-// never has) under one that decodes to a reference is a layer. Only the
+// never has) under one that decodes to a reference is a layer. (In the
+// base64 of printable ASCII a '/' stands only for a '?' in the third byte
+// of a group, which no reference holds: podman never asks for such a
+// path; the case is handled, and fuzzed, not met.) Only the
 // canonical base64 of a UTF-8 reference names an image. The image is
 // resolved (shared fetch client: its digest cache and credentials) and
 // loaded on the first lookup of one of its layers, once however many
