@@ -132,6 +132,9 @@ func viewSparse(tables []*index.Table, merged *Tree, views []*Tree) map[*Node]*N
 // hold cannot be read through its map: an error, never its packed bytes.
 func (im *Image) viewNode(n *Node) (*Node, error) {
 	m, ok := im.views.sparse[n]
+	if !ok {
+		m, ok = im.podmanViews.sparse[n] // a node is in one kind of view only
+	}
 	switch {
 	case !ok:
 		return n, nil

@@ -1,9 +1,6 @@
 package fs
 
-import (
-	"fmt"
-	"sync"
-)
+import "sync"
 
 // podmanViews are the podman views of a loaded image, computed once
 // (Image.podmanViews).
@@ -12,15 +9,18 @@ type podmanViews struct {
 	trees []*Tree
 	sizes []int64 // each layer's uncompressed tar size
 	err   error
+	// sparse maps a view's sparse file to the merged tree's node of the
+	// same bytes, as imageViews.sparse does for containerd's views.
+	sparse map[*Node]*Node
 }
 
 // PodmanLayerViews returns the view of every layer of the loaded image as
 // podman's overlay driver writes it (see the function [PodmanLayerViews]),
 // computed once from the entry tables, and the size of each layer's
 // uncompressed tar. Call it after [Image.Load] and before
-// [Image.ReleaseEntries]. A layer with a sparse file is an error: a view's
-// sparse file reads through the merged tree's map, which only the
-// containerd views keep ([Image.LayerViews]).
+// [Image.ReleaseEntries]. A view's sparse file reads through the merged
+// tree's node of the same bytes, which keeps its sparse map (as in
+// [Image.LayerViews]); one a later layer replaces is not served (EIO).
 func (im *Image) PodmanLayerViews() (trees []*Tree, tarSizes []int64, err error) {
 	v := &im.podmanViews
 	v.once.Do(func() {
@@ -29,16 +29,13 @@ func (im *Image) PodmanLayerViews() (trees []*Tree, tarSizes []int64, err error)
 			v.err = err
 			return
 		}
-		for i, t := range tables {
-			for j := range t.Entries {
-				if t.Entries[j].Sparse != nil {
-					v.err = fmt.Errorf("podman layer views: layer %d (%s) has a sparse file (%s), which an additional layer store does not serve", i, im.layers[i].desc.Digest, t.Entries[j].Name)
-					return
-				}
-			}
+		for _, t := range tables {
 			v.sizes = append(v.sizes, t.TarSize)
 		}
 		v.trees, v.err = PodmanLayerViews(tables)
+		if v.err == nil {
+			v.sparse = viewSparse(tables, im.Tree(), v.trees)
+		}
 	})
 	return v.trees, v.sizes, v.err
 }

@@ -50,9 +50,10 @@
 // ([Store.Uses]). A pull leaves a count of 1 per layer and podman rmi takes
 // it back to 0. Nothing is evicted: an image stays loaded until the store
 // is unmounted, so a layer in use never is (eviction of images whose count
-// went back to 0 is not done yet). An image with a sparse file is not
-// served (ENOENT for every layer): a view's sparse file reads through the
-// merged tree's map, which only containerd's views keep.
+// went back to 0 is not done yet). A sparse file (GNU tar's PAX formats)
+// reads as its logical content, holes as zeros, through the merged tree's
+// sparse map; one that a later layer of the image replaces is EIO in its
+// own layer's diff/, never its packed bytes.
 //
 // # Takeover (ocifs store --takeover)
 //
