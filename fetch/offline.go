@@ -76,10 +76,16 @@ func (c *Client) cachedManifest(d digest.Digest) ([]byte, bool) {
 }
 
 // keepManifest puts manifest bytes b, verified against d, into the blob
-// cache, so that a later load by digest needs no registry.
+// cache, so that a later load by digest needs no registry. A cached copy
+// that no longer checks out (damaged on disk) is replaced.
 func (c *Client) keepManifest(d digest.Digest, b []byte) {
-	if d.Validate() != nil || c.cache.Has(d) {
+	if d.Validate() != nil {
 		return
+	}
+	if c.cache.Has(d) {
+		if _, ok := c.cachedManifest(d); ok {
+			return
+		}
 	}
 	if err := c.cache.Put(d, bytes.NewReader(b)); err != nil && !errors.Is(err, ErrFormat) {
 		c.log.Warn("caching manifest", "digest", d, "err", err)

@@ -188,6 +188,20 @@ func TestCachedManifestDamaged(t *testing.T) {
 	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the damaged manifest is still in the cache: %v", err)
 	}
+
+	// A resolve by tag fetches the manifest without reading the cached
+	// copy: a damaged one there is replaced, not kept.
+	sw.down.Store(false)
+	if _, err := c.Resolve(t.Context(), tr.host+"/app:v1"); err != nil {
+		t.Fatal(err)
+	}
+	damage()
+	if _, err := c.Resolve(t.Context(), tr.host+"/app:v1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(file); err != nil || digest.FromBytes(b) != d {
+		t.Errorf("cache after a resolve by tag over a damaged copy: %v, digest %s; want the good manifest", err, digest.FromBytes(b))
+	}
 }
 
 // TestReferrersSaved: the last referrers list a registry gave is given
