@@ -321,6 +321,9 @@ func (im *Image) loadProgressive(streams []*layer, start time.Time) error {
 	}
 	im.prog = prog
 	for _, l := range streams {
+		prog.running[l.idx] = true // before any stream starts: each waits for the layers above (progress.turn)
+	}
+	for _, l := range streams {
 		l.loadProgressive(prog)
 	}
 	im.log.Info("image loading progressively", "layers", len(im.layers), "streaming", len(streams),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -31,22 +32,28 @@ import (
 // image, so the file handles of these numbers carry a generation of the
 // load's own (identity.go).
 type progress struct {
-	// mu guards everything below.
+	// mu guards everything below but ids, paths and next.
 	mu      sync.Mutex
 	tables  []*index.Table // per layer: its table, or the latest snapshot while it streams
 	running []bool         // layers still streaming
 	err     error          // the first stream that failed
-	changed chan struct{}  // closed and replaced on every update
+	changed chan struct{}  // closed and replaced on every update, and when a merge ends
 	snap    *Tree          // merged from tables; rebuilt when stale
+	snapTop int            // the highest layer streaming when snap's tables were taken
+	snapOK  bool           // snap is of the latest tables that merged
 	stale   bool
-	ids     map[string]uint64 // inode numbers by path
-	paths   []string          // paths[id-1]: the path id was first given to
-	next    uint64
+	merging bool  // a lookup is merging the tables, outside mu
 	final   *Tree // the finished tree, once no layer streams
 	// sparse holds the sparse maps of every tree merged so far: an inode
 	// made early keeps its snapshot's node until the final tree exists.
 	sparse    map[*Node]*index.SparseMap
 	anySparse atomic.Bool // sparse is not empty: reads of other files skip mu
+
+	// idMu guards the inode numbers: a merge numbers its tree outside mu.
+	idMu  sync.Mutex
+	ids   map[string]uint64 // inode numbers by path
+	paths []string          // paths[id-1]: the path id was first given to
+	next  uint64
 }
 
 func newProgress(n int) *progress {
@@ -54,11 +61,16 @@ func newProgress(n int) *progress {
 		changed: make(chan struct{}), stale: true, ids: map[string]uint64{}, next: 1}
 }
 
+// wake wakes everyone waiting for a change; mu held.
+func (p *progress) wake() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
 // notify wakes everyone waiting for an update; mu held.
 func (p *progress) notify() {
 	p.stale = true
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.wake()
 }
 
 // update publishes a new snapshot of layer li's table.
@@ -128,6 +140,37 @@ func (p *progress) sparseMap(n *Node) *index.SparseMap {
 	return p.sparse[n]
 }
 
+// The streams share the link, and a lookup needs them top-down: a name in
+// layer k is answered only once every layer above k has streamed to its
+// end (settled), and a read of a file waits for the stream of its own
+// layer, which is then the highest still streaming. So the layers stream
+// one at a time, from the top: a layer's stream sends its request only
+// once no layer above it still streams (turn). A request cannot be paused
+// once sent (whatever it asked for crosses the link, and a proxy on the
+// way takes it as fast as it comes whether we read or not), so the layers
+// below wait before theirs. Before, every layer's stream was one GET of
+// its blob, all at once, sharing the link: a file in the second of
+// python's three layers came only once the whole image had streamed, and
+// its top layer, the one every lookup waits for, ended last.
+
+// turn returns once no layer above li still streams, or ctx is done.
+func (p *progress) turn(ctx context.Context, li int) error {
+	for {
+		p.mu.Lock()
+		top := p.topRunning() <= li
+		ch := p.changed
+		p.mu.Unlock()
+		if top {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // topRunning returns the highest layer still streaming, or -1; mu held.
 func (p *progress) topRunning() int {
 	for li := len(p.running) - 1; li >= 0; li-- {
@@ -155,6 +198,12 @@ func (p *progress) lookup(ctx context.Context, name string) (*Node, error) {
 			return nil, err
 		}
 		n := p.settled(name)
+		if n == nil && p.stale && !p.merging {
+			// The streams may have ended meanwhile: look again.
+			p.remerge()
+			p.mu.Unlock()
+			continue
+		}
 		ch := p.changed
 		p.mu.Unlock()
 		if n != nil {
@@ -168,19 +217,38 @@ func (p *progress) lookup(ctx context.Context, name string) (*Node, error) {
 	}
 }
 
-// settled returns the node at name in the current snapshot if no layer
-// above the ones that wrote its path is still streaming; mu held.
-func (p *progress) settled(name string) *Node {
-	if p.stale {
-		t, err := merge(p.tables, true)
-		if err != nil {
-			return nil // a partial table that does not merge yet: wait for the end
-		}
+// remerge merges the latest tables into snap, outside mu: a merge of a
+// big image takes a while (tens of ms for go's 15,000 files), and the
+// stream publishing its next span must not wait for it (nor would a
+// lookup of a name already settled). One lookup merges at a time; the
+// others wait for it. mu held, and held again on return.
+func (p *progress) remerge() {
+	tables, top := slices.Clone(p.tables), p.topRunning()
+	p.merging, p.stale = true, false
+	p.mu.Unlock()
+	t, err := merge(tables, true)
+	if err == nil {
 		p.number(t)
-		p.snap, p.stale = t, false
+	}
+	p.mu.Lock()
+	p.merging = false
+	// A partial table that does not merge yet: wait for the end.
+	p.snapOK = err == nil
+	if err == nil {
+		p.snap, p.snapTop = t, top
 		p.keepSparse(t)
 	}
-	top := p.topRunning()
+	p.wake()
+}
+
+// settled returns the node at name in the latest snapshot if no layer
+// above the ones that wrote its path was still streaming when the
+// snapshot's tables were taken; mu held.
+func (p *progress) settled(name string) *Node {
+	if !p.snapOK {
+		return nil
+	}
+	top := p.snapTop
 	n := p.snap.Root
 	for _, c := range splitPath(name) {
 		if !n.IsDir() {
@@ -232,9 +300,11 @@ func (p *progress) waitChange(ctx context.Context) error {
 }
 
 // number gives t's nodes the inode numbers their paths had in earlier
-// trees, and new paths the next free numbers; mu held. The names of one
+// trees, and new paths the next free numbers. The names of one
 // hardlinked node share the number of the first of them that had one.
 func (p *progress) number(t *Tree) {
+	p.idMu.Lock()
+	defer p.idMu.Unlock()
 	paths := map[*Node][]string{}
 	var order []*Node
 	t.Walk(func(name string, n *Node) error {
@@ -272,8 +342,8 @@ func (p *progress) number(t *Tree) {
 // pathOf returns the path inode number id was first given to, for a file
 // handle the kernel decodes; false for a number this load never gave.
 func (p *progress) pathOf(id uint64) (string, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.idMu.Lock()
+	defer p.idMu.Unlock()
 	if id == 0 || id > uint64(len(p.paths)) {
 		return "", false
 	}
@@ -304,8 +374,8 @@ func (l *layer) loadProgressive(prog *progress) {
 	l.mu.Lock()
 	l.cur, l.rd = a, s
 	l.mu.Unlock()
-	prog.running[l.idx] = true
 	l.im.bg.Go(func() error {
+		prog.turn(l.im.ctx, l.idx) // canceled: fetchWhole fails at once
 		t, f, err := l.fetchWhole(l.im.ctx, nil, s)
 		l.mu.Lock()
 		if err == nil {
@@ -357,7 +427,7 @@ func (s *streamReader) readAt(ctx context.Context, p []byte, off, fileEnd int64)
 			return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, bad)
 		}
 		t = s.snap.Load()
-		if t != nil && off+int64(len(p)) <= t.TarSize {
+		if t != nil && off+int64(len(p)) <= streamedEnd(t) {
 			break
 		}
 		if err := l.im.prog.waitChange(ctx); err != nil {
@@ -372,6 +442,20 @@ func (s *streamReader) readAt(ctx context.Context, p []byte, off, fileEnd int64)
 		return l.readAt(ctx, p, off, fileEnd) // the stream ended meanwhile
 	}
 	return n, err
+}
+
+// streamedEnd is where the tar bytes of snapshot t that reads may use end:
+// before its last span. The last span of a snapshot taken while the stream
+// runs can fail to decode when read back ("deflate data runs past the end
+// of the span": seen in 1 of 5 python first-file reads on the bench's slow
+// profile once reads came while their layer streamed), and a span that
+// fails to decode quarantines the layer; its bytes are served from the
+// next snapshot instead.
+func streamedEnd(t *index.Table) int64 {
+	if n := len(t.Spans); n > 0 {
+		return t.Spans[n-1].U
+	}
+	return 0
 }
 
 func (s *streamReader) fill(ctx context.Context) (*os.File, error) { return s.l.fillWhole(ctx) }

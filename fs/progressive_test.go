@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -268,5 +269,104 @@ func TestProgressiveTruncatedTempFile(t *testing.T) {
 	close(gate.open)
 	if _, err := im.WaitTree(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// orderTransport records, in order, when each layer's whole-blob GET is
+// sent ("get") and when its body has been read to the end ("end"). Range
+// requests (Resolve's look at each layer's head and tail) are not noted.
+type orderTransport struct {
+	layers map[string]int // layer index by blob digest
+	mu     sync.Mutex
+	events []string
+}
+
+func (o *orderTransport) note(e string) {
+	o.mu.Lock()
+	o.events = append(o.events, e)
+	o.mu.Unlock()
+}
+
+func (o *orderTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	i := strings.Index(req.URL.Path, "/blobs/")
+	li, ok := 0, false
+	if i >= 0 && req.Method == http.MethodGet && req.Header.Get("Range") == "" {
+		li, ok = o.layers[req.URL.Path[i+len("/blobs/"):]]
+	}
+	if ok {
+		o.note(fmt.Sprintf("get %d", li))
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil || !ok {
+		return resp, err
+	}
+	resp.Body = &orderBody{ReadCloser: resp.Body, end: func() { o.note(fmt.Sprintf("end %d", li)) }}
+	return resp, nil
+}
+
+type orderBody struct {
+	io.ReadCloser
+	end  func()
+	once sync.Once
+}
+
+func (b *orderBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(b.end)
+	}
+	return n, err
+}
+
+// TestProgressiveTopDown: a lookup of a name in the lowest of three
+// streamed layers can be answered only once both layers above have
+// streamed to their end, so the streams take the link top-down: each
+// layer's request is sent only once the layer above has been read to its
+// end, and the file reads right. Before, the three GETs were sent at once
+// and shared the link, the top layer (the one every lookup waits for)
+// ending no sooner than the others.
+func TestProgressiveTopDown(t *testing.T) {
+	fstest.RequireFUSE(t)
+	host := fstest.StartRegistry(t)
+	var layers []fstest.Layer
+	content := map[string][]byte{}
+	for i, dir := range []string{"low", "mid", "top"} {
+		ls, c := lazyLayers(uint64(40+i), 60)
+		l := ls[0]
+		for j := range l.Files {
+			h := &l.Files[j].Header
+			h.Name = strings.Replace(h.Name, "data/", dir+"/", 1)
+		}
+		for name, b := range c {
+			if rest, ok := strings.CutPrefix(name, "data/"); ok { // not the second layer's etc/os-release
+				content[dir+"/"+rest] = b
+			}
+		}
+		layers = append(layers, l)
+	}
+	ref, img := pushPlain(t, host, "progressive/topdown", layers)
+	order := &orderTransport{layers: map[string]int{}}
+	for i, d := range img.LayerDescs {
+		order.layers[d.Digest.String()] = i
+	}
+	im := resolveLoad(t, newClient(t, "", order), ref, progressiveOpts(t, true))
+	mnt := mountImage(t, im)
+	name := "low/f0000.txt"
+	if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(got, content[name]) {
+		t.Fatalf("read %s: %d bytes, err %v; want %d bytes", name, len(got), err, len(content[name]))
+	}
+	if _, err := im.WaitTree(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	order.mu.Lock()
+	got := strings.Join(order.events, ", ")
+	order.mu.Unlock()
+	if want := "get 2, end 2, get 1, end 1, get 0, end 0"; got != want {
+		t.Errorf("layer requests: %s; want %s (top-down, each after the one above ended)", got, want)
+	}
+	for name, want := range content {
+		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s: %d bytes, err %v; want %d bytes", name, len(got), err, len(want))
+		}
 	}
 }
