@@ -108,10 +108,10 @@ func TestBenchTableRoundTrip(t *testing.T) {
 	}
 }
 
-// goSourceTar returns a tar of up to limit bytes of Go's own source tree, a
-// realistic layer: many text files of all sizes. It skips when the tree is
-// not there.
-func goSourceTar(tb testing.TB, limit int) []byte {
+// goSourceTar returns a tar of up to limit bytes of Go's own source tree
+// (only the directories under, when given, in that order), a realistic
+// layer: many text files of all sizes. It skips when the tree is not there.
+func goSourceTar(tb testing.TB, limit int, under ...string) []byte {
 	tb.Helper()
 	root := filepath.Join(runtime.GOROOT(), "src")
 	if _, err := os.Stat(root); err != nil {
@@ -119,35 +119,44 @@ func goSourceTar(tb testing.TB, limit int) []byte {
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	if len(under) == 0 {
+		under = []string{""}
+	}
+	var err error
+	for _, u := range under {
 		if err != nil {
-			return err
+			break
 		}
-		if buf.Len() >= limit {
-			return filepath.SkipAll
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		hdr, err := tar.FileInfoHeader(info, "")
-		if err != nil || !(d.IsDir() || d.Type().IsRegular()) {
-			return nil
-		}
-		hdr.Name = p[len(root):]
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
+		err = filepath.WalkDir(filepath.Join(root, u), func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
-			_, err = tw.Write(b)
-			return err
-		}
-		return nil
-	})
+			if buf.Len() >= limit {
+				return filepath.SkipAll
+			}
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			hdr, err := tar.FileInfoHeader(info, "")
+			if err != nil || !(d.IsDir() || d.Type().IsRegular()) {
+				return nil
+			}
+			hdr.Name = p[len(root):]
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+			if d.Type().IsRegular() {
+				b, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				_, err = tw.Write(b)
+				return err
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		tb.Fatal(err)
 	}

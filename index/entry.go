@@ -139,6 +139,11 @@ type Table struct {
 
 	// windows holds what Window(i) returns; see index/span.go.
 	windows windowSource
+	// lastTailBits is, for a snapshot published while the table is built
+	// (Options.Progress), the Bits of the span after its last one, which
+	// the snapshot does not hold: the last span's last byte then begins
+	// the next block, whose bits DecodeSpan must not decode. 0 otherwise.
+	lastTailBits uint8
 }
 
 // Span is one random-access piece of a layer: the uncompressed bytes

@@ -520,8 +520,11 @@ func DecodeSpan(t *Table, i int, compressed []byte) ([]byte, error) {
 	}
 	out := make([]byte, want)
 	var tailBits uint8 // bits of the last byte that belong to this span; 0: all of it
-	if i+1 < len(t.Spans) && t.Spans[i+1].Bits > 0 {
+	switch {
+	case i+1 < len(t.Spans):
 		tailBits = t.Spans[i+1].Bits
+	case i+1 == len(t.Spans):
+		tailBits = t.lastTailBits // a snapshot's last span: the next is not in t
 	}
 	if err := inflateSpan(out, compressed, sp.Bits, tailBits, win); err != nil {
 		return nil, fmt.Errorf("%w: span %d (blob [%d, %d)): %w", ErrFormat, i, sp.C, sp.CEnd, err)

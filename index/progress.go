@@ -68,7 +68,7 @@ func (p *progress) digest(d digest.Digest) {
 		p.mu.Unlock()
 		return // the last span: BuildLayer returns the whole table next
 	}
-	t := &Table{Compression: p.kind, SpanSize: p.spanSize, TarSize: p.spans[k].U}
+	t := &Table{Compression: p.kind, SpanSize: p.spanSize, TarSize: p.spans[k].U, lastTailBits: p.spans[k].Bits}
 	t.Spans = make([]Span, k)
 	copy(t.Spans, p.spans[:k])
 	for i := range t.Spans {
