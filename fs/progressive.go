@@ -427,7 +427,7 @@ func (s *streamReader) readAt(ctx context.Context, p []byte, off, fileEnd int64)
 			return 0, fmt.Errorf("layer %s is quarantined: %w", l.desc.Digest, bad)
 		}
 		t = s.snap.Load()
-		if t != nil && off+int64(len(p)) <= streamedEnd(t) {
+		if t != nil && off+int64(len(p)) <= t.TarSize {
 			break
 		}
 		if err := l.im.prog.waitChange(ctx); err != nil {
@@ -442,20 +442,6 @@ func (s *streamReader) readAt(ctx context.Context, p []byte, off, fileEnd int64)
 		return l.readAt(ctx, p, off, fileEnd) // the stream ended meanwhile
 	}
 	return n, err
-}
-
-// streamedEnd is where the tar bytes of snapshot t that reads may use end:
-// before its last span. The last span of a snapshot taken while the stream
-// runs can fail to decode when read back ("deflate data runs past the end
-// of the span": seen in 1 of 5 python first-file reads on the bench's slow
-// profile once reads came while their layer streamed), and a span that
-// fails to decode quarantines the layer; its bytes are served from the
-// next snapshot instead.
-func streamedEnd(t *index.Table) int64 {
-	if n := len(t.Spans); n > 0 {
-		return t.Spans[n-1].U
-	}
-	return 0
 }
 
 func (s *streamReader) fill(ctx context.Context) (*os.File, error) { return s.l.fillWhole(ctx) }
