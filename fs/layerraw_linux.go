@@ -278,22 +278,13 @@ func (r *layerRaw) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Di
 	}
 	r.l.mu.RUnlock()
 	slices.Sort(names)
-	for i := in.Offset; i < uint64(len(names)); i++ {
+	AddDirEntries(out, in.Offset, uint64(len(names)), plus, func(i uint64) fuse.DirEntry {
+		return fuse.DirEntry{Name: names[i], Ino: trees[names[i]].base | rootID, Mode: syscall.S_IFDIR}
+	}, func(i uint64, eo *fuse.EntryOut) {
 		t := trees[names[i]]
-		e := fuse.DirEntry{Name: names[i], Ino: t.base | rootID, Mode: syscall.S_IFDIR, Off: i + 1}
-		if !plus {
-			if !out.AddDirEntry(e) {
-				break
-			}
-			continue
-		}
-		eo := out.AddDirLookupEntry(e)
-		if eo == nil {
-			break
-		}
 		t.fillEntry(t.tree.Root, eo)
 		eo.SetEntryTimeout(rootEntryTimeout)
-	}
+	})
 	return fuse.OK
 }
 

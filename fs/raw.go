@@ -365,23 +365,14 @@ func (r *RawFS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 		return r.status(cancel, d, 0, err)
 	}
 	names := d.Names()
-	for i := in.Offset; i < uint64(len(names)); i++ {
+	AddDirEntries(out, in.Offset, uint64(len(names)), plus, func(i uint64) fuse.DirEntry {
 		c := d.dir.nodes[i]
-		e := fuse.DirEntry{Name: names[i], Ino: r.base | c.ID, Mode: typeBits(c.Type), Off: i + 1}
-		if !plus {
-			if !out.AddDirEntry(e) {
-				break
-			}
-			continue
-		}
-		eo := out.AddDirLookupEntry(e)
-		if eo == nil {
-			break
-		}
-		if r.refused(c) == nil {
+		return fuse.DirEntry{Name: names[i], Ino: r.base | c.ID, Mode: typeBits(c.Type)}
+	}, func(i uint64, eo *fuse.EntryOut) {
+		if c := d.dir.nodes[i]; r.refused(c) == nil {
 			r.fillEntry(c, eo)
 		} // else: no entry; a LOOKUP of the name gets the refusal
-	}
+	})
 	return fuse.OK
 }
 
@@ -410,3 +401,30 @@ func (s *ServedTree) Raw(timeout time.Duration) *RawFS {
 // RootEntry fills out with the entry of the tree's root, for the lookup
 // of the directory it is served as.
 func (r *RawFS) RootEntry(out *fuse.EntryOut) { r.fillEntry(r.tree.Root, out) }
+
+// AddDirEntries answers a READDIR (plus false) or READDIRPLUS of a
+// directory of n entries from offset off, whose offsets are their places
+// plus one: entry(i) gives entry i (AddDirEntries sets its Off) and, for
+// READDIRPLUS, fill, if not nil, fills its lookup answer (left empty, the
+// kernel makes no entry for it). It stops when out is full. The raw file
+// systems of a tree, of a layer mount's root and of the layer store share
+// it.
+func AddDirEntries(out *fuse.DirEntryList, off, n uint64, plus bool, entry func(i uint64) fuse.DirEntry, fill func(i uint64, eo *fuse.EntryOut)) {
+	for i := off; i < n; i++ {
+		e := entry(i)
+		e.Off = i + 1
+		if !plus {
+			if !out.AddDirEntry(e) {
+				return
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			return
+		}
+		if fill != nil {
+			fill(i, eo)
+		}
+	}
+}

@@ -544,17 +544,7 @@ func (r *storeRaw) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Di
 		return fuse.Status(syscall.ENOTDIR)
 	}
 	ents := []fuse.DirEntry{{Name: "blob", Mode: syscall.S_IFREG}, {Name: "diff", Mode: syscall.S_IFDIR}, {Name: "info", Mode: syscall.S_IFREG}}
-	for i := in.Offset; i < uint64(len(ents)); i++ {
-		e := ents[i]
-		e.Off = i + 1
-		if plus {
-			if out.AddDirLookupEntry(e) == nil {
-				break
-			}
-		} else if !out.AddDirEntry(e) {
-			break
-		}
-	}
+	fs.AddDirEntries(out, in.Offset, uint64(len(ents)), plus, func(i uint64) fuse.DirEntry { return ents[i] }, nil)
 	return fuse.OK
 }
 
