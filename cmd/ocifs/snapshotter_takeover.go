@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"github.com/ocifs/ocifs/fs"
 	"github.com/ocifs/ocifs/fs/snapshotter"
@@ -32,20 +31,7 @@ func holdSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) error {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return fmt.Errorf("snapshotter root %s: %w", root, err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("snapshotter: find this binary: %w", err)
-	}
-	// Keep no directory busy.
-	if err := os.Chdir("/"); err != nil {
-		return err
-	}
-	sock := snapshotterHolderSocket(root)
-	args := append(slices.Clone(os.Args[1:]), "--holder-socket="+sock)
-	e.log.Info("snapshotter holder started", "pid", os.Getpid(), "socket", sock, "exe", exe)
-	return takeover.Hold(ctx, takeover.HolderOptions{
-		Socket: sock, Exe: exe, Name: daemonName, Args: args, Output: os.Stderr, Logger: e.log,
-	})
+	return holdHere(ctx, e, "snapshotter", snapshotterHolderSocket(root))
 }
 
 // checkSnapshotterHost checks that the snapshotter can run here: as root,

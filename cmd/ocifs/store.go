@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,16 +80,7 @@ func runStore(ctx context.Context, e *env, dir string, o *storeOpts) error {
 		if err != nil {
 			return err
 		}
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("store: find this binary: %w", err)
-		}
-		if err := os.Chdir("/"); err != nil { // keep no directory busy
-			return err
-		}
-		sock := holderSocketPath(p)
-		return takeover.Hold(ctx, takeover.HolderOptions{Socket: sock, Exe: exe, Name: daemonName,
-			Args: append(slices.Clone(os.Args[1:]), "--holder-socket="+sock), Output: os.Stderr, Logger: e.log})
+		return holdHere(ctx, e, "store", holderSocketPath(p))
 	}
 	if mi, ok, err := findMount(abs); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,6 +124,27 @@ func holdForeground(ctx context.Context, e *env, image, dir string, o *mountOpts
 		}
 	}
 	return err
+}
+
+// holdHere makes this process the holder of a daemon's FUSE connection,
+// staying in the foreground (a systemd unit's main process): it runs the
+// daemon as its child with this process's own command line plus
+// --holder-socket=sock, and starts another whenever one dies. what names
+// the daemon in errors and the log.
+func holdHere(ctx context.Context, e *env, what, sock string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%s: find this binary: %w", what, err)
+	}
+	// Keep no directory busy.
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	e.log.Info(what+" holder started", "pid", os.Getpid(), "socket", sock, "exe", exe)
+	return takeover.Hold(ctx, takeover.HolderOptions{
+		Socket: sock, Exe: exe, Name: daemonName, Args: append(slices.Clone(os.Args[1:]), "--holder-socket="+sock),
+		Output: os.Stderr, Logger: e.log,
+	})
 }
 
 // holderOpts are the flags of the internal `ocifs holder`.
