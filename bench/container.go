@@ -321,7 +321,10 @@ func (r *runner) criRun(ctx context.Context, s *sample, b *builtImage, spec imag
 		return err
 	}
 	cnt := r.net.proxy.counters().sub(c0)
-	s.ReadyS, s.DoneS = res.Timings.Pull().Seconds(), res.Timings.Total().Seconds()
+	t := res.Timings
+	s.ReadyS, s.DoneS = t.Pull().Seconds(), t.Total().Seconds()
+	s.Phases = &criPhases{Pulled: t.Pulled.Sub(t.PullStart).Seconds(), Created: t.Created.Sub(t.PullStart).Seconds(),
+		Started: t.Started.Sub(t.PullStart).Seconds(), Exited: t.Exited.Sub(t.PullStart).Seconds()}
 	s.Bytes, s.Requests = cnt.BytesDown, cnt.Requests
 	out := string(res.Output.Stdout) + string(res.Output.Stderr)
 	if res.ExitCode != 0 || !strings.Contains(out, spec.Expect) {
@@ -329,8 +332,38 @@ func (r *runner) criRun(ctx context.Context, s *sample, b *builtImage, spec imag
 	}
 	if sn != nil {
 		s.PeakRSSKB, s.DaemonCPU = procStats(sn.cmd.Process.Pid)
+		keepLog(sn.log, s)
 	}
 	return nil
+}
+
+// criPhases are the moments of a CRI container start, in seconds from
+// PullImage sent.
+type criPhases struct {
+	Pulled  float64 `json:"pulled"`
+	Created float64 `json:"created"`
+	Started float64 `json:"started"`
+	Exited  float64 `json:"exited"`
+}
+
+// keepLog copies a snapshotter's or store's log into $OCIFS_BENCH_LOGS,
+// when set, named after the sample: the work directory holding it is
+// removed at the end of the run.
+func keepLog(path string, s *sample) {
+	dir := os.Getenv("OCIFS_BENCH_LOGS")
+	if dir == "" {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s-%s-%d.log", s.Image, s.Format, s.Method, s.Rep)), b, 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: keep log %s: %v\n", path, err)
+	}
 }
 
 func (r *runner) podmanRun(ctx context.Context, s *sample, b *builtImage, spec imageSpec, dir string) error {

@@ -73,10 +73,14 @@ type sample struct {
 	// PeakRSSKB: VmHWM of the ocifs daemon or containerd, or the max RSS
 	// of `ocifs pull`. CPUS: user+system seconds of the daemon (from the
 	// start), the commands run (mount, pull, ctr) and the workload itself.
-	PeakRSSKB int64   `json:"peak_rss_kb"`
-	CPUS      float64 `json:"cpu_s"`
-	DaemonCPU float64 `json:"daemon_cpu_s"`
-	Err       string  `json:"error,omitempty"`
+	// Phases of a CRI container start, in seconds from PullImage sent:
+	// PullImage returned, CreateContainer and StartContainer returned,
+	// and the exit containerd recorded (cri-* methods only).
+	Phases    *criPhases `json:"cri_phases,omitempty"`
+	PeakRSSKB int64      `json:"peak_rss_kb"`
+	CPUS      float64    `json:"cpu_s"`
+	DaemonCPU float64    `json:"daemon_cpu_s"`
+	Err       string     `json:"error,omitempty"`
 }
 
 // runner holds what every measurement needs.
