@@ -128,6 +128,7 @@ type Image struct {
 	refused          sync.Map                    // *Node whose EIO has been logged at Error (not the inode number: the views of two layers number their nodes alike)
 	rec              atomic.Pointer[recorder]    // the start-up profile being recorded, if any (profile.go)
 	replay           atomic.Pointer[replayState] // the replay of a start-up profile, once Replay ran
+	lookup           profileLookup               // the search for that profile (profile.go)
 
 	// refusal is what verified bytes contradict in the tree, once a
 	// layer's check has found its table in use disagreeing with them

@@ -324,7 +324,13 @@ func (im *Image) Replay() {
 					"bytes", s.Bytes, "failed", s.Failed, "duration", s.Duration)
 			}
 		}()
-		p, src, err := im.FindProfile(im.ctx)
+		pl := im.profileLookup()
+		select {
+		case <-pl.done:
+		case <-im.ctx.Done():
+			return nil
+		}
+		p, src, err := pl.p, pl.src, pl.err
 		if err != nil {
 			if im.ctx.Err() == nil {
 				im.log.Warn("looking for a start-up profile in the registry", "err", err)
@@ -344,6 +350,41 @@ func (im *Image) Replay() {
 		im.runReplay(plan, st)
 		return nil
 	})
+}
+
+// LookupProfile starts looking for the image's start-up profile (the
+// cache, then the registry's referrers) in the background, so that
+// [Image.Replay], called after Load, finds it at hand: the lookup's round
+// trips overlap the load's instead of following them. Call it right after
+// Resolve. It does nothing with Options.NoProfile; Replay looks by itself
+// when no one called it.
+func (im *Image) LookupProfile() {
+	if !im.opts.NoProfile {
+		im.profileLookup()
+	}
+}
+
+// profileLookup is the one search for the image's start-up profile.
+type profileLookup struct {
+	once sync.Once
+	done chan struct{} // closed when p, src and err are set
+	p    *index.Profile
+	src  string
+	err  error
+}
+
+// profileLookup starts the search the first time and returns it.
+func (im *Image) profileLookup() *profileLookup {
+	pl := &im.lookup
+	pl.once.Do(func() {
+		pl.done = make(chan struct{})
+		im.bg.Go(func() error {
+			defer close(pl.done)
+			pl.p, pl.src, pl.err = im.FindProfile(im.ctx)
+			return nil
+		})
+	})
+	return pl
 }
 
 // replayPlan turns p into the reads of its replay. Ranges of layers the

@@ -115,8 +115,17 @@ func TestProfileRecordPushReplay(t *testing.T) {
 				t.Fatalf("PushProfile: %v", err)
 			}
 
+			// The lookup starts before the load, as the front ends do.
 			cache := t.TempDir()
-			im := resolveLoad(t, newClient(t, cache, nil), ref, pc.opts(t))
+			im, err := Resolve(t.Context(), newClient(t, cache, nil), ref, pc.opts(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { im.Close() })
+			im.LookupProfile()
+			if err := im.Load(t.Context()); err != nil {
+				t.Fatal(err)
+			}
 			im.Replay()
 			st, err := im.WaitReplay(t.Context())
 			if err != nil {
@@ -234,6 +243,7 @@ func TestProfileOffAndAbsent(t *testing.T) {
 			opts := Options{Logger: testLogger(t), NoProfile: noProfile}
 			im := resolveLoad(t, newClient(t, "", nil), ref, opts)
 			before := im.Stats().Requests
+			im.LookupProfile()
 			im.Replay()
 			st, err := im.WaitReplay(t.Context())
 			if err != nil {

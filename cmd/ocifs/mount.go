@@ -453,6 +453,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	if err != nil {
 		return err
 	}
+	im.LookupProfile() // its round trips overlap the load's
 	mx.add(client, im)
 	// What this mount uses stays in the cache while it lives, whatever
 	// trims it (this daemon's --cache-max, another's, cache prune).

@@ -293,6 +293,7 @@ func (r *Remote) load(ri *remoteImage) {
 		ri.err = fmt.Errorf("resolve %s: %w", ri.pinned, err)
 		return
 	}
+	im.LookupProfile() // its round trips overlap the load's
 	if r.onRes != nil {
 		r.onRes(im)
 	}

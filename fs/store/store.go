@@ -324,6 +324,7 @@ func (s *Store) load(img *image) {
 		img.err = fmt.Errorf("resolve %s: %w", img.ref, err)
 		return
 	}
+	im.LookupProfile() // its round trips overlap the load's
 	if s.onRes != nil {
 		s.onRes(im)
 	}
