@@ -337,8 +337,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 							if !info.spec.allows("workload", w) || (m == mLazy && !o.AllCells && !defaultCell(info.Format, w)) {
 								continue
 							}
-							if m == mDemand && (w != wStartup || (info.Format != fmtGzipIndex && info.Format != fmtEstargz)) {
-								continue // what a program alone fetches: start-up, on the formats read piece by piece
+							if m == mDemand && ((w != wStartup && w != wFirst) || (info.Format != fmtGzipIndex && info.Format != fmtEstargz)) {
+								continue // what a program alone fetches: first file and start-up, on the formats read piece by piece
 							}
 							if m == mProfile && w != wStartup {
 								continue // what the profile was recorded of

@@ -24,7 +24,7 @@ import (
 // Methods and workloads, as the tables name them.
 const (
 	mLazy       = "ocifs-lazy"    // ocifs mount on an empty cache
-	mDemand     = "ocifs-demand"  // the same with --prefetch=none: what the workload alone fetches (start-up, gzip+index and eStargz)
+	mDemand     = "ocifs-demand"  // the same with --prefetch=none: what the workload alone fetches (first file and start-up, gzip+index and eStargz)
 	mWarm       = "ocifs-warm"    // ocifs mount on a cache the background fetch completed
 	mProfile    = "ocifs-profile" // ocifs mount on an empty cache, with a start-up profile recorded and pushed beside the image
 	mPull       = "ocifs-pull"    // ocifs pull, then overlayfs over the unpacked tree
