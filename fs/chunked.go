@@ -301,7 +301,68 @@ func seq(n int) []int {
 // readAt serves virtual bytes [off, off+len(p)) of a lazy layer: the
 // concatenated content of its regular files, chunk by chunk.
 func (c *chunkReader) readAt(ctx context.Context, p []byte, off, _ int64) (int, error) {
-	return c.l.readPieces(ctx, c.set(), p, off)
+	s := c.set()
+	ahead := -1
+	if end := off + int64(len(p)); s.blob == nil && !isReplay(ctx) && c.missing(s, off, end) {
+		ahead = c.neighbours(end, c.l.im.fg.neighbourBytes())
+	}
+	return c.l.readPiecesAhead(ctx, s, p, off, ahead)
+}
+
+// missing reports whether a chunk of virtual bytes [off, end) is neither
+// in the piece cache nor in the disk cache: only a read that goes to the
+// registry anyway takes its neighbours along.
+func (c *chunkReader) missing(s chunkSet, off, end int64) bool {
+	first, last := c.toc.ChunkFor(off), c.toc.ChunkFor(min(end, c.toc.ContentSize)-1)
+	if first < 0 || last < 0 {
+		return false
+	}
+	cache := c.l.im.client.Cache()
+	for i := first; i <= last; i++ {
+		if c.l.im.spans.get(s.key().at(i)) == nil && !cache.Has(c.toc.Chunks[i].Digest) {
+			return true
+		}
+	}
+	return false
+}
+
+// Neighbour read-ahead. A program starting up reads many small files one
+// after another, and each costs a round trip: python's imports read the
+// .pyc files of a package, which lie side by side in the layer (tar
+// order), as do a program's shared libraries. So a reader's fetch of
+// chunks also asks for the chunks after its own, up to about what the
+// link carries in one round trip (the bandwidth-delay product the
+// transfers measured: prefetch.go), within [neighbourMin, neighbourMax],
+// neighbourDefault while it is not known. The extra bytes cost the read
+// about one more round trip at most, and a later read of a neighbour none.
+// The neighbours are verified by their TOC digests like any chunk, and
+// kept in the piece cache and the disk cache. A read served from the caches
+// takes none: it costs no round trip to spare. On the bench's python
+// start-up from its eStargz image at 10 ms / 100 Mbit/s this took the
+// requests from 113 to 48 and the time from 3.2 s to 2.0 s, for 10.4 MB
+// fetched instead of 8.3 (256 and 512 KiB did no better). A profile's
+// replay knows what it needs, and does not read ahead.
+const (
+	neighbourMin     = 64 << 10
+	neighbourDefault = 128 << 10
+	neighbourMax     = 512 << 10
+)
+
+// neighbours returns the last chunk a fetch for a read ending at end may
+// take: the chunks after the read's last whose compressed bytes end
+// within budget of its end.
+func (c *chunkReader) neighbours(end int64, budget int64) int {
+	chunks := c.toc.Chunks
+	last := c.toc.ChunkFor(end - 1)
+	if last < 0 {
+		return -1
+	}
+	limit := chunks[last].CEnd + budget
+	j := last
+	for j+1 < len(chunks) && chunks[j+1].CEnd <= limit {
+		j++
+	}
+	return j
 }
 
 func (c *chunkReader) fill(ctx context.Context) (*os.File, error) {

@@ -218,6 +218,12 @@ type pieceBytes struct {
 // the piece cache, a fetch in flight, or fetched (with the missing pieces
 // after it that the read also needs, in one request).
 func (l *layer) readPieces(ctx context.Context, s pieceSet, p []byte, off int64) (int, error) {
+	return l.readPiecesAhead(ctx, s, p, off, -1)
+}
+
+// readPiecesAhead is readPieces whose fetches may also take the missing
+// pieces after the read's own up to piece ahead (neighbours: chunked.go).
+func (l *layer) readPiecesAhead(ctx context.Context, s pieceSet, p []byte, off int64, ahead int) (int, error) {
 	end := min(off+int64(len(p)), s.size())
 	if off >= end {
 		return 0, io.EOF
@@ -228,7 +234,7 @@ func (l *layer) readPieces(ctx context.Context, s pieceSet, p []byte, off int64)
 	}
 	n := 0
 	for i := first; i <= last; i++ {
-		data, err := l.piece(ctx, s, i, last)
+		data, err := l.piece(ctx, s, i, max(last, ahead))
 		if err != nil {
 			return n, err
 		}

@@ -228,6 +228,18 @@ func (f *foreground) observe(n int64, d time.Duration) {
 	f.rate = float64(n) / busy.Seconds()
 }
 
+// neighbourBytes is how many compressed bytes a reader's fetch may take
+// beyond its own (chunked.go): the link's bandwidth-delay product once the
+// transfers told it, within [neighbourMin, neighbourMax].
+func (f *foreground) neighbourBytes() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rate == 0 || f.rtt == 0 {
+		return neighbourDefault
+	}
+	return min(max(int64(f.rate*f.rtt.Seconds()), neighbourMin), neighbourMax)
+}
+
 // quietPeriod is how long background streams wait after the last fetch a
 // reader waited on, or the last read of a file at all (and, at first,
 // after Prefetch: the mount is where a program's reads begin). A program starting up waits on one read after

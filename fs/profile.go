@@ -484,8 +484,16 @@ func (l *layer) contentSize() int64 {
 // always find some free.
 func (im *Image) replayParallel() int { return max(1, im.opts.FetchParallel/2) }
 
+// replayKey marks the context of a replay's reads (isReplay).
+type replayKey struct{}
+
+// isReplay reports whether ctx is that of a replay's read: it reads what
+// the profile lists, and nothing ahead of it.
+func isReplay(ctx context.Context) bool { return ctx.Value(replayKey{}) != nil }
+
 // runReplay reads plan, replayParallel reads at a time, in order.
 func (im *Image) runReplay(plan []replayPlan, st *replayState) {
+	ctx := context.WithValue(im.ctx, replayKey{}, true)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range im.replayParallel() {
@@ -508,7 +516,7 @@ func (im *Image) runReplay(plan []replayPlan, st *replayState) {
 					if int64(cap(buf)) < r.n {
 						buf = make([]byte, replayPiece)
 					}
-					got, err = r.l.readAt(im.ctx, buf[:r.n], r.off, r.off+r.n)
+					got, err = r.l.readAt(ctx, buf[:r.n], r.off, r.off+r.n)
 				}
 				st.mu.Lock()
 				st.stats.Ranges += r.ranges
