@@ -38,7 +38,9 @@ type Options struct {
 	// (Error). Nil discards.
 	Logger *slog.Logger
 
-	// Parallel bounds how many layers are fetched at once; 0 means 3.
+	// Parallel bounds how many layers a load fetches whole (streamed,
+	// or small) at once; 0 means 3. Their tables (ocifs indexes,
+	// eStargz and zstd:chunked TOCs) are all fetched at once.
 	Parallel int
 
 	// WholeThreshold is the compressed size below which a layer is fetched
@@ -113,6 +115,7 @@ type Image struct {
 	spans    *pieceCache          // decoded spans and chunks of every layer, and their fetches in flight
 	ahead    readAhead            // sequential readers, and what is fetched ahead of them
 	fetchSem semaphore            // bounds Range requests in flight
+	loadSem  semaphore            // bounds the layers a load fetches whole at once (Options.Parallel)
 	fg       *foreground          // fetches readers wait on; prefetch yields to them
 
 	// counters for Stats; atomics because FUSE reads run concurrently
@@ -171,7 +174,8 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	im := &Image{img: fi, client: c, opts: opts, log: log.With("image", fi.Ref), ctx: bg, cancel: cancel,
-		spans: newPieceCache(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), fg: newForeground(), keeping: make(chan struct{}, 8)}
+		spans: newPieceCache(opts.SpanCacheBytes), fetchSem: make(semaphore, opts.FetchParallel), loadSem: make(semaphore, opts.Parallel),
+		fg: newForeground(), keeping: make(chan struct{}, 8)}
 	for i, d := range descs {
 		comp, err := index.MediaTypeCompression(d.MediaType)
 		if err != nil {
@@ -265,8 +269,7 @@ func (im *Image) Fetched() *fetch.Image { return im.img }
 // waits only for the layer that holds its file.
 func (im *Image) Load(ctx context.Context) error {
 	start := time.Now()
-	var g errgroup.Group
-	g.SetLimit(im.opts.Parallel)
+	var g errgroup.Group // whole fetches take loadSem (layer.load)
 	for i, l := range im.layers {
 		if im.opts.Progressive && l.mode == ModeStream {
 			continue // streamed in the background by loadProgressive

@@ -195,6 +195,12 @@ func (l *layer) load(ctx context.Context) error {
 		l.im.fellBack(fbRemoteIndex)
 		l.mode, l.why = ModeStream, "the index from "+l.im.indexWhere(l.indexImage())+" was unusable ("+err.Error()+"): streamed and indexed"
 	}
+	// A whole fetch takes one of Parallel slots; the tables above are
+	// small, and all layers fetch theirs at once.
+	if err := l.im.loadSem.Acquire(ctx); err != nil {
+		return err
+	}
+	defer l.im.loadSem.Release()
 	a := &attempt{done: make(chan struct{})}
 	l.mu.Lock()
 	l.cur = a
