@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/index"
@@ -63,10 +64,20 @@ func (im *Image) remoteIndexesIn(ctx context.Context, src *fetch.Image) (map[dig
 	if err != nil {
 		return nil, err
 	}
+	// The artifacts' manifests a few at a time: one after the other they
+	// cost a round trip each before the mount can answer.
+	manifests := make([]ocispec.Manifest, len(refs))
+	errs := make([]error, len(refs))
+	var g errgroup.Group
+	g.SetLimit(4)
+	for n, r := range refs {
+		g.Go(func() error { manifests[n], errs[n] = src.FetchReferrer(ctx, r); return nil })
+	}
+	g.Wait()
 	out := map[digest.Digest]ocispec.Descriptor{}
 	created := map[digest.Digest]string{}
-	for _, r := range refs {
-		m, err := src.FetchReferrer(ctx, r)
+	for n, r := range refs {
+		m, err := manifests[n], errs[n]
 		if errors.Is(err, fetch.ErrOffline) {
 			continue // not in the cache, and the registry is not asked
 		}

@@ -210,14 +210,23 @@ func (im *Image) FindProfile(ctx context.Context) (*index.Profile, string, error
 	sort.SliceStable(refs, func(a, b int) bool {
 		return refs[a].Annotations[ocispec.AnnotationCreated] > refs[b].Annotations[ocispec.AnnotationCreated]
 	})
+	if len(refs) > maxProfileArtifacts {
+		im.log.Warn("more profile artifacts than are looked at; the rest ignored", "artifacts", len(refs), "looked_at", maxProfileArtifacts)
+		refs = refs[:maxProfileArtifacts]
+	}
+	// Their manifests at once: a replay waits for this lookup, and one
+	// after the other they cost a round trip each.
+	manifests := make([]ocispec.Manifest, len(refs))
+	errs := make([]error, len(refs))
+	var wg sync.WaitGroup
+	for n, r := range refs {
+		wg.Go(func() { manifests[n], errs[n] = im.img.FetchReferrer(ctx, r) })
+	}
+	wg.Wait()
 	var best *index.Profile
 	var bestWhen string
 	for n, r := range refs {
-		if n == maxProfileArtifacts {
-			im.log.Warn("more profile artifacts than are looked at; the rest ignored", "artifacts", len(refs), "looked_at", n)
-			break
-		}
-		m, err := im.img.FetchReferrer(ctx, r)
+		m, err := manifests[n], errs[n]
 		if err != nil {
 			im.log.Warn("profile artifact unusable; ignored", "digest", r.Digest, "err", err)
 			continue
