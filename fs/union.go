@@ -99,7 +99,9 @@ type Tree struct {
 // ("" or "/" is the root). Symlinks are not followed.
 func (t *Tree) Lookup(p string) (*Node, error) {
 	n := t.Root
-	for _, name := range splitPath(p) {
+	names := cleanPath(p)
+	for i := 0; i < len(names); {
+		name, next := nextName(names, i)
 		if !n.IsDir() {
 			return nil, fmt.Errorf("%s: %w", p, errNotDir)
 		}
@@ -107,7 +109,7 @@ func (t *Tree) Lookup(p string) (*Node, error) {
 		if c == nil {
 			return nil, fmt.Errorf("%s: %w", p, errNoEntry)
 		}
-		n = c
+		n, i = c, next
 	}
 	return n, nil
 }
@@ -418,24 +420,26 @@ func setAttrs(n *Node, e *index.Entry) {
 // unpacker's MkdirAll over a removed path would; without it, a missing
 // component gives nil and no error.
 func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
-	todo := splitPath(p)
-	var cur []string // the real directories walked so far, from the root
+	// The names left to walk are todo[i:]; todo[:i] are the real
+	// directories walked so far, from the root. An entry's path is
+	// clean: it is walked in place, and only a symlink on the way
+	// builds a new string.
+	todo := cleanPath(p)
 	d := m.root
 	hops := 0
-	for len(todo) > 0 {
-		name := todo[0]
-		todo = todo[1:]
+	for i := 0; i < len(todo); {
+		name, next := nextName(todo, i)
 		c := d.dir.byName[name]
 		if c != nil && c.Type == index.TypeSymlink {
 			if hops++; hops > maxSymlinkHops {
-				return nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, path.Join(append(cur, name)...))
+				return nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, todo[:next-1])
 			}
 			target := c.Linkname
 			if !strings.HasPrefix(target, "/") {
-				target = path.Join(append(cur, target)...)
+				target = path.Join(todo[:i], target)
 			}
-			todo = append(splitPath(target), todo...)
-			cur, d = nil, m.root
+			todo = joinNames(cleanPath(target), restNames(todo, next))
+			i, d = 0, m.root
 			continue
 		}
 		if c == nil || !c.IsDir() {
@@ -449,8 +453,7 @@ func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
 		if create {
 			m.wrote(d, name) // a directory on the way to what the layer writes
 		}
-		cur = append(cur, name)
-		d = c
+		i, d = next, c
 	}
 	return d, nil
 }
@@ -601,4 +604,51 @@ func splitPath(p string) []string {
 		}
 	}
 	return out
+}
+
+// cleanPath returns the names splitPath returns for p joined by slashes.
+// It is p itself, less slashes at its ends, when p has no empty, "." or
+// ".." names (as an entry's name never has), so that walking an entry's
+// path with nextName allocates nothing.
+func cleanPath(p string) string {
+	p = strings.Trim(p, "/")
+	for i := 0; i < len(p); {
+		name, next := nextName(p, i)
+		if name == "" || name == "." || name == ".." {
+			return strings.Join(splitPath(p), "/")
+		}
+		i = next
+	}
+	return p
+}
+
+// nextName returns the name that starts at byte i of the clean path p
+// (see cleanPath) and where the one after it starts: past len(p) after
+// the last one, so that p[:next-1] is the path up to and with name.
+func nextName(p string, i int) (name string, next int) {
+	j := strings.IndexByte(p[i:], '/')
+	if j < 0 {
+		return p[i:], len(p) + 1
+	}
+	return p[i : i+j], i + j + 1
+}
+
+// restNames returns the names of the clean path p from byte next on, as
+// nextName returned next.
+func restNames(p string, next int) string {
+	if next >= len(p) {
+		return ""
+	}
+	return p[next:]
+}
+
+// joinNames joins two clean paths.
+func joinNames(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "/" + b
 }
