@@ -51,7 +51,9 @@ type dirEntries struct {
 	nodes []*Node  // nodes[i] is called names[i]
 
 	byName map[string]*Node // during the merge only
-	wrote  map[string]int   // the last layer that wrote each child name (for opaque markers)
+	// wrote holds the last layer that wrote each child name, for a
+	// progressive load's lookups (Node.writer); nil in other trees.
+	wrote map[string]int
 }
 
 // IsDir reports whether n is a directory.
@@ -222,7 +224,8 @@ func Merge(tables []*index.Table) (*Tree, error) {
 // name, the last layer that wrote it (see [Node.writer]), and a nil table
 // counts as an empty layer: a progressive load merges partial tables.
 func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
-	m := &merger{root: newDir(true), keepWrote: keepWrote}
+	m := &merger{keepWrote: keepWrote}
+	m.root = m.newDir(true)
 	for li, t := range tables {
 		if t == nil {
 			continue
@@ -304,13 +307,31 @@ func (n *Node) writer(name string) int {
 // for stable attributes) the Unix epoch as mtime.
 func newDir(implied bool) *Node {
 	return &Node{Type: index.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0).UTC(), Implied: implied,
-		dir: &dirEntries{byName: map[string]*Node{}, wrote: map[string]int{}}}
+		dir: &dirEntries{byName: map[string]*Node{}}}
+}
+
+// newDir returns an empty directory of the tree being merged, which
+// records its children's writers if the merge keeps them.
+func (m *merger) newDir(implied bool) *Node {
+	d := newDir(implied)
+	if m.keepWrote {
+		d.dir.wrote = map[string]int{}
+	}
+	return d
 }
 
 // link puts c in d under name, recording that layer li wrote that name.
 func link(d *Node, name string, c *Node, li int) {
 	d.dir.byName[name] = c
-	d.dir.wrote[name] = li
+	d.dir.setWriter(name, li)
+}
+
+// setWriter records that layer li wrote the child called name, in a tree
+// that keeps writers.
+func (d *dirEntries) setWriter(name string, li int) {
+	if d.wrote != nil {
+		d.wrote[name] = li
+	}
 }
 
 func (m *merger) apply(li int, e *index.Entry) error {
@@ -358,10 +379,10 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		if old != nil && old.IsDir() {
 			setAttrs(old, e)
 			old.Implied = false
-			parent.dir.wrote[base] = li
+			parent.dir.setWriter(base, li)
 			return nil
 		}
-		d := newDir(false)
+		d := m.newDir(false)
 		setAttrs(d, e)
 		removeChild(parent, base)
 		link(parent, base, d, li)
@@ -447,7 +468,7 @@ func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
 				return nil, nil
 			}
 			removeChild(d, name)
-			c = newDir(true)
+			c = m.newDir(true)
 			link(d, name, c, li)
 		}
 		if create {
@@ -541,9 +562,6 @@ func (m *merger) finish() *Tree {
 			return
 		}
 		d := n.dir
-		if !m.keepWrote {
-			d.wrote = nil // only the merge needs it
-		}
 		d.names = make([]string, 0, len(d.byName))
 		for name := range d.byName {
 			d.names = append(d.names, name)
