@@ -251,6 +251,15 @@ type merger struct {
 	// markers all come before its other entries (the order the image spec
 	// asks writers for), where nothing can have been written yet.
 	upper map[upperName]struct{}
+
+	// parentPath and parent cache the last parent path that resolveDir
+	// resolved with create in the layer being applied, and the directory
+	// it named: a tar lists a directory's entries together. Adding a name
+	// changes no path that resolved (every name on it was there, and link
+	// never replaces one), so only a removal from the tree, or a new
+	// layer (whose upper must learn the path), forgets it.
+	parentPath string
+	parent     *Node
 }
 
 // upperName is a child name in a directory of the tree being merged.
@@ -261,7 +270,7 @@ type upperName struct {
 
 // startLayer prepares upper for a layer with entries ents.
 func (m *merger) startLayer(ents []index.Entry) {
-	m.upper = nil
+	m.upper, m.parent = nil, nil
 	written := false
 	for i := range ents {
 		switch ents[i].Type {
@@ -355,7 +364,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			return err // nothing to delete under a path that does not exist
 		}
 		if !m.written(parent, base) {
-			removeChild(parent, base)
+			m.remove(parent, base)
 		} else if c := parent.dir.byName[base]; c != nil && c.IsDir() {
 			m.prune(c) // the layer wrote inside it: only the lower contents go
 		}
@@ -384,7 +393,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		}
 		d := m.newDir(false)
 		setAttrs(d, e)
-		removeChild(parent, base)
+		m.remove(parent, base)
 		link(parent, base, d, li)
 		return nil
 	case index.TypeHardlink:
@@ -398,7 +407,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		if old == target {
 			return nil
 		}
-		removeChild(parent, base)
+		m.remove(parent, base)
 		target.Nlink++
 		link(parent, base, target, li)
 		return nil
@@ -421,7 +430,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			}
 			m.sparse[n] = e.Sparse
 		}
-		removeChild(parent, base)
+		m.remove(parent, base)
 		link(parent, base, n, li)
 		return nil
 	}
@@ -441,6 +450,9 @@ func setAttrs(n *Node, e *index.Entry) {
 // unpacker's MkdirAll over a removed path would; without it, a missing
 // component gives nil and no error.
 func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
+	if create && m.parent != nil && p == m.parentPath {
+		return m.parent, nil
+	}
 	// The names left to walk are todo[i:]; todo[:i] are the real
 	// directories walked so far, from the root. An entry's path is
 	// clean: it is walked in place, and only a symlink on the way
@@ -467,7 +479,7 @@ func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
 			if !create {
 				return nil, nil
 			}
-			removeChild(d, name)
+			m.remove(d, name)
 			c = m.newDir(true)
 			link(d, name, c, li)
 		}
@@ -475,6 +487,9 @@ func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
 			m.wrote(d, name) // a directory on the way to what the layer writes
 		}
 		i, d = next, c
+	}
+	if create {
+		m.parentPath, m.parent = p, d
 	}
 	return d, nil
 }
@@ -500,23 +515,32 @@ func (m *merger) prune(d *Node) {
 	for name, c := range d.dir.byName {
 		switch {
 		case !m.written(d, name):
-			removeChild(d, name)
+			m.remove(d, name)
 		case c.IsDir():
 			m.prune(c)
 		}
 	}
 }
 
+// remove is removeChild for the tree being merged, where a path may
+// resolve otherwise once a name is gone.
+func (m *merger) remove(d *Node, name string) {
+	if removeChild(d, name) {
+		m.parent = nil
+	}
+}
+
 // removeChild unlinks name from d, dropping the link counts of every file
-// under it.
-func removeChild(d *Node, name string) {
+// under it, and reports whether there was such a child.
+func removeChild(d *Node, name string) bool {
 	c := d.dir.byName[name]
 	if c == nil {
-		return
+		return false
 	}
 	delete(d.dir.byName, name)
 	delete(d.dir.wrote, name)
 	unlink(c)
+	return true
 }
 
 func unlink(n *Node) {
