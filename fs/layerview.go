@@ -235,7 +235,9 @@ type viewBuilder struct {
 	root    *Node
 
 	// unpacked holds the resolved paths of the entries written, which the
-	// bottom layer's opaque markers keep; nil in other layers.
+	// bottom layer's opaque markers keep; nil in other layers, and in a
+	// bottom layer without opaque markers (a path string and a map entry
+	// for each of its entries, read by none).
 	unpacked map[string]bool
 	// dirTimes are the directory entries, whose mtimes are set once every
 	// entry is written, at the path each names then.
@@ -260,7 +262,7 @@ func buildView(b *viewBuilder, t *index.Table, below []*Tree) (*Tree, error) {
 	for i := len(below) - 1; i >= 0; i-- {
 		b.lowers = append(b.lowers, below[i].Root)
 	}
-	if !b.overlay {
+	if !b.overlay && hasOpaque(t.Entries) {
 		b.unpacked = map[string]bool{}
 	}
 	for i := range t.Entries {
@@ -541,6 +543,16 @@ func (b *viewBuilder) impliedDir(names string) *Node {
 		break
 	}
 	return d
+}
+
+// hasOpaque reports whether ents hold an opaque marker.
+func hasOpaque(ents []index.Entry) bool {
+	for i := range ents {
+		if ents[i].Type == index.TypeOpaque {
+			return true
+		}
+	}
+	return false
 }
 
 // whiteoutNode returns the character device 0/0 a whiteout entry becomes,
