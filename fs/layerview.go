@@ -251,6 +251,15 @@ type viewBuilder struct {
 	// and opaque markers, which Merge does not make: a late whiteout of
 	// one of them, or of a directory holding them, removes them.
 	markerOnly map[*Node]bool
+
+	// parentPath, parent and parentNames cache the last parent path of
+	// an entry (not a marker's) that mkparents resolved, the directory it
+	// names and the path it resolved to, as merger caches its parents:
+	// until a removal from the tree, the same walk would find the same
+	// directories (created or not, none marker-only any more).
+	parentPath  string
+	parent      *Node
+	parentNames string
 }
 
 func layerView(t *index.Table, li int, below []*Tree) (*Tree, error) {
@@ -291,13 +300,13 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		old := p.Child(base)
 		switch {
 		case !b.overlay:
-			removeChild(p, base)
+			b.remove(p, base)
 		case old == nil:
 			link(p, base, whiteoutNode(e), b.li)
 		case b.markerOnly[old]:
 			// containerd: mknod fails with EEXIST. The layer wrote
 			// nothing in it: Merge removes it.
-			removeChild(p, base)
+			b.remove(p, base)
 			link(p, base, whiteoutNode(e), b.li)
 		case old.IsDir():
 			// containerd: mknod fails with EEXIST. Merge keeps what
@@ -325,7 +334,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		return fmt.Errorf("%w: %s entry for the root directory", ErrFormat, e.Type)
 	}
 	dirPath, base := path.Split(e.Name)
-	p, names, err := b.mkparents(cleanPath(dirPath), false)
+	p, names, err := b.parentDir(dirPath)
 	if err != nil {
 		return err
 	}
@@ -346,7 +355,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		}
 	}
 	if old != nil && !(old.IsDir() && e.Type == index.TypeDir) {
-		removeChild(p, base)
+		b.remove(p, base)
 		old = nil
 	}
 	switch e.Type {
@@ -444,6 +453,27 @@ func (b *viewBuilder) linkAttrs(n *Node, e *index.Entry) {
 	}
 }
 
+// parentDir returns the directory an entry at dirPath/NAME goes in, as
+// mkparents returns it.
+func (b *viewBuilder) parentDir(dirPath string) (*Node, string, error) {
+	if b.parent != nil && dirPath == b.parentPath {
+		return b.parent, b.parentNames, nil
+	}
+	d, names, err := b.mkparents(cleanPath(dirPath), false)
+	if err == nil {
+		b.parentPath, b.parent, b.parentNames = dirPath, d, names
+	}
+	return d, names, err
+}
+
+// remove is removeChild for the view being built, where a path may
+// resolve otherwise once a name is gone.
+func (b *viewBuilder) remove(d *Node, name string) {
+	if removeChild(d, name) {
+		b.parent = nil
+	}
+}
+
 // markerDir returns the directory a whiteout or opaque marker applies in
 // (dirPath resolved in the layer's tree, missing parents created as
 // containerd's mkparent creates them for markers too), with its resolved
@@ -495,7 +525,7 @@ func (b *viewBuilder) mkparents(todo string, forMarker bool) (*Node, string, err
 			c = b.impliedDir(cur)
 			link(d, name, c, b.li)
 		case !c.IsDir():
-			removeChild(d, name)
+			b.remove(d, name)
 			c = newDir(true)
 			if b.overlay {
 				setXattr(c, opaqueXattr, "y")
@@ -568,7 +598,7 @@ func (b *viewBuilder) pruneMarkerOnly(d *Node) {
 	for _, name := range slices.Collect(maps.Keys(d.dir.byName)) {
 		switch c := d.dir.byName[name]; {
 		case b.markerOnly[c]:
-			removeChild(d, name)
+			b.remove(d, name)
 		case c.IsDir():
 			b.pruneMarkerOnly(c)
 		}
@@ -584,7 +614,7 @@ func (b *viewBuilder) pruneUnpacked(d *Node, names string) {
 		c := d.dir.byName[name]
 		switch {
 		case !b.unpacked[p]:
-			removeChild(d, name)
+			b.remove(d, name)
 		case c.IsDir():
 			b.pruneUnpacked(c, p)
 		}
