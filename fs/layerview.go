@@ -235,7 +235,9 @@ type viewBuilder struct {
 	root    *Node
 
 	// unpacked holds the resolved paths of the entries written, which the
-	// bottom layer's opaque markers keep; nil in other layers.
+	// bottom layer's opaque markers keep; nil in other layers, and in a
+	// bottom layer without opaque markers (a path string and a map entry
+	// for each of its entries, read by none).
 	unpacked map[string]bool
 	// dirTimes are the directory entries, whose mtimes are set once every
 	// entry is written, at the path each names then.
@@ -249,6 +251,15 @@ type viewBuilder struct {
 	// and opaque markers, which Merge does not make: a late whiteout of
 	// one of them, or of a directory holding them, removes them.
 	markerOnly map[*Node]bool
+
+	// parentPath, parent and parentNames cache the last parent path of
+	// an entry (not a marker's) that mkparents resolved, the directory it
+	// names and the path it resolved to, as merger caches its parents:
+	// until a removal from the tree, the same walk would find the same
+	// directories (created or not, none marker-only any more).
+	parentPath  string
+	parent      *Node
+	parentNames string
 }
 
 func layerView(t *index.Table, li int, below []*Tree) (*Tree, error) {
@@ -260,7 +271,7 @@ func buildView(b *viewBuilder, t *index.Table, below []*Tree) (*Tree, error) {
 	for i := len(below) - 1; i >= 0; i-- {
 		b.lowers = append(b.lowers, below[i].Root)
 	}
-	if !b.overlay {
+	if !b.overlay && hasOpaque(t.Entries) {
 		b.unpacked = map[string]bool{}
 	}
 	for i := range t.Entries {
@@ -271,7 +282,7 @@ func buildView(b *viewBuilder, t *index.Table, below []*Tree) (*Tree, error) {
 	for _, e := range b.dirTimes {
 		// containerd: chtimes(RootPath(root, name)), which follows a last
 		// symlink too; a path gone by then fails its pull, and is skipped.
-		if _, n, err := rootPath(b.root, splitPath(e.Name)); err == nil && n != nil {
+		if _, n, err := rootPath(b.root, cleanPath(e.Name)); err == nil && n != nil {
 			n.ModTime = boundTime(e.ModTime)
 		}
 	}
@@ -289,13 +300,13 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		old := p.Child(base)
 		switch {
 		case !b.overlay:
-			removeChild(p, base)
+			b.remove(p, base)
 		case old == nil:
 			link(p, base, whiteoutNode(e), b.li)
 		case b.markerOnly[old]:
 			// containerd: mknod fails with EEXIST. The layer wrote
 			// nothing in it: Merge removes it.
-			removeChild(p, base)
+			b.remove(p, base)
 			link(p, base, whiteoutNode(e), b.li)
 		case old.IsDir():
 			// containerd: mknod fails with EEXIST. Merge keeps what
@@ -323,7 +334,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		return fmt.Errorf("%w: %s entry for the root directory", ErrFormat, e.Type)
 	}
 	dirPath, base := path.Split(e.Name)
-	p, names, err := b.mkparents(splitPath(dirPath), false)
+	p, names, err := b.parentDir(dirPath)
 	if err != nil {
 		return err
 	}
@@ -344,7 +355,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		}
 	}
 	if old != nil && !(old.IsDir() && e.Type == index.TypeDir) {
-		removeChild(p, base)
+		b.remove(p, base)
 		old = nil
 	}
 	switch e.Type {
@@ -378,7 +389,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 		return fmt.Errorf("%w: entry %q has unknown type %d", ErrFormat, e.Name, e.Type)
 	}
 	if b.unpacked != nil {
-		b.unpacked[pathOf(names, base)] = true
+		b.unpacked[path.Join(names, base)] = true
 	}
 	return nil
 }
@@ -389,7 +400,7 @@ func (b *viewBuilder) apply(e *index.Entry) error {
 // symlink links the symlink).
 func (b *viewBuilder) linkTarget(e *index.Entry) *Node {
 	tdir, tbase := path.Split(e.Linkname)
-	_, td, err := rootPath(b.root, splitPath(tdir))
+	_, td, err := rootPath(b.root, cleanPath(tdir))
 	if err != nil || td == nil || !td.IsDir() {
 		return nil
 	}
@@ -412,11 +423,11 @@ func (b *viewBuilder) hardlinkTarget(e *index.Entry, target *Node) (*Node, error
 	// followed in its parent path as containerd would have, as a file of
 	// this layer's own.
 	tdir, tbase := path.Split(e.Linkname)
-	names, _, err := rootPath(b.root, splitPath(tdir))
+	names, _, err := rootPath(b.root, cleanPath(tdir))
 	if err != nil {
-		names = splitPath(tdir)
+		names = cleanPath(tdir)
 	}
-	low := overlayLookup(b.lowers, append(names, tbase))
+	low := overlayLookup(b.lowers, append(splitPath(names), tbase))
 	if low == nil {
 		return nil, fmt.Errorf("%w: hardlink %q to %q: %v", ErrFormat, e.Name, e.Linkname, errNoEntry)
 	}
@@ -442,48 +453,69 @@ func (b *viewBuilder) linkAttrs(n *Node, e *index.Entry) {
 	}
 }
 
+// parentDir returns the directory an entry at dirPath/NAME goes in, as
+// mkparents returns it.
+func (b *viewBuilder) parentDir(dirPath string) (*Node, string, error) {
+	if b.parent != nil && dirPath == b.parentPath {
+		return b.parent, b.parentNames, nil
+	}
+	d, names, err := b.mkparents(cleanPath(dirPath), false)
+	if err == nil {
+		b.parentPath, b.parent, b.parentNames = dirPath, d, names
+	}
+	return d, names, err
+}
+
+// remove is removeChild for the view being built, where a path may
+// resolve otherwise once a name is gone.
+func (b *viewBuilder) remove(d *Node, name string) {
+	if removeChild(d, name) {
+		b.parent = nil
+	}
+}
+
 // markerDir returns the directory a whiteout or opaque marker applies in
 // (dirPath resolved in the layer's tree, missing parents created as
 // containerd's mkparent creates them for markers too), with its resolved
-// names; nil where a non-directory is in the way (containerd: ENOTDIR, the
+// path; nil where a non-directory is in the way (containerd: ENOTDIR, the
 // pull fails; Merge: nothing to delete).
-func (b *viewBuilder) markerDir(dirPath string) (*Node, []string) {
-	names, n, err := rootPath(b.root, splitPath(dirPath))
+func (b *viewBuilder) markerDir(dirPath string) (*Node, string) {
+	names, n, err := rootPath(b.root, cleanPath(dirPath))
 	if err != nil || (n != nil && !n.IsDir()) {
-		return nil, nil
+		return nil, ""
 	}
 	d, names, err := b.mkparents(names, true)
 	if err != nil {
-		return nil, nil
+		return nil, ""
 	}
 	return d, names
 }
 
-// mkparents returns the directory at names in the layer's tree, following
-// the layer's own symlinks, and the names it resolved to; missing
+// mkparents returns the directory at the clean path todo (see cleanPath) in
+// the layer's tree, following the layer's own symlinks, and the clean path
+// it resolved to; missing
 // directories are created as containerd's mkparent creates them (attributes
 // from the layers below), and a non-directory in the way is replaced by an
 // opaque directory, as Merge replaces it (containerd fails: ENOTDIR).
 // forMarker says the directory is for a whiteout or opaque marker.
-func (b *viewBuilder) mkparents(todo []string, forMarker bool) (*Node, []string, error) {
-	todo = slices.Clone(todo)
-	var cur []string
+func (b *viewBuilder) mkparents(todo string, forMarker bool) (*Node, string, error) {
+	// As in merger.resolveDir, the names left are todo[i:], those walked
+	// todo[:i].
 	d := b.root
 	hidden := false // below a directory of b.hidden
 	hops := 0
-	for len(todo) > 0 {
-		name := todo[0]
-		todo = todo[1:]
+	for i := 0; i < len(todo); {
+		name, next := nextName(todo, i)
 		c := d.Child(name)
 		if c != nil && c.Type == index.TypeSymlink {
 			if hops++; hops > maxRootPathLinks {
-				return nil, nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, path.Join(append(cur, name)...))
+				return nil, "", fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, todo[:next-1])
 			}
-			todo = append(linkTarget(cur, c.Linkname), todo...)
-			cur, d, hidden = nil, b.root, false
+			todo = joinNames(linkTarget(todo[:i], c.Linkname), restNames(todo, next))
+			i, d, hidden = 0, b.root, false
 			continue
 		}
-		cur = append(cur, name)
+		cur := todo[:next-1]
 		created := c == nil
 		switch {
 		case c == nil && hidden:
@@ -493,7 +525,7 @@ func (b *viewBuilder) mkparents(todo []string, forMarker bool) (*Node, []string,
 			c = b.impliedDir(cur)
 			link(d, name, c, b.li)
 		case !c.IsDir():
-			removeChild(d, name)
+			b.remove(d, name)
 			c = newDir(true)
 			if b.overlay {
 				setXattr(c, opaqueXattr, "y")
@@ -508,16 +540,16 @@ func (b *viewBuilder) mkparents(todo []string, forMarker bool) (*Node, []string,
 			b.markerOnly[c] = true
 		}
 		hidden = hidden || b.hidden[c]
-		d = c
+		i, d = next, c
 	}
-	return d, cur, nil
+	return d, todo, nil
 }
 
-// impliedDir returns a new directory for the path names that no entry of
-// the layer described, with containerd's mkparent attributes: those of the
+// impliedDir returns a new directory for the clean path names that no
+// entry of the layer described, with containerd's mkparent attributes: those of the
 // first layer below that has the path (its own symlinks followed), if a
 // directory is there; else 0755, root.
-func (b *viewBuilder) impliedDir(names []string) *Node {
+func (b *viewBuilder) impliedDir(names string) *Node {
 	d := newDir(true)
 	if b.podman {
 		return d
@@ -543,6 +575,16 @@ func (b *viewBuilder) impliedDir(names []string) *Node {
 	return d
 }
 
+// hasOpaque reports whether ents hold an opaque marker.
+func hasOpaque(ents []index.Entry) bool {
+	for i := range ents {
+		if ents[i].Type == index.TypeOpaque {
+			return true
+		}
+	}
+	return false
+}
+
 // whiteoutNode returns the character device 0/0 a whiteout entry becomes,
 // owned as the entry says (containerd chowns it), mode 0.
 func whiteoutNode(e *index.Entry) *Node {
@@ -556,81 +598,73 @@ func (b *viewBuilder) pruneMarkerOnly(d *Node) {
 	for _, name := range slices.Collect(maps.Keys(d.dir.byName)) {
 		switch c := d.dir.byName[name]; {
 		case b.markerOnly[c]:
-			removeChild(d, name)
+			b.remove(d, name)
 		case c.IsDir():
 			b.pruneMarkerOnly(c)
 		}
 	}
 }
 
-// pruneUnpacked removes from d, at resolved names, every child whose path
+// pruneUnpacked removes from d, at the resolved path names, every child whose path
 // no entry of the layer wrote, and prunes the rest the same way: the plain
 // handling of an opaque marker that containerd applies to the bottom layer.
-func (b *viewBuilder) pruneUnpacked(d *Node, names []string) {
+func (b *viewBuilder) pruneUnpacked(d *Node, names string) {
 	for _, name := range slices.Collect(maps.Keys(d.dir.byName)) {
-		p := pathOf(names, name)
+		p := path.Join(names, name)
 		c := d.dir.byName[name]
 		switch {
 		case !b.unpacked[p]:
-			removeChild(d, name)
+			b.remove(d, name)
 		case c.IsDir():
-			b.pruneUnpacked(c, append(slices.Clip(names), name))
+			b.pruneUnpacked(c, p)
 		}
 	}
 }
 
-// pathOf is the slash path of base in the directory at names.
-func pathOf(names []string, base string) string {
-	return path.Join(path.Join(names...), base)
-}
-
-// rootPath resolves names in the tree at root as continuity's fs.RootPath
-// resolves a path in a directory: every symlink followed, the last name's
-// too, absolute targets from the root, ".." stopping there, names past a
-// missing one taken literally. It returns the resolved names and the node
-// there (nil if missing); a non-directory before the last name is
-// errNotDir (RootPath's Lstat fails with ENOTDIR).
-func rootPath(root *Node, todo []string) ([]string, *Node, error) {
-	todo = slices.Clone(todo)
-	var cur []string
+// rootPath resolves the clean path todo (see cleanPath) in the tree at root
+// as continuity's fs.RootPath resolves a path in a directory: every symlink
+// followed, the last name's too, absolute targets from the root, ".."
+// stopping there, names past a missing one taken literally. It returns the
+// resolved clean path and the node there (nil if missing); a non-directory
+// before the last name is errNotDir (RootPath's Lstat fails with ENOTDIR).
+func rootPath(root *Node, todo string) (string, *Node, error) {
 	n, d := root, root // d: the directory reached; nil past a missing name
 	hops := 0
-	for len(todo) > 0 {
-		name := todo[0]
-		todo = todo[1:]
+	for i := 0; i < len(todo); {
+		name, next := nextName(todo, i)
 		var c *Node
 		if d != nil {
 			c = d.Child(name)
 		}
 		if c != nil && c.Type == index.TypeSymlink {
 			if hops++; hops > maxRootPathLinks {
-				return nil, nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, path.Join(append(cur, name)...))
+				return "", nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, todo[:next-1])
 			}
-			todo = append(linkTarget(cur, c.Linkname), todo...)
-			cur, n, d = nil, root, root
+			todo = joinNames(linkTarget(todo[:i], c.Linkname), restNames(todo, next))
+			i, n, d = 0, root, root
 			continue
 		}
-		cur = append(cur, name)
 		n = c
 		switch {
 		case c == nil:
 			d = nil
 		case c.IsDir():
 			d = c
-		case len(todo) > 0:
-			return nil, nil, errNotDir
+		case next < len(todo):
+			return "", nil, errNotDir
 		}
+		i = next
 	}
-	return cur, n, nil
+	return todo, n, nil
 }
 
-// linkTarget returns the names a symlink in the directory at dir points to,
-// from the root.
-func linkTarget(dir []string, target string) []string {
+// linkTarget returns the clean path from the root that a symlink in the
+// directory dir points to.
+func linkTarget(dir, target string) string {
 	if !strings.HasPrefix(target, "/") {
-		target = path.Join(path.Join(dir...), target)
+		target = path.Join(dir, target)
 	}
-	return splitPath(target)
+	return cleanPath(target)
 }
 
 // overlayLookup returns the node overlayfs shows at names over the views
@@ -661,7 +695,7 @@ func overlayLookup(lowers []*Node, names []string) *Node {
 			if hops++; hops > maxSymlinkHops {
 				return nil
 			}
-			todo = append(linkTarget(cur, n.Linkname), todo...)
+			todo = append(splitPath(linkTarget(path.Join(cur...), n.Linkname)), todo...)
 			cur, dirs = nil, overlayRoots(lowers)
 			continue
 		case len(todo) == 0:

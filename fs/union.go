@@ -51,7 +51,9 @@ type dirEntries struct {
 	nodes []*Node  // nodes[i] is called names[i]
 
 	byName map[string]*Node // during the merge only
-	wrote  map[string]int   // the last layer that wrote each child name (for opaque markers)
+	// wrote holds the last layer that wrote each child name, for a
+	// progressive load's lookups (Node.writer); nil in other trees.
+	wrote map[string]int
 }
 
 // IsDir reports whether n is a directory.
@@ -99,7 +101,9 @@ type Tree struct {
 // ("" or "/" is the root). Symlinks are not followed.
 func (t *Tree) Lookup(p string) (*Node, error) {
 	n := t.Root
-	for _, name := range splitPath(p) {
+	names := cleanPath(p)
+	for i := 0; i < len(names); {
+		name, next := nextName(names, i)
 		if !n.IsDir() {
 			return nil, fmt.Errorf("%s: %w", p, errNotDir)
 		}
@@ -107,7 +111,7 @@ func (t *Tree) Lookup(p string) (*Node, error) {
 		if c == nil {
 			return nil, fmt.Errorf("%s: %w", p, errNoEntry)
 		}
-		n = c
+		n, i = c, next
 	}
 	return n, nil
 }
@@ -220,7 +224,8 @@ func Merge(tables []*index.Table) (*Tree, error) {
 // name, the last layer that wrote it (see [Node.writer]), and a nil table
 // counts as an empty layer: a progressive load merges partial tables.
 func merge(tables []*index.Table, keepWrote bool) (*Tree, error) {
-	m := &merger{root: newDir(true), keepWrote: keepWrote}
+	m := &merger{keepWrote: keepWrote}
+	m.root = m.newDir(true)
 	for li, t := range tables {
 		if t == nil {
 			continue
@@ -246,6 +251,15 @@ type merger struct {
 	// markers all come before its other entries (the order the image spec
 	// asks writers for), where nothing can have been written yet.
 	upper map[upperName]struct{}
+
+	// parentPath and parent cache the last parent path that resolveDir
+	// resolved with create in the layer being applied, and the directory
+	// it named: a tar lists a directory's entries together. Adding a name
+	// changes no path that resolved (every name on it was there, and link
+	// never replaces one), so only a removal from the tree, or a new
+	// layer (whose upper must learn the path), forgets it.
+	parentPath string
+	parent     *Node
 }
 
 // upperName is a child name in a directory of the tree being merged.
@@ -256,7 +270,7 @@ type upperName struct {
 
 // startLayer prepares upper for a layer with entries ents.
 func (m *merger) startLayer(ents []index.Entry) {
-	m.upper = nil
+	m.upper, m.parent = nil, nil
 	written := false
 	for i := range ents {
 		switch ents[i].Type {
@@ -302,13 +316,31 @@ func (n *Node) writer(name string) int {
 // for stable attributes) the Unix epoch as mtime.
 func newDir(implied bool) *Node {
 	return &Node{Type: index.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0).UTC(), Implied: implied,
-		dir: &dirEntries{byName: map[string]*Node{}, wrote: map[string]int{}}}
+		dir: &dirEntries{byName: map[string]*Node{}}}
+}
+
+// newDir returns an empty directory of the tree being merged, which
+// records its children's writers if the merge keeps them.
+func (m *merger) newDir(implied bool) *Node {
+	d := newDir(implied)
+	if m.keepWrote {
+		d.dir.wrote = map[string]int{}
+	}
+	return d
 }
 
 // link puts c in d under name, recording that layer li wrote that name.
 func link(d *Node, name string, c *Node, li int) {
 	d.dir.byName[name] = c
-	d.dir.wrote[name] = li
+	d.dir.setWriter(name, li)
+}
+
+// setWriter records that layer li wrote the child called name, in a tree
+// that keeps writers.
+func (d *dirEntries) setWriter(name string, li int) {
+	if d.wrote != nil {
+		d.wrote[name] = li
+	}
 }
 
 func (m *merger) apply(li int, e *index.Entry) error {
@@ -332,7 +364,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			return err // nothing to delete under a path that does not exist
 		}
 		if !m.written(parent, base) {
-			removeChild(parent, base)
+			m.remove(parent, base)
 		} else if c := parent.dir.byName[base]; c != nil && c.IsDir() {
 			m.prune(c) // the layer wrote inside it: only the lower contents go
 		}
@@ -356,12 +388,12 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		if old != nil && old.IsDir() {
 			setAttrs(old, e)
 			old.Implied = false
-			parent.dir.wrote[base] = li
+			parent.dir.setWriter(base, li)
 			return nil
 		}
-		d := newDir(false)
+		d := m.newDir(false)
 		setAttrs(d, e)
-		removeChild(parent, base)
+		m.remove(parent, base)
 		link(parent, base, d, li)
 		return nil
 	case index.TypeHardlink:
@@ -375,7 +407,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 		if old == target {
 			return nil
 		}
-		removeChild(parent, base)
+		m.remove(parent, base)
 		target.Nlink++
 		link(parent, base, target, li)
 		return nil
@@ -398,7 +430,7 @@ func (m *merger) apply(li int, e *index.Entry) error {
 			}
 			m.sparse[n] = e.Sparse
 		}
-		removeChild(parent, base)
+		m.remove(parent, base)
 		link(parent, base, n, li)
 		return nil
 	}
@@ -418,39 +450,46 @@ func setAttrs(n *Node, e *index.Entry) {
 // unpacker's MkdirAll over a removed path would; without it, a missing
 // component gives nil and no error.
 func (m *merger) resolveDir(p string, li int, create bool) (*Node, error) {
-	todo := splitPath(p)
-	var cur []string // the real directories walked so far, from the root
+	if create && m.parent != nil && p == m.parentPath {
+		return m.parent, nil
+	}
+	// The names left to walk are todo[i:]; todo[:i] are the real
+	// directories walked so far, from the root. An entry's path is
+	// clean: it is walked in place, and only a symlink on the way
+	// builds a new string.
+	todo := cleanPath(p)
 	d := m.root
 	hops := 0
-	for len(todo) > 0 {
-		name := todo[0]
-		todo = todo[1:]
+	for i := 0; i < len(todo); {
+		name, next := nextName(todo, i)
 		c := d.dir.byName[name]
 		if c != nil && c.Type == index.TypeSymlink {
 			if hops++; hops > maxSymlinkHops {
-				return nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, path.Join(append(cur, name)...))
+				return nil, fmt.Errorf("%w: too many levels of symbolic links at %q", ErrFormat, todo[:next-1])
 			}
 			target := c.Linkname
 			if !strings.HasPrefix(target, "/") {
-				target = path.Join(append(cur, target)...)
+				target = path.Join(todo[:i], target)
 			}
-			todo = append(splitPath(target), todo...)
-			cur, d = nil, m.root
+			todo = joinNames(cleanPath(target), restNames(todo, next))
+			i, d = 0, m.root
 			continue
 		}
 		if c == nil || !c.IsDir() {
 			if !create {
 				return nil, nil
 			}
-			removeChild(d, name)
-			c = newDir(true)
+			m.remove(d, name)
+			c = m.newDir(true)
 			link(d, name, c, li)
 		}
 		if create {
 			m.wrote(d, name) // a directory on the way to what the layer writes
 		}
-		cur = append(cur, name)
-		d = c
+		i, d = next, c
+	}
+	if create {
+		m.parentPath, m.parent = p, d
 	}
 	return d, nil
 }
@@ -476,23 +515,32 @@ func (m *merger) prune(d *Node) {
 	for name, c := range d.dir.byName {
 		switch {
 		case !m.written(d, name):
-			removeChild(d, name)
+			m.remove(d, name)
 		case c.IsDir():
 			m.prune(c)
 		}
 	}
 }
 
+// remove is removeChild for the tree being merged, where a path may
+// resolve otherwise once a name is gone.
+func (m *merger) remove(d *Node, name string) {
+	if removeChild(d, name) {
+		m.parent = nil
+	}
+}
+
 // removeChild unlinks name from d, dropping the link counts of every file
-// under it.
-func removeChild(d *Node, name string) {
+// under it, and reports whether there was such a child.
+func removeChild(d *Node, name string) bool {
 	c := d.dir.byName[name]
 	if c == nil {
-		return
+		return false
 	}
 	delete(d.dir.byName, name)
 	delete(d.dir.wrote, name)
 	unlink(c)
+	return true
 }
 
 func unlink(n *Node) {
@@ -538,9 +586,6 @@ func (m *merger) finish() *Tree {
 			return
 		}
 		d := n.dir
-		if !m.keepWrote {
-			d.wrote = nil // only the merge needs it
-		}
 		d.names = make([]string, 0, len(d.byName))
 		for name := range d.byName {
 			d.names = append(d.names, name)
@@ -601,4 +646,51 @@ func splitPath(p string) []string {
 		}
 	}
 	return out
+}
+
+// cleanPath returns the names splitPath returns for p joined by slashes.
+// It is p itself, less slashes at its ends, when p has no empty, "." or
+// ".." names (as an entry's name never has), so that walking an entry's
+// path with nextName allocates nothing.
+func cleanPath(p string) string {
+	p = strings.Trim(p, "/")
+	for i := 0; i < len(p); {
+		name, next := nextName(p, i)
+		if name == "" || name == "." || name == ".." {
+			return strings.Join(splitPath(p), "/")
+		}
+		i = next
+	}
+	return p
+}
+
+// nextName returns the name that starts at byte i of the clean path p
+// (see cleanPath) and where the one after it starts: past len(p) after
+// the last one, so that p[:next-1] is the path up to and with name.
+func nextName(p string, i int) (name string, next int) {
+	j := strings.IndexByte(p[i:], '/')
+	if j < 0 {
+		return p[i:], len(p) + 1
+	}
+	return p[i : i+j], i + j + 1
+}
+
+// restNames returns the names of the clean path p from byte next on, as
+// nextName returned next.
+func restNames(p string, next int) string {
+	if next >= len(p) {
+		return ""
+	}
+	return p[next:]
+}
+
+// joinNames joins two clean paths.
+func joinNames(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "/" + b
 }
