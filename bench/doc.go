@@ -38,7 +38,9 @@
 // cri-ocifs-profile, replaying a profile of the container's program
 // recorded beforehand; cri-ocifs-estargz, on cri-stargz's eStargz image;
 // --ocifs-snapshotter is its command line, so another
-// build can be measured); and podman run to the
+// build can be measured); cri-warm, containerd's overlayfs with the image
+// pulled before the clock starts, is the floor: what a start costs with no
+// layer byte to fetch; and podman run to the
 // first output with podman's own pull (podman-pull) or stargz-store as
 // additional layer store (podman-stargz). The peers are small mains of our
 // own over each project's library module, pinned in nested modules under
