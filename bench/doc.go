@@ -37,6 +37,7 @@
 // `ocifs snapshotter` (cri-ocifs, gzip+index, --profile=none; and
 // cri-ocifs-profile, replaying a profile of the container's program
 // recorded beforehand; cri-ocifs-estargz, on cri-stargz's eStargz image;
+// cri-ocifs-stream, on the plain gzip image with no index anywhere;
 // --ocifs-snapshotter is its command line, so another
 // build can be measured); cri-warm, containerd's overlayfs with the image
 // pulled before the clock starts, is the floor: what a start costs with no
