@@ -302,23 +302,23 @@ func seq(n int) []int {
 // concatenated content of its regular files, chunk by chunk.
 func (c *chunkReader) readAt(ctx context.Context, p []byte, off, _ int64) (int, error) {
 	s := c.set()
-	ahead := -1
-	if end := off + int64(len(p)); s.blob == nil && !isReplay(ctx) && c.missing(s, off, end) {
-		ahead = c.neighbours(end, c.l.im.fg.neighbourBytes())
+	r, err := c.l.pieceRunOf(s, off, int64(len(p)))
+	if err != nil {
+		return 0, err
 	}
-	return c.l.readPiecesAhead(ctx, s, p, off, ahead)
+	ahead := -1
+	if s.blob == nil && !isReplay(ctx) && c.missing(s, r) {
+		ahead = c.neighbours(r, off+int64(len(p)), c.l.im.fg.neighbourBytes())
+	}
+	return c.l.readPiecesAhead(ctx, s, p, r, ahead)
 }
 
-// missing reports whether a chunk of virtual bytes [off, end) is neither
-// in the piece cache nor in the disk cache: only a read that goes to the
-// registry anyway takes its neighbours along.
-func (c *chunkReader) missing(s chunkSet, off, end int64) bool {
-	first, last := c.toc.ChunkFor(off), c.toc.ChunkFor(min(end, c.toc.ContentSize)-1)
-	if first < 0 || last < 0 {
-		return false
-	}
+// missing reports whether a chunk of run r is neither in the piece cache
+// nor in the disk cache: only a read that goes to the registry anyway
+// takes its neighbours along.
+func (c *chunkReader) missing(s chunkSet, r pieceRun) bool {
 	cache := c.l.im.client.Cache()
-	for i := first; i <= last; i++ {
+	for i := r.first; i <= r.last; i++ {
 		if c.l.im.spans.get(s.key().at(i)) == nil && !cache.Has(c.toc.Chunks[i].Digest) {
 			return true
 		}
@@ -348,17 +348,16 @@ const (
 	neighbourMax     = 512 << 10
 )
 
-// neighbours returns the last chunk a fetch for a read ending at end may
-// take: the chunks after the read's last whose compressed bytes end
-// within budget of its end.
-func (c *chunkReader) neighbours(end int64, budget int64) int {
-	chunks := c.toc.Chunks
-	last := c.toc.ChunkFor(end - 1)
-	if last < 0 {
+// neighbours returns the last chunk a fetch for run r, read up to end,
+// may take: the chunks after r's last whose compressed bytes end within
+// budget of its end. A read reaching past the content's end takes none.
+func (c *chunkReader) neighbours(r pieceRun, end int64, budget int64) int {
+	if end > r.end {
 		return -1
 	}
-	limit := chunks[last].CEnd + budget
-	j := last
+	chunks := c.toc.Chunks
+	limit := chunks[r.last].CEnd + budget
+	j := r.last
 	for j+1 < len(chunks) && chunks[j+1].CEnd <= limit {
 		j++
 	}

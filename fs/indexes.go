@@ -15,7 +15,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/ocifs/ocifs/fetch"
 	"github.com/ocifs/ocifs/index"
@@ -64,16 +63,7 @@ func (im *Image) remoteIndexesIn(ctx context.Context, src *fetch.Image) (map[dig
 	if err != nil {
 		return nil, err
 	}
-	// The artifacts' manifests a few at a time: one after the other they
-	// cost a round trip each before the mount can answer.
-	manifests := make([]ocispec.Manifest, len(refs))
-	errs := make([]error, len(refs))
-	var g errgroup.Group
-	g.SetLimit(4)
-	for n, r := range refs {
-		g.Go(func() error { manifests[n], errs[n] = src.FetchReferrer(ctx, r); return nil })
-	}
-	g.Wait()
+	manifests, errs := fetchReferrers(ctx, src, refs)
 	out := map[digest.Digest]ocispec.Descriptor{}
 	created := map[digest.Digest]string{}
 	for n, r := range refs {

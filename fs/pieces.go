@@ -218,28 +218,46 @@ type pieceBytes struct {
 // the piece cache, a fetch in flight, or fetched (with the missing pieces
 // after it that the read also needs, in one request).
 func (l *layer) readPieces(ctx context.Context, s pieceSet, p []byte, off int64) (int, error) {
-	return l.readPiecesAhead(ctx, s, p, off, -1)
+	r, err := l.pieceRunOf(s, off, int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	return l.readPiecesAhead(ctx, s, p, r, -1)
 }
 
-// readPiecesAhead is readPieces whose fetches may also take the missing
-// pieces after the read's own up to piece ahead (neighbours: chunked.go).
-func (l *layer) readPiecesAhead(ctx context.Context, s pieceSet, p []byte, off int64, ahead int) (int, error) {
-	end := min(off+int64(len(p)), s.size())
+// pieceRun is the pieces first to last of a pieceSet that a read of bytes
+// [off, end) needs, end cut to the set's size.
+type pieceRun struct {
+	off, end    int64
+	first, last int
+}
+
+// pieceRunOf returns the run of s that a read of n bytes at off needs;
+// io.EOF when off is at or past s's end.
+func (l *layer) pieceRunOf(s pieceSet, off, n int64) (pieceRun, error) {
+	end := min(off+n, s.size())
 	if off >= end {
-		return 0, io.EOF
+		return pieceRun{}, io.EOF
 	}
 	first, last := s.pieceFor(off), s.pieceFor(end-1)
 	if first < 0 || last < 0 {
-		return 0, fmt.Errorf("layer %s: bytes %d-%d lie in no piece", l.desc.Digest, off, end)
+		return pieceRun{}, fmt.Errorf("layer %s: bytes %d-%d lie in no piece", l.desc.Digest, off, end)
 	}
+	return pieceRun{off: off, end: end, first: first, last: last}, nil
+}
+
+// readPiecesAhead serves run r of s into p, as readPieces does, and its
+// fetches may also take the missing pieces after the read's own up to
+// piece ahead (neighbours: chunked.go).
+func (l *layer) readPiecesAhead(ctx context.Context, s pieceSet, p []byte, r pieceRun, ahead int) (int, error) {
 	n := 0
-	for i := first; i <= last; i++ {
-		data, err := l.piece(ctx, s, i, max(last, ahead))
+	for i := r.first; i <= r.last; i++ {
+		data, err := l.piece(ctx, s, i, max(r.last, ahead))
 		if err != nil {
 			return n, err
 		}
 		lo, hi := s.bounds(i)
-		n += copy(p[n:], data[max(off, lo)-lo:min(end, hi)-lo])
+		n += copy(p[n:], data[max(r.off, lo)-lo:min(r.end, hi)-lo])
 	}
 	return n, nil
 }

@@ -214,15 +214,8 @@ func (im *Image) FindProfile(ctx context.Context) (*index.Profile, string, error
 		im.log.Warn("more profile artifacts than are looked at; the rest ignored", "artifacts", len(refs), "looked_at", maxProfileArtifacts)
 		refs = refs[:maxProfileArtifacts]
 	}
-	// Their manifests at once: a replay waits for this lookup, and one
-	// after the other they cost a round trip each.
-	manifests := make([]ocispec.Manifest, len(refs))
-	errs := make([]error, len(refs))
-	var wg sync.WaitGroup
-	for n, r := range refs {
-		wg.Go(func() { manifests[n], errs[n] = im.img.FetchReferrer(ctx, r) })
-	}
-	wg.Wait()
+	// Their manifests together: a replay waits for this lookup.
+	manifests, errs := fetchReferrers(ctx, im.img, refs)
 	var best *index.Profile
 	var bestWhen string
 	for n, r := range refs {
