@@ -82,6 +82,13 @@ type Options struct {
 	// NoProfile makes [Image.Replay] do nothing: no recorded start-up
 	// profile is looked for or replayed (profile.go).
 	NoProfile bool
+	// StartProfileLookup makes Resolve start the search for the start-up
+	// profile ([Image.LookupProfile]) as soon as the manifest is known,
+	// before it plans the layers: the search's round trips (referrers,
+	// the profile's manifest and blob) then overlap the index lookup's
+	// and the load's, and a replay starts when the tables are in. For the
+	// callers that replay: mounts, the snapshotter and the layer store.
+	StartProfileLookup bool
 
 	// PrefetchRate caps the background fetch, in bytes per second; 0 means
 	// no cap. Background fetches always pause while a reader waits.
@@ -183,6 +190,11 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 			return nil, fmt.Errorf("%s: layer %d (%s): %w", fi.Ref, i, d.Digest, err)
 		}
 		im.layers = append(im.layers, &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], compression: comp})
+	}
+	if opts.StartProfileLookup {
+		// It needs the manifest only. Should the plan fail, cancel
+		// ends it with the image.
+		im.LookupProfile()
 	}
 	if err := im.plan(ctx); err != nil {
 		cancel()

@@ -358,8 +358,9 @@ func (im *Image) Replay() {
 // cache, then the registry's referrers) in the background, so that
 // [Image.Replay], called after Load, finds it at hand: the lookup's round
 // trips overlap the load's instead of following them. Call it right after
-// Resolve. It does nothing with Options.NoProfile; Replay looks by itself
-// when no one called it.
+// Resolve, or set Options.StartProfileLookup to have Resolve start it
+// earlier, before it plans the layers. It does nothing with
+// Options.NoProfile; Replay looks by itself when no one called it.
 func (im *Image) LookupProfile() {
 	if !im.opts.NoProfile {
 		im.profileLookup()

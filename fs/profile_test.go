@@ -3,10 +3,14 @@ package fs
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -334,5 +338,85 @@ func TestReplayPlan(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) || dropped != 2 {
 		t.Errorf("plan = %v, dropped %d; want %v, dropped 2", got, dropped, want)
+	}
+}
+
+// holdUntil is a transport that holds each request whose path ends with
+// hold until one whose path ends with until has been sent, or wait has
+// passed (then timedOut is set and the request goes on).
+type holdUntil struct {
+	hold, until string
+	wait        time.Duration
+	seen        chan struct{}
+	once        sync.Once
+	timedOut    atomic.Bool
+}
+
+func (h *holdUntil) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch {
+	case strings.HasSuffix(req.URL.Path, h.until):
+		h.once.Do(func() { close(h.seen) })
+	case strings.HasSuffix(req.URL.Path, h.hold):
+		select {
+		case <-h.seen:
+		case <-time.After(h.wait):
+			h.timedOut.Store(true)
+		}
+	}
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// TestProfileLookupBeforePlan: with StartProfileLookup, Resolve starts
+// the search for the profile before it plans the layers. The transport
+// holds the plan's fetch of the index artifact's manifest until the
+// profile's blob has been asked for: Resolve gets past it only if the
+// search runs beside the plan. Without the option (the control) the hold
+// times out, so the check tells the two apart.
+func TestProfileLookupBeforePlan(t *testing.T) {
+	fstest.RequireFUSE(t) // the registry runs as for the other tests
+	host := fstest.StartRegistry(t)
+	pc := profileCases()[0]
+	ref, _ := pc.push(t, host)
+	im := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
+	p := &index.Profile{Layers: []digest.Digest{im.layers[0].desc.Digest}, Ranges: []index.ProfileRange{{Layer: 0, Off: 0, Len: 4096}}}
+	if _, err := im.PushProfile(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	find := func(artifactType string) ocispec.Descriptor {
+		refs, err := im.Fetched().Referrers(t.Context(), artifactType)
+		if err != nil || len(refs) != 1 {
+			t.Fatalf("referrers of type %s: %v, %v", artifactType, refs, err)
+		}
+		return refs[0]
+	}
+	idx := find(fetch.ArtifactTypeIndex)
+	m, err := im.Fetched().FetchReferrer(t.Context(), find(fetch.ArtifactTypeProfile))
+	if err != nil || len(m.Layers) != 1 {
+		t.Fatalf("profile artifact: %+v, %v", m, err)
+	}
+	for _, early := range []bool{true, false} {
+		t.Run(fmt.Sprintf("StartProfileLookup=%v", early), func(t *testing.T) {
+			h := &holdUntil{hold: "/manifests/" + idx.Digest.String(), until: "/blobs/" + m.Layers[0].Digest.String(), seen: make(chan struct{}), wait: 10 * time.Second}
+			if !early {
+				h.wait = 2 * time.Second
+			}
+			opts := pc.opts(t)
+			opts.StartProfileLookup = early
+			fresh := resolveLoad(t, newClient(t, "", h), ref, opts)
+			if early && h.timedOut.Load() {
+				t.Error("the plan waited for the profile's blob: the search did not start before the plan")
+			}
+			if !early && !h.timedOut.Load() {
+				t.Error("without StartProfileLookup the profile's blob was asked for during the plan")
+			}
+			fresh.Replay()
+			st, err := fresh.WaitReplay(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Source != ProfileRegistry || st.Ranges != 1 || st.Failed != 0 {
+				t.Errorf("replay = %+v, want the pushed profile's one range from the registry", st)
+			}
+		})
 	}
 }

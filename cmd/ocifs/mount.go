@@ -449,11 +449,11 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	rate, _ := parseRate(o.rate) // checked by runMount
 	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
-		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex), NoProfile: o.profile == "none"})
+		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex), NoProfile: o.profile == "none",
+		StartProfileLookup: true})
 	if err != nil {
 		return err
 	}
-	im.LookupProfile() // its round trips overlap the load's
 	mx.add(client, im)
 	// What this mount uses stays in the cache while it lives, whatever
 	// trims it (this daemon's --cache-max, another's, cache prune).

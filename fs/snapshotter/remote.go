@@ -97,6 +97,7 @@ func NewRemote(ctx context.Context, opts RemoteOptions) (*Remote, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	io := opts.Image
+	io.StartProfileLookup = true // its round trips overlap the plan's and the load's
 	io.Logger = log
 	io.Progressive = false
 	ctx, cancel := context.WithCancel(ctx)
@@ -293,7 +294,6 @@ func (r *Remote) load(ri *remoteImage) {
 		ri.err = fmt.Errorf("resolve %s: %w", ri.pinned, err)
 		return
 	}
-	im.LookupProfile() // its round trips overlap the load's
 	if r.onRes != nil {
 		r.onRes(im)
 	}

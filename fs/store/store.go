@@ -171,6 +171,7 @@ func newStore(ctx context.Context, dir string, opts Options) (*Store, error) {
 	imgOpts := opts.Image
 	imgOpts.Logger = lg
 	imgOpts.Progressive = false
+	imgOpts.StartProfileLookup = true // its round trips overlap the plan's and the load's
 	ctx, cancel := context.WithCancel(ctx)
 	return &Store{Dir: dir, client: opts.Client, imgOpts: imgOpts, log: lg, blobDir: opts.BlobDir, onLoad: opts.OnLoad, onRes: opts.OnResolve, ctx: ctx, cancel: cancel,
 		images: map[string]*image{}, ids: map[string]uint64{}, nextSlot: 1, uses: map[string]int{}}, nil
@@ -324,7 +325,6 @@ func (s *Store) load(img *image) {
 		img.err = fmt.Errorf("resolve %s: %w", img.ref, err)
 		return
 	}
-	im.LookupProfile() // its round trips overlap the load's
 	if s.onRes != nil {
 		s.onRes(im)
 	}
