@@ -115,6 +115,9 @@ type Client struct {
 	onRange      func(RangeRead) // Options.ObserveRange
 	// sleep waits between attempts; tests replace it before first use.
 	sleep func(ctx context.Context, d time.Duration) error
+	// apis remembers which registries have the referrers API
+	// (referrers.go).
+	apis referrersAPIs
 }
 
 // New returns a Client for opts, creating the cache directory.

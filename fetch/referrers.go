@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -208,14 +209,77 @@ func (im *Image) chainReferrers(ctx context.Context, s *chainSource, artifactTyp
 	return found, nil
 }
 
+// referrersAPIs remembers, for a while, whether each registry (by API
+// root) answered the referrers API: a lookup that knows asks only the API
+// or only the fallback tag, and one that does not asks both at once, so
+// that no lookup pays the API's 404 and then the tag one after the other.
+type referrersAPIs struct {
+	mu    sync.Mutex
+	known map[string]referrersAPIAnswer
+}
+
+type referrersAPIAnswer struct {
+	has  bool
+	when time.Time
+}
+
+// referrersAPIMemory is how long an answer is remembered: a registry
+// upgraded to the API (whose pushers then stop writing the tag) is asked
+// again after it.
+const referrersAPIMemory = 10 * time.Minute
+
+func (a *referrersAPIs) get(base string) (has, known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ans, ok := a.known[base]
+	if !ok || time.Since(ans.when) > referrersAPIMemory {
+		return false, false
+	}
+	return ans.has, true
+}
+
+func (a *referrersAPIs) set(base string, has bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.known == nil {
+		a.known = map[string]referrersAPIAnswer{}
+	}
+	a.known[base] = referrersAPIAnswer{has, time.Now()}
+}
+
 // registryReferrers asks the referrers API, else reads the fallback tag.
+// When it is not known whether s has the API, the tag is read at the same
+// time, and dropped if the API answers.
 func (im *Image) registryReferrers(ctx context.Context, s *registrySource, artifactType string) ([]ocispec.Descriptor, error) {
+	has, known := im.c.apis.get(s.base)
+	if known && !has {
+		return im.fallbackReferrers(ctx, s)
+	}
+	type tagAnswer struct {
+		descs []ocispec.Descriptor
+		err   error
+	}
+	var tag chan tagAnswer
+	if !known {
+		tagCtx, cancel := context.WithCancel(ctx)
+		defer cancel() // the API answered (or failed): the tag is not needed
+		tag = make(chan tagAnswer, 1)
+		go func() {
+			descs, err := im.fallbackReferrers(tagCtx, s)
+			tag <- tagAnswer{descs, err}
+		}()
+	}
 	descs, ok, err := im.referrersAPI(ctx, s, artifactType)
 	if err != nil {
 		return nil, err
 	}
+	im.c.apis.set(s.base, ok)
 	if !ok {
 		im.c.log.Debug("registry has no referrers API; reading the fallback tag", "image", im.Ref, "digest", im.ManifestDigest)
+		if tag != nil {
+			t := <-tag
+			return t.descs, t.err
+		}
 		return im.fallbackReferrers(ctx, s)
 	}
 	out := descs[:0]

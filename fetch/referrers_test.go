@@ -10,7 +10,10 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -186,16 +189,31 @@ func TestReferrers(t *testing.T) {
 			checkReferrers(t, a2, "application/none")
 			checkReferrers(t, b2, ArtifactTypeIndex, forB)
 
-			var tagGETs int
+			var tagGETs, apiGETs int
 			for _, r := range tr.faults.requests() {
 				if r.Method == http.MethodGet && strings.HasSuffix(r.Path, "/manifests/"+fallbackTag(a.ManifestDigest)) {
 					tagGETs++
 				}
+				if r.Method == http.MethodGet && strings.Contains(r.Path, "/referrers/") {
+					apiGETs++
+				}
 			}
-			// PushReferrer reads the tag (the test registry never answers
-			// with OCI-Subject); Referrers reads it only as the fallback.
-			if want := map[bool]int{false: 4, true: 8}[mode.fallback]; tagGETs != want {
-				t.Errorf("%d GETs of the fallback tag, want %d", tagGETs, want)
+			// PushReferrer reads the tag 4 times (the test registry never
+			// answers with OCI-Subject); Referrers reads it as the
+			// fallback, and with the API at most once per client: beside
+			// its first API call, before the client knows the registry
+			// has the API (cancelled, and maybe never sent, once the API
+			// answers).
+			if mode.fallback && tagGETs != 8 {
+				t.Errorf("%d GETs of the fallback tag, want 8", tagGETs)
+			}
+			if !mode.fallback && (tagGETs < 4 || tagGETs > 6) {
+				t.Errorf("%d GETs of the fallback tag, want 4 to 6", tagGETs)
+			}
+			// Referrers is called 5 times (1 by c, 4 by fresh); a client
+			// that saw the registry lacks the API does not ask it again.
+			if want := map[bool]int{false: 5, true: 2}[mode.fallback]; apiGETs != want {
+				t.Errorf("%d GETs of the referrers API, want %d", apiGETs, want)
 			}
 		})
 	}
@@ -587,6 +605,78 @@ func TestIndexHeadAnnotations(t *testing.T) {
 			size, d, ok := IndexHead(m.Layers[0])
 			if ok != (c.size > 0) || size != c.size || ok && d != e {
 				t.Fatalf("IndexHead = %d, %q, %v; want %d", size, d, ok, c.size)
+			}
+		})
+	}
+}
+
+// TestReferrersAPIAndTagAtOnce: a client that does not know whether a
+// registry has the referrers API reads the fallback tag while it asks
+// the API, instead of after the API's 404: the test registry holds the
+// API request until the tag's has arrived. Once the client knows the
+// API is missing, it asks only the tag; on a registry with the API, it
+// asks only the API.
+func TestReferrersAPIAndTagAtOnce(t *testing.T) {
+	for _, mode := range referrerModes[:2] {
+		t.Run(mode.name, func(t *testing.T) {
+			tr := newTestRegistry(t, nil, mode.opts...)
+			tr.push(t, "app:a", testImage(t, types.OCIManifestSchema1, randomBytes(t, 1000)))
+			c, _ := testClient(t, Options{})
+			a, err := c.Resolve(t.Context(), tr.host+"/app:a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ix := pushReferrer(t, a, ArtifactTypeIndex, nil, indexBlob(t, a.Layers()[0].Digest, 100))
+			tag := "/manifests/" + fallbackTag(a.ManifestDigest)
+			tagSeen := make(chan struct{})
+			var once sync.Once
+			var held atomic.Bool
+			tr.faults.add(&rule{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, tag) }, times: -1,
+				do: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+					once.Do(func() { close(tagSeen) })
+					next.ServeHTTP(w, r)
+				}})
+			tr.faults.add(&rule{match: referrersGET, times: -1, do: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+				select {
+				case <-tagSeen:
+				case <-time.After(10 * time.Second):
+					held.Store(true)
+				}
+				next.ServeHTTP(w, r)
+			}})
+			fresh, _ := testClient(t, Options{})
+			a2, err := fresh.Resolve(t.Context(), tr.host+"/app:a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			count := func() (api, tags int) {
+				for _, r := range tr.faults.requests() {
+					switch {
+					case r.Method == http.MethodGet && strings.Contains(r.Path, "/referrers/"):
+						api++
+					case r.Method == http.MethodGet && strings.HasSuffix(r.Path, tag):
+						tags++
+					}
+				}
+				return api, tags
+			}
+			api0, tags0 := count()
+			checkReferrers(t, a2, ArtifactTypeIndex, ix)
+			if held.Load() {
+				t.Error("the API request waited 10 s for a tag request that was not sent beside it")
+			}
+			api1, tags1 := count()
+			if api1-api0 != 1 || tags1-tags0 != 1 {
+				t.Errorf("first lookup: %d API and %d tag requests, want 1 and 1", api1-api0, tags1-tags0)
+			}
+			checkReferrers(t, a2, ArtifactTypeIndex, ix)
+			api2, tags2 := count()
+			wantAPI, wantTags := 0, 1
+			if !mode.fallback {
+				wantAPI, wantTags = 1, 0
+			}
+			if api2-api1 != wantAPI || tags2-tags1 != wantTags {
+				t.Errorf("second lookup: %d API and %d tag requests, want %d and %d", api2-api1, tags2-tags1, wantAPI, wantTags)
 			}
 		})
 	}
