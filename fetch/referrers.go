@@ -209,10 +209,12 @@ func (im *Image) chainReferrers(ctx context.Context, s *chainSource, artifactTyp
 	return found, nil
 }
 
-// referrersAPIs remembers, for a while, whether each registry (by API
-// root) answered the referrers API: a lookup that knows asks only the API
-// or only the fallback tag, and one that does not asks both at once, so
-// that no lookup pays the API's 404 and then the tag one after the other.
+// referrersAPIs remembers, for a while, whether each repository (by API
+// root, mirror namespace and repository: one host may serve repositories
+// that differ) answered the referrers API: a lookup that knows asks only
+// the API or only the fallback tag, and one that does not asks both at
+// once, so that no lookup pays the API's 404 and then the tag one after
+// the other.
 type referrersAPIs struct {
 	mu    sync.Mutex
 	known map[string]referrersAPIAnswer
@@ -228,30 +230,36 @@ type referrersAPIAnswer struct {
 // again after it.
 const referrersAPIMemory = 10 * time.Minute
 
-func (a *referrersAPIs) get(base string) (has, known bool) {
+// referrersAPIKey is what referrersAPIs keys its answers by.
+func referrersAPIKey(s *registrySource) string { return s.base + "\x00" + s.ns + "\x00" + s.repo }
+
+func (a *referrersAPIs) get(s *registrySource) (has, known bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ans, ok := a.known[base]
+	ans, ok := a.known[referrersAPIKey(s)]
 	if !ok || time.Since(ans.when) > referrersAPIMemory {
 		return false, false
 	}
 	return ans.has, true
 }
 
-func (a *referrersAPIs) set(base string, has bool) {
+func (a *referrersAPIs) set(s *registrySource, has bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.known == nil {
 		a.known = map[string]referrersAPIAnswer{}
 	}
-	a.known[base] = referrersAPIAnswer{has, time.Now()}
+	a.known[referrersAPIKey(s)] = referrersAPIAnswer{has, time.Now()}
 }
 
 // registryReferrers asks the referrers API, else reads the fallback tag.
 // When it is not known whether s has the API, the tag is read at the same
-// time, and dropped if the API answers.
+// time, and its answer dropped if the API answers. That read is left to
+// finish rather than cancelled: on HTTP/1.1 a request cancelled in flight
+// costs its connection, which the next request would then have to open
+// again.
 func (im *Image) registryReferrers(ctx context.Context, s *registrySource, artifactType string) ([]ocispec.Descriptor, error) {
-	has, known := im.c.apis.get(s.base)
+	has, known := im.c.apis.get(s)
 	if known && !has {
 		return im.fallbackReferrers(ctx, s)
 	}
@@ -261,11 +269,9 @@ func (im *Image) registryReferrers(ctx context.Context, s *registrySource, artif
 	}
 	var tag chan tagAnswer
 	if !known {
-		tagCtx, cancel := context.WithCancel(ctx)
-		defer cancel() // the API answered (or failed): the tag is not needed
-		tag = make(chan tagAnswer, 1)
+		tag = make(chan tagAnswer, 1) // never blocks the read: nobody may wait
 		go func() {
-			descs, err := im.fallbackReferrers(tagCtx, s)
+			descs, err := im.fallbackReferrers(ctx, s)
 			tag <- tagAnswer{descs, err}
 		}()
 	}
@@ -273,7 +279,7 @@ func (im *Image) registryReferrers(ctx context.Context, s *registrySource, artif
 	if err != nil {
 		return nil, err
 	}
-	im.c.apis.set(s.base, ok)
+	im.c.apis.set(s, ok)
 	if !ok {
 		im.c.log.Debug("registry has no referrers API; reading the fallback tag", "image", im.Ref, "digest", im.ManifestDigest)
 		if tag != nil {

@@ -610,6 +610,41 @@ func TestIndexHeadAnnotations(t *testing.T) {
 	}
 }
 
+// tagBesideAPI makes a test registry with an image and one index referrer
+// pushed (the tag fallback written, as PushReferrer does here), and rules
+// that hold each referrers API request until a GET of the fallback tag has
+// arrived (held is set if none did within 10 s); tagDo answers those GETs.
+func tagBesideAPI(t *testing.T, tagDo func(http.ResponseWriter, *http.Request, http.Handler), opts ...registry.Option) (tr *testRegistry, ref, tag string, ix pushed, held *atomic.Bool) {
+	t.Helper()
+	tr = newTestRegistry(t, nil, opts...)
+	tr.push(t, "app:a", testImage(t, types.OCIManifestSchema1, randomBytes(t, 1000)))
+	ref = tr.host + "/app:a"
+	c, _ := testClient(t, Options{})
+	a, err := c.Resolve(t.Context(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix = pushReferrer(t, a, ArtifactTypeIndex, nil, indexBlob(t, a.Layers()[0].Digest, 100))
+	tag = "/manifests/" + fallbackTag(a.ManifestDigest)
+	tagSeen := make(chan struct{})
+	var once sync.Once
+	held = new(atomic.Bool)
+	tr.faults.add(&rule{match: func(r *http.Request) bool { return r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, tag) }, times: -1,
+		do: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+			once.Do(func() { close(tagSeen) })
+			tagDo(w, r, next)
+		}})
+	tr.faults.add(&rule{match: referrersGET, times: -1, do: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		select {
+		case <-tagSeen:
+		case <-time.After(10 * time.Second):
+			held.Store(true)
+		}
+		next.ServeHTTP(w, r)
+	}})
+	return tr, ref, tag, ix, held
+}
+
 // TestReferrersAPIAndTagAtOnce: a client that does not know whether a
 // registry has the referrers API reads the fallback tag while it asks
 // the API, instead of after the API's 404: the test registry holds the
@@ -619,33 +654,10 @@ func TestIndexHeadAnnotations(t *testing.T) {
 func TestReferrersAPIAndTagAtOnce(t *testing.T) {
 	for _, mode := range referrerModes[:2] {
 		t.Run(mode.name, func(t *testing.T) {
-			tr := newTestRegistry(t, nil, mode.opts...)
-			tr.push(t, "app:a", testImage(t, types.OCIManifestSchema1, randomBytes(t, 1000)))
-			c, _ := testClient(t, Options{})
-			a, err := c.Resolve(t.Context(), tr.host+"/app:a")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ix := pushReferrer(t, a, ArtifactTypeIndex, nil, indexBlob(t, a.Layers()[0].Digest, 100))
-			tag := "/manifests/" + fallbackTag(a.ManifestDigest)
-			tagSeen := make(chan struct{})
-			var once sync.Once
-			var held atomic.Bool
-			tr.faults.add(&rule{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, tag) }, times: -1,
-				do: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-					once.Do(func() { close(tagSeen) })
-					next.ServeHTTP(w, r)
-				}})
-			tr.faults.add(&rule{match: referrersGET, times: -1, do: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-				select {
-				case <-tagSeen:
-				case <-time.After(10 * time.Second):
-					held.Store(true)
-				}
-				next.ServeHTTP(w, r)
-			}})
+			pass := func(w http.ResponseWriter, r *http.Request, next http.Handler) { next.ServeHTTP(w, r) }
+			tr, ref, tag, ix, held := tagBesideAPI(t, pass, mode.opts...)
 			fresh, _ := testClient(t, Options{})
-			a2, err := fresh.Resolve(t.Context(), tr.host+"/app:a")
+			a2, err := fresh.Resolve(t.Context(), ref)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -679,5 +691,25 @@ func TestReferrersAPIAndTagAtOnce(t *testing.T) {
 				t.Errorf("second lookup: %d API and %d tag requests, want %d and %d", api2-api1, tags2-tags1, wantAPI, wantTags)
 			}
 		})
+	}
+}
+
+// TestReferrersAPIAnswersTagFails: on a registry with the API, the tag
+// read sent beside the first API request is only a guess: when it fails
+// (here with a 500) the lookup still returns the API's list, and no
+// error. The API answers only once the failing read has been sent.
+func TestReferrersAPIAnswersTagFails(t *testing.T) {
+	fail := func(w http.ResponseWriter, _ *http.Request, _ http.Handler) {
+		w.WriteHeader(http.StatusInternalServerError)
+	}
+	_, ref, _, ix, held := tagBesideAPI(t, fail, registry.WithReferrersSupport(true))
+	fresh, _ := testClient(t, Options{MaxAttempts: 1})
+	a2, err := fresh.Resolve(t.Context(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReferrers(t, a2, ArtifactTypeIndex, ix)
+	if held.Load() {
+		t.Error("no tag read was sent beside the API request")
 	}
 }
