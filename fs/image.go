@@ -198,6 +198,7 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 	}
 	if err := im.plan(ctx); err != nil {
 		cancel()
+		im.bg.Wait() // the profile lookup, if started: nothing outlives Resolve's error
 		return nil, err
 	}
 	return im, nil

@@ -216,6 +216,9 @@ func (im *Image) FindProfile(ctx context.Context) (*index.Profile, string, error
 	}
 	// Their manifests together: a replay waits for this lookup.
 	manifests, errs := fetchReferrers(ctx, im.img, refs)
+	if err := ctx.Err(); err != nil {
+		return nil, "", err // the image closed or its Resolve failed: no artifact is to blame
+	}
 	var best *index.Profile
 	var bestWhen string
 	for n, r := range refs {
@@ -262,6 +265,9 @@ func (im *Image) profileBlob(ctx context.Context, artifact digest.Digest, blobs 
 			if p, err = index.UnmarshalProfile(b); err == nil {
 				return p, b
 			}
+		}
+		if ctx.Err() != nil {
+			return nil, nil
 		}
 		im.log.Warn("profile artifact unusable; ignored", "digest", artifact, "err", err)
 	}
