@@ -192,13 +192,13 @@ func Resolve(ctx context.Context, c *fetch.Client, ref string, opts Options) (*I
 		im.layers = append(im.layers, &layer{im: im, idx: i, desc: d, diffID: diffIDs[i], compression: comp})
 	}
 	if opts.StartProfileLookup {
-		// It needs the manifest only. Should the plan fail, cancel
-		// ends it with the image.
+		// It needs the manifest only. Should the plan fail, it is
+		// cancelled and waited for: nothing outlives Resolve's error.
 		im.LookupProfile()
 	}
 	if err := im.plan(ctx); err != nil {
 		cancel()
-		im.bg.Wait() // the profile lookup, if started: nothing outlives Resolve's error
+		im.bg.Wait()
 		return nil, err
 	}
 	return im, nil

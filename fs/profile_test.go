@@ -130,11 +130,7 @@ func TestProfileRecordPushReplay(t *testing.T) {
 			if err := im.Load(t.Context()); err != nil {
 				t.Fatal(err)
 			}
-			im.Replay()
-			st, err := im.WaitReplay(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := replayed(t, im)
 			if st.Source != ProfileRegistry || st.Ranges != len(p.Ranges) || st.Dropped != 0 || st.Failed != 0 || st.Bytes < want {
 				t.Fatalf("replay = %+v, want %d ranges from the registry, none dropped or failed, at least %d bytes", st, len(p.Ranges), want)
 			}
@@ -205,11 +201,7 @@ func TestProfileHostile(t *testing.T) {
 			if err := im.client.Cache().WriteProfile(im.Fetched().ManifestDigest, b); err != nil {
 				t.Fatal(err)
 			}
-			im.Replay()
-			st, err := im.WaitReplay(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := replayed(t, im)
 			var total int64
 			for _, l := range im.layers {
 				total += l.contentSize()
@@ -248,11 +240,7 @@ func TestProfileOffAndAbsent(t *testing.T) {
 			im := resolveLoad(t, newClient(t, "", nil), ref, opts)
 			before := im.Stats().Requests
 			im.LookupProfile()
-			im.Replay()
-			st, err := im.WaitReplay(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := replayed(t, im)
 			if !st.Done || st.Source != "" || st.Ranges != 0 || st.Err != "" {
 				t.Errorf("replay = %+v, want done with nothing replayed", st)
 			}
@@ -263,19 +251,38 @@ func TestProfileOffAndAbsent(t *testing.T) {
 	}
 }
 
+// replayed replays im's start-up profile and returns what the replay did.
+func replayed(t *testing.T, im *Image) ProfileStats {
+	t.Helper()
+	im.Replay()
+	st, err := im.WaitReplay(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// pushedWithProfile pushes pc's image to a new registry, with a profile of
+// one 4 KiB range of its first layer beside it, and returns the image's
+// reference, its files' content and the image as loaded to push it.
+func pushedWithProfile(t *testing.T, pc profileCase) (string, map[string][]byte, *Image) {
+	t.Helper()
+	fstest.RequireFUSE(t) // the registry runs as for the other tests
+	ref, content := pc.push(t, fstest.StartRegistry(t))
+	im := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
+	p := &index.Profile{Layers: []digest.Digest{im.layers[0].desc.Digest}, Ranges: []index.ProfileRange{{Layer: 0, Off: 0, Len: 4096}}}
+	if _, err := im.PushProfile(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	return ref, content, im
+}
+
 // TestProfileBadArtifactIgnored: a profile artifact in the registry whose
 // blob is not a profile (newer than a good one) is ignored with a warning;
 // the good one is replayed, and the mount serves as ever.
 func TestProfileBadArtifactIgnored(t *testing.T) {
-	fstest.RequireFUSE(t)
-	host := fstest.StartRegistry(t)
 	pc := profileCases()[0]
-	ref, content := pc.push(t, host)
-	im := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
-	good := &index.Profile{Layers: []digest.Digest{im.layers[0].desc.Digest}, Ranges: []index.ProfileRange{{Layer: 0, Off: 0, Len: 4096}}}
-	if _, err := im.PushProfile(t.Context(), good); err != nil {
-		t.Fatal(err)
-	}
+	ref, content, im := pushedWithProfile(t, pc)
 	junk := []byte("OCIFSPRF\x00\x01\xff\xff\xff\xff\x0f not a profile")
 	if _, err := im.Fetched().PushReferrer(t.Context(), fetch.ArtifactTypeProfile,
 		map[string]string{ocispec.AnnotationCreated: time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)},
@@ -283,11 +290,7 @@ func TestProfileBadArtifactIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
-	fresh.Replay()
-	st, err := fresh.WaitReplay(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := replayed(t, fresh)
 	if st.Source != ProfileRegistry || st.Ranges != 1 || st.Failed != 0 {
 		t.Errorf("replay = %+v, want the good profile's one range", st)
 	}
@@ -373,15 +376,8 @@ func (h *holdUntil) RoundTrip(req *http.Request) (*http.Response, error) {
 // search runs beside the plan. Without the option (the control) the hold
 // times out, so the check tells the two apart.
 func TestProfileLookupBeforePlan(t *testing.T) {
-	fstest.RequireFUSE(t) // the registry runs as for the other tests
-	host := fstest.StartRegistry(t)
 	pc := profileCases()[0]
-	ref, _ := pc.push(t, host)
-	im := resolveLoad(t, newClient(t, "", nil), ref, pc.opts(t))
-	p := &index.Profile{Layers: []digest.Digest{im.layers[0].desc.Digest}, Ranges: []index.ProfileRange{{Layer: 0, Off: 0, Len: 4096}}}
-	if _, err := im.PushProfile(t.Context(), p); err != nil {
-		t.Fatal(err)
-	}
+	ref, _, im := pushedWithProfile(t, pc)
 	find := func(artifactType string) ocispec.Descriptor {
 		refs, err := im.Fetched().Referrers(t.Context(), artifactType)
 		if err != nil || len(refs) != 1 {
@@ -409,11 +405,7 @@ func TestProfileLookupBeforePlan(t *testing.T) {
 			if !early && !h.timedOut.Load() {
 				t.Error("without StartProfileLookup the profile's blob was asked for during the plan")
 			}
-			fresh.Replay()
-			st, err := fresh.WaitReplay(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := replayed(t, fresh)
 			if st.Source != ProfileRegistry || st.Ranges != 1 || st.Failed != 0 {
 				t.Errorf("replay = %+v, want the pushed profile's one range from the registry", st)
 			}
