@@ -66,7 +66,7 @@ func TestUnmarshalProfileRefuses(t *testing.T) {
 	for name, b := range map[string][]byte{
 		"empty":             nil,
 		"bad magic":         append([]byte("OCIFSIDX"), good[8:]...),
-		"newer version":     append([]byte(profileMagic+"\x00\x02"), good[10:]...),
+		"newer version":     append([]byte(profileMagic+"\x00\x03"), good[10:]...),
 		"truncated":         good[:len(good)-1],
 		"trailing bytes":    append(bytes.Clone(good), 0),
 		"huge layer count":  append(bytes.Clone(hdr), 0xff, 0xff, 0xff, 0xff, 0x0f),
