@@ -52,6 +52,16 @@ const (
 	minFrameLen = 4 + sha256.Size
 )
 
+// isSHA256 reports whether d is a well-formed sha256 digest (hexDigest
+// needs one: go-digest panics on a digest without an algorithm).
+func isSHA256(d digest.Digest) bool {
+	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+		return false
+	}
+	_, ok := hexDigest(d)
+	return ok
+}
+
 // MaxPackStored caps the stored length of a frame of n bytes: zstd's
 // worst case for incompressible input, with room to spare.
 func MaxPackStored(n int64) int64 { return n + n>>7 + 1024 }
@@ -87,7 +97,7 @@ func (pk *ProfilePack) Offsets() []int64 {
 // check reports the first way pk breaks the invariants the encoding
 // keeps, for a profile of layers layers.
 func (pk *ProfilePack) check(layers int) error {
-	if _, ok := hexDigest(pk.Digest); !ok || pk.Digest.Algorithm() != digest.SHA256 {
+	if !isSHA256(pk.Digest) {
 		return fmt.Errorf("pack digest %.100q is not a sha256 digest", pk.Digest)
 	}
 	if len(pk.Frames) > MaxPackFrames {
@@ -103,7 +113,7 @@ func (pk *ProfilePack) check(layers int) error {
 		case f.Stored <= 0 || f.Stored > MaxPackStored(f.Len):
 			return fmt.Errorf("pack frame %d: %d bytes stored for %d", i, f.Stored, f.Len)
 		}
-		if _, ok := hexDigest(f.Digest); !ok || f.Digest.Algorithm() != digest.SHA256 {
+		if !isSHA256(f.Digest) {
 			return fmt.Errorf("pack frame %d: digest %.100q is not a sha256 digest", i, f.Digest)
 		}
 		stored += f.Stored
@@ -216,7 +226,7 @@ func DecodePackFrame(stored []byte, n int64) ([]byte, error) {
 	if n <= 0 || n > MaxPackFrame {
 		return nil, formatErrorf("pack frame of %d bytes", n)
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(n)),
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(max(n, zstd.MinWindowSize))),
 		zstd.WithDecoderMaxWindow(MaxPackFrame), zstd.WithDecodeAllCapLimit(true))
 	if err != nil {
 		return nil, err

@@ -40,12 +40,27 @@ snapshotter) and layer store (ocifs store) of the image, on any machine,
 replays it: right after the file tables are known, the profile's pieces are
 fetched in parallel, before the program asks for them.
 
-A profile only orders and prefetches. Every byte is still fetched and
-checked through the normal read path, so a profile cannot change what a
-mount serves; one that lies (another image's, ranges past a layer's end,
-huge counts) is cut to the image's own layers and size (at most 2 GiB) and
-can only waste that much bandwidth. 'ocifs mount --profile=none' (or
-profile = "none" under [mount] in the config file) turns the replay off.
+A pushed profile also carries a pack: the bytes it lists, read through the
+verified read path when it is pushed and compressed again apart from the
+layers (zstd frames of at most 256 KiB, each named by its sha256 in the
+profile). A gzip layer can only be entered at a deflate block end and is
+verified a span (1 MiB) at a time, so a start-up's scattered reads fetch
+about twice the compressed bytes they use; from the pack, a replay fetches
+those bytes alone. The pack is trusted as an index from the registry is,
+as bytes its author read from the verified layer: each frame is checked
+against its digest before it is decoded, a frame that fails is read from
+the layer's spans instead, and once a layer's own bytes are complete and
+verified every frame used is compared with them; the files a wrong frame
+held bytes of then fail with EIO and one error line says so. 'ocifs mount
+--profile=spans' (or profile = "spans" in the config file) replays from
+the layers' spans alone and trusts no pack; --no-pack pushes none.
+
+Without its pack a profile only orders and prefetches: every byte is
+fetched and checked through the normal read path. A profile that lies
+(another image's, ranges past a layer's end, huge counts) is cut to the
+image's own layers and size (at most 2 GiB) and can only waste that much
+bandwidth. 'ocifs mount --profile=none' (or profile = "none" under [mount]
+in the config file) turns the replay off.
 
 'profile record' mounts IMAGE read-only at a temporary directory, runs CMD
 chrooted there with chroot(8), which finds CMD on the image's PATH (as root,
@@ -70,6 +85,7 @@ func profileRecordFlags(set *pflag.FlagSet) runFunc {
 	push := set.Bool("push", false, "also store the profile in the registry, as a referrer of the image manifest")
 	dur := set.Duration("duration", 0, "stop recording (and kill CMD) after `DURATION`; 0 records until CMD exits")
 	noChroot := set.Bool("no-chroot", false, "run CMD on this machine, not chrooted into the image; $"+rootEnv+" names the mountpoint")
+	noPack := set.Bool("no-pack", false, "with --push, push the profile without its pack (the bytes it read, packed apart from the layers)")
 	return func(ctx context.Context, e *env, args []string) error {
 		if set.ArgsLenAtDash() != 1 || len(args) < 2 {
 			return &usageError{msg: "profile record needs IMAGE -- CMD [ARG...] (the command after a --)"}
@@ -77,16 +93,16 @@ func profileRecordFlags(set *pflag.FlagSet) runFunc {
 		if *dur < 0 {
 			return &usageError{msg: "--duration: negative"}
 		}
-		return profileRecord(ctx, e, args[0], args[1:], *push, *dur, *noChroot)
+		return profileRecord(ctx, e, args[0], args[1:], *push, *dur, *noChroot, *noPack)
 	}
 }
 
-func profileRecord(ctx context.Context, e *env, ref string, argv []string, push bool, dur time.Duration, noChroot bool) error {
+func profileRecord(ctx context.Context, e *env, ref string, argv []string, push bool, dur time.Duration, noChroot, noPack bool) error {
 	if err := checkFUSE(); err != nil {
 		return err
 	}
 	// The profile is of what the program reads, not of an older one.
-	im, err := resolveImageWith(ctx, e, ref, func(o *fs.Options) { o.NoProfile = true })
+	im, err := resolveImageWith(ctx, e, ref, func(o *fs.Options) { o.NoProfile, o.NoProfilePack = true, noPack })
 	if err != nil {
 		return err
 	}
@@ -274,11 +290,21 @@ func profileShowFlags(set *pflag.FlagSet) runFunc {
 	}
 }
 
+// checkProfileMode checks a --profile value.
+func checkProfileMode(mode string) error {
+	switch mode {
+	case "auto", "spans", "none":
+		return nil
+	}
+	return &usageError{msg: fmt.Sprintf("--profile: %q is not auto, spans or none", mode)}
+}
+
 // profilePushFlags is `ocifs profile push IMAGE`: the profile in the cache
 // (recorded by a mount) to the registry.
 func profilePushFlags(set *pflag.FlagSet) runFunc {
+	noPack := set.Bool("no-pack", false, "push the profile without its pack (the bytes it read, packed apart from the layers)")
 	return func(ctx context.Context, e *env, args []string) error {
-		im, err := resolveImageWith(ctx, e, args[0], func(o *fs.Options) { o.NoRemoteIndex = true })
+		im, err := resolveImageWith(ctx, e, args[0], func(o *fs.Options) { o.NoRemoteIndex, o.NoProfilePack = true, *noPack })
 		if err != nil {
 			return err
 		}
@@ -291,6 +317,12 @@ func profilePushFlags(set *pflag.FlagSet) runFunc {
 		if p == nil {
 			return withHint(fmt.Errorf("%s: no start-up profile in the cache %s", im.Ref(), e.g.cacheDir),
 				"record one: ocifs profile record IMAGE -- CMD..., or ocifs mount --record-profile")
+		}
+		if !*noPack {
+			// The pack is read through the layers' read paths.
+			if err := im.Load(ctx); err != nil {
+				return withHint(fmt.Errorf("load %s: %w", im.Ref(), err), "or push the profile alone: ocifs profile push --no-pack IMAGE")
+			}
 		}
 		d, err := im.PushProfile(ctx, p)
 		if err != nil {
