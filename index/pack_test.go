@@ -10,13 +10,12 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// packFrameSizes are the frame lengths the round trip covers: zstd's 1 KiB
-// minimum window and around it, odd sizes and the cap. Frames below 1 KiB
-// do not decode yet: see TestPackFrameBelowMinWindow.
-var packFrameSizes = []int{1024, 1025, 4096, 65537, 300_000, MaxPackFrame - 1, MaxPackFrame}
+// packFrameSizes are the frame lengths the round trip covers: the
+// smallest, around zstd's 1 KiB minimum window, odd sizes and the cap.
+var packFrameSizes = []int{1, 2, 100, 1023, 1024, 1025, 4096, 65537, 300_000, MaxPackFrame - 1, MaxPackFrame}
 
 // minRoundTrip is the shortest frame the fuzzer round-trips.
-const minRoundTrip = zstd.MinWindowSize
+const minRoundTrip = 1
 
 func TestPackFrameRoundTrip(t *testing.T) {
 	for _, n := range packFrameSizes {
@@ -87,8 +86,10 @@ func TestDecodePackFrameRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := DecodePackFrame(zstdFrame(10, make([]byte, 1024)), 1024); err != nil {
-		t.Fatalf("the hand-made frame does not decode, so the cases built on it prove nothing: %v", err)
+	for _, n := range []int{3, 1024} {
+		if _, err := DecodePackFrame(zstdFrame(10, make([]byte, n)), int64(n)); err != nil {
+			t.Fatalf("the hand-made frame of %d bytes does not decode: %v", n, err)
+		}
 	}
 	for name, c := range map[string]struct {
 		stored []byte
