@@ -287,3 +287,27 @@ func FuzzUnmarshalProfile(f *testing.F) {
 		}
 	})
 }
+
+// A digest without an algorithm is refused, not a panic: go-digest's
+// Encoded panics on a digest with no ':'.
+func TestProfileMarshalRefusesPackDigestWithoutAlgorithm(t *testing.T) {
+	for name, edit := range map[string]func(p *Profile){
+		"empty pack digest":         func(p *Profile) { p.Pack.Digest = "" },
+		"pack digest of hex alone":  func(p *Profile) { p.Pack.Digest = digest.Digest(p.Pack.Digest.Encoded()) },
+		"empty frame digest":        func(p *Profile) { p.Pack.Frames[0].Digest = "" },
+		"frame digest of hex alone": func(p *Profile) { p.Pack.Frames[1].Digest = digest.Digest(p.Pack.Frames[1].Digest.Encoded()) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("MarshalBinary panicked: %v", r)
+				}
+			}()
+			p := packProfile()
+			edit(p)
+			if b, err := p.MarshalBinary(); err == nil {
+				t.Fatalf("MarshalBinary = %d bytes, want an error", len(b))
+			}
+		})
+	}
+}
