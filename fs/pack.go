@@ -37,7 +37,7 @@ import (
 // frames of at most packFrame bytes; a pack holds at most maxPackBuild
 // bytes, the rest of the profile is left to the spans.
 const (
-	packGap      = 16 << 10
+	packGap      = 64 << 10
 	packFrame    = 256 << 10
 	maxPackBuild = 256 << 20
 	// packRun caps the stored bytes of one request of a replay: small
@@ -152,6 +152,9 @@ func (l *layer) readPacked(ctx context.Context, lp *layerPack, r reader, p []byt
 			next = cut
 		}
 		stop := min(end, next)
+		if !isReplay(ctx) {
+			l.im.log.Debug("read outside the start-up profile's pack", "layer", l.desc.Digest, "off", at, "len", stop-at)
+		}
 		m, err := r.readAt(ctx, p[n:n+int(stop-at)], at, fileEnd)
 		n += m
 		if err != nil || m < int(stop-at) {

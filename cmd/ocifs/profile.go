@@ -18,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
-	"github.com/ocifs/ocifs/index"
 )
 
 // rootEnv names, for a command run by `ocifs profile record --no-chroot`,
@@ -74,6 +73,7 @@ up its own container, or reads the files itself). 'ocifs mount
 
 Examples:
   ocifs profile record --push registry.example.com/app:1.4 -- python3 -c 'import app'
+  ocifs profile record --runs 3 --push registry.example.com/app:1.4 -- /app/server --check
   ocifs profile record --duration 10s alpine:3.20 -- /bin/sh -c 'ls -R /usr'
   ocifs profile record --no-chroot app:1.4 -- sh -c 'cat $OCIFS_ROOT/etc/os-release'
   ocifs profile show registry.example.com/app:1.4
@@ -86,6 +86,7 @@ func profileRecordFlags(set *pflag.FlagSet) runFunc {
 	dur := set.Duration("duration", 0, "stop recording (and kill CMD) after `DURATION`; 0 records until CMD exits")
 	noChroot := set.Bool("no-chroot", false, "run CMD on this machine, not chrooted into the image; $"+rootEnv+" names the mountpoint")
 	noPack := set.Bool("no-pack", false, "with --push, push the profile without its pack (the bytes it read, packed apart from the layers)")
+	runs := set.Int("runs", 1, "run CMD `N` times, each on a fresh mount, and record what any run read: a program whose reads vary\nfrom run to run (threads, the kernel's read-ahead) then finds more of them in the profile")
 	return func(ctx context.Context, e *env, args []string) error {
 		if set.ArgsLenAtDash() != 1 || len(args) < 2 {
 			return &usageError{msg: "profile record needs IMAGE -- CMD [ARG...] (the command after a --)"}
@@ -93,16 +94,26 @@ func profileRecordFlags(set *pflag.FlagSet) runFunc {
 		if *dur < 0 {
 			return &usageError{msg: "--duration: negative"}
 		}
-		return profileRecord(ctx, e, args[0], args[1:], *push, *dur, *noChroot, *noPack)
+		if *runs < 1 || *runs > 10 {
+			return &usageError{msg: "--runs: from 1 to 10"}
+		}
+		return profileRecord(ctx, e, args[0], args[1:], recordOpts{push: *push, noChroot: *noChroot, noPack: *noPack, dur: *dur, runs: *runs})
 	}
 }
 
-func profileRecord(ctx context.Context, e *env, ref string, argv []string, push bool, dur time.Duration, noChroot, noPack bool) error {
+// recordOpts are the flags of `ocifs profile record`.
+type recordOpts struct {
+	push, noChroot, noPack bool
+	dur                    time.Duration
+	runs                   int
+}
+
+func profileRecord(ctx context.Context, e *env, ref string, argv []string, o recordOpts) error {
 	if err := checkFUSE(); err != nil {
 		return err
 	}
 	// The profile is of what the program reads, not of an older one.
-	im, err := resolveImageWith(ctx, e, ref, func(o *fs.Options) { o.NoProfile, o.NoProfilePack = true, noPack })
+	im, err := resolveImageWith(ctx, e, ref, func(opts *fs.Options) { opts.NoProfile, opts.NoProfilePack = true, o.noPack })
 	if err != nil {
 		return err
 	}
@@ -115,6 +126,40 @@ func profileRecord(ctx context.Context, e *env, ref string, argv []string, push 
 		return err
 	}
 	defer os.Remove(dir)
+	start := time.Now()
+	im.StartRecording()
+	// Each run on a mount of its own, so that its page cache starts cold
+	// and the kernel asks for every page again: the profile is the union
+	// of what the runs read, in first-access order.
+	for run := 1; run <= o.runs; run++ {
+		if err := recordRun(ctx, e, im, dir, argv, o); err != nil {
+			im.StopRecording()
+			return err
+		}
+	}
+	p := im.StopRecording()
+	if len(p.Ranges) == 0 {
+		return withHint(fmt.Errorf("profile record: %s read nothing of the image; nothing saved", argv[0]),
+			"with --no-chroot, CMD must read the files under $"+rootEnv)
+	}
+	if err := im.SaveProfile(p); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "recorded %d ranges (%s) of %d layers in %s; saved in the cache\n",
+		len(p.Ranges), humanBytes(p.Bytes()), len(p.Layers), time.Since(start).Round(time.Millisecond))
+	if o.push {
+		d, err := im.PushProfile(ctx, p)
+		if err != nil {
+			return fmt.Errorf("push profile of %s: %w", im.Ref(), err)
+		}
+		fmt.Fprintf(e.stdout, "pushed profile artifact %s as a referrer of %s\n", d.Digest, im.Fetched().ManifestDigest)
+	}
+	return nil
+}
+
+// recordRun mounts im at dir, runs argv there while im records, and
+// unmounts.
+func recordRun(ctx context.Context, e *env, im *fs.Image, dir string, argv []string, o recordOpts) error {
 	// Passthrough would hand whole files to the kernel, which would read
 	// them without a word to the recorder.
 	m, err := im.Mount(ctx, dir, fs.MountOptions{NoPassthrough: true})
@@ -127,58 +172,35 @@ func profileRecord(ctx context.Context, e *env, ref string, argv []string, push 
 			unix.Unmount(dir, unix.MNT_DETACH)
 		}
 	}()
-	cmd, err := recordedCommand(im, dir, argv, noChroot)
+	cmd, err := recordedCommand(im, dir, argv, o.noChroot)
 	if err != nil {
 		return err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
-	start := time.Now()
-	im.StartRecording()
 	if err := cmd.Start(); err != nil {
-		im.StopRecording()
 		return fmt.Errorf("profile record: start %s: %w", argv[0], err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	var timeout <-chan time.Time
-	if dur > 0 {
-		t := time.NewTimer(dur)
+	if o.dur > 0 {
+		t := time.NewTimer(o.dur)
 		defer t.Stop()
 		timeout = t.C
 	}
-	var p *index.Profile
 	select {
 	case err = <-exited:
-		p = im.StopRecording()
 		if err != nil {
 			return fmt.Errorf("profile record: %s: %w; nothing saved (a failed start-up is not worth replaying)", argv[0], err)
 		}
 	case <-timeout:
-		p = im.StopRecording()
 		_ = cmd.Process.Kill()
 		<-exited
-		e.log.Info("recording stopped after --duration; the command was killed", "duration", dur)
+		e.log.Info("recording stopped after --duration; the command was killed", "duration", o.dur)
 	case <-ctx.Done():
-		im.StopRecording()
 		_ = cmd.Process.Kill()
 		<-exited
 		return fmt.Errorf("profile record: interrupted; nothing saved: %w", ctx.Err())
-	}
-	if len(p.Ranges) == 0 {
-		return withHint(fmt.Errorf("profile record: %s read nothing of the image; nothing saved", argv[0]),
-			"with --no-chroot, CMD must read the files under $"+rootEnv)
-	}
-	if err := im.SaveProfile(p); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "recorded %d ranges (%s) of %d layers in %s; saved in the cache\n",
-		len(p.Ranges), humanBytes(p.Bytes()), len(p.Layers), time.Since(start).Round(time.Millisecond))
-	if push {
-		d, err := im.PushProfile(ctx, p)
-		if err != nil {
-			return fmt.Errorf("push profile of %s: %w", im.Ref(), err)
-		}
-		fmt.Fprintf(e.stdout, "pushed profile artifact %s as a referrer of %s\n", d.Digest, im.Fetched().ManifestDigest)
 	}
 	return nil
 }
@@ -221,6 +243,16 @@ type profileShowOutput struct {
 	Bytes          int64          `json:"bytes"`
 	Layers         []showLayer    `json:"layers"`
 	Ranges         []profileRange `json:"ranges"`
+	Pack           *showPack      `json:"pack,omitempty"`
+}
+
+// showPack is the profile's pack: its blob, frames, and the bytes they
+// hold and take.
+type showPack struct {
+	Digest digest.Digest `json:"digest"`
+	Frames int           `json:"frames"`
+	Bytes  int64         `json:"bytes"`  // uncompressed
+	Stored int64         `json:"stored"` // the blob's size
 }
 
 type showLayer struct {
@@ -262,13 +294,25 @@ func profileShowFlags(set *pflag.FlagSet) runFunc {
 			out.Layers[r.Layer].Bytes += r.Len
 			out.Ranges[i] = profileRange{r.Layer, r.Off, r.Len}
 		}
+		if pk := p.Pack; pk != nil {
+			out.Pack = &showPack{Digest: pk.Digest, Frames: len(pk.Frames), Stored: pk.Size}
+			for _, f := range pk.Frames {
+				out.Pack.Bytes += f.Len
+			}
+		}
 		if *asJSON {
 			enc := json.NewEncoder(e.stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(out)
 		}
-		fmt.Fprintf(e.stdout, "image     %s\nmanifest  %s\nsource    %s\nranges    %d (%s)\n\n", out.Image, out.ManifestDigest,
+		fmt.Fprintf(e.stdout, "image     %s\nmanifest  %s\nsource    %s\nranges    %d (%s)\n", out.Image, out.ManifestDigest,
 			src, len(p.Ranges), humanBytes(p.Bytes()))
+		if pk := out.Pack; pk != nil {
+			fmt.Fprintf(e.stdout, "pack      %s: %d frames, %s in %s\n", pk.Digest, pk.Frames, humanBytes(pk.Bytes), humanBytes(pk.Stored))
+		} else {
+			fmt.Fprintf(e.stdout, "pack      none (every byte from the layers' spans)\n")
+		}
+		fmt.Fprintln(e.stdout)
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "LAYER\tDIGEST\tRANGES\tBYTES")
 		for i, l := range out.Layers {
