@@ -312,7 +312,7 @@ func isMounted(p string) bool {
 }
 
 // recordProfile records a start-up profile of b (what argv reads, run
-// chrooted into the image) with `ocifs profile record --push`, on a
+// chrooted into the image) with `ocifs profile record --push --runs 3`, on a
 // throwaway cache, so that the mounts of the profile methods find it in
 // the registry. A mount replays the newest profile, so it is recorded
 // again only when the newest is of another command: the chroot start-up
@@ -328,7 +328,9 @@ func (r *runner) recordProfile(ctx context.Context, b *builtImage, argv []string
 	// startupEnv, as the start-up workload does, not with the image
 	// config's environment only
 	script := `exec /usr/bin/env -i "$@" /usr/sbin/chroot "$OCIFS_ROOT" ` + shellQuote(argv)
-	args := append([]string{"--cache-dir", cache, "profile", "record", "--push", "--no-chroot", b.ref(r.net.Host()), "--",
+	// Three runs: a Go program's reads vary from run to run (its runtime
+	// starts threads that fault pages of its binary in any order).
+	args := append([]string{"--cache-dir", cache, "profile", "record", "--push", "--runs", "3", "--no-chroot", b.ref(r.net.Host()), "--",
 		"/bin/sh", "-c", script, "sh"}, startupEnv...)
 	if _, _, _, err := r.run(ctx, r.ocifs, args...); err != nil {
 		return err

@@ -75,13 +75,16 @@ func indexHead(desc ocispec.Descriptor) (int64, digest.Digest, error) {
 }
 
 // The ocifs start-up profile artifact: an OCI image manifest whose subject
-// is an image manifest, with one blob, the profile (index.Profile's
-// encoding), beside the index artifact.
+// is an image manifest, with the profile blob (index.Profile's encoding)
+// and, when the profile has one, its pack blob, beside the index artifact.
 const (
 	// ArtifactTypeProfile is the artifactType of a start-up profile artifact.
 	ArtifactTypeProfile = "application/vnd.ocifs.profile.v1"
 	// MediaTypeProfile is the media type of the profile blob in it.
 	MediaTypeProfile = "application/vnd.ocifs.profile.layer.v1"
+	// MediaTypeProfilePack is the media type of a profile's pack blob
+	// (index.ProfilePack): the start-up's bytes in zstd frames.
+	MediaTypeProfilePack = "application/vnd.ocifs.profile.pack.v1"
 	// AnnotationProfileBytes, on the artifact manifest, is how many
 	// uncompressed bytes the profile's ranges cover, for listings.
 	AnnotationProfileBytes = "io.ocifs.profile.bytes"

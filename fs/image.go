@@ -82,6 +82,10 @@ type Options struct {
 	// NoProfile makes [Image.Replay] do nothing: no recorded start-up
 	// profile is looked for or replayed (profile.go).
 	NoProfile bool
+	// NoProfilePack makes a replay leave a profile's pack (pack.go) unused:
+	// every byte then comes from the layers' own spans, verified against
+	// the digests of their index, at the cost of fetching whole spans.
+	NoProfilePack bool
 	// StartProfileLookup makes Resolve start the search for the start-up
 	// profile ([Image.LookupProfile]) as soon as the manifest is known,
 	// before it plans the layers: the search's round trips (referrers,

@@ -81,6 +81,11 @@ type layer struct {
 	// disagreed is set once the background check found the table in use
 	// disagreeing with the layer's verified bytes (disagree.go).
 	disagreed atomic.Pointer[disagreement]
+	// pack, when set, holds the layer's frames of the start-up profile's
+	// pack (pack.go), served until the layer is complete; packWarned is
+	// set once a frame could not be served.
+	pack       atomic.Pointer[layerPack]
+	packWarned atomic.Bool
 }
 
 // setUrgent marks the layer as one a reader waits for whole.
@@ -599,6 +604,9 @@ func (l *layer) fill(ctx context.Context, key digest.Digest, w filler) (*os.File
 			if err == nil {
 				err = w.fillCompare(ctx, t)
 			}
+			if err == nil {
+				err = l.checkPack(ctx, f, t)
+			}
 			if err != nil {
 				f.Close()
 				return nil, l.failed(err)
@@ -619,7 +627,11 @@ func (l *layer) fill(ctx context.Context, key digest.Digest, w filler) (*os.File
 	if err != nil {
 		return nil, err
 	}
-	if err := w.fillCompare(ctx, t); err != nil {
+	err = w.fillCompare(ctx, t)
+	if err == nil {
+		err = l.checkPack(ctx, f, t)
+	}
+	if err != nil {
 		if f != nil {
 			f.Close()
 		}
@@ -861,6 +873,9 @@ func (l *layer) readAt(ctx context.Context, p []byte, off, fileEnd int64) (int, 
 	}
 	if r == nil {
 		return 0, fmt.Errorf("layer %s: not loaded", l.desc.Digest)
+	}
+	if lp := l.pack.Load(); lp != nil && l.complete() == nil {
+		return l.readPacked(ctx, lp, r, p, off, fileEnd)
 	}
 	return r.readAt(ctx, p, off, fileEnd)
 }

@@ -1,9 +1,11 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -158,8 +160,23 @@ func (im *Image) SaveProfile(p *index.Profile) error {
 // PushProfile stores p in the registry (or OCI layout) as an artifact
 // whose subject is the image's manifest, beside its index artifact, so a
 // mount anywhere replays it.
+//
+// Unless Options.NoProfilePack is set, the artifact also carries the
+// profile's pack (pack.go): the bytes its ranges cover, read through the
+// mount's verified read path (call it after Load), so that a mount
+// elsewhere fetches those bytes and not the spans around them. The pushed
+// profile, pack and all, also replaces the one in the local cache, and
+// the pack's frames go into the disk cache.
 func (im *Image) PushProfile(ctx context.Context, p *index.Profile) (ocispec.Descriptor, error) {
-	b, err := p.MarshalBinary()
+	withPack := *p
+	var pack []byte
+	if !im.opts.NoProfilePack {
+		var err error
+		if withPack.Pack, pack, err = im.buildPack(ctx, p); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("packing the profile's bytes (--no-pack pushes it without): %w", err)
+		}
+	}
+	b, err := withPack.MarshalBinary()
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -167,11 +184,109 @@ func (im *Image) PushProfile(ctx context.Context, p *index.Profile) (ocispec.Des
 		ocispec.AnnotationCreated:    time.Now().UTC().Format(time.RFC3339Nano),
 		fetch.AnnotationProfileBytes: fmt.Sprint(p.Bytes()),
 	}
-	return im.img.PushReferrer(ctx, fetch.ArtifactTypeProfile, annotations, []fetch.Blob{{Data: b, Desc: ocispec.Descriptor{
+	blobs := []fetch.Blob{{Data: b, Desc: ocispec.Descriptor{
 		MediaType: fetch.MediaTypeProfile,
 		Digest:    digest.FromBytes(b),
 		Size:      int64(len(b)),
-	}}})
+	}}}
+	if pk := withPack.Pack; pk != nil {
+		blobs = append(blobs, fetch.Blob{Data: pack, Desc: ocispec.Descriptor{
+			MediaType: fetch.MediaTypeProfilePack, Digest: pk.Digest, Size: pk.Size}})
+	}
+	d, err := im.img.PushReferrer(ctx, fetch.ArtifactTypeProfile, annotations, blobs)
+	if err != nil {
+		return d, err
+	}
+	if pk := withPack.Pack; pk != nil {
+		cache := im.client.Cache()
+		for i, off := range pk.Offsets() {
+			f := pk.Frames[i]
+			if err := cache.Put(f.Digest, bytes.NewReader(pack[off:off+f.Stored])); err != nil {
+				im.log.Warn("caching the profile's pack", "err", err)
+				break
+			}
+		}
+	}
+	if err := im.SaveProfile(&withPack); err != nil {
+		im.log.Warn("keeping the pushed start-up profile in the cache", "err", err)
+	}
+	return d, nil
+}
+
+// buildPack packs the bytes of p's ranges (pack.go) of the image's layers
+// served by spans, read through their verified read paths: ranges less
+// than packGap apart are packed as one, in frames of at most packFrame
+// bytes, in the order the profile first read them, up to maxPackBuild
+// bytes. It returns no pack when no range is of such a layer.
+func (im *Image) buildPack(ctx context.Context, p *index.Profile) (*index.ProfilePack, []byte, error) {
+	byDigest := map[digest.Digest]*layer{}
+	for _, l := range im.layers {
+		byDigest[l.desc.Digest] = l
+	}
+	type segment struct {
+		l        *layer
+		layer    int // in p.Layers
+		off, end int64
+		rank     int
+	}
+	var segs []segment
+	for i, r := range p.Ranges {
+		l := byDigest[p.Layers[r.Layer]]
+		if l == nil {
+			continue
+		}
+		if _, ok := l.reader().(*spanReader); !ok {
+			continue
+		}
+		if end := min(r.Off+r.Len, l.contentSize()); r.Off < end {
+			segs = append(segs, segment{l: l, layer: r.Layer, off: r.Off, end: end, rank: i})
+		}
+	}
+	sort.Slice(segs, func(a, b int) bool {
+		if segs[a].layer != segs[b].layer {
+			return segs[a].layer < segs[b].layer
+		}
+		return segs[a].off < segs[b].off
+	})
+	var merged []segment
+	for _, sg := range segs {
+		if n := len(merged); n > 0 && merged[n-1].layer == sg.layer && sg.off <= merged[n-1].end+packGap {
+			m := &merged[n-1]
+			m.end, m.rank = max(m.end, sg.end), min(m.rank, sg.rank)
+			continue
+		}
+		merged = append(merged, sg)
+	}
+	sort.SliceStable(merged, func(a, b int) bool { return merged[a].rank < merged[b].rank })
+	pk := &index.ProfilePack{}
+	var blob []byte
+	var total int64
+	buf := make([]byte, packFrame)
+	for _, sg := range merged {
+		for off := sg.off; off < sg.end && total < maxPackBuild; {
+			n := min(packFrame, sg.end-off)
+			got, err := sg.l.readAt(ctx, buf[:n], off, off+n)
+			if err == nil && int64(got) < n {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("layer %s, bytes %d-%d: %w", sg.l.desc.Digest, off, off+n, err)
+			}
+			stored, err := index.EncodePackFrame(buf[:n])
+			if err != nil {
+				return nil, nil, err
+			}
+			pk.Frames = append(pk.Frames, index.PackFrame{Layer: sg.layer, Off: off, Len: n, Stored: int64(len(stored)), Digest: digest.FromBytes(stored)})
+			blob = append(blob, stored...)
+			off += n
+			total += n
+		}
+	}
+	if len(pk.Frames) == 0 {
+		return nil, nil, nil
+	}
+	pk.Digest, pk.Size = digest.FromBytes(blob), int64(len(blob))
+	return pk, blob, nil
 }
 
 // Profile sources, as ProfileStats.Source says.
@@ -277,14 +392,17 @@ func (im *Image) profileBlob(ctx context.Context, artifact digest.Digest, blobs 
 // ProfileStats says what the replay of a start-up profile did, for `ocifs
 // stats` and tests.
 type ProfileStats struct {
-	Source   string `json:"source"`             // ProfileLocal, ProfileRegistry, or "" for none
-	Ranges   int    `json:"ranges"`             // ranges replayed
-	Dropped  int    `json:"dropped"`            // ranges dropped: their layer is not the image's, or past its end, or past the caps
-	Bytes    int64  `json:"bytes"`              // uncompressed bytes the replay read
-	Failed   int    `json:"failed"`             // replay reads that failed (the program's own read will say why)
-	Done     bool   `json:"done"`               // the replay has ended
-	Duration string `json:"duration,omitempty"` // from Replay to its end
-	Err      string `json:"error,omitempty"`    // why no profile could be looked for
+	Source  string `json:"source"`  // ProfileLocal, ProfileRegistry, or "" for none
+	Ranges  int    `json:"ranges"`  // ranges replayed
+	Dropped int    `json:"dropped"` // ranges dropped: their layer is not the image's, or past its end, or past the caps
+	Bytes   int64  `json:"bytes"`   // uncompressed bytes the replay read
+	Failed  int    `json:"failed"`  // replay reads that failed (the program's own read will say why)
+	// PackFrames is how many frames of the profile's pack the layers
+	// serve (pack.go): the ranges they cover are fetched from the pack.
+	PackFrames int    `json:"pack_frames,omitempty"`
+	Done       bool   `json:"done"`               // the replay has ended
+	Duration   string `json:"duration,omitempty"` // from Replay to its end
+	Err        string `json:"error,omitempty"`    // why no profile could be looked for
 }
 
 // replayState is one replay: started by Replay, ended when done closes.
@@ -301,6 +419,10 @@ type replayPlan struct {
 	off, n  int64
 	ranges  int  // the profile's ranges this read starts (counted in ProfileStats.Ranges)
 	kickOff bool // a layer served whole: fetch it instead of reading
+	// pack and frames, when set: fetch these frames of the layer's pack
+	// (pack.go), n bytes of the layer in all, instead of reading.
+	pack   *layerPack
+	frames []int
 }
 
 // Replay looks for the image's start-up profile and, in the background,
@@ -351,9 +473,16 @@ func (im *Image) Replay() {
 		if p == nil {
 			return nil
 		}
-		plan, dropped := im.replayPlan(p)
+		frames := im.usePack(p)
+		plan := im.packPlan()
+		left := im.unpacked(p)
+		if len(plan) > 0 {
+			plan[0].ranges = len(p.Ranges) - len(left.Ranges) // the ranges the frames cover
+		}
+		rest, dropped := im.replayPlan(left)
+		plan = append(plan, rest...)
 		st.mu.Lock()
-		st.stats.Source, st.stats.Dropped = src, dropped
+		st.stats.Source, st.stats.Dropped, st.stats.PackFrames = src, dropped, frames
 		st.mu.Unlock()
 		im.runReplay(plan, st)
 		return nil
@@ -394,6 +523,30 @@ func (im *Image) profileLookup() *profileLookup {
 		})
 	})
 	return pl
+}
+
+// unpacked returns p without the ranges that frames in use cover whole:
+// the replay fetches those frames instead (packPlan).
+func (im *Image) unpacked(p *index.Profile) *index.Profile {
+	packs := map[digest.Digest]*layerPack{}
+	for _, l := range im.layers {
+		if lp := l.pack.Load(); lp != nil {
+			packs[l.desc.Digest] = lp
+		}
+	}
+	if len(packs) == 0 {
+		return p
+	}
+	rest := &index.Profile{Layers: p.Layers}
+	for _, r := range p.Ranges {
+		if r.Layer >= 0 && r.Layer < len(p.Layers) {
+			if lp := packs[p.Layers[r.Layer]]; lp != nil && lp.covers(r.Off, r.Off+r.Len) {
+				continue
+			}
+		}
+		rest.Ranges = append(rest.Ranges, r)
+	}
+	return rest
 }
 
 // replayPlan turns p into the reads of its replay. Ranges of layers the
@@ -516,7 +669,11 @@ func (im *Image) runReplay(plan []replayPlan, st *replayState) {
 				r := plan[i]
 				var err error
 				var got int
-				if r.kickOff {
+				if r.frames != nil {
+					if err = r.l.fetchFrames(ctx, r.pack, r.frames); err == nil {
+						got = int(r.n)
+					}
+				} else if r.kickOff {
 					r.l.urgent.Store(true)
 					if err = r.l.ensure(im.ctx); err == nil {
 						got = int(r.n)

@@ -166,9 +166,8 @@ func (s spanSet) failure(i int, err error) error {
 }
 
 // keep writes the compressed bytes of the spans fetched from the registry
-// (the decoded ones went to the piece cache) to the disk cache, in the
-// background: an fsync each. At most cap(Image.keeping) runs wait to be
-// written; a run beyond that is not kept (a later read fetches it again).
+// (the decoded ones went to the piece cache) to the disk cache
+// (keepVerified).
 func (s spanSet) keep(run []int, out []pieceBytes) {
 	if !s.keepFetched {
 		return
@@ -179,10 +178,17 @@ func (s spanSet) keep(run []int, out []pieceBytes) {
 			fetched = append(fetched, keptSpan{s.t.Spans[i].Digest, r.raw})
 		}
 	}
+	s.l.keepVerified(fetched, "span")
+}
+
+// keepVerified writes verified pieces (what names them, for messages) to
+// the disk cache in the background: an fsync each. At most
+// cap(Image.keeping) runs wait to be written; a run beyond that is not kept
+// (a later read fetches it again).
+func (l *layer) keepVerified(fetched []keptSpan, what string) {
 	if len(fetched) == 0 {
 		return
 	}
-	l := s.l
 	select {
 	case l.im.keeping <- struct{}{}:
 	default:
@@ -193,7 +199,7 @@ func (s spanSet) keep(run []int, out []pieceBytes) {
 		cache := l.im.client.Cache()
 		for _, k := range fetched {
 			if err := cache.Put(k.digest, bytes.NewReader(k.b)); err != nil {
-				l.im.log.Warn("caching span", "layer", l.desc.Digest, "digest", k.digest, "err", err)
+				l.im.log.Warn("caching "+what, "layer", l.desc.Digest, "digest", k.digest, "err", err)
 			}
 		}
 		return nil

@@ -11,19 +11,21 @@ import (
 // A start-up profile: what a workload read of an image in its first
 // seconds, as ranges of its layers' uncompressed bytes in first-access
 // order. A mount replays it by reading those ranges before the program
-// asks, so a profile only orders and prefetches: it never changes what is
-// served, and a hostile one can only make a mount read (verified) bytes it
-// did not need, within the caps below.
+// asks. A profile without a pack only orders and prefetches: it never
+// changes what is served, and a hostile one can only make a mount read
+// (verified) bytes it did not need, within the caps below. One with a pack
+// (pack.go) also carries those bytes, trusted as an index from a registry
+// is, until the layer's own verified bytes are in hand.
 //
 // Encoding (all integers unsigned varints unless said otherwise):
 //
 //	"OCIFSPRF"           magic, 8 bytes
-//	version              2 bytes big endian, 1
+//	version              2 bytes big endian: 1, or 2 with a pack (pack.go)
 //	layers               count, then per layer its digest string (length, bytes)
 //	ranges               count, then per range: layer (index into layers),
 //	                     off, len (len > 0, off+len <= MaxProfileOffset)
 //
-// Nothing may follow the last range. The encoding is canonical: equal
+// Nothing may follow the last range (or the pack section). The encoding is canonical: equal
 // profiles encode to equal bytes.
 const (
 	profileMagic   = "OCIFSPRF"
@@ -48,6 +50,7 @@ const (
 type Profile struct {
 	Layers []digest.Digest
 	Ranges []ProfileRange
+	Pack   *ProfilePack // the ranges' bytes, in the pack blob beside the profile (pack.go); nil for none
 }
 
 // ProfileRange is one range of a layer's uncompressed bytes (the offsets
@@ -89,6 +92,9 @@ func (p *Profile) check() error {
 			return fmt.Errorf("range %d: %d+%d is not a range below 2^50", i, r.Off, r.Len)
 		}
 	}
+	if p.Pack != nil {
+		return p.Pack.check(len(p.Layers))
+	}
 	return nil
 }
 
@@ -100,7 +106,11 @@ func (p *Profile) MarshalBinary() ([]byte, error) {
 	}
 	buf := make([]byte, 0, 16+len(p.Layers)*80+len(p.Ranges)*8)
 	buf = append(buf, profileMagic...)
-	buf = binary.BigEndian.AppendUint16(buf, profileVersion)
+	version := uint16(profileVersion)
+	if p.Pack != nil {
+		version = profileVersionPack
+	}
+	buf = binary.BigEndian.AppendUint16(buf, version)
 	buf = binary.AppendUvarint(buf, uint64(len(p.Layers)))
 	for _, d := range p.Layers {
 		buf = appendString(buf, d.String())
@@ -110,6 +120,12 @@ func (p *Profile) MarshalBinary() ([]byte, error) {
 		buf = binary.AppendUvarint(buf, uint64(r.Layer))
 		buf = binary.AppendUvarint(buf, uint64(r.Off))
 		buf = binary.AppendUvarint(buf, uint64(r.Len))
+	}
+	if p.Pack != nil {
+		buf = p.Pack.append(buf)
+	}
+	if len(buf) > MaxProfileSize {
+		return nil, fmt.Errorf("encoding profile: %d bytes, at most %d", len(buf), MaxProfileSize)
 	}
 	return buf, nil
 }
@@ -124,8 +140,9 @@ func UnmarshalProfile(b []byte) (*Profile, error) {
 	if len(b) < len(profileMagic)+2 || string(b[:len(profileMagic)]) != profileMagic {
 		return nil, formatErrorf("profile: not an ocifs profile (bad magic)")
 	}
-	if v := binary.BigEndian.Uint16(b[len(profileMagic):]); v != profileVersion {
-		return nil, formatErrorf("profile: version %d, this build reads version %d (upgrade ocifs, or record the profile again)", v, profileVersion)
+	v := binary.BigEndian.Uint16(b[len(profileMagic):])
+	if v != profileVersion && v != profileVersionPack {
+		return nil, formatErrorf("profile: version %d, this build reads versions %d and %d (upgrade ocifs, or record the profile again)", v, profileVersion, profileVersionPack)
 	}
 	d := profileDecoder{b: b[len(profileMagic)+2:]}
 	nl := d.count("layers", MaxProfileLayers, 2)
@@ -162,8 +179,15 @@ func UnmarshalProfile(b []byte) (*Profile, error) {
 	if d.err != nil {
 		return nil, d.err
 	}
+	if v == profileVersionPack {
+		pk, err := decodePack(&d, len(p.Layers))
+		if err != nil {
+			return nil, err
+		}
+		p.Pack = pk
+	}
 	if len(d.b) != 0 {
-		return nil, formatErrorf("profile: %d bytes after the last range", len(d.b))
+		return nil, formatErrorf("profile: %d bytes after its end", len(d.b))
 	}
 	return p, nil
 }

@@ -63,7 +63,7 @@ func mountFlags(set *pflag.FlagSet) runFunc {
 	o := &mountOpts{}
 	set.BoolVar(&o.foreground, "foreground", false, "stay attached: log to stderr, unmount on Ctrl-C or SIGTERM")
 	set.StringVar(&o.prefetch, "prefetch", "all", "background fetch after mounting: `all` layers not yet cached, or none (only what is read)")
-	set.StringVar(&o.profile, "profile", "auto", "start-up profile: `auto` fetches what the image's recorded profile lists at mount,\nbefore it is read (see 'ocifs profile --help'); none does not look for one")
+	set.StringVar(&o.profile, "profile", "auto", "start-up profile: `auto` fetches what the image's recorded profile lists at mount,\nbefore it is read, from the profile's pack when it has one (see 'ocifs profile --help');\nspans fetches it from the layers' own spans only; none does not look for one")
 	set.DurationVar(&o.record, "record-profile", 0, "record a start-up profile of this mount's reads for `DURATION` (30s without a value),\nsaved in the cache (files are served through the daemon meanwhile, not passthrough)")
 	set.Lookup("record-profile").NoOptDefVal = defaultRecordFor.String()
 	set.StringVar(&o.rate, "prefetch-rate", "", "cap the background fetch at `RATE` bytes per second (e.g. 20M, 1G; default: no cap)")
@@ -98,8 +98,8 @@ func runMount(ctx context.Context, e *env, image, dir string, o *mountOpts) erro
 	if _, err := parseRate(o.rate); err != nil {
 		return &usageError{msg: "--prefetch-rate: " + err.Error()}
 	}
-	if o.profile != "auto" && o.profile != "none" {
-		return &usageError{msg: fmt.Sprintf("--profile: %q is not auto or none", o.profile)}
+	if err := checkProfileMode(o.profile); err != nil {
+		return err
 	}
 	if o.record < 0 {
 		return &usageError{msg: "--record-profile: negative duration"}
@@ -330,8 +330,8 @@ func startDaemon(ctx context.Context, e *env, dir, what string, args []string, s
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	args := globalArgs(g)
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
-	if o.profile == "none" {
-		args = append(args, "--profile=none")
+	if o.profile != "auto" {
+		args = append(args, "--profile="+o.profile)
 	}
 	if o.record > 0 {
 		args = append(args, "--record-profile="+o.record.String())
@@ -449,7 +449,7 @@ func serveMount(ctx context.Context, e *env, image, dir string, stale bool, o *m
 	}
 	rate, _ := parseRate(o.rate) // checked by runMount
 	im, err := fs.Resolve(ctx, client, image, fs.Options{Logger: log, PrefetchRate: rate, Progressive: o.progressive,
-		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex), NoProfile: o.profile == "none",
+		InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex), NoProfile: o.profile == "none", NoProfilePack: o.profile == "spans",
 		StartProfileLookup: true})
 	if err != nil {
 		return err

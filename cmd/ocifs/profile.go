@@ -18,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ocifs/ocifs/fs"
-	"github.com/ocifs/ocifs/index"
 )
 
 // rootEnv names, for a command run by `ocifs profile record --no-chroot`,
@@ -40,12 +39,27 @@ snapshotter) and layer store (ocifs store) of the image, on any machine,
 replays it: right after the file tables are known, the profile's pieces are
 fetched in parallel, before the program asks for them.
 
-A profile only orders and prefetches. Every byte is still fetched and
-checked through the normal read path, so a profile cannot change what a
-mount serves; one that lies (another image's, ranges past a layer's end,
-huge counts) is cut to the image's own layers and size (at most 2 GiB) and
-can only waste that much bandwidth. 'ocifs mount --profile=none' (or
-profile = "none" under [mount] in the config file) turns the replay off.
+A pushed profile also carries a pack: the bytes it lists, read through the
+verified read path when it is pushed and compressed again apart from the
+layers (zstd frames of at most 256 KiB, each named by its sha256 in the
+profile). A gzip layer can only be entered at a deflate block end and is
+verified a span (1 MiB) at a time, so a start-up's scattered reads fetch
+about twice the compressed bytes they use; from the pack, a replay fetches
+those bytes alone. The pack is trusted as an index from the registry is,
+as bytes its author read from the verified layer: each frame is checked
+against its digest before it is decoded, a frame that fails is read from
+the layer's spans instead, and once a layer's own bytes are complete and
+verified every frame used is compared with them; the files a wrong frame
+held bytes of then fail with EIO and one error line says so. 'ocifs mount
+--profile=spans' (or profile = "spans" in the config file) replays from
+the layers' spans alone and trusts no pack; --no-pack pushes none.
+
+Without its pack a profile only orders and prefetches: every byte is
+fetched and checked through the normal read path. A profile that lies
+(another image's, ranges past a layer's end, huge counts) is cut to the
+image's own layers and size (at most 2 GiB) and can only waste that much
+bandwidth. 'ocifs mount --profile=none' (or profile = "none" under [mount]
+in the config file) turns the replay off.
 
 'profile record' mounts IMAGE read-only at a temporary directory, runs CMD
 chrooted there with chroot(8), which finds CMD on the image's PATH (as root,
@@ -59,6 +73,7 @@ up its own container, or reads the files itself). 'ocifs mount
 
 Examples:
   ocifs profile record --push registry.example.com/app:1.4 -- python3 -c 'import app'
+  ocifs profile record --runs 3 --push registry.example.com/app:1.4 -- /app/server --check
   ocifs profile record --duration 10s alpine:3.20 -- /bin/sh -c 'ls -R /usr'
   ocifs profile record --no-chroot app:1.4 -- sh -c 'cat $OCIFS_ROOT/etc/os-release'
   ocifs profile show registry.example.com/app:1.4
@@ -70,6 +85,8 @@ func profileRecordFlags(set *pflag.FlagSet) runFunc {
 	push := set.Bool("push", false, "also store the profile in the registry, as a referrer of the image manifest")
 	dur := set.Duration("duration", 0, "stop recording (and kill CMD) after `DURATION`; 0 records until CMD exits")
 	noChroot := set.Bool("no-chroot", false, "run CMD on this machine, not chrooted into the image; $"+rootEnv+" names the mountpoint")
+	noPack := set.Bool("no-pack", false, "with --push, push the profile without its pack (the bytes it read, packed apart from the layers)")
+	runs := set.Int("runs", 1, "run CMD `N` times, each on a fresh mount, and record what any run read: a program whose reads vary\nfrom run to run (threads, the kernel's read-ahead) then finds more of them in the profile")
 	return func(ctx context.Context, e *env, args []string) error {
 		if set.ArgsLenAtDash() != 1 || len(args) < 2 {
 			return &usageError{msg: "profile record needs IMAGE -- CMD [ARG...] (the command after a --)"}
@@ -77,16 +94,26 @@ func profileRecordFlags(set *pflag.FlagSet) runFunc {
 		if *dur < 0 {
 			return &usageError{msg: "--duration: negative"}
 		}
-		return profileRecord(ctx, e, args[0], args[1:], *push, *dur, *noChroot)
+		if *runs < 1 || *runs > 10 {
+			return &usageError{msg: "--runs: from 1 to 10"}
+		}
+		return profileRecord(ctx, e, args[0], args[1:], recordOpts{push: *push, noChroot: *noChroot, noPack: *noPack, dur: *dur, runs: *runs})
 	}
 }
 
-func profileRecord(ctx context.Context, e *env, ref string, argv []string, push bool, dur time.Duration, noChroot bool) error {
+// recordOpts are the flags of `ocifs profile record`.
+type recordOpts struct {
+	push, noChroot, noPack bool
+	dur                    time.Duration
+	runs                   int
+}
+
+func profileRecord(ctx context.Context, e *env, ref string, argv []string, o recordOpts) error {
 	if err := checkFUSE(); err != nil {
 		return err
 	}
 	// The profile is of what the program reads, not of an older one.
-	im, err := resolveImageWith(ctx, e, ref, func(o *fs.Options) { o.NoProfile = true })
+	im, err := resolveImageWith(ctx, e, ref, func(opts *fs.Options) { opts.NoProfile, opts.NoProfilePack = true, o.noPack })
 	if err != nil {
 		return err
 	}
@@ -99,6 +126,40 @@ func profileRecord(ctx context.Context, e *env, ref string, argv []string, push 
 		return err
 	}
 	defer os.Remove(dir)
+	start := time.Now()
+	im.StartRecording()
+	// Each run on a mount of its own, so that its page cache starts cold
+	// and the kernel asks for every page again: the profile is the union
+	// of what the runs read, in first-access order.
+	for run := 1; run <= o.runs; run++ {
+		if err := recordRun(ctx, e, im, dir, argv, o); err != nil {
+			im.StopRecording()
+			return err
+		}
+	}
+	p := im.StopRecording()
+	if len(p.Ranges) == 0 {
+		return withHint(fmt.Errorf("profile record: %s read nothing of the image; nothing saved", argv[0]),
+			"with --no-chroot, CMD must read the files under $"+rootEnv)
+	}
+	if err := im.SaveProfile(p); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "recorded %d ranges (%s) of %d layers in %s; saved in the cache\n",
+		len(p.Ranges), humanBytes(p.Bytes()), len(p.Layers), time.Since(start).Round(time.Millisecond))
+	if o.push {
+		d, err := im.PushProfile(ctx, p)
+		if err != nil {
+			return fmt.Errorf("push profile of %s: %w", im.Ref(), err)
+		}
+		fmt.Fprintf(e.stdout, "pushed profile artifact %s as a referrer of %s\n", d.Digest, im.Fetched().ManifestDigest)
+	}
+	return nil
+}
+
+// recordRun mounts im at dir, runs argv there while im records, and
+// unmounts.
+func recordRun(ctx context.Context, e *env, im *fs.Image, dir string, argv []string, o recordOpts) error {
 	// Passthrough would hand whole files to the kernel, which would read
 	// them without a word to the recorder.
 	m, err := im.Mount(ctx, dir, fs.MountOptions{NoPassthrough: true})
@@ -111,58 +172,35 @@ func profileRecord(ctx context.Context, e *env, ref string, argv []string, push 
 			unix.Unmount(dir, unix.MNT_DETACH)
 		}
 	}()
-	cmd, err := recordedCommand(im, dir, argv, noChroot)
+	cmd, err := recordedCommand(im, dir, argv, o.noChroot)
 	if err != nil {
 		return err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
-	start := time.Now()
-	im.StartRecording()
 	if err := cmd.Start(); err != nil {
-		im.StopRecording()
 		return fmt.Errorf("profile record: start %s: %w", argv[0], err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	var timeout <-chan time.Time
-	if dur > 0 {
-		t := time.NewTimer(dur)
+	if o.dur > 0 {
+		t := time.NewTimer(o.dur)
 		defer t.Stop()
 		timeout = t.C
 	}
-	var p *index.Profile
 	select {
 	case err = <-exited:
-		p = im.StopRecording()
 		if err != nil {
 			return fmt.Errorf("profile record: %s: %w; nothing saved (a failed start-up is not worth replaying)", argv[0], err)
 		}
 	case <-timeout:
-		p = im.StopRecording()
 		_ = cmd.Process.Kill()
 		<-exited
-		e.log.Info("recording stopped after --duration; the command was killed", "duration", dur)
+		e.log.Info("recording stopped after --duration; the command was killed", "duration", o.dur)
 	case <-ctx.Done():
-		im.StopRecording()
 		_ = cmd.Process.Kill()
 		<-exited
 		return fmt.Errorf("profile record: interrupted; nothing saved: %w", ctx.Err())
-	}
-	if len(p.Ranges) == 0 {
-		return withHint(fmt.Errorf("profile record: %s read nothing of the image; nothing saved", argv[0]),
-			"with --no-chroot, CMD must read the files under $"+rootEnv)
-	}
-	if err := im.SaveProfile(p); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "recorded %d ranges (%s) of %d layers in %s; saved in the cache\n",
-		len(p.Ranges), humanBytes(p.Bytes()), len(p.Layers), time.Since(start).Round(time.Millisecond))
-	if push {
-		d, err := im.PushProfile(ctx, p)
-		if err != nil {
-			return fmt.Errorf("push profile of %s: %w", im.Ref(), err)
-		}
-		fmt.Fprintf(e.stdout, "pushed profile artifact %s as a referrer of %s\n", d.Digest, im.Fetched().ManifestDigest)
 	}
 	return nil
 }
@@ -205,6 +243,16 @@ type profileShowOutput struct {
 	Bytes          int64          `json:"bytes"`
 	Layers         []showLayer    `json:"layers"`
 	Ranges         []profileRange `json:"ranges"`
+	Pack           *showPack      `json:"pack,omitempty"`
+}
+
+// showPack is the profile's pack: its blob, frames, and the bytes they
+// hold and take.
+type showPack struct {
+	Digest digest.Digest `json:"digest"`
+	Frames int           `json:"frames"`
+	Bytes  int64         `json:"bytes"`  // uncompressed
+	Stored int64         `json:"stored"` // the blob's size
 }
 
 type showLayer struct {
@@ -246,13 +294,25 @@ func profileShowFlags(set *pflag.FlagSet) runFunc {
 			out.Layers[r.Layer].Bytes += r.Len
 			out.Ranges[i] = profileRange{r.Layer, r.Off, r.Len}
 		}
+		if pk := p.Pack; pk != nil {
+			out.Pack = &showPack{Digest: pk.Digest, Frames: len(pk.Frames), Stored: pk.Size}
+			for _, f := range pk.Frames {
+				out.Pack.Bytes += f.Len
+			}
+		}
 		if *asJSON {
 			enc := json.NewEncoder(e.stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(out)
 		}
-		fmt.Fprintf(e.stdout, "image     %s\nmanifest  %s\nsource    %s\nranges    %d (%s)\n\n", out.Image, out.ManifestDigest,
+		fmt.Fprintf(e.stdout, "image     %s\nmanifest  %s\nsource    %s\nranges    %d (%s)\n", out.Image, out.ManifestDigest,
 			src, len(p.Ranges), humanBytes(p.Bytes()))
+		if pk := out.Pack; pk != nil {
+			fmt.Fprintf(e.stdout, "pack      %s: %d frames, %s in %s\n", pk.Digest, pk.Frames, humanBytes(pk.Bytes), humanBytes(pk.Stored))
+		} else {
+			fmt.Fprintf(e.stdout, "pack      none (every byte from the layers' spans)\n")
+		}
+		fmt.Fprintln(e.stdout)
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "LAYER\tDIGEST\tRANGES\tBYTES")
 		for i, l := range out.Layers {
@@ -274,11 +334,21 @@ func profileShowFlags(set *pflag.FlagSet) runFunc {
 	}
 }
 
+// checkProfileMode checks a --profile value.
+func checkProfileMode(mode string) error {
+	switch mode {
+	case "auto", "spans", "none":
+		return nil
+	}
+	return &usageError{msg: fmt.Sprintf("--profile: %q is not auto, spans or none", mode)}
+}
+
 // profilePushFlags is `ocifs profile push IMAGE`: the profile in the cache
 // (recorded by a mount) to the registry.
 func profilePushFlags(set *pflag.FlagSet) runFunc {
+	noPack := set.Bool("no-pack", false, "push the profile without its pack (the bytes it read, packed apart from the layers)")
 	return func(ctx context.Context, e *env, args []string) error {
-		im, err := resolveImageWith(ctx, e, args[0], func(o *fs.Options) { o.NoRemoteIndex = true })
+		im, err := resolveImageWith(ctx, e, args[0], func(o *fs.Options) { o.NoRemoteIndex, o.NoProfilePack = true, *noPack })
 		if err != nil {
 			return err
 		}
@@ -291,6 +361,12 @@ func profilePushFlags(set *pflag.FlagSet) runFunc {
 		if p == nil {
 			return withHint(fmt.Errorf("%s: no start-up profile in the cache %s", im.Ref(), e.g.cacheDir),
 				"record one: ocifs profile record IMAGE -- CMD..., or ocifs mount --record-profile")
+		}
+		if !*noPack {
+			// The pack is read through the layers' read paths.
+			if err := im.Load(ctx); err != nil {
+				return withHint(fmt.Errorf("load %s: %w", im.Ref(), err), "or push the profile alone: ocifs profile push --no-pack IMAGE")
+			}
 		}
 		d, err := im.PushProfile(ctx, p)
 		if err != nil {

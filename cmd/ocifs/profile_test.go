@@ -108,18 +108,24 @@ func TestProfileRecordCLI(t *testing.T) {
 		if r.code != 2 || !strings.Contains(r.stderr, "IMAGE -- CMD") {
 			t.Errorf("exit %d, stderr %q; want 2 and how to give the command", r.code, r.stderr)
 		}
+		r = runCLI(t, "--cache-dir", t.TempDir(), "profile", "record", "--runs", "0", pi.ref, "--", "/bin/busybox")
+		if r.code != 2 || !strings.Contains(r.stderr, "--runs") {
+			t.Errorf("--runs 0: exit %d, stderr %q; want 2 and what --runs takes", r.code, r.stderr)
+		}
 	})
 
 	recCache := t.TempDir()
-	args := []string{"--cache-dir", recCache, "profile", "record", "--push", pi.ref, "--", "busybox", "cat"}
+	// Two runs, each on a mount of its own: the command's output twice.
+	args := []string{"--cache-dir", recCache, "profile", "record", "--push", "--runs", "2", pi.ref, "--", "busybox", "cat"}
 	for _, name := range read {
 		args = append(args, "/"+name)
 	}
 	r := mustRun(t, args...)
-	if !strings.HasPrefix(r.stdout, want.String()) {
-		t.Fatalf("the recorded command's output is not the files it read (%d bytes)", len(r.stdout))
+	twice := want.String() + want.String()
+	if !strings.HasPrefix(r.stdout, twice) {
+		t.Fatalf("the recorded command's output is not the files it read, twice (%d bytes)", len(r.stdout))
 	}
-	tail := r.stdout[want.Len():]
+	tail := r.stdout[len(twice):]
 	if !strings.Contains(tail, "recorded ") || !strings.Contains(tail, "pushed profile artifact sha256:") {
 		t.Fatalf("profile record printed %q, want what it recorded and pushed", tail)
 	}
@@ -129,6 +135,7 @@ func TestProfileRecordCLI(t *testing.T) {
 		Source string `json:"source"`
 		Bytes  int64  `json:"bytes"`
 		Ranges []struct{ Layer, Off, Len int64 }
+		Pack   *struct{ Frames int }
 	}
 	if show.code != 0 || json.Unmarshal([]byte(show.stdout), &shown) != nil {
 		t.Fatalf("profile show --json: exit %d\n%s%s", show.code, show.stdout, show.stderr)
@@ -136,6 +143,9 @@ func TestProfileRecordCLI(t *testing.T) {
 	if shown.Source != fs.ProfileRegistry || len(shown.Ranges) == 0 || shown.Bytes < int64(want.Len()) {
 		t.Fatalf("profile show = source %q, %d ranges, %d bytes; want the registry's, covering the %d bytes read",
 			shown.Source, len(shown.Ranges), shown.Bytes, want.Len())
+	}
+	if shown.Pack == nil || shown.Pack.Frames == 0 {
+		t.Errorf("profile show: pack %+v, want the pushed profile's pack (an indexed gzip image)", shown.Pack)
 	}
 
 	t.Run("replay", func(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -47,13 +46,13 @@ func snapshotterFlags(set *pflag.FlagSet) runFunc {
 	set.Var(&o.cacheMax, "cache-max", "keep the cache under `SIZE` (500M, 10G): least recently used entries first, never\nthe manifests, configs and indexes of the images it serves (default: no bound)")
 	set.DurationVar(&o.trimEvery, "cache-trim-interval", defaultTrimEvery, "with --cache-max, how often to trim")
 	set.Var(&o.pushIndex, "push-index-to", pushIndexUsage)
-	set.StringVar(&o.profile, "profile", "auto", "start-up profiles: `auto` fetches what an image's recorded profile lists as soon as it is\nloaded (see 'ocifs profile --help'); none does not look for one")
+	set.StringVar(&o.profile, "profile", "auto", "start-up profiles: `auto` fetches what an image's recorded profile lists as soon as it is\nloaded, from the profile's pack when it has one (see 'ocifs profile --help'); spans fetches\nit from the layers' own spans only; none does not look for one")
 	set.BoolVar(&o.takeover, "takeover", false, "keep the layer mount's FUSE connection in a small holder process (this one; the daemon\nruns as its child), so the daemon can crash or be upgraded (ocifs upgrade ROOT/layers, or\nSIGHUP) while running containers keep reading their lazy layers (Linux 6.9+ for reads in\nflight). Reads all go through the daemon (no passthrough)")
 	set.StringVar(&o.holderSocket, "holder-socket", "", "the holder's socket (set for the daemons a holder starts)")
 	_ = set.MarkHidden("holder-socket")
 	return func(ctx context.Context, e *env, args []string) error {
-		if o.profile != "auto" && o.profile != "none" {
-			return &usageError{msg: fmt.Sprintf("--profile: %q is not auto or none", o.profile)}
+		if err := checkProfileMode(o.profile); err != nil {
+			return err
 		}
 		if o.holderSocket != "" && !o.takeover {
 			return &usageError{msg: "--holder-socket needs --takeover"}
@@ -191,7 +190,7 @@ func runSnapshotter(ctx context.Context, e *env, o *snapshotterOpts) (err error)
 	defer loads.release()
 	remote, err := snapshotter.NewRemote(ctx, snapshotter.RemoteOptions{Client: client, FS: lfs, Logger: e.log,
 		Image: fs.Options{InsecureLazy: e.g.insecureLazy, IndexRepos: e.g.indexRepos, PushIndexTo: string(o.pushIndex),
-			NoProfile: o.profile == "none"},
+			NoProfile: o.profile == "none", NoProfilePack: o.profile == "spans"},
 		OnResolve: loads.resolved, OnLoad: loads.loaded, OnClose: loads.closing})
 	if err != nil {
 		return err
