@@ -330,7 +330,7 @@ func startDaemon(ctx context.Context, e *env, dir, what string, args []string, s
 func daemonArgs(g *globals, image, dir string, o *mountOpts) []string {
 	args := globalArgs(g)
 	args = append(args, "mount", "--foreground", "--ready-fd=3", "--prefetch="+o.prefetch)
-	if o.profile != "auto" {
+	if o.profile != "" && o.profile != "auto" {
 		args = append(args, "--profile="+o.profile)
 	}
 	if o.record > 0 {
