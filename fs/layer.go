@@ -602,10 +602,7 @@ func (l *layer) fill(ctx context.Context, key digest.Digest, w filler) (*os.File
 		t, damaged, err := w.fillCached(f)
 		if damaged == nil {
 			if err == nil {
-				err = w.fillCompare(ctx, t)
-			}
-			if err == nil {
-				err = l.checkPack(ctx, f, t)
+				err = l.compareFilled(ctx, w, f, t)
 			}
 			if err != nil {
 				f.Close()
@@ -627,17 +624,23 @@ func (l *layer) fill(ctx context.Context, key digest.Digest, w filler) (*os.File
 	if err != nil {
 		return nil, err
 	}
-	err = w.fillCompare(ctx, t)
-	if err == nil {
-		err = l.checkPack(ctx, f, t)
-	}
-	if err != nil {
+	if err := l.compareFilled(ctx, w, f, t); err != nil {
 		if f != nil {
 			f.Close()
 		}
 		return nil, l.failed(err)
 	}
 	return f, nil
+}
+
+// compareFilled checks what was served of the layer against its verified
+// bytes f, which give table t: the table in use (w.fillCompare), then the
+// frames of a start-up profile's pack (checkPack).
+func (l *layer) compareFilled(ctx context.Context, w filler, f *os.File, t *index.Table) error {
+	if err := w.fillCompare(ctx, t); err != nil {
+		return err
+	}
+	return l.checkPack(ctx, f, t)
 }
 
 // fillWhole fills a layer with an ocifs index (or none).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"sort"
@@ -104,10 +105,7 @@ func (im *Image) usePack(p *index.Profile) int {
 		frames: pk.Frames,
 		offs:   pk.Offsets(),
 	}
-	byDigest := map[digest.Digest]*layer{}
-	for _, l := range im.layers {
-		byDigest[l.desc.Digest] = l
-	}
+	byDigest := im.layersByDigest()
 	idx := map[*layer][]int{}
 	for i, f := range pk.Frames {
 		l := byDigest[p.Layers[f.Layer]]
@@ -363,21 +361,11 @@ func (l *layer) packDisagrees(ctx context.Context, pack digest.Digest, bad [][2]
 	r := refusal{nodes: map[*Node]*layer{}, lists: map[*Node]*layer{}}
 	what := "start-up profile's pack"
 	if old := l.disagreed.Load(); old != nil {
-		for n, o := range old.refused.nodes {
-			r.nodes[n] = o
-		}
-		for n, o := range old.refused.lists {
-			r.lists[n] = o
-		}
+		maps.Copy(r.nodes, old.refused.nodes)
+		maps.Copy(r.lists, old.refused.lists)
 		what = old.what + " and the " + what
 	}
-	seen := map[*Node]bool{}
-	var walk func(n *Node)
-	walk = func(n *Node) {
-		if seen[n] {
-			return
-		}
-		seen[n] = true
+	served.Walk(func(_ string, n *Node) error {
 		if n.Type == index.TypeReg && int(n.Layer) == l.idx {
 			for _, b := range bad {
 				if n.Offset < b[1] && b[0] < n.Offset+n.Size {
@@ -386,13 +374,8 @@ func (l *layer) packDisagrees(ctx context.Context, pack digest.Digest, bad [][2]
 				}
 			}
 		}
-		if n.IsDir() {
-			for _, c := range n.dir.nodes {
-				walk(c)
-			}
-		}
-	}
-	walk(served.Root)
+		return nil
+	})
 	l.im.verifyFailures.Add(1)
 	l.im.fellBack(fbDisagree)
 	l.disagreed.Store(&disagreement{what: what, refused: r})

@@ -219,45 +219,10 @@ func (im *Image) PushProfile(ctx context.Context, p *index.Profile) (ocispec.Des
 // bytes, in the order the profile first read them, up to maxPackBuild
 // bytes. It returns no pack when no range is of such a layer.
 func (im *Image) buildPack(ctx context.Context, p *index.Profile) (*index.ProfilePack, []byte, error) {
-	byDigest := map[digest.Digest]*layer{}
-	for _, l := range im.layers {
-		byDigest[l.desc.Digest] = l
-	}
-	type segment struct {
-		l        *layer
-		layer    int // in p.Layers
-		off, end int64
-		rank     int
-	}
-	var segs []segment
-	for i, r := range p.Ranges {
-		l := byDigest[p.Layers[r.Layer]]
-		if l == nil {
-			continue
-		}
-		if _, ok := l.reader().(*spanReader); !ok {
-			continue
-		}
-		if end := min(r.Off+r.Len, l.contentSize()); r.Off < end {
-			segs = append(segs, segment{l: l, layer: r.Layer, off: r.Off, end: end, rank: i})
-		}
-	}
-	sort.Slice(segs, func(a, b int) bool {
-		if segs[a].layer != segs[b].layer {
-			return segs[a].layer < segs[b].layer
-		}
-		return segs[a].off < segs[b].off
+	merged, _ := im.profileSegments(p, packGap, func(l *layer) bool {
+		_, spans := l.reader().(*spanReader)
+		return spans
 	})
-	var merged []segment
-	for _, sg := range segs {
-		if n := len(merged); n > 0 && merged[n-1].layer == sg.layer && sg.off <= merged[n-1].end+packGap {
-			m := &merged[n-1]
-			m.end, m.rank = max(m.end, sg.end), min(m.rank, sg.rank)
-			continue
-		}
-		merged = append(merged, sg)
-	}
-	sort.SliceStable(merged, func(a, b int) bool { return merged[a].rank < merged[b].rank })
 	pk := &index.ProfilePack{}
 	var blob []byte
 	var total int64
@@ -559,51 +524,11 @@ func (im *Image) unpacked(p *index.Profile) *index.Profile {
 // replayPiece bytes; the segments past the byte cap (the image's own size,
 // at most MaxReplayBytes) are dropped.
 func (im *Image) replayPlan(p *index.Profile) (plan []replayPlan, dropped int) {
-	byDigest := map[digest.Digest]*layer{}
 	var imageSize int64
 	for _, l := range im.layers {
-		byDigest[l.desc.Digest] = l
 		imageSize += l.contentSize()
 	}
-	type segment struct {
-		l         *layer
-		off, end  int64
-		rank, all int // the profile's first range in it; how many it holds
-	}
-	var segs []segment
-	for i, r := range p.Ranges {
-		var l *layer
-		if r.Layer >= 0 && r.Layer < len(p.Layers) {
-			l = byDigest[p.Layers[r.Layer]]
-		}
-		if l == nil {
-			dropped++
-			continue
-		}
-		end := min(r.Off+r.Len, l.contentSize())
-		if r.Off >= end {
-			dropped++
-			continue
-		}
-		segs = append(segs, segment{l: l, off: r.Off, end: end, rank: i, all: 1})
-	}
-	// Gather: by layer and offset, then back in the profile's order.
-	sort.Slice(segs, func(a, b int) bool {
-		if segs[a].l.idx != segs[b].l.idx {
-			return segs[a].l.idx < segs[b].l.idx
-		}
-		return segs[a].off < segs[b].off
-	})
-	var merged []segment
-	for _, sg := range segs {
-		if n := len(merged); n > 0 && merged[n-1].l == sg.l && sg.off <= merged[n-1].end+replayGap {
-			m := &merged[n-1]
-			m.end, m.rank, m.all = max(m.end, sg.end), min(m.rank, sg.rank), m.all+sg.all
-			continue
-		}
-		merged = append(merged, sg)
-	}
-	sort.Slice(merged, func(a, b int) bool { return merged[a].rank < merged[b].rank })
+	merged, dropped := im.profileSegments(p, replayGap, nil)
 	budget := min(imageSize, MaxReplayBytes)
 	for _, sg := range merged {
 		if budget <= 0 {
@@ -627,6 +552,67 @@ func (im *Image) replayPlan(p *index.Profile) (plan []replayPlan, dropped int) {
 		}
 	}
 	return plan, dropped
+}
+
+// profileSegment is ranges of a profile in one layer of the image,
+// gathered (profileSegments).
+type profileSegment struct {
+	l         *layer
+	layer     int // an index of l's digest in the profile's layers
+	off, end  int64
+	rank, all int // the profile's first range in it; how many it holds
+}
+
+// profileSegments gathers p's ranges into segments: ranges of one layer
+// less than gap apart are one, each range cut at its layer's content end,
+// and the segments are in the order of their first range. Ranges of layers
+// the image lacks, or that keep (when set) rejects, or past a layer's end
+// are dropped (counted).
+func (im *Image) profileSegments(p *index.Profile, gap int64, keep func(*layer) bool) (merged []profileSegment, dropped int) {
+	byDigest := im.layersByDigest()
+	var segs []profileSegment
+	for i, r := range p.Ranges {
+		var l *layer
+		if r.Layer >= 0 && r.Layer < len(p.Layers) {
+			l = byDigest[p.Layers[r.Layer]]
+		}
+		if l == nil || keep != nil && !keep(l) {
+			dropped++
+			continue
+		}
+		end := min(r.Off+r.Len, l.contentSize())
+		if r.Off >= end {
+			dropped++
+			continue
+		}
+		segs = append(segs, profileSegment{l: l, layer: r.Layer, off: r.Off, end: end, rank: i, all: 1})
+	}
+	// Gather: by layer and offset, then back in the profile's order.
+	sort.Slice(segs, func(a, b int) bool {
+		if segs[a].l.idx != segs[b].l.idx {
+			return segs[a].l.idx < segs[b].l.idx
+		}
+		return segs[a].off < segs[b].off
+	})
+	for _, sg := range segs {
+		if n := len(merged); n > 0 && merged[n-1].l == sg.l && sg.off <= merged[n-1].end+gap {
+			m := &merged[n-1]
+			m.end, m.rank, m.all = max(m.end, sg.end), min(m.rank, sg.rank), m.all+sg.all
+			continue
+		}
+		merged = append(merged, sg)
+	}
+	sort.Slice(merged, func(a, b int) bool { return merged[a].rank < merged[b].rank })
+	return merged, dropped
+}
+
+// layersByDigest returns the image's layers by digest.
+func (im *Image) layersByDigest() map[digest.Digest]*layer {
+	m := make(map[digest.Digest]*layer, len(im.layers))
+	for _, l := range im.layers {
+		m[l.desc.Digest] = l
+	}
+	return m
 }
 
 // contentSize is the size of the bytes the layer's reader serves: its tar,
